@@ -1,0 +1,116 @@
+"""Composition root: the only module that knows every concrete class.
+
+`Server.run` starts the node (engines + timers) and the WebSocket listener; connections run in a
+nursery of their own so that the listener can stop (shutdown) while they drain. Services report
+readiness through `task_status`, which is how tests start a server on port 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from .client import Client
+from .config import Config, ConfigError, load_config
+from .engines.memory import MemoryBroker, MemoryPresenceManager
+from .node import Node
+from .protocol.codes import Disconnect
+from .transport import WebSocketTransport
+
+__all__ = ["Server", "serve_forever"]
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.node = Node(config, MemoryBroker(), MemoryPresenceManager())
+        self.port = 0
+        self._listener = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config.server
+        async with trio.open_nursery() as services:
+            await services.start(self.node.run)
+            async with trio.open_nursery() as connections:
+                listener = await connections.start(self._listen, connections)
+                self.port = listener.port
+                log.info("listening on ws://%s:%d%s", cfg.host, self.port, cfg.websocket_path)
+                task_status.started(self)
+            services.cancel_scope.cancel()
+        self._stopped.set()
+
+    async def _listen(
+        self,
+        connections: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        cfg = self.config.server
+        with self._listener:
+            await serve_websocket(
+                self._handle,
+                cfg.host,
+                cfg.port,
+                ssl_context=None,
+                handler_nursery=connections,
+                max_message_size=cfg.max_message_size,
+                connect_timeout=cfg.close_wait_seconds,
+                disconnect_timeout=cfg.close_wait_seconds,
+                task_status=task_status,
+            )
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        path = request.path.partition("?")[0]
+        if path != self.config.server.websocket_path:
+            await request.reject(404, body=b"not found\n")
+            return
+        ws = await request.accept()
+        await Client(self.node, WebSocketTransport(ws)).run()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, ask every client to reconnect elsewhere (3001), drain, then stop."""
+        self._listener.cancel()
+        closed = self.node.close_all(Disconnect.SHUTDOWN)
+        log.info("shutting down: closing %d connections", closed)
+        with trio.move_on_after(self.config.server.shutdown_drain_seconds) as drain:
+            await self.node.wait_idle()
+        if drain.cancelled_caught:
+            log.warning("drain time over with %d connections left", len(self.node.clients))
+
+    def reload(self) -> bool:
+        """Re-read the config file; a bad file is rejected and the running config stays."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            return False
+        try:
+            self.node.reload(config)
+        except ValueError as exc:
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            return False
+        self.config = config
+        return True
+
+
+async def serve_forever(config: Config, config_path: str | None) -> None:
+    """Run until SIGTERM/SIGINT (graceful shutdown); SIGHUP reloads the configuration."""
+    server = Server(config, config_path)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    server.reload()
+                    continue
+                log.info("received %s", signal.Signals(signum).name)
+                await server.shutdown()
+                nursery.cancel_scope.cancel()
+                break

@@ -1,0 +1,287 @@
+"""One live connection: its session, subscriptions, outbox and the two tasks that move bytes.
+
+Theory of operation. `run` opens the connection's nursery with a writer task and reads in its own
+task: frames are decoded and their commands handled strictly in order, each handler queueing its
+reply into the outbox. Everything that goes to the client (replies, pushes from the hub, pings,
+the close frame) passes through the outbox and the single writer, which drains whatever is pending
+into one frame, so writes never interleave and ordering is the queue's. Closing is a request
+(`close`), honoured by the writer: flush (unless the client is too slow), send the close frame,
+wait a bounded time for the peer's, then cancel the nursery. Cleanup (unsubscribe, presence,
+leave) runs shielded and time-limited after the nursery, whatever ended it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .commands import HANDLERS
+from .engines.base import EngineError
+from .outbox import Outbox
+from .protocol.codec import PING_FRAME, Command, decode_frame, encode_error, encode_push, encode_reply
+from .protocol.codes import Disconnect, ErrorCode, Unsubscribe
+from .protocol.errors import DisconnectError, ReplyError
+from .protocol.messages import NO_JSON, ClientInfo, RawJSON, UnsubscribePush
+from .protocol.session import Session
+from .subscription import ChannelSubscription
+from .transport import Transport, TransportClosed
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .timers import Timer
+
+__all__ = ["Client"]
+
+log = logging.getLogger(__name__)
+
+CLEANUP_SECONDS = 5.0
+
+
+class Client:
+    def __init__(self, node: Node, transport: Transport) -> None:
+        self.node = node
+        self.transport = transport
+        self.client_id = str(uuid.uuid4())
+        self.session = Session()
+        self.user = ""
+        self.conn_info: RawJSON = NO_JSON
+        self.expire_at: int | None = None
+        self.outbox = Outbox(node.config.client.outbox_max_bytes)
+        self.subscriptions: dict[str, ChannelSubscription] = {}
+        self._timers: dict[str, Timer] = {}
+        self._connect_failed = False
+        self._nursery: trio.Nursery | None = None
+        # Cancelled when the client is dropped without flushing: a send blocked on a client
+        # that stopped reading must not keep the connection (and its memory) alive.
+        self._send_scope = trio.CancelScope()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.client_id} user={self.user!r} remote={self.transport.remote}>"
+
+    # --- lifecycle ---
+
+    async def run(self) -> None:
+        cfg = self.node.config.client
+        self._timers["stale"] = self.node.scheduler.call_later(cfg.stale_close_delay, self._stale)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._write_loop)
+                await self._read_loop()
+                if self.outbox.close_request is None:
+                    # The peer went away: nothing more to write.
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.session.close()
+            for timer in self._timers.values():
+                timer.cancel()
+            with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+                await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        self.node.unregister(self)
+        for channel in list(self.subscriptions):
+            try:
+                await self.remove_subscription(channel, announce=True)
+            except EngineError:
+                log.warning("cleanup of %s in %s failed", self.client_id, channel, exc_info=True)
+
+    def close(self, disconnect: Disconnect, *, flush: bool = True) -> None:
+        self.close_with(disconnect.value, disconnect.reason, flush=flush and disconnect != Disconnect.SLOW)
+
+    def close_with(self, code: int, reason: str, *, flush: bool = True) -> None:
+        if self.outbox.close(code, reason, flush=flush):
+            log.info("closing %s: %d %s", self, code, reason)
+            self.session.close()
+            if not flush:
+                self._send_scope.cancel()
+
+    # --- writing ---
+
+    def send(self, message: bytes) -> None:
+        if not self.outbox.put(message):
+            self.close(Disconnect.SLOW)
+
+    def reply(self, cmd_id: int, method: str, result: Any) -> None:
+        self.send(encode_reply(cmd_id, method, result))
+
+    async def _write_loop(self) -> None:
+        limit = self.node.config.client.max_messages_in_frame
+        outbox, transport = self.outbox, self.transport
+        try:
+            with self._send_scope:
+                while batch := await outbox.next_batch(limit):
+                    await transport.send(batch[0] if len(batch) == 1 else b"\n".join(batch))
+            request = outbox.close_request
+            assert request is not None
+            await transport.close(request.code, request.reason, self.node.config.server.close_wait_seconds)
+        except TransportClosed:
+            pass
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    # --- reading ---
+
+    async def _read_loop(self) -> None:
+        while self.outbox.close_request is None:
+            try:
+                frame = await self.transport.receive()
+            except TransportClosed:
+                return
+            if self._connect_failed:
+                continue  # the SDK closes after a connect error; nothing more is handled
+            try:
+                if isinstance(frame, bytes):
+                    raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, "binary frame on JSON")
+                for command in decode_frame(frame):
+                    if self.outbox.close_request is not None or self._connect_failed:
+                        break
+                    if self.session.check(command):
+                        await self._dispatch(command)
+            except DisconnectError as exc:
+                log.info("protocol violation by %s: %s", self, exc.detail)
+                self.close(exc.disconnect)
+
+    async def _dispatch(self, command: Command) -> None:
+        try:
+            await HANDLERS[command.method](self, command.id, command.request)
+        except ReplyError as exc:
+            log.info("%s %s refused for %s: %s", command.method, int(exc.code), self, exc.detail)
+            self._fail(command, exc.code)
+        except (DisconnectError, trio.Cancelled):
+            raise
+        except Exception:
+            log.exception("%s failed for %s", command.method, self)
+            self._fail(command, ErrorCode.INTERNAL)
+
+    def _fail(self, command: Command, code: ErrorCode) -> None:
+        self.send(encode_error(command.id, code))
+        if command.method == "connect":
+            # Stop handling commands; give the client time to close, then drop it.
+            self._connect_failed = True
+            self._timers["connect_failed"] = self.node.scheduler.call_later(
+                self.node.config.server.close_wait_seconds, lambda: self.close(Disconnect.BAD_REQUEST)
+            )
+
+    # --- connection state, used by the command handlers ---
+
+    def authenticated(self, user: str, conn_info: RawJSON, expire_at: int | None) -> None:
+        self.user, self.conn_info, self.expire_at = user, conn_info, expire_at
+        self.session.connected(self.client_id, user)
+        self._timers.pop("stale").cancel()
+        self.node.register(self)
+
+    def info(self, chan_info: RawJSON = NO_JSON) -> ClientInfo:
+        return ClientInfo(self.user, self.client_id, self.conn_info, chan_info)
+
+    def refreshed(self, expire_at: int | None, conn_info: RawJSON | None) -> None:
+        self.expire_at = expire_at
+        if conn_info is not None:
+            self.conn_info = conn_info
+        self._schedule_expiry()
+
+    async def add_subscription(self, sub: ChannelSubscription) -> None:
+        self.subscriptions[sub.channel] = sub
+        if self.node.hub.add(sub.channel, sub):
+            await self.node.broker.subscribe(sub.channel)
+
+    async def announce_join(self, sub: ChannelSubscription) -> None:
+        if sub.options.presence:
+            await self.node.presence.add_presence(sub.channel, self.info(sub.chan_info))
+        if sub.options.join_leave:
+            await self.node.broker.publish_join(sub.channel, self.info(sub.chan_info))
+
+    async def remove_subscription(self, channel: str, *, announce: bool) -> None:
+        sub = self.subscriptions.pop(channel, None)
+        if sub is None:
+            return
+        if sub.expiry_timer is not None:
+            sub.expiry_timer.cancel()
+        node = self.node
+        if node.hub.remove(channel, self.client_id):
+            await node.broker.unsubscribe(channel)
+        if announce:
+            if sub.options.presence:
+                await node.presence.remove_presence(channel, self.client_id)
+            if sub.options.join_leave:
+                await node.broker.publish_leave(channel, self.info(sub.chan_info))
+
+    # --- timers ---
+
+    def start_timers(self) -> None:
+        interval = self.node.config.client.ping_interval
+        if interval > 0:
+            # The first ping at a random point of the interval spreads pings of a reconnect wave.
+            self._timers["ping"] = self.node.scheduler.call_later(
+                random.uniform(interval / 2, interval), self._ping
+            )
+        self._schedule_expiry()
+
+    def _stale(self) -> None:
+        if not self.session.is_connected:
+            self.close(Disconnect.STALE)
+
+    def _ping(self) -> None:
+        cfg = self.node.config.client
+        if not self.session.is_connected:
+            return
+        self.send(PING_FRAME)
+        if cfg.pong_timeout > 0:
+            self.session.ping_sent()
+            self._timers["pong"] = self.node.scheduler.call_later(cfg.pong_timeout, self._check_pong)
+        self._timers["ping"] = self.node.scheduler.call_later(cfg.ping_interval, self._ping)
+
+    def _check_pong(self) -> None:
+        if self.session.pong_missing:
+            self.close(Disconnect.NO_PONG)
+
+    def _schedule_expiry(self) -> None:
+        old = self._timers.pop("expire", None)
+        if old is not None:
+            old.cancel()
+        if self.expire_at is None:
+            return
+        delay = self.expire_at - time.time() + self.node.config.client.expired_close_delay
+        self._timers["expire"] = self.node.scheduler.call_later(max(delay, 0), self._check_expired)
+
+    def _check_expired(self) -> None:
+        if self.expire_at is not None and self.expire_at <= time.time():
+            self.close(Disconnect.EXPIRED)
+        else:
+            self._schedule_expiry()
+
+    def watch_expiry(self, sub: ChannelSubscription) -> None:
+        if sub.expiry_timer is not None:
+            sub.expiry_timer.cancel()
+            sub.expiry_timer = None
+        if sub.expire_at is None:
+            return
+        delay = sub.expire_at - time.time() + self.node.config.client.expired_sub_close_delay
+        sub.expiry_timer = self.node.scheduler.call_later(
+            max(delay, 0), lambda: self._subscription_expired(sub)
+        )
+
+    def _subscription_expired(self, sub: ChannelSubscription) -> None:
+        if self.subscriptions.get(sub.channel) is not sub or sub.expire_at is None:
+            return
+        if sub.expire_at > time.time():
+            self.watch_expiry(sub)
+            return
+        if sub.server_side:
+            self.close(Disconnect.SUBSCRIPTION_EXPIRED)
+            return
+        code = Unsubscribe.EXPIRED
+        self.send(encode_push(sub.channel, "unsubscribe", UnsubscribePush(code, code.reason)))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._drop_subscription, sub.channel)
+
+    async def _drop_subscription(self, channel: str) -> None:
+        try:
+            await self.remove_subscription(channel, announce=True)
+        except EngineError:
+            log.warning("unsubscribing %s from %s failed", self, channel, exc_info=True)

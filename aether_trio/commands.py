@@ -1,0 +1,388 @@
+"""Command handlers: one coroutine per client command, run in frame order by `Client`.
+
+Each handler validates its request, asks the node, and queues its reply through `client.reply`
+(so subscribe can release buffered publications right after its reply). Refusals are raised as
+`ReplyError` (error reply) or `DisconnectError` (close), with codes from the reference; the client
+turns them into frames. Decisions that need no I/O live in `protocol.permissions`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .auth import ServerSubscription, SubscribeClaims, TokenExpired, TokenInvalid
+from .config import ChannelOptions
+from .engines.base import HistoryQuery, UnrecoverablePosition
+from .protocol import messages as m
+from .protocol import permissions
+from .protocol.channels import ResolvedChannel
+from .protocol.codec import raw_json
+from .protocol.codes import Disconnect, ErrorCode
+from .protocol.errors import DisconnectError, ReplyError
+from .subscription import ChannelSubscription
+
+if TYPE_CHECKING:
+    from .auth import ChannelOverride
+    from .client import Client
+
+__all__ = ["HANDLERS", "subscribe_channel"]
+
+Handler = Callable[["Client", int, Any], Awaitable[None]]
+
+# Bit of SubscribeRequest.flag asking for error 112 instead of `recovered: false`.
+FLAG_REJECT_UNRECOVERED = 2
+
+
+def _ttl(expire_at: int | None) -> int:
+    return max(0, int(expire_at - time.time())) if expire_at else 0
+
+
+def _require_channel(channel: str) -> None:
+    if not channel:
+        raise DisconnectError(Disconnect.BAD_REQUEST, "empty channel")
+
+
+def _apply_override(options: ChannelOptions, override: ChannelOverride | None) -> ChannelOptions:
+    if override is None:
+        return options
+    changes = {
+        name: value
+        for name in ("presence", "join_leave", "force_push_join_leave", "force_recovery",
+                     "force_positioning")  # fmt: skip
+        if (value := getattr(override, name)) is not None
+    }
+    return attrs.evolve(options, **changes) if changes else options
+
+
+# --- connect ---
+
+
+async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
+    node = client.node
+    cfg = node.config.client
+    if req.token:
+        if not node.verifier.enabled:
+            raise DisconnectError(Disconnect.INVALID_TOKEN, "no key configured for tokens")
+        try:
+            creds = node.verifier.verify_connect(req.token)
+        except TokenExpired:
+            raise ReplyError(ErrorCode.TOKEN_EXPIRED, "connection token expired") from None
+        except TokenInvalid as exc:
+            raise DisconnectError(Disconnect.INVALID_TOKEN, f"connection token: {exc}") from None
+        if not creds.user and cfg.disallow_anonymous_connection_tokens:
+            raise DisconnectError(Disconnect.PERMISSION_DENIED, "anonymous token disallowed")
+        user, info, expire_at, subs = creds.user, creds.info, creds.expire_at, dict(creds.subs)
+    elif cfg.insecure or cfg.allow_anonymous_connect_without_token:
+        user, info, expire_at, subs = "", m.NO_JSON, None, {}
+    else:
+        raise DisconnectError(Disconnect.BAD_REQUEST, "client credentials not found")
+    if expire_at is not None and expire_at <= time.time():
+        raise ReplyError(ErrorCode.EXPIRED, "connection expire_at is in the past")
+
+    personal = cfg.personal_channel
+    if personal.enabled and user:
+        subs.setdefault(node.rules.personal_channel(personal.namespace, user), ServerSubscription())
+    if cfg.channel_limit and len(subs) > cfg.channel_limit:
+        raise DisconnectError(Disconnect.CHANNEL_LIMIT, "too many server-side channels")
+    resolved = [(node.resolve(channel), sub) for channel, sub in subs.items()]  # 102/107
+
+    client.authenticated(user, m.RawJSON(info), expire_at)
+    results: dict[str, m.SubscribeResult] = {}
+    live: list[tuple[ChannelSubscription, int]] = []
+    for ch, server_sub in resolved:
+        hint = req.subs.get(ch.name, m.SubscribeRequest())
+        sub, result, delivered = await subscribe_channel(
+            client,
+            ch,
+            hint,
+            options=_apply_override(ch.options, server_sub.override),
+            server_side=True,
+            chan_info=m.RawJSON(server_sub.info),
+            data=m.RawJSON(server_sub.data),
+            expire_at=None,
+        )
+        results[ch.name] = result
+        live.append((sub, delivered))
+
+    client.reply(
+        cmd_id,
+        "connect",
+        m.ConnectResult(
+            client=client.client_id,
+            version=node.version,
+            expires=expire_at is not None,
+            ttl=_ttl(expire_at),
+            subs=results or None,
+            ping=int(cfg.ping_interval),
+            pong=cfg.ping_interval > 0 and cfg.pong_timeout > 0,
+        ),
+    )
+    for sub, delivered in live:
+        sub.go_live(delivered)
+    for sub, _ in live:
+        await client.announce_join(sub)
+    client.start_timers()
+
+
+# --- subscribe ---
+
+
+async def subscribe(client: Client, cmd_id: int, req: m.SubscribeRequest) -> None:
+    _require_channel(req.channel)
+    if req.delta not in ("", "fossil"):
+        raise DisconnectError(Disconnect.BAD_REQUEST, f"unknown delta type {req.delta[:16]!r}")
+    node = client.node
+    ch = node.resolve(req.channel)
+    if req.channel in client.subscriptions:
+        raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
+    limit = node.config.client.channel_limit
+    if limit and len(client.subscriptions) >= limit:
+        raise ReplyError(ErrorCode.LIMIT_EXCEEDED, "channel limit per connection reached")
+
+    options, chan_info, data, expire_at = ch.options, m.NO_JSON, m.NO_JSON, None
+    if req.token:
+        claims = _verify_subscription_token(client, req.token, req.channel)
+        options = _apply_override(options, claims.override)
+        chan_info, data, expire_at = m.RawJSON(claims.info), m.RawJSON(claims.data), claims.expire_at
+    else:
+        permissions.check_subscribe_without_token(ch, client.user, node.config.client.insecure)
+    if expire_at is not None and expire_at <= time.time():
+        raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
+
+    sub, result, delivered = await subscribe_channel(
+        client, ch, req, options=options, server_side=False, chan_info=chan_info, data=data,
+        expire_at=expire_at,
+    )  # fmt: skip
+    client.reply(cmd_id, "subscribe", result)
+    sub.go_live(delivered)
+    await client.announce_join(sub)
+
+
+def _verify_subscription_token(client: Client, token: str, channel: str) -> SubscribeClaims:
+    try:
+        claims = client.node.verifier.verify_subscribe(token)
+    except TokenExpired:
+        raise ReplyError(ErrorCode.TOKEN_EXPIRED, "subscription token expired") from None
+    except TokenInvalid as exc:
+        raise ReplyError(ErrorCode.PERMISSION_DENIED, f"subscription token: {exc}") from None
+    if claims.channel != channel:
+        raise DisconnectError(Disconnect.INVALID_TOKEN, "subscription token for another channel")
+    if claims.user != client.user:
+        raise DisconnectError(Disconnect.INVALID_TOKEN, "subscription token for another user")
+    if claims.client and claims.client != client.client_id:
+        raise DisconnectError(Disconnect.INVALID_TOKEN, "subscription token for another client")
+    return claims
+
+
+async def subscribe_channel(
+    client: Client,
+    ch: ResolvedChannel,
+    req: m.SubscribeRequest,
+    *,
+    options: ChannelOptions,
+    server_side: bool,
+    chan_info: m.RawJSON,
+    data: m.RawJSON,
+    expire_at: int | None,
+) -> tuple[ChannelSubscription, m.SubscribeResult, int]:
+    """Register a buffering subscription and compute its result (recovery included).
+
+    Returns the subscription, its result, and the offset up to which the result covers the stream;
+    the caller queues the reply, then calls `sub.go_live(offset)`.
+    """
+    node = client.node
+    insecure = node.config.client.insecure
+    user = client.user
+    history_on = options.history_enabled
+    recoverable = history_on and permissions.grant_recoverable(
+        options, user, req.recoverable or req.recover, insecure
+    )
+    positioned = recoverable or (
+        history_on and permissions.grant_positioned(options, user, req.positioned, insecure)
+    )
+    push_join_leave = permissions.grant_join_leave(options, user, req.join_leave, insecure)
+    sub = ChannelSubscription(
+        client, ch.name, options, push_join_leave=push_join_leave, server_side=server_side,
+        chan_info=chan_info, expire_at=expire_at,
+    )  # fmt: skip
+    await client.add_subscription(sub)
+    try:
+        result, delivered = await _position(client, ch, req, recoverable, positioned)
+    except BaseException:
+        await client.remove_subscription(ch.name, announce=False)
+        raise
+    result = attrs.evolve(
+        result, expires=expire_at is not None, ttl=_ttl(expire_at), data=data,
+        was_recovering=req.recover,
+    )  # fmt: skip
+    client.watch_expiry(sub)
+    return sub, result, delivered
+
+
+async def _position(
+    client: Client,
+    ch: ResolvedChannel,
+    req: m.SubscribeRequest,
+    recoverable: bool,
+    positioned: bool,
+) -> tuple[m.SubscribeResult, int]:
+    if not positioned:
+        return m.SubscribeResult(), 0
+    node = client.node
+    if req.recover and recoverable:
+        position = m.StreamPosition(req.offset, req.epoch)
+        limit = node.config.client.recovery_max_publication_limit
+        pubs, top, recovered = await node.recover(ch, position, limit)
+        if recovered:
+            result = m.SubscribeResult(
+                recoverable=True, positioned=True, epoch=top.epoch, offset=req.offset,
+                publications=tuple(pubs), recovered=True,
+            )  # fmt: skip
+            return result, top.offset
+        if req.flag & FLAG_REJECT_UNRECOVERED:
+            raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION)
+    else:
+        top = await node.stream_top(ch)
+    result = m.SubscribeResult(
+        recoverable=recoverable, positioned=True, epoch=top.epoch, offset=top.offset
+    )
+    return result, top.offset
+
+
+# --- the rest ---
+
+
+async def unsubscribe(client: Client, cmd_id: int, req: m.UnsubscribeRequest) -> None:
+    _require_channel(req.channel)
+    await client.remove_subscription(req.channel, announce=True)
+    client.reply(cmd_id, "unsubscribe", m.EmptyResult())
+
+
+async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
+    _require_channel(req.channel)
+    node = client.node
+    ch = node.resolve(req.channel)
+    _check_data_format(ch.options, req.data)
+    sub = client.subscriptions.get(req.channel)
+    permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
+    info = client.info(sub.chan_info if sub else m.NO_JSON)
+    await node.publish(ch, raw_json(req.data), info)
+    client.reply(cmd_id, "publish", m.EmptyResult())
+
+
+def _check_data_format(options: ChannelOptions, data: Any) -> None:
+    fmt = options.publication_data_format
+    if fmt == "json_object" and not isinstance(data, dict):
+        raise ReplyError(ErrorCode.BAD_REQUEST, "publication data must be a JSON object")
+    if data is None and fmt != "json":
+        raise ReplyError(ErrorCode.BAD_REQUEST, "empty publication data")
+
+
+async def presence(client: Client, cmd_id: int, req: m.PresenceRequest) -> None:
+    ch = _readable_channel(client, req.channel, permissions.check_presence)
+    clients = await client.node.presence.presence(ch.name)
+    client.reply(cmd_id, "presence", m.PresenceResult(clients))
+
+
+async def presence_stats(client: Client, cmd_id: int, req: m.PresenceStatsRequest) -> None:
+    ch = _readable_channel(client, req.channel, permissions.check_presence)
+    num_clients, num_users = await client.node.presence.presence_stats(ch.name)
+    client.reply(cmd_id, "presence_stats", m.PresenceStatsResult(num_clients, num_users))
+
+
+async def history(client: Client, cmd_id: int, req: m.HistoryRequest) -> None:
+    ch = _readable_channel(client, req.channel, permissions.check_history)
+    maximum = client.node.config.client.history_max_publication_limit
+    limit = req.limit
+    if maximum and (limit < 0 or limit > maximum):
+        limit = maximum
+    if req.since is not None and req.reverse and req.since.offset == 0:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "reverse history needs since.offset > 0")
+    try:
+        pubs, top = await client.node.history(ch, HistoryQuery(req.since, limit, req.reverse))
+    except UnrecoverablePosition:
+        raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION) from None
+    client.reply(cmd_id, "history", m.HistoryResult(tuple(pubs), top.epoch, top.offset))
+
+
+def _readable_channel(
+    client: Client, channel: str, check: Callable[[ResolvedChannel, str, bool, bool], None]
+) -> ResolvedChannel:
+    _require_channel(channel)
+    ch = client.node.resolve(channel)
+    check(ch, client.user, channel in client.subscriptions, client.node.config.client.insecure)
+    return ch
+
+
+async def refresh(client: Client, cmd_id: int, req: m.RefreshRequest) -> None:
+    if not req.token:
+        raise DisconnectError(Disconnect.BAD_REQUEST, "empty refresh token")
+    try:
+        creds = client.node.verifier.verify_connect(req.token)
+    except TokenExpired:
+        raise DisconnectError(Disconnect.EXPIRED, "refresh token expired") from None
+    except TokenInvalid as exc:
+        raise DisconnectError(Disconnect.INVALID_TOKEN, f"refresh token: {exc}") from None
+    if creds.user != client.user:
+        raise DisconnectError(Disconnect.INVALID_TOKEN, "refresh token for another user")
+    if creds.expire_at is not None and creds.expire_at <= time.time():
+        raise ReplyError(ErrorCode.EXPIRED, "refresh expire_at is in the past")
+    client.refreshed(creds.expire_at, m.RawJSON(creds.info) if creds.info else None)
+    client.reply(
+        cmd_id,
+        "refresh",
+        m.RefreshResult(
+            client=client.client_id,
+            version=client.node.version,
+            expires=creds.expire_at is not None,
+            ttl=_ttl(creds.expire_at),
+        ),
+    )
+
+
+async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> None:
+    _require_channel(req.channel)
+    sub = client.subscriptions.get(req.channel)
+    if sub is None:
+        raise ReplyError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+    if not req.token:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "empty subscription token")
+    claims = _verify_subscription_token(client, req.token, req.channel)
+    if claims.expire_at is not None and claims.expire_at <= time.time():
+        raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
+    sub.expire_at = claims.expire_at
+    if claims.info:
+        sub.chan_info = m.RawJSON(claims.info)
+    client.watch_expiry(sub)
+    result = m.SubRefreshResult(expires=claims.expire_at is not None, ttl=_ttl(claims.expire_at))
+    client.reply(cmd_id, "sub_refresh", result)
+
+
+async def not_available(client: Client, cmd_id: int, req: Any) -> None:
+    # ping (removed in protocol v2) and rpc (no RPC handler is configured) are answered 108.
+    raise ReplyError(ErrorCode.NOT_AVAILABLE)
+
+
+async def send(client: Client, cmd_id: int, req: m.SendRequest) -> None:
+    # No message handler: upstream's terminal answer to an asynchronous message.
+    raise DisconnectError(Disconnect.NOT_AVAILABLE, "send without a message handler")
+
+
+HANDLERS: dict[str, Handler] = {
+    "connect": connect,
+    "subscribe": subscribe,
+    "unsubscribe": unsubscribe,
+    "publish": publish,
+    "presence": presence,
+    "presence_stats": presence_stats,
+    "history": history,
+    "refresh": refresh,
+    "sub_refresh": sub_refresh,
+    "rpc": not_available,
+    "ping": not_available,
+    "send": send,
+}

@@ -1,0 +1,365 @@
+"""Configuration: one TOML file structured into frozen attrs classes by a strict cattrs converter.
+
+Every option has a default, so an empty file (or none at all) is a working single-node server on the
+in-memory engine. Unknown keys, wrong types and invalid values raise `ConfigError` naming the key path
+(`channel.namespaces[1].history_size: expected an integer >= 0, got -3`) before anything listens.
+Secrets may be given inline or as `*_file` paths so the TOML itself can be committed.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+__all__ = [
+    "ChannelOptions",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "EngineConfig",
+    "LogConfig",
+    "Namespace",
+    "ServerConfig",
+    "TokenConfig",
+    "load_config",
+    "parse_config",
+]
+
+NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
+TOKEN_ALGORITHMS = frozenset(
+    {
+        "HS256", "HS384", "HS512",
+        "RS256", "RS384", "RS512",
+        "ES256", "ES384", "ES512",
+        "EdDSA",
+    }
+)  # fmt: skip
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key path and what was expected."""
+
+
+def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attr.name}: expected a number >= 0, got {value!r}")
+
+
+def _port(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attr.name}: expected a port number 0..65535, got {value!r}")
+
+
+def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attr.name}: expected a number > 0, got {value!r}")
+
+
+def _regex(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{attr.name}: not a valid regular expression ({exc})") from None
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8000, validator=_port)
+    websocket_path: str = "/connection/websocket"
+    max_message_size: int = attrs.field(default=65536, validator=_positive)
+    shutdown_drain_seconds: float = attrs.field(default=5.0, validator=_non_negative)
+    # Time a closing connection waits for the peer's close frame before dropping the socket.
+    close_wait_seconds: float = attrs.field(default=5.0, validator=_non_negative)
+    node_name: str = "aether"
+
+
+@attrs.frozen
+class PersonalChannelConfig:
+    enabled: bool = False
+    namespace: str = ""
+
+
+@attrs.frozen
+class ClientConfig:
+    ping_interval: float = attrs.field(default=25.0, validator=_non_negative)
+    pong_timeout: float = attrs.field(default=8.0, validator=_non_negative)
+    stale_close_delay: float = attrs.field(default=10.0, validator=_positive)
+    expired_close_delay: float = attrs.field(default=25.0, validator=_non_negative)
+    expired_sub_close_delay: float = attrs.field(default=25.0, validator=_non_negative)
+    sub_expiry_check_interval: float = attrs.field(default=5.0, validator=_positive)
+    outbox_max_bytes: int = attrs.field(default=1 << 20, validator=_positive)
+    max_messages_in_frame: int = attrs.field(default=16, validator=_positive)
+    channel_limit: int = attrs.field(default=128, validator=_non_negative)
+    channel_max_length: int = attrs.field(default=255, validator=_positive)
+    history_max_publication_limit: int = attrs.field(default=300, validator=_non_negative)
+    recovery_max_publication_limit: int = attrs.field(default=300, validator=_non_negative)
+    allow_anonymous_connect_without_token: bool = False
+    disallow_anonymous_connection_tokens: bool = False
+    insecure: bool = False
+    personal_channel: PersonalChannelConfig = PersonalChannelConfig()
+
+    def __attrs_post_init__(self) -> None:
+        if self.ping_interval and self.pong_timeout >= self.ping_interval:
+            raise ValueError("pong_timeout: must be smaller than ping_interval")
+
+
+@attrs.frozen
+class TokenConfig:
+    """Keys that verify JWTs. A key given inline and as a file is an error; empty means not set."""
+
+    hmac_secret: str = ""
+    hmac_secret_file: str = ""
+    # During a key rotation tokens signed with the previous HMAC secret are still accepted.
+    hmac_previous_secret: str = ""
+    hmac_previous_secret_file: str = ""
+    rsa_public_key: str = ""
+    rsa_public_key_file: str = ""
+    ecdsa_public_key: str = ""
+    ecdsa_public_key_file: str = ""
+    ed25519_public_key: str = ""
+    ed25519_public_key_file: str = ""
+    algorithms: tuple[str, ...] = (
+        "HS256", "HS384", "HS512",
+        "RS256", "RS384", "RS512",
+        "ES256", "ES384", "ES512",
+        "EdDSA",
+    )  # fmt: skip
+    audience: str = ""
+    issuer: str = ""
+    leeway: float = attrs.field(default=0.0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        unknown = sorted(set(self.algorithms) - TOKEN_ALGORITHMS)
+        if unknown:
+            raise ValueError(
+                f"algorithms: unknown algorithm(s) {unknown}; allowed: {sorted(TOKEN_ALGORITHMS)}"
+            )
+        for name in ("hmac_secret", "hmac_previous_secret", "rsa_public_key", "ecdsa_public_key",
+                     "ed25519_public_key"):  # fmt: skip
+            if getattr(self, name) and getattr(self, name + "_file"):
+                raise ValueError(f"{name}: give either {name} or {name}_file, not both")
+
+    def resolved(self, base: Path) -> TokenConfig:
+        """A copy with every `*_file` read into its inline field (paths relative to the config)."""
+        changes: dict[str, str] = {}
+        for field in attrs.fields(TokenConfig):
+            if field.name.endswith("_file") and getattr(self, field.name):
+                path = base / getattr(self, field.name)
+                try:
+                    text = path.read_text()
+                except OSError as exc:
+                    raise ValueError(f"{field.name}: cannot read {path}: {exc.strerror}") from None
+                key = field.name.removesuffix("_file")
+                # A trailing newline from an editor is not part of an HMAC secret.
+                changes[key] = text.strip() if key.startswith("hmac") else text
+                changes[field.name] = ""
+        return attrs.evolve(self, **changes)
+
+    @property
+    def has_any_key(self) -> bool:
+        return any(
+            (self.hmac_secret, self.rsa_public_key, self.ecdsa_public_key, self.ed25519_public_key)
+        )
+
+
+PublicationDataFormat = Literal["", "json", "json_object"]
+
+
+@attrs.frozen
+class ChannelOptions:
+    """Options of a namespace (or of channels without one); names follow Centrifugo v6."""
+
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: int = attrs.field(default=0, validator=_non_negative)
+    history_ttl: float = attrs.field(default=0.0, validator=_non_negative)
+    # Stream top and epoch outlive the publications for this long after the last publish.
+    history_meta_ttl: float = attrs.field(default=30 * 24 * 3600.0, validator=_positive)
+    force_positioning: bool = False
+    allow_positioning: bool = False
+    force_recovery: bool = False
+    allow_recovery: bool = False
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_anonymous: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+    channel_regex: str = attrs.field(default="", validator=_regex)
+    publication_data_format: PublicationDataFormat = ""
+
+    @property
+    def history_enabled(self) -> bool:
+        return self.history_size > 0 and self.history_ttl > 0
+
+
+@attrs.frozen
+class Namespace(ChannelOptions):
+    name: str = attrs.field(default="", kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not NAMESPACE_NAME.match(self.name):
+            raise ValueError(
+                f"name: expected a namespace name matching {NAMESPACE_NAME.pattern}, got {self.name!r}"
+            )
+
+
+@attrs.frozen
+class ChannelConfig:
+    without_namespace: ChannelOptions = ChannelOptions()
+    namespaces: tuple[Namespace, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        seen: set[str] = set()
+        for ns in self.namespaces:
+            if ns.name in seen:
+                raise ValueError(f"namespaces: duplicate namespace name {ns.name!r}")
+            seen.add(ns.name)
+
+
+@attrs.frozen
+class EngineConfig:
+    type: Literal["memory"] = "memory"
+
+
+@attrs.frozen
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = ServerConfig()
+    client: ClientConfig = ClientConfig()
+    token: TokenConfig = TokenConfig()
+    # Keys for subscription tokens; when it holds no key, `token` verifies those too.
+    subscription_token: TokenConfig = TokenConfig()
+    channel: ChannelConfig = ChannelConfig()
+    engine: EngineConfig = EngineConfig()
+    log: LogConfig = LogConfig()
+
+    def __attrs_post_init__(self) -> None:
+        ns = self.client.personal_channel.namespace
+        if ns and ns not in {n.name for n in self.channel.namespaces}:
+            raise ValueError(f"client.personal_channel.namespace: unknown namespace {ns!r}")
+
+
+def _strict_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, prefer_attrib_converters=False)
+
+    # cattrs would happily turn "1" into 1 or 1 into True; a config must say what it means.
+    def exact(kind: type, label: str) -> Any:
+        def structure(value: Any, _t: Any) -> Any:
+            if type(value) is not kind:
+                raise TypeError(f"expected {label}, got {type(value).__name__} {value!r}")
+            return value
+
+        return structure
+
+    conv.register_structure_hook(str, exact(str, "a string"))
+    conv.register_structure_hook(bool, exact(bool, "true or false"))
+
+    def structure_int(value: Any, _t: Any) -> int:
+        if type(value) is not int:
+            raise TypeError(f"expected an integer, got {type(value).__name__} {value!r}")
+        return value
+
+    def structure_float(value: Any, _t: Any) -> float:
+        if type(value) not in (int, float):
+            raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+
+    conv.register_structure_hook(int, structure_int)
+    conv.register_structure_hook(float, structure_float)
+    return conv
+
+
+_CONVERTER = _strict_converter()
+
+
+def _flatten_errors(exc: BaseException, path: str) -> list[str]:
+    """Turn cattrs' nested exception groups into `key.path: what went wrong` lines."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return [f"{path}{'.' if path else ''}{key}: unknown key" for key in sorted(exc.extra_fields)]
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        lines: list[str] = []
+        for sub in exc.exceptions:
+            note = next((n for n in getattr(sub, "__notes__", []) if isinstance(n, str)), "")
+            lines.extend(_flatten_errors(sub, _child_path(path, note)))
+        return lines
+    if isinstance(exc, BaseExceptionGroup):
+        return [line for sub in exc.exceptions for line in _flatten_errors(sub, path)]
+    message = str(exc)
+    if isinstance(exc, KeyError):
+        message = "missing required key"
+    if isinstance(exc, ValueError) and ":" in message and not isinstance(exc, TypeError):
+        # Validators name their attribute first ("history_size: expected ..."): keep the full path.
+        attr, _, rest = message.partition(":")
+        if attr.isidentifier() and not path.endswith(attr):
+            return [f"{path}{'.' if path else ''}{attr}:{rest}"]
+    return [f"{path or '<root>'}: {message}"]
+
+
+def _child_path(path: str, note: str) -> str:
+    # cattrs notes look like "Structuring class Config @ attribute server" or "... @ index 2".
+    match = re.search(r"@ attribute (\w+)", note)
+    if match:
+        return f"{path}{'.' if path else ''}{match.group(1)}"
+    match = re.search(r"@ index (\d+)", note)
+    if match:
+        return f"{path}[{match.group(1)}]"
+    return path
+
+
+def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
+    """Structure already-parsed TOML into a `Config`, resolving secret files relative to `base`."""
+    try:
+        config = _CONVERTER.structure(data, Config)
+        return attrs.evolve(
+            config,
+            token=_resolve(config.token, base, "token"),
+            subscription_token=_resolve(config.subscription_token, base, "subscription_token"),
+        )
+    except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_flatten_errors(exc, ""))) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid configuration:\n  {exc}") from None
+
+
+def _resolve(token: TokenConfig, base: Path, section: str) -> TokenConfig:
+    try:
+        return token.resolved(base)
+    except ValueError as exc:
+        raise ValueError(f"{section}.{exc}") from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML file; `None` means the embedded defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path.parent)

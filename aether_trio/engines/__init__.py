@@ -1,0 +1,1 @@
+"""Engines: where publications, history and presence live. `base` defines the contracts."""

@@ -1,0 +1,110 @@
+"""The small interfaces every engine implements (memory now, Redis later).
+
+A `Broker` owns history: `publish` appends to the channel's stream *and* delivers the publication to
+every node subscribed to the channel, as one step, so offsets are never reused and a publication is
+in history before anyone can see it live. Nodes learn about publications, joins and leaves through
+the `BrokerEventHandler` they pass to `run`; the broker never knows about hubs or connections.
+A `PresenceManager` keeps who is in a channel.
+
+Errors:
+    EngineError              base: the engine could not do it (becomes error 100 for a client)
+    └── UnrecoverablePosition   a `since` epoch does not match the stream (error 112)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+import trio
+
+from ..protocol.messages import ClientInfo, Publication, StreamPosition
+
+__all__ = [
+    "Broker",
+    "BrokerEventHandler",
+    "EngineError",
+    "HistoryOptions",
+    "HistoryQuery",
+    "PresenceManager",
+    "UnrecoverablePosition",
+]
+
+
+class EngineError(Exception):
+    pass
+
+
+class UnrecoverablePosition(EngineError):
+    pass
+
+
+@attrs.frozen
+class HistoryOptions:
+    """How a publish treats the channel's stream; size 0 or ttl 0 means no history."""
+
+    size: int = 0
+    ttl: float = 0.0
+    meta_ttl: float = 30 * 24 * 3600.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and self.ttl > 0
+
+
+@attrs.frozen
+class HistoryQuery:
+    # Without `since`: from the oldest kept publication (newest with `reverse`).
+    since: StreamPosition | None = None
+    # 0: none, only the stream top; < 0: no limit.
+    limit: int = 0
+    reverse: bool = False
+
+
+class BrokerEventHandler(Protocol):
+    def handle_publication(self, channel: str, pub: Publication) -> None: ...
+    def handle_join(self, channel: str, info: ClientInfo) -> None: ...
+    def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+
+class Broker(Protocol):
+    async def run(
+        self,
+        handler: BrokerEventHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Deliver events to `handler` until cancelled; report readiness through task_status."""
+
+    async def subscribe(self, channel: str) -> None:
+        """This node now has subscribers in `channel` and wants its events."""
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def publish(
+        self, channel: str, pub: Publication, history: HistoryOptions
+    ) -> StreamPosition:
+        """Append (when history is on) and deliver; returns the new top (offset 0 without history)."""
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def history(
+        self, channel: str, query: HistoryQuery, meta_ttl: float
+    ) -> tuple[list[Publication], StreamPosition]:
+        """Publications matching `query` and the current stream top (created if missing)."""
+
+    async def remove_history(self, channel: str) -> None:
+        """Drop the publications but keep the top offset and epoch."""
+
+
+class PresenceManager(Protocol):
+    async def add_presence(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def remove_presence(self, channel: str, client_id: str) -> None: ...
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """(number of clients, number of distinct users)."""

@@ -1,0 +1,176 @@
+"""In-memory engine for a single node: history streams, event delivery and presence.
+
+Everything here is synchronous under the hood (Trio runs one task at a time), so `publish` appends
+to the stream and hands the publication to the node's handler without a checkpoint in between: no
+other task can observe the stream and the live delivery disagreeing.
+
+Stream lifetime follows upstream's memory broker: the publications of a channel are dropped
+`ttl` after its last publish; the top offset and epoch survive until `meta_ttl` after last use, after
+which the stream is recreated with a new epoch (so clients see their position as unrecoverable).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from ..protocol.messages import ClientInfo, Publication, StreamPosition
+from .base import BrokerEventHandler, HistoryOptions, HistoryQuery, UnrecoverablePosition
+
+__all__ = ["MemoryBroker", "MemoryPresenceManager"]
+
+_EPOCH_ALPHABET = string.ascii_letters
+
+
+def new_epoch() -> str:
+    return "".join(random.choices(_EPOCH_ALPHABET, k=8))
+
+
+@attrs.define(slots=True)
+class _Stream:
+    epoch: str
+    meta_expires: float
+    top: int = 0
+    pubs: deque[Publication] = attrs.Factory(deque)
+    pubs_expire: float = 0.0
+
+
+class MemoryBroker:
+    def __init__(
+        self, clock: Callable[[], float] = trio.current_time, sweep_interval: float = 60.0
+    ) -> None:
+        self._clock = clock
+        self._sweep_interval = sweep_interval
+        self._streams: dict[str, _Stream] = {}
+        self._handler: BrokerEventHandler | None = None
+
+    async def run(
+        self,
+        handler: BrokerEventHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._handler = handler
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self._sweep_interval)
+                self.sweep()
+        finally:
+            self._handler = None
+
+    def sweep(self) -> None:
+        """Free expired publications and forget streams whose metadata expired."""
+        now = self._clock()
+        for channel in list(self._streams):
+            stream = self._streams[channel]
+            if now >= stream.meta_expires:
+                del self._streams[channel]
+            elif stream.pubs and now >= stream.pubs_expire:
+                stream.pubs.clear()
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "streams": len(self._streams),
+            "publications": sum(len(s.pubs) for s in self._streams.values()),
+        }
+
+    async def subscribe(self, channel: str) -> None:
+        pass  # one node: every publication reaches the handler anyway
+
+    async def unsubscribe(self, channel: str) -> None:
+        pass
+
+    async def publish(
+        self, channel: str, pub: Publication, history: HistoryOptions
+    ) -> StreamPosition:
+        position = StreamPosition()
+        if history.enabled:
+            now = self._clock()
+            stream = self._stream(channel, history.meta_ttl, now)
+            stream.top += 1
+            pub = attrs.evolve(pub, offset=stream.top)
+            stream.pubs.append(pub)
+            while len(stream.pubs) > history.size:
+                stream.pubs.popleft()
+            stream.pubs_expire = now + history.ttl
+            position = StreamPosition(stream.top, stream.epoch)
+        if self._handler is not None:
+            self._handler.handle_publication(channel, pub)
+        return position
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        if self._handler is not None:
+            self._handler.handle_join(channel, info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        if self._handler is not None:
+            self._handler.handle_leave(channel, info)
+
+    async def history(
+        self, channel: str, query: HistoryQuery, meta_ttl: float
+    ) -> tuple[list[Publication], StreamPosition]:
+        stream = self._stream(channel, meta_ttl, self._clock())
+        top = StreamPosition(stream.top, stream.epoch)
+        since = query.since
+        if since is not None and since.epoch and since.epoch != stream.epoch:
+            raise UnrecoverablePosition(f"epoch {since.epoch!r} is not the stream's")
+        if query.limit == 0 or not stream.pubs:
+            return [], top
+        pubs: list[Publication]
+        if since is None:
+            pubs = list(reversed(stream.pubs)) if query.reverse else list(stream.pubs)
+        elif query.reverse:
+            pubs = [p for p in reversed(stream.pubs) if p.offset < since.offset]
+            if pubs and pubs[0].offset != since.offset - 1:
+                pubs = []  # the page would not start right before `since`
+        else:
+            pubs = [p for p in stream.pubs if p.offset > since.offset]
+        if query.limit > 0:
+            del pubs[query.limit :]
+        return pubs, top
+
+    async def remove_history(self, channel: str) -> None:
+        stream = self._streams.get(channel)
+        if stream is not None:
+            stream.pubs.clear()
+
+    def _stream(self, channel: str, meta_ttl: float, now: float) -> _Stream:
+        stream = self._streams.get(channel)
+        if stream is None or now >= stream.meta_expires:
+            stream = self._streams[channel] = _Stream(new_epoch(), now + meta_ttl)
+        else:
+            stream.meta_expires = now + meta_ttl
+            if stream.pubs and now >= stream.pubs_expire:
+                stream.pubs.clear()
+        return stream
+
+
+class MemoryPresenceManager:
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, ClientInfo]] = {}
+
+    async def add_presence(self, channel: str, info: ClientInfo) -> None:
+        self._channels.setdefault(channel, {})[info.client] = info
+
+    async def remove_presence(self, channel: str, client_id: str) -> None:
+        clients = self._channels.get(channel)
+        if clients is not None:
+            clients.pop(client_id, None)
+            if not clients:
+                del self._channels[channel]
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return dict(self._channels.get(channel, {}))
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        clients = self._channels.get(channel, {})
+        return len(clients), len({info.user for info in clients.values()})
+
+    def statistics(self) -> dict[str, int]:
+        return {"entries": sum(len(c) for c in self._channels.values())}

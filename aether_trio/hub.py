@@ -1,0 +1,100 @@
+"""Who on this node is subscribed to which channel, and fan-out of encoded messages to them.
+
+A publication is encoded once into the complete push line and the same bytes object is handed to
+every subscriber; the loop calls `deliver` (synchronous, puts into a bounded outbox) and never
+awaits, so one slow subscriber cannot delay the others. Join/leave go only to subscribers that asked
+for them. The hub knows subscribers only through the small `Subscriber` protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from .protocol.codec import encode_push
+from .protocol.messages import ClientInfo, JoinLeave, Publication
+
+__all__ = ["Hub", "HubStatistics", "Subscriber"]
+
+
+class Subscriber(Protocol):
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def push_join_leave(self) -> bool: ...
+
+    def deliver(self, message: bytes, offset: int) -> None:
+        """Queue an encoded push; `offset` is the publication's (0 for joins, leaves, no history)."""
+
+
+@attrs.frozen
+class HubStatistics:
+    channels: int
+    subscriptions: int
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, Subscriber]] = {}
+
+    def add(self, channel: str, sub: Subscriber) -> bool:
+        """Register; True if this is the node's first subscriber of `channel`."""
+        subs = self._channels.get(channel)
+        first = subs is None
+        if subs is None:
+            subs = self._channels[channel] = {}
+        subs[sub.client_id] = sub
+        return first
+
+    def remove(self, channel: str, client_id: str) -> bool:
+        """Unregister; True if the channel has no subscriber left on this node."""
+        subs = self._channels.get(channel)
+        if subs is None:
+            return False
+        subs.pop(client_id, None)
+        if subs:
+            return False
+        del self._channels[channel]
+        return True
+
+    def subscribers(self, channel: str) -> list[Subscriber]:
+        return list(self._channels.get(channel, {}).values())
+
+    def num_subscribers(self, channel: str) -> int:
+        return len(self._channels.get(channel, ()))
+
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    def broadcast_publication(self, channel: str, pub: Publication) -> int:
+        subs = self._channels.get(channel)
+        if not subs:
+            return 0
+        message = encode_push(channel, "pub", pub)
+        offset = pub.offset
+        # Copy: a delivery may disconnect a slow subscriber, which unregisters it.
+        for sub in list(subs.values()):
+            sub.deliver(message, offset)
+        return len(subs)
+
+    def broadcast_join(self, channel: str, info: ClientInfo) -> int:
+        return self._broadcast_join_leave(channel, "join", info)
+
+    def broadcast_leave(self, channel: str, info: ClientInfo) -> int:
+        return self._broadcast_join_leave(channel, "leave", info)
+
+    def _broadcast_join_leave(self, channel: str, kind: str, info: ClientInfo) -> int:
+        subs = self._channels.get(channel)
+        if not subs:
+            return 0
+        receivers = [sub for sub in subs.values() if sub.push_join_leave]
+        if receivers:
+            message = encode_push(channel, kind, JoinLeave(info))
+            for sub in receivers:
+                sub.deliver(message, 0)
+        return len(receivers)
+
+    def statistics(self) -> HubStatistics:
+        return HubStatistics(len(self._channels), sum(map(len, self._channels.values())))

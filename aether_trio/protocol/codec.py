@@ -1,0 +1,162 @@
+"""The wire format: frames of newline-separated JSON commands in, encoded replies and pushes out.
+
+One cattrs converter (orjson preconf) owns the mapping between the attrs classes in `messages` and
+JSON. Decoding is strict about types (a string offset is a bad request, as with upstream's typed
+decoder) and lenient about unknown keys (SDKs add new ones). Encoding omits default-valued fields,
+and embeds `RawJSON` bytes verbatim through `orjson.Fragment`, so a payload is never re-encoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+import cattrs
+import orjson
+from cattrs.gen import make_dict_unstructure_fn
+from cattrs.preconf.orjson import make_converter
+
+from . import messages as m
+from .codes import Disconnect, ErrorCode
+from .errors import DisconnectError
+
+__all__ = [
+    "PING_FRAME",
+    "Command",
+    "decode_frame",
+    "encode_error",
+    "encode_push",
+    "encode_reply",
+    "raw_json",
+]
+
+# Request class of every method the client may send, keyed by its JSON key.
+REQUESTS: Final[dict[str, type]] = {
+    "connect": m.ConnectRequest,
+    "subscribe": m.SubscribeRequest,
+    "unsubscribe": m.UnsubscribeRequest,
+    "publish": m.PublishRequest,
+    "presence": m.PresenceRequest,
+    "presence_stats": m.PresenceStatsRequest,
+    "history": m.HistoryRequest,
+    "ping": m.PingRequest,
+    "send": m.SendRequest,
+    "rpc": m.RPCRequest,
+    "refresh": m.RefreshRequest,
+    "sub_refresh": m.SubRefreshRequest,
+}
+
+PONG: Final = "pong"
+PING_FRAME: Final = b"{}"
+MAX_UINT32: Final = 2**32 - 1
+MAX_UINT64: Final = 2**64 - 1
+
+
+@attrs.frozen
+class Command:
+    """One decoded line: `method` is a key of REQUESTS or "pong"; `id` is 0 for pong and send."""
+
+    id: int
+    method: str
+    request: Any
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = make_converter(forbid_extra_keys=False)
+
+    def exact(kind: type) -> Callable[[Any, Any], Any]:
+        def structure(value: Any, _t: Any) -> Any:
+            if type(value) is not kind:
+                raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+            return value
+
+        return structure
+
+    def structure_uint(value: Any, _t: Any) -> int:
+        if type(value) is not int or not -(2**63) <= value <= MAX_UINT64:
+            raise TypeError(f"expected an integer, got {type(value).__name__}")
+        return value
+
+    conv.register_structure_hook(str, exact(str))
+    conv.register_structure_hook(bool, exact(bool))
+    conv.register_structure_hook(int, structure_uint)
+    conv.register_unstructure_hook(m.RawJSON, orjson.Fragment)
+
+    # Omit default-valued fields on output, as upstream's encoder omits zero values.
+    for cls in (
+        m.ClientInfo, m.Publication, m.SubscribeResult, m.ConnectResult, m.EmptyResult,
+        m.PresenceResult, m.PresenceStatsResult, m.HistoryResult, m.RefreshResult,
+        m.SubRefreshResult, m.SubscribePush, m.UnsubscribePush, m.JoinLeave,
+    ):  # fmt: skip
+        conv.register_unstructure_hook(
+            cls, make_dict_unstructure_fn(cls, conv, _cattrs_omit_if_default=True)
+        )
+    return conv
+
+
+converter: Final = _make_converter()
+unstructure: Final = converter.unstructure
+
+
+def raw_json(value: Any) -> m.RawJSON:
+    """Encode an already-parsed JSON value compactly (never containing a raw newline)."""
+    if value is None:
+        return m.NO_JSON
+    return m.RawJSON(orjson.dumps(value))
+
+
+def decode_frame(frame: str | bytes) -> list[Command]:
+    """Split a frame into commands, in order. Anything malformed closes the connection with 3501."""
+    lines = frame.split("\n" if isinstance(frame, str) else b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # at most one trailing newline is allowed
+    if not lines:
+        raise DisconnectError(Disconnect.BAD_REQUEST, "empty frame")
+    return [_decode_command(line) for line in lines]
+
+
+def _decode_command(line: str | bytes) -> Command:
+    try:
+        raw = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise DisconnectError(Disconnect.BAD_REQUEST, "malformed JSON") from None
+    if type(raw) is not dict:
+        raise DisconnectError(Disconnect.BAD_REQUEST, "command is not an object")
+    command_id = raw.pop("id", 0)
+    if type(command_id) is not int or not 0 <= command_id <= MAX_UINT32:
+        raise DisconnectError(Disconnect.BAD_REQUEST, "invalid command id")
+    method = next((key for key in raw if key in REQUESTS), None)
+    if method is None:
+        if command_id == 0 and not raw:
+            return Command(0, PONG, None)
+        raise DisconnectError(Disconnect.BAD_REQUEST, f"unknown command {sorted(raw)[:3]}")
+    if command_id == 0 and method != "send":
+        raise DisconnectError(Disconnect.BAD_REQUEST, f"{method} command without id")
+    body = raw[method]
+    if body is None:
+        body = {}
+    if type(body) is not dict:
+        raise DisconnectError(Disconnect.BAD_REQUEST, f"{method} body is not an object")
+    try:
+        request = converter.structure(body, REQUESTS[method])
+    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        raise DisconnectError(Disconnect.BAD_REQUEST, f"invalid {method} fields: {exc}") from None
+    return Command(command_id, method, request)
+
+
+def encode_reply(command_id: int, method: str, result: Any) -> bytes:
+    return orjson.dumps({"id": command_id, method: unstructure(result)})
+
+
+def encode_error(command_id: int, code: ErrorCode) -> bytes:
+    error: dict[str, Any] = {"code": int(code), "message": code.message}
+    if code.temporary:
+        error["temporary"] = True
+    return orjson.dumps({"id": command_id, "error": error})
+
+
+def encode_push(channel: str, kind: str, body: Any) -> bytes:
+    push: dict[str, Any] = {"channel": channel} if channel else {}
+    push[kind] = unstructure(body)
+    return orjson.dumps({"push": push})

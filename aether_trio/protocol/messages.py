@@ -1,0 +1,240 @@
+"""Commands, results, publications and pushes of protocol v2 (JSON) as frozen attrs classes.
+
+Wire rules live in `codec` (one converter); these classes only say what exists. Output omission
+follows upstream: a field equal to its default is left out, so fields that must always be present
+(`ClientInfo.user`, `HistoryResult.offset`, ...) have no default at all. Raw JSON payloads (`data`,
+`info`) are carried as already-encoded compact JSON bytes (`RawJSON`) so a publication is encoded
+once, stored as is and embedded verbatim into every frame that carries it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NewType
+
+import attrs
+
+__all__ = [
+    "ClientInfo",
+    "ConnectRequest",
+    "ConnectResult",
+    "HistoryRequest",
+    "HistoryResult",
+    "PresenceRequest",
+    "PresenceResult",
+    "PresenceStatsRequest",
+    "PresenceStatsResult",
+    "Publication",
+    "PublishRequest",
+    "RPCRequest",
+    "RawJSON",
+    "RefreshRequest",
+    "RefreshResult",
+    "SendRequest",
+    "StreamPosition",
+    "SubRefreshRequest",
+    "SubRefreshResult",
+    "SubscribeRequest",
+    "SubscribeResult",
+    "UnsubscribeRequest",
+]
+
+RawJSON = NewType("RawJSON", bytes)
+"""Compact JSON text (no raw newlines) embedded verbatim; b"" means absent."""
+
+NO_JSON = RawJSON(b"")
+
+
+# --- requests (client -> server); unknown keys are ignored, as the SDKs send new ones freely ---
+
+
+@attrs.frozen
+class StreamPosition:
+    offset: int = 0
+    epoch: str = ""
+
+
+@attrs.frozen
+class SubscribeRequest:
+    channel: str = ""
+    token: str = ""
+    recover: bool = False
+    epoch: str = ""
+    offset: int = 0
+    data: Any = None
+    positioned: bool = False
+    recoverable: bool = False
+    join_leave: bool = False
+    delta: str = ""
+    # Bit 2 asks for error 112 instead of `recovered: false`; other bits (compaction) are ignored.
+    flag: int = 0
+
+
+@attrs.frozen
+class ConnectRequest:
+    token: str = ""
+    data: Any = None
+    subs: dict[str, SubscribeRequest] = attrs.Factory(dict)
+    name: str = ""
+    version: str = ""
+    headers: dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class UnsubscribeRequest:
+    channel: str = ""
+
+
+@attrs.frozen
+class PublishRequest:
+    channel: str = ""
+    data: Any = None
+
+
+@attrs.frozen
+class PresenceRequest:
+    channel: str = ""
+
+
+@attrs.frozen
+class PresenceStatsRequest:
+    channel: str = ""
+
+
+@attrs.frozen
+class HistoryRequest:
+    channel: str = ""
+    limit: int = 0
+    since: StreamPosition | None = None
+    reverse: bool = False
+
+
+@attrs.frozen
+class RefreshRequest:
+    token: str = ""
+
+
+@attrs.frozen
+class SubRefreshRequest:
+    channel: str = ""
+    token: str = ""
+
+
+@attrs.frozen
+class RPCRequest:
+    method: str = ""
+    data: Any = None
+
+
+@attrs.frozen
+class SendRequest:
+    data: Any = None
+
+
+@attrs.frozen
+class PingRequest:
+    pass
+
+
+# --- results and push bodies (server -> client) ---
+
+
+@attrs.frozen
+class ClientInfo:
+    user: str
+    client: str
+    conn_info: RawJSON = NO_JSON
+    chan_info: RawJSON = NO_JSON
+
+
+@attrs.frozen
+class Publication:
+    data: RawJSON = NO_JSON
+    info: ClientInfo | None = None
+    offset: int = 0
+    tags: dict[str, str] | None = None
+
+
+@attrs.frozen
+class SubscribeResult:
+    expires: bool = False
+    ttl: int = 0
+    recoverable: bool = False
+    epoch: str = ""
+    publications: tuple[Publication, ...] = ()
+    recovered: bool = False
+    offset: int = 0
+    positioned: bool = False
+    data: RawJSON = NO_JSON
+    was_recovering: bool = False
+
+
+@attrs.frozen
+class ConnectResult:
+    client: str
+    version: str = ""
+    expires: bool = False
+    ttl: int = 0
+    data: RawJSON = NO_JSON
+    subs: dict[str, SubscribeResult] | None = None
+    ping: int = 0
+    pong: bool = False
+
+
+@attrs.frozen
+class EmptyResult:
+    """`{}` results: unsubscribe, publish, rpc without data, and the ping reply body."""
+
+
+@attrs.frozen
+class PresenceResult:
+    presence: dict[str, ClientInfo]
+
+
+@attrs.frozen
+class PresenceStatsResult:
+    num_clients: int
+    num_users: int
+
+
+@attrs.frozen
+class HistoryResult:
+    publications: tuple[Publication, ...]
+    epoch: str
+    offset: int
+
+
+@attrs.frozen
+class RefreshResult:
+    client: str = ""
+    version: str = ""
+    expires: bool = False
+    ttl: int = 0
+
+
+@attrs.frozen
+class SubRefreshResult:
+    expires: bool = False
+    ttl: int = 0
+
+
+@attrs.frozen
+class SubscribePush:
+    """Body of a `subscribe` push (a server-side subscription added after connect)."""
+
+    recoverable: bool = False
+    epoch: str = ""
+    offset: int = 0
+    positioned: bool = False
+    data: RawJSON = NO_JSON
+
+
+@attrs.frozen
+class UnsubscribePush:
+    # Both keys always present: centrifuge-python indexes them.
+    code: int
+    reason: str
+
+
+@attrs.frozen
+class JoinLeave:
+    info: ClientInfo

@@ -1,0 +1,69 @@
+"""One task runs every per-connection timer of the node (pings, pong checks, stale and expiry
+closes), so an idle connection costs a heap entry rather than a sleeping task.
+
+Callbacks are synchronous and must not block; one that needs to await starts a task in a nursery
+it owns. A callback that raises is logged and the scheduler goes on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Callable
+
+import trio
+
+__all__ = ["Scheduler", "Timer"]
+
+log = logging.getLogger(__name__)
+
+
+class Timer:
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._changed = trio.Event()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.call_at(trio.current_time() + delay, callback)
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(deadline, callback)
+        if not self._heap or deadline < self._heap[0][0]:
+            self._changed.set()  # the sleeping loop must wake up earlier
+        heapq.heappush(self._heap, (deadline, next(self._seq), timer))
+        return timer
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        heap = self._heap
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                timer = heapq.heappop(heap)[2]
+                if timer.cancelled:
+                    continue
+                try:
+                    timer.callback()
+                except Exception:
+                    log.exception("timer callback failed")
+            self._changed = trio.Event()
+            with trio.move_on_at(heap[0][0] if heap else math.inf):
+                await self._changed.wait()
