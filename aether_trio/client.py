@@ -23,7 +23,14 @@ import trio
 from .commands import HANDLERS
 from .engines.base import EngineError
 from .outbox import Outbox
-from .protocol.codec import PING_FRAME, Command, decode_frame, encode_error, encode_push, encode_reply
+from .protocol.codec import (
+    PING_FRAME,
+    Command,
+    decode_frame,
+    encode_error,
+    encode_push,
+    encode_reply,
+)
 from .protocol.codes import Disconnect, ErrorCode, Unsubscribe
 from .protocol.errors import DisconnectError, ReplyError
 from .protocol.messages import NO_JSON, ClientInfo, RawJSON, UnsubscribePush
@@ -92,7 +99,9 @@ class Client:
                 log.warning("cleanup of %s in %s failed", self.client_id, channel, exc_info=True)
 
     def close(self, disconnect: Disconnect, *, flush: bool = True) -> None:
-        self.close_with(disconnect.value, disconnect.reason, flush=flush and disconnect != Disconnect.SLOW)
+        self.close_with(
+            disconnect.value, disconnect.reason, flush=flush and disconnect != Disconnect.SLOW
+        )
 
     def close_with(self, code: int, reason: str, *, flush: bool = True) -> None:
         if self.outbox.close(code, reason, flush=flush):
@@ -119,7 +128,9 @@ class Client:
                     await transport.send(batch[0] if len(batch) == 1 else b"\n".join(batch))
             request = outbox.close_request
             assert request is not None
-            await transport.close(request.code, request.reason, self.node.config.server.close_wait_seconds)
+            await transport.close(
+                request.code, request.reason, self.node.config.server.close_wait_seconds
+            )
         except TransportClosed:
             pass
         assert self._nursery is not None
@@ -165,7 +176,8 @@ class Client:
             # Stop handling commands; give the client time to close, then drop it.
             self._connect_failed = True
             self._timers["connect_failed"] = self.node.scheduler.call_later(
-                self.node.config.server.close_wait_seconds, lambda: self.close(Disconnect.BAD_REQUEST)
+                self.node.config.server.close_wait_seconds,
+                lambda: self.close(Disconnect.BAD_REQUEST),
             )
 
     # --- connection state, used by the command handlers ---
@@ -197,19 +209,30 @@ class Client:
             await self.node.broker.publish_join(sub.channel, self.info(sub.chan_info))
 
     async def remove_subscription(self, channel: str, *, announce: bool) -> None:
+        sub = self._detach(channel)
+        if sub is not None:
+            await self._after_detach(sub, announce=announce)
+
+    def _detach(self, channel: str) -> ChannelSubscription | None:
+        """Synchronously stop deliveries for `channel` (nothing arrives after this returns)."""
         sub = self.subscriptions.pop(channel, None)
         if sub is None:
-            return
+            return None
         if sub.expiry_timer is not None:
             sub.expiry_timer.cancel()
+        if not self.node.hub.remove(channel, self.client_id):
+            sub.last_on_node = False
+        return sub
+
+    async def _after_detach(self, sub: ChannelSubscription, *, announce: bool) -> None:
         node = self.node
-        if node.hub.remove(channel, self.client_id):
-            await node.broker.unsubscribe(channel)
+        if sub.last_on_node:
+            await node.broker.unsubscribe(sub.channel)
         if announce:
             if sub.options.presence:
-                await node.presence.remove_presence(channel, self.client_id)
+                await node.presence.remove_presence(sub.channel, self.client_id)
             if sub.options.join_leave:
-                await node.broker.publish_leave(channel, self.info(sub.chan_info))
+                await node.broker.publish_leave(sub.channel, self.info(sub.chan_info))
 
     # --- timers ---
 
@@ -233,7 +256,9 @@ class Client:
         self.send(PING_FRAME)
         if cfg.pong_timeout > 0:
             self.session.ping_sent()
-            self._timers["pong"] = self.node.scheduler.call_later(cfg.pong_timeout, self._check_pong)
+            self._timers["pong"] = self.node.scheduler.call_later(
+                cfg.pong_timeout, self._check_pong
+            )
         self._timers["ping"] = self.node.scheduler.call_later(cfg.ping_interval, self._ping)
 
     def _check_pong(self) -> None:
@@ -246,16 +271,15 @@ class Client:
             old.cancel()
         if self.expire_at is None:
             return
+        # A refresh cancels this timer and arms a new one, so when it fires the connection was
+        # not refreshed in time (no wall-clock re-check: tests run on a virtual clock).
         delay = self.expire_at - time.time() + self.node.config.client.expired_close_delay
-        self._timers["expire"] = self.node.scheduler.call_later(max(delay, 0), self._check_expired)
-
-    def _check_expired(self) -> None:
-        if self.expire_at is not None and self.expire_at <= time.time():
-            self.close(Disconnect.EXPIRED)
-        else:
-            self._schedule_expiry()
+        self._timers["expire"] = self.node.scheduler.call_later(
+            max(delay, 0), lambda: self.close(Disconnect.EXPIRED)
+        )
 
     def watch_expiry(self, sub: ChannelSubscription) -> None:
+        """(Re)arm the expiry of a subscription; `sub_refresh` calls it again with a new expiry."""
         if sub.expiry_timer is not None:
             sub.expiry_timer.cancel()
             sub.expiry_timer = None
@@ -267,21 +291,19 @@ class Client:
         )
 
     def _subscription_expired(self, sub: ChannelSubscription) -> None:
-        if self.subscriptions.get(sub.channel) is not sub or sub.expire_at is None:
-            return
-        if sub.expire_at > time.time():
-            self.watch_expiry(sub)
+        if self.subscriptions.get(sub.channel) is not sub:
             return
         if sub.server_side:
             self.close(Disconnect.SUBSCRIPTION_EXPIRED)
             return
         code = Unsubscribe.EXPIRED
+        self._detach(sub.channel)
         self.send(encode_push(sub.channel, "unsubscribe", UnsubscribePush(code, code.reason)))
         if self._nursery is not None:
-            self._nursery.start_soon(self._drop_subscription, sub.channel)
+            self._nursery.start_soon(self._finish_unsubscribe, sub)
 
-    async def _drop_subscription(self, channel: str) -> None:
+    async def _finish_unsubscribe(self, sub: ChannelSubscription) -> None:
         try:
-            await self.remove_subscription(channel, announce=True)
+            await self._after_detach(sub, announce=True)
         except EngineError:
-            log.warning("unsubscribing %s from %s failed", self, channel, exc_info=True)
+            log.warning("unsubscribing %s from %s failed", self, sub.channel, exc_info=True)

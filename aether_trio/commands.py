@@ -51,8 +51,13 @@ def _apply_override(options: ChannelOptions, override: ChannelOverride | None) -
         return options
     changes = {
         name: value
-        for name in ("presence", "join_leave", "force_push_join_leave", "force_recovery",
-                     "force_positioning")  # fmt: skip
+        for name in (
+            "presence",
+            "join_leave",
+            "force_push_join_leave",
+            "force_recovery",
+            "force_positioning",
+        )  # fmt: skip
         if (value := getattr(override, name)) is not None
     }
     return attrs.evolve(options, **changes) if changes else options
@@ -147,7 +152,11 @@ async def subscribe(client: Client, cmd_id: int, req: m.SubscribeRequest) -> Non
     if req.token:
         claims = _verify_subscription_token(client, req.token, req.channel)
         options = _apply_override(options, claims.override)
-        chan_info, data, expire_at = m.RawJSON(claims.info), m.RawJSON(claims.data), claims.expire_at
+        chan_info, data, expire_at = (
+            m.RawJSON(claims.info),
+            m.RawJSON(claims.data),
+            claims.expire_at,
+        )
     else:
         permissions.check_subscribe_without_token(ch, client.user, node.config.client.insecure)
     if expire_at is not None and expire_at <= time.time():

@@ -295,7 +295,9 @@ _CONVERTER = _strict_converter()
 def _flatten_errors(exc: BaseException, path: str) -> list[str]:
     """Turn cattrs' nested exception groups into `key.path: what went wrong` lines."""
     if isinstance(exc, ForbiddenExtraKeysError):
-        return [f"{path}{'.' if path else ''}{key}: unknown key" for key in sorted(exc.extra_fields)]
+        return [
+            f"{path}{'.' if path else ''}{key}: unknown key" for key in sorted(exc.extra_fields)
+        ]
     if isinstance(exc, ClassValidationError | IterableValidationError):
         lines: list[str] = []
         for sub in exc.exceptions:
@@ -336,7 +338,9 @@ def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
             subscription_token=_resolve(config.subscription_token, base, "subscription_token"),
         )
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_flatten_errors(exc, ""))) from None
+        raise ConfigError(
+            "invalid configuration:\n  " + "\n  ".join(_flatten_errors(exc, ""))
+        ) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid configuration:\n  {exc}") from None
 

@@ -31,6 +31,7 @@ class ChannelSubscription:
         "client",
         "expire_at",
         "expiry_timer",
+        "last_on_node",
         "options",
         "push_join_leave",
         "server_side",
@@ -55,6 +56,8 @@ class ChannelSubscription:
         self.chan_info = chan_info
         self.expire_at = expire_at
         self.expiry_timer: Timer | None = None
+        # Set by the client when it unsubscribes: whether the node's last subscriber just left.
+        self.last_on_node = True
         self._buffer: list[tuple[bytes, int]] | None = []
         self._buffered_bytes = 0
 

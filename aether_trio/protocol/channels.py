@@ -42,7 +42,9 @@ class ChannelRules:
         self.namespaces = {ns.name: ns for ns in namespaces}
         self.max_length = max_length
         self._regex = {
-            ns.name: re.compile(ns.channel_regex) for ns in self.namespaces.values() if ns.channel_regex
+            ns.name: re.compile(ns.channel_regex)
+            for ns in self.namespaces.values()
+            if ns.channel_regex
         }
         if without_namespace.channel_regex:
             self._regex[""] = re.compile(without_namespace.channel_regex)

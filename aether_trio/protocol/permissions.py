@@ -45,7 +45,11 @@ def check_publish(ch: ResolvedChannel, user: str, subscribed: bool, insecure: bo
     opts = ch.options
     if opts.allow_publish_for_client and (user or opts.allow_publish_for_anonymous):
         return
-    if opts.allow_publish_for_subscriber and subscribed and (user or opts.allow_publish_for_anonymous):
+    if (
+        opts.allow_publish_for_subscriber
+        and subscribed
+        and (user or opts.allow_publish_for_anonymous)
+    ):
         return
     if insecure:
         return

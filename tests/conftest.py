@@ -1,0 +1,187 @@
+"""Shared test helpers: configs, tokens, and real servers on 127.0.0.1 port 0.
+
+Two ways to run a server:
+- `running_server(config)`: a context manager that runs the real `Server` in its own thread with
+  its own Trio loop, for tests driving asyncio SDKs (centrifuge-python) from a sync test.
+- `serve_in(nursery, config)`: starts the server inside the test's own Trio run, for trio tests
+  using raw WebSocket clients (`ws_connect`).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import orjson
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from aether_trio.app import Server
+from aether_trio.auth import mint_token
+from aether_trio.config import Config, parse_config
+
+SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+BASE_CONFIG: dict[str, Any] = {
+    "server": {"port": 0, "close_wait_seconds": 1.0, "shutdown_drain_seconds": 2.0},
+    "token": {"hmac_secret": SECRET},
+    "channel": {
+        "without_namespace": {
+            "presence": True,
+            "join_leave": True,
+            "history_size": 100,
+            "history_ttl": 300.0,
+            "allow_recovery": True,
+            "allow_positioning": True,
+            "allow_subscribe_for_client": True,
+            "allow_publish_for_client": True,
+            "allow_history_for_client": True,
+            "allow_presence_for_client": True,
+        },
+    },
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def make_config(overrides: dict[str, Any] | None = None) -> Config:
+    """The test base config (HMAC secret, permissive channels, port 0) deep-merged with overrides.
+    Lists (e.g. channel.namespaces) replace, they do not merge."""
+    return parse_config(_merge(BASE_CONFIG, overrides or {}))
+
+
+def token(user: str = "42", ttl: float | None = 3600, **claims: Any) -> str:
+    """A connection token (or, with channel=..., a subscription token) signed with SECRET."""
+    body: dict[str, Any] = {"sub": user, **claims}
+    if ttl is not None and "exp" not in claims:
+        body["exp"] = int(time.time() + ttl)
+    return mint_token(SECRET, body)
+
+
+@attrs.frozen
+class RunningServer:
+    server: Server
+    url: str
+    trio_token: trio.lowlevel.TrioToken
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run a sync function inside the server's Trio thread (e.g. a node method)."""
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.trio_token)
+
+    def acall(self, fn: Any, *args: Any) -> Any:
+        """Run an async function inside the server's Trio thread."""
+        return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
+
+
+@contextmanager
+def running_server(config: Config | None = None) -> Iterator[RunningServer]:
+    config = config or make_config()
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(Server(config).run)
+            state["running"] = RunningServer(
+                server,
+                f"ws://127.0.0.1:{server.port}{config.server.websocket_path}",
+                trio.lowlevel.current_trio_token(),
+            )
+            state["stop"] = nursery.cancel_scope
+            ready.set()
+
+    def thread_main() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:  # surfaced by the test thread below
+            state["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=thread_main, name="aether-test-server", daemon=True)
+    thread.start()
+    if not ready.wait(10) or "error" in state:
+        raise RuntimeError(f"test server did not start: {state.get('error')!r}")
+    running: RunningServer = state["running"]
+    try:
+        yield running
+    finally:
+        trio.from_thread.run_sync(state["stop"].cancel, trio_token=running.trio_token)
+        thread.join(10)
+        if "error" in state:
+            raise state["error"]
+
+
+async def serve_in(nursery: trio.Nursery, config: Config | None = None) -> Server:
+    """Start a server in the caller's Trio run; it stops when the nursery is cancelled."""
+    server: Server = await nursery.start(Server(config or make_config()).run)
+    return server
+
+
+def ws_url(server: Server) -> str:
+    return f"ws://127.0.0.1:{server.port}{server.config.server.websocket_path}"
+
+
+class RawClient:
+    """A bare protocol client for tests: send JSON commands, read decoded lines."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.next_id = 1
+        self.pending: list[dict[str, Any]] = []
+
+    async def send(self, *commands: dict[str, Any]) -> None:
+        await self.ws.send_message("\n".join(orjson.dumps(c).decode() for c in commands))
+
+    async def command(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one command with a fresh id and return its reply (pushes seen meanwhile are kept)."""
+        cmd_id = self.next_id
+        self.next_id += 1
+        await self.send({"id": cmd_id, method: body or {}})
+        while True:
+            msg = await self.receive()
+            if msg.get("id") == cmd_id:
+                return msg
+            self.pending.append(msg)
+
+    async def receive(self) -> dict[str, Any]:
+        if self.pending:
+            return self.pending.pop(0)
+        frame = await self.ws.get_message()
+        lines = [orjson.loads(line) for line in frame.split("\n")]
+        self.pending.extend(lines[1:])
+        return lines[0]
+
+    async def connect(self, tok: str | None = None, **body: Any) -> dict[str, Any]:
+        if tok is not None:
+            body["token"] = tok
+        return await self.command("connect", body)
+
+
+def open_raw(url: str) -> Any:
+    """`async with open_raw(url) as client:` a RawClient over a real WebSocket."""
+    return _RawContext(url)
+
+
+class _RawContext:
+    def __init__(self, url: str) -> None:
+        self._ctx = open_websocket_url(url)
+
+    async def __aenter__(self) -> RawClient:
+        ws = await self._ctx.__aenter__()
+        return RawClient(ws)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._ctx.__aexit__(*exc)
