@@ -46,19 +46,20 @@ def _require_channel(channel: str) -> None:
         raise DisconnectError(Disconnect.BAD_REQUEST, "empty channel")
 
 
+OVERRIDABLE = (
+    "presence",
+    "join_leave",
+    "force_push_join_leave",
+    "force_recovery",
+    "force_positioning",
+)
+
+
 def _apply_override(options: ChannelOptions, override: ChannelOverride | None) -> ChannelOptions:
     if override is None:
         return options
     changes = {
-        name: value
-        for name in (
-            "presence",
-            "join_leave",
-            "force_push_join_leave",
-            "force_recovery",
-            "force_positioning",
-        )  # fmt: skip
-        if (value := getattr(override, name)) is not None
+        name: value for name in OVERRIDABLE if (value := getattr(override, name)) is not None
     }
     return attrs.evolve(options, **changes) if changes else options
 

@@ -1,21 +1,25 @@
 """Configuration: one TOML file structured into frozen attrs classes by a strict cattrs converter.
 
-Every option has a default, so an empty file (or none at all) is a working single-node server on the
-in-memory engine. Unknown keys, wrong types and invalid values raise `ConfigError` naming the key path
-(`channel.namespaces[1].history_size: expected an integer >= 0, got -3`) before anything listens.
+Every option has a default, so an empty file (or none at all) is a working single-node server on
+the in-memory engine. Unknown keys, wrong types and invalid values raise `ConfigError` naming the
+key path (`channel.namespaces[1].history_size: expected a number >= 0, got -3`) before anything
+listens.
 Secrets may be given inline or as `*_file` paths so the TOML itself can be committed.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 
 __all__ = [
     "ChannelOptions",
@@ -137,6 +141,8 @@ class TokenConfig:
     leeway: float = attrs.field(default=0.0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
+        if not self.algorithms:
+            raise ValueError("algorithms: expected at least one algorithm")
         unknown = sorted(set(self.algorithms) - TOKEN_ALGORITHMS)
         if unknown:
             raise ValueError(
@@ -161,7 +167,7 @@ class TokenConfig:
                 # A trailing newline from an editor is not part of an HMAC secret.
                 changes[key] = text.strip() if key.startswith("hmac") else text
                 changes[field.name] = ""
-        return attrs.evolve(self, **changes)
+        return attrs.evolve(self, **changes)  # type: ignore[arg-type]
 
     @property
     def has_any_key(self) -> bool:
@@ -215,7 +221,8 @@ class Namespace(ChannelOptions):
     def __attrs_post_init__(self) -> None:
         if not NAMESPACE_NAME.match(self.name):
             raise ValueError(
-                f"name: expected a namespace name matching {NAMESPACE_NAME.pattern}, got {self.name!r}"
+                f"name: expected a namespace name matching {NAMESPACE_NAME.pattern}, "
+                f"got {self.name!r}"
             )
 
 
@@ -282,10 +289,62 @@ def _strict_converter() -> cattrs.Converter:
     def structure_float(value: Any, _t: Any) -> float:
         if type(value) not in (int, float):
             raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
         return float(value)
+
+    def structure_literal(value: Any, t: Any) -> Any:
+        allowed = typing.get_args(t)
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            choices = ", ".join(repr(a) for a in allowed)
+            raise ValueError(f"expected one of {choices}; got {value!r}")
+        return value
+
+    def is_literal(t: Any) -> bool:
+        return typing.get_origin(t) in (Literal,)
+
+    def structure_str_tuple(value: Any, _t: Any) -> tuple[str, ...]:
+        # Without this a string would be split into its characters.
+        if type(value) is not list or not all(type(v) is str for v in value):
+            raise TypeError(f"expected an array of strings, got {value!r}")
+        return tuple(value)
+
+    table_hooks: dict[Any, Any] = {}
+
+    def structure_table(value: Any, t: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a table, got {type(value).__name__} {value!r}")
+        hook = table_hooks.get(t)
+        if hook is None:
+            hook = table_hooks[t] = make_dict_structure_fn(t, conv, _cattrs_forbid_extra_keys=True)
+        return hook(value, t)
+
+    def is_str_tuple(t: Any) -> bool:
+        return bool(t == tuple[str, ...])
+
+    def is_namespaces(t: Any) -> bool:
+        return bool(t == tuple[Namespace, ...])
+
+    def structure_namespaces(value: Any, _t: Any) -> tuple[Namespace, ...]:
+        if type(value) is not list:
+            raise TypeError(f"expected an array of tables ([[channel.namespaces]]), got {value!r}")
+        namespaces, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                namespaces.append(structure_table(item, Namespace))
+            except Exception as exc:
+                exc.add_note(f"Structuring namespaces @ index {index}")
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError("invalid namespaces", errors, tuple)
+        return tuple(namespaces)
 
     conv.register_structure_hook(int, structure_int)
     conv.register_structure_hook(float, structure_float)
+    conv.register_structure_hook_func(is_literal, structure_literal)
+    conv.register_structure_hook_func(is_str_tuple, structure_str_tuple)
+    conv.register_structure_hook_func(attrs.has, structure_table)
+    conv.register_structure_hook_func(is_namespaces, structure_namespaces)
     return conv
 
 
@@ -312,7 +371,7 @@ def _flatten_errors(exc: BaseException, path: str) -> list[str]:
     if isinstance(exc, ValueError) and ":" in message and not isinstance(exc, TypeError):
         # Validators name their attribute first ("history_size: expected ..."): keep the full path.
         attr, _, rest = message.partition(":")
-        if attr.isidentifier() and not path.endswith(attr):
+        if all(part.isidentifier() for part in attr.split(".")) and not path.endswith(attr):
             return [f"{path}{'.' if path else ''}{attr}:{rest}"]
     return [f"{path or '<root>'}: {message}"]
 

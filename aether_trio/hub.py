@@ -26,7 +26,7 @@ class Subscriber(Protocol):
     def push_join_leave(self) -> bool: ...
 
     def deliver(self, message: bytes, offset: int) -> None:
-        """Queue an encoded push; `offset` is the publication's (0 for joins, leaves, no history)."""
+        """Queue an encoded push; `offset` is the publication's (0: join, leave, no history)."""
 
 
 @attrs.frozen

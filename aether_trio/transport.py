@@ -7,6 +7,7 @@ bytes are decoded once per frame (after coalescing) for `send_message`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import trio
@@ -41,7 +42,9 @@ class WebSocketTransport:
     @property
     def remote(self) -> str:
         remote = self._ws.remote
-        return f"{remote.address}:{remote.port}" if hasattr(remote, "port") else str(remote)
+        if isinstance(remote, str):
+            return remote
+        return f"{remote.address}:{remote.port}"
 
     async def receive(self) -> str | bytes:
         try:
@@ -58,7 +61,5 @@ class WebSocketTransport:
 
     async def close(self, code: int, reason: str, wait: float) -> None:
         with trio.move_on_after(wait):
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._ws.aclose(code, reason)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass

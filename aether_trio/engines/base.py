@@ -84,7 +84,7 @@ class Broker(Protocol):
     async def publish(
         self, channel: str, pub: Publication, history: HistoryOptions
     ) -> StreamPosition:
-        """Append (when history is on) and deliver; returns the new top (offset 0 without history)."""
+        """Append (when history is on) and deliver; returns the new top (0 without history)."""
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
 

@@ -5,8 +5,8 @@ to the stream and hands the publication to the node's handler without a checkpoi
 other task can observe the stream and the live delivery disagreeing.
 
 Stream lifetime follows upstream's memory broker: the publications of a channel are dropped
-`ttl` after its last publish; the top offset and epoch survive until `meta_ttl` after last use, after
-which the stream is recreated with a new epoch (so clients see their position as unrecoverable).
+`ttl` after its last publish; the top offset and epoch survive until `meta_ttl` after last use,
+after which the stream is recreated with a new epoch (clients see their position unrecoverable).
 """
 
 from __future__ import annotations

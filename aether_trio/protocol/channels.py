@@ -29,7 +29,7 @@ class ResolvedChannel:
     namespace: str  # "" for channels without a namespace
     options: ChannelOptions
     private: bool
-    # Users allowed by a user-limited name (`dialog#42,43`); empty when the name is not user-limited.
+    # Users named by a user-limited channel (`dialog#42,43`); empty if it is not user-limited.
     allowed_users: frozenset[str]
     user_limited: bool
 

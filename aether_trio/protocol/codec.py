@@ -108,7 +108,9 @@ def raw_json(value: Any) -> m.RawJSON:
 
 def decode_frame(frame: str | bytes) -> list[Command]:
     """Split a frame into commands, in order. Anything malformed closes the connection with 3501."""
-    lines = frame.split("\n" if isinstance(frame, str) else b"\n")
+    lines: list[str] | list[bytes] = (
+        frame.split("\n") if isinstance(frame, str) else frame.split(b"\n")
+    )
     if lines and not lines[-1]:
         lines.pop()  # at most one trailing newline is allowed
     if not lines:
@@ -139,7 +141,7 @@ def _decode_command(line: str | bytes) -> Command:
     if type(body) is not dict:
         raise DisconnectError(Disconnect.BAD_REQUEST, f"{method} body is not an object")
     try:
-        request = converter.structure(body, REQUESTS[method])
+        request: Any = converter.structure(body, REQUESTS[method])
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         raise DisconnectError(Disconnect.BAD_REQUEST, f"invalid {method} fields: {exc}") from None
     return Command(command_id, method, request)
