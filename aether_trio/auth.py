@@ -114,9 +114,8 @@ class _QuietRSA(RSAAlgorithm):
 def _make_jws() -> jwt.PyJWS:
     jws = jwt.PyJWS(algorithms=[])
     for bits in (256, 384, 512):
-        digest = getattr(HMACAlgorithm, f"SHA{bits}")
-        jws.register_algorithm(f"HS{bits}", _QuietHMAC(digest))
-        jws.register_algorithm(f"RS{bits}", _QuietRSA(digest))
+        jws.register_algorithm(f"HS{bits}", _QuietHMAC(getattr(HMACAlgorithm, f"SHA{bits}")))
+        jws.register_algorithm(f"RS{bits}", _QuietRSA(getattr(RSAAlgorithm, f"SHA{bits}")))
     jws.register_algorithm("ES256", ECAlgorithm(ECAlgorithm.SHA256, ec.SECP256R1))
     jws.register_algorithm("ES384", ECAlgorithm(ECAlgorithm.SHA384, ec.SECP384R1))
     jws.register_algorithm("ES512", ECAlgorithm(ECAlgorithm.SHA512, ec.SECP521R1))

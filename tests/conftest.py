@@ -180,8 +180,13 @@ class _RawContext:
         self._ctx = open_websocket_url(url)
 
     async def __aenter__(self) -> RawClient:
-        ws = await self._ctx.__aenter__()
-        return RawClient(ws)
+        self._ws = await self._ctx.__aenter__()
+        return RawClient(self._ws)
 
     async def __aexit__(self, *exc: Any) -> Any:
-        return await self._ctx.__aexit__(*exc)
+        try:
+            return await self._ctx.__aexit__(*exc)
+        finally:
+            # trio-websocket 0.12's client leaves its socket open when the server closed first
+            # (it waits for the TCP close, then never closes its own end): close it here.
+            await self._ws._stream.aclose()
