@@ -24,7 +24,7 @@ from aether_trio.config import (
 )
 
 CONFIG_TOML = Path(__file__).resolve().parent.parent / "config.toml"
-DEV_SECRET = "aether-dev-secret-change-me"
+DEV_SECRET = "aether-development-secret-change-me-before-production"
 
 
 def _file_data() -> dict[str, Any]:
