@@ -16,6 +16,7 @@ import logging
 import random
 import time
 import uuid
+from logging import DEBUG, INFO
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -98,14 +99,17 @@ class Client:
             except EngineError:
                 log.warning("cleanup of %s in %s failed", self.client_id, channel, exc_info=True)
 
-    def close(self, disconnect: Disconnect, *, flush: bool = True) -> None:
-        self.close_with(
-            disconnect.value, disconnect.reason, flush=flush and disconnect != Disconnect.SLOW
-        )
+    def close(self, disconnect: Disconnect, *, flush: bool = True, detail: str = "") -> None:
+        flush = flush and disconnect != Disconnect.SLOW
+        self.close_with(disconnect.value, disconnect.reason, flush=flush, detail=detail)
 
-    def close_with(self, code: int, reason: str, *, flush: bool = True) -> None:
+    def close_with(
+        self, code: int, reason: str, *, flush: bool = True, detail: str = "", level: int = INFO
+    ) -> None:
+        """Ask the writer to close with `code`/`reason` (sent to the client); `detail` is only
+        logged. The one log line per closed connection is written here."""
         if self.outbox.close(code, reason, flush=flush):
-            log.info("closing %s: %d %s", self, code, reason)
+            log.log(level, "closing %s: %d %s%s", self, code, reason, f" ({detail})" * bool(detail))
             self.session.close()
             if not flush:
                 self._send_scope.cancel()
@@ -155,8 +159,7 @@ class Client:
                     if self.session.check(command):
                         await self._dispatch(command)
             except DisconnectError as exc:
-                log.info("protocol violation by %s: %s", self, exc.detail)
-                self.close(exc.disconnect)
+                self.close(exc.disconnect, detail=exc.detail)
 
     async def _dispatch(self, command: Command) -> None:
         try:
@@ -177,7 +180,8 @@ class Client:
             self._connect_failed = True
             self._timers["connect_failed"] = self.node.scheduler.call_later(
                 self.node.config.server.close_wait_seconds,
-                lambda: self.close(Disconnect.BAD_REQUEST),
+                # Already logged as the refused connect: this close is routine.
+                lambda: self.close_with(3501, Disconnect.BAD_REQUEST.reason, level=DEBUG),
             )
 
     # --- connection state, used by the command handlers ---
