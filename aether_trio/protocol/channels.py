@@ -65,7 +65,8 @@ class ChannelRules:
             raise ReplyError(ErrorCode.BAD_REQUEST, "channel name too long")
         regex = self._regex.get(namespace)
         if regex is not None:
-            if not regex.fullmatch(rest):
+            # Unanchored, like Go's MatchString: a pattern that must cover the whole name uses ^...$.
+            if not regex.search(rest):
                 raise ReplyError(ErrorCode.BAD_REQUEST, "channel name does not match channel_regex")
         elif not channel.isascii():
             raise ReplyError(ErrorCode.BAD_REQUEST, "non-ASCII channel name")

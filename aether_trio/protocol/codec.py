@@ -32,17 +32,18 @@ __all__ = [
 ]
 
 # Request class of every method the client may send, keyed by its JSON key.
+# In upstream's dispatch order: a command carrying several method keys is the first of these.
 REQUESTS: Final[dict[str, type]] = {
     "connect": m.ConnectRequest,
+    "ping": m.PingRequest,
     "subscribe": m.SubscribeRequest,
     "unsubscribe": m.UnsubscribeRequest,
     "publish": m.PublishRequest,
     "presence": m.PresenceRequest,
     "presence_stats": m.PresenceStatsRequest,
     "history": m.HistoryRequest,
-    "ping": m.PingRequest,
-    "send": m.SendRequest,
     "rpc": m.RPCRequest,
+    "send": m.SendRequest,
     "refresh": m.RefreshRequest,
     "sub_refresh": m.SubRefreshRequest,
 }
@@ -128,7 +129,8 @@ def _decode_command(line: str | bytes) -> Command:
     command_id = raw.pop("id", 0)
     if type(command_id) is not int or not 0 <= command_id <= MAX_UINT32:
         raise DisconnectError(Disconnect.BAD_REQUEST, "invalid command id")
-    method = next((key for key in raw if key in REQUESTS), None)
+    # A null method value means absent, as with upstream's decoder.
+    method = next((key for key in REQUESTS if raw.get(key) is not None), None)
     if method is None:
         if command_id == 0 and not raw:
             return Command(0, PONG, None)
@@ -136,8 +138,6 @@ def _decode_command(line: str | bytes) -> Command:
     if command_id == 0 and method != "send":
         raise DisconnectError(Disconnect.BAD_REQUEST, f"{method} command without id")
     body = raw[method]
-    if body is None:
-        body = {}
     if type(body) is not dict:
         raise DisconnectError(Disconnect.BAD_REQUEST, f"{method} body is not an object")
     try:

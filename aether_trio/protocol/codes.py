@@ -91,7 +91,10 @@ class Disconnect(enum.IntEnum):
 
 
 def should_reconnect(code: int) -> bool:
-    return 3000 <= code < 3500 or 4000 <= code < 4500 or code >= 5000
+    """Whether an SDK reconnects after a close with `code` (1009 aside: JS stops there)."""
+    if code < 3000:
+        return code != 1009
+    return code < 3500 or 4000 <= code < 4500 or code >= 5000
 
 
 _DISCONNECT_REASONS = {

@@ -47,9 +47,16 @@ NO_JSON = RawJSON(b"")
 # --- requests (client -> server); unknown keys are ignored, as the SDKs send new ones freely ---
 
 
+def _empty_to_none(value: Any) -> Any:
+    return value or None
+
+
+_UINT = attrs.validators.ge(0)
+
+
 @attrs.frozen
 class StreamPosition:
-    offset: int = 0
+    offset: int = attrs.field(default=0, validator=_UINT)
     epoch: str = ""
 
 
@@ -59,7 +66,7 @@ class SubscribeRequest:
     token: str = ""
     recover: bool = False
     epoch: str = ""
-    offset: int = 0
+    offset: int = attrs.field(default=0, validator=_UINT)
     data: Any = None
     positioned: bool = False
     recoverable: bool = False
@@ -151,7 +158,8 @@ class Publication:
     data: RawJSON = NO_JSON
     info: ClientInfo | None = None
     offset: int = 0
-    tags: dict[str, str] | None = None
+    # Empty maps are omitted on the wire, like every other zero value.
+    tags: dict[str, str] | None = attrs.field(default=None, converter=_empty_to_none)
 
 
 @attrs.frozen
@@ -175,7 +183,7 @@ class ConnectResult:
     expires: bool = False
     ttl: int = 0
     data: RawJSON = NO_JSON
-    subs: dict[str, SubscribeResult] | None = None
+    subs: dict[str, SubscribeResult] | None = attrs.field(default=None, converter=_empty_to_none)
     ping: int = 0
     pong: bool = False
 

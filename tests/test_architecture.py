@@ -1,0 +1,283 @@
+"""The layering of STYLE.md, proved from the source with `ast` (not by grepping), and the public
+surface pinned.
+
+- `aether_trio/protocol/` is sans-IO: no trio, trio_websocket, redis, prometheus_client or
+  trio_asyncio, neither directly nor through another aether_trio module it imports.
+- engines never import the hub, the hub never imports an engine.
+- only `app.py` (the composition root) imports the concrete memory engine.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+PACKAGE = "aether_trio"
+# From the checkout, not from `aether_trio.__file__`: see `load_module`.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
+FORBIDDEN_IN_PROTOCOL = ("trio", "trio_websocket", "redis", "prometheus_client", "trio_asyncio")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Absolute names of every module an import statement anywhere in `source` may load.
+
+    `from X import y` yields both X and X.y (y may be a submodule). Imports inside functions and
+    `if TYPE_CHECKING:` blocks count too: the layering is about what code depends on.
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")
+                if node.level > 1:
+                    base_parts = base_parts[: -(node.level - 1)]
+                base = ".".join(base_parts)
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names if alias.name != "*")
+    return found
+
+
+def _source_files() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+SOURCES = _source_files()
+
+
+def imports_of(module: str) -> set[str]:
+    path = SOURCES[module]
+    return imported_modules(path.read_text(), module, path.name == "__init__.py")
+
+
+def _is_within(name: str, root: str) -> bool:
+    return name == root or name.startswith(root + ".")
+
+
+def transitive_internal_imports(module: str) -> set[str]:
+    """Every aether_trio module reachable from `module` through imports (itself excluded)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for name in imports_of(todo.pop()):
+            if name in SOURCES and name not in seen and name != module:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+# --- the import parser itself (so the checks below can fail) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "expected"),
+    [
+        ("import trio", "aether_trio.protocol.codec", {"trio"}),
+        ("import trio.lowlevel as ll", "aether_trio.protocol.codec", {"trio.lowlevel"}),
+        ("from trio import sleep", "aether_trio.protocol.codec", {"trio", "trio.sleep"}),
+        (
+            "from ..hub import Hub",
+            "aether_trio.engines.memory",
+            {"aether_trio.hub", "aether_trio.hub.Hub"},
+        ),
+        ("from .. import hub", "aether_trio.engines.base", {"aether_trio", "aether_trio.hub"}),
+        (
+            "from .base import Broker",
+            "aether_trio.engines.memory",
+            {"aether_trio.engines.base", "aether_trio.engines.base.Broker"},
+        ),
+        (
+            "def f():\n    import redis.asyncio\n",
+            "aether_trio.protocol.session",
+            {"redis.asyncio"},
+        ),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trio import Nursery\n",
+            "aether_trio.protocol.session",
+            {"typing", "typing.TYPE_CHECKING", "trio", "trio.Nursery"},
+        ),
+    ],
+)
+def test_import_parser(source: str, module: str, expected: set[str]) -> None:
+    assert imported_modules(source, module) == expected
+
+
+def test_import_parser_resolves_relative_imports_in_a_package_init() -> None:
+    found = imported_modules("from .memory import MemoryBroker", "aether_trio.engines", True)
+    assert "aether_trio.engines.memory" in found
+
+
+def test_the_real_sources_are_seen() -> None:
+    assert "orjson" in imports_of("aether_trio.protocol.codec")
+    assert "aether_trio.engines.memory" in imports_of("aether_trio.app")
+    assert "trio" in imports_of("aether_trio.engines.memory")
+    assert "aether_trio.config" in transitive_internal_imports("aether_trio.protocol.channels")
+
+
+# --- layering ----------------------------------------------------------------------------------
+
+PROTOCOL_MODULES = sorted(m for m in SOURCES if _is_within(m, f"{PACKAGE}.protocol"))
+
+
+def test_protocol_package_has_the_expected_modules() -> None:
+    expected = {"__init__", "channels", "codec", "codes", "errors", "messages", "permissions"}
+    expected.add("session")
+    found = {
+        m.removeprefix(f"{PACKAGE}.protocol").lstrip(".") or "__init__" for m in PROTOCOL_MODULES
+    }
+    assert expected <= found
+
+
+@pytest.mark.parametrize("module", PROTOCOL_MODULES)
+def test_protocol_is_sans_io(module: str) -> None:
+    closure = {module} | transitive_internal_imports(module)
+    offenders = sorted(
+        f"{source} imports {name}"
+        for source in closure
+        for name in imports_of(source)
+        if any(_is_within(name, root) for root in FORBIDDEN_IN_PROTOCOL)
+    )
+    assert offenders == []
+
+
+@pytest.mark.parametrize("module", PROTOCOL_MODULES)
+def test_protocol_depends_on_nothing_above_it(module: str) -> None:
+    # Only other protocol modules and the config (channel options) are allowed inside the package.
+    allowed = {f"{PACKAGE}.config"}
+    internal = transitive_internal_imports(module)
+    outside = sorted(
+        name
+        for name in internal
+        if not _is_within(name, f"{PACKAGE}.protocol") and name not in allowed
+    )
+    assert outside == []
+
+
+ENGINE_MODULES = sorted(m for m in SOURCES if _is_within(m, f"{PACKAGE}.engines"))
+
+
+@pytest.mark.parametrize("module", ENGINE_MODULES)
+def test_engines_never_import_the_hub(module: str) -> None:
+    hub = f"{PACKAGE}.hub"
+    assert sorted(n for n in imports_of(module) if _is_within(n, hub)) == []
+    assert hub not in transitive_internal_imports(module)
+
+
+def test_hub_never_imports_an_engine() -> None:
+    engines = f"{PACKAGE}.engines"
+    assert sorted(n for n in imports_of(f"{PACKAGE}.hub") if _is_within(n, engines)) == []
+    assert (
+        sorted(n for n in transitive_internal_imports(f"{PACKAGE}.hub") if _is_within(n, engines))
+        == []
+    )
+
+
+def test_only_app_imports_the_memory_engine() -> None:
+    memory = f"{PACKAGE}.engines.memory"
+    importers = sorted(
+        module
+        for module in SOURCES
+        if module != memory and any(_is_within(n, memory) for n in imports_of(module))
+    )
+    assert importers == [f"{PACKAGE}.app"]
+
+
+# --- public surface ----------------------------------------------------------------------------
+
+
+def load_module(module: str) -> ModuleType:
+    """The module as its source defines it.
+
+    A stale editable install can make `import aether_trio` resolve to a namespace package (no
+    `__file__`, `__init__.py` never run) when the checkout is not on sys.path, as under pytest.
+    Then the package's own `__init__.py` is executed into a fresh module object, which is not put
+    into sys.modules, so no other test sees it.
+    """
+    mod = importlib.import_module(module)
+    if getattr(mod, "__file__", None) is not None:
+        return mod
+    path = SOURCES[module]
+    spec = importlib.util.spec_from_file_location(
+        module, path, submodule_search_locations=[str(path.parent)]
+    )
+    assert spec is not None and spec.loader is not None
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    return fresh
+
+
+def _declared_all(module: str) -> list[str] | None:
+    for node in ast.parse(SOURCES[module].read_text()).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                assert node.value is not None
+                value = ast.literal_eval(node.value)
+                return list(value)
+    return None
+
+
+PINNED_PACKAGE_ALL = ["Config", "ConfigError", "Server", "__version__", "load_config"]
+
+
+def test_package_all_is_pinned() -> None:
+    declared = _declared_all(PACKAGE)
+    assert declared is not None
+    assert sorted(declared) == PINNED_PACKAGE_ALL
+    assert len(set(declared)) == len(declared)
+    package = load_module(PACKAGE)
+    assert sorted(package.__all__) == PINNED_PACKAGE_ALL
+
+
+def test_package_exports_are_the_real_objects() -> None:
+    from aether_trio.app import Server
+    from aether_trio.config import Config, ConfigError, load_config
+
+    package = load_module(PACKAGE)
+    assert package.Server is Server
+    assert package.Config is Config
+    assert package.ConfigError is ConfigError
+    assert package.load_config is load_config
+    assert isinstance(package.__version__, str)
+    assert package.__version__
+
+
+MODULES_WITH_ALL = sorted(
+    module
+    for module in SOURCES
+    if module.rpartition(".")[2] != "__main__"  # importing it runs the CLI
+    and _declared_all(module) is not None
+)
+
+
+def test_modules_with_all_are_found() -> None:
+    for module in (PACKAGE, f"{PACKAGE}.protocol.codec", f"{PACKAGE}.hub", f"{PACKAGE}.app"):
+        assert module in MODULES_WITH_ALL
+
+
+@pytest.mark.parametrize("module", MODULES_WITH_ALL)
+def test_every_name_in_all_exists(module: str) -> None:
+    mod = load_module(module)
+    exported = list(mod.__all__)
+    assert exported == _declared_all(module)
+    assert all(isinstance(name, str) for name in exported)
+    assert len(set(exported)) == len(exported), "duplicate names in __all__"
+    missing = sorted(name for name in exported if not hasattr(mod, name))
+    assert missing == []
