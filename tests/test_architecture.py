@@ -281,3 +281,21 @@ def test_every_name_in_all_exists(module: str) -> None:
     assert len(set(exported)) == len(exported), "duplicate names in __all__"
     missing = sorted(name for name in exported if not hasattr(mod, name))
     assert missing == []
+
+
+def test_importing_the_protocol_layer_loads_no_io_library_at_runtime() -> None:
+    """The static check above misses imports made by the package __init__; this one runs them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import aether_trio.protocol.codec, aether_trio.protocol.session\n"
+        "import aether_trio.protocol.channels, aether_trio.protocol.permissions\n"
+        "print(sorted(m for m in ('trio', 'trio_websocket', 'redis', 'prometheus_client',"
+        " 'trio_asyncio') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
