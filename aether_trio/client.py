@@ -37,7 +37,7 @@ from .protocol.errors import DisconnectError, ReplyError
 from .protocol.messages import NO_JSON, ClientInfo, RawJSON, UnsubscribePush
 from .protocol.session import Session
 from .subscription import ChannelSubscription
-from .transport import Transport, TransportClosed
+from .transport import PEER_PROTOCOL_ERRORS, Transport, TransportClosed
 
 if TYPE_CHECKING:
     from .node import Node
@@ -146,7 +146,9 @@ class Client:
         while self.outbox.close_request is None:
             try:
                 frame = await self.transport.receive()
-            except TransportClosed:
+            except TransportClosed as exc:
+                if exc.code in PEER_PROTOCOL_ERRORS:
+                    log.info("closing %s: %d (WebSocket protocol error)", self, exc.code)
                 return
             if self._connect_failed:
                 continue  # the SDK closes after a connect error; nothing more is handled

@@ -38,7 +38,7 @@ FLAG_REJECT_UNRECOVERED = 2
 
 
 def _ttl(expire_at: int | None) -> int:
-    return max(0, int(expire_at - time.time())) if expire_at else 0
+    return max(0, expire_at - int(time.time())) if expire_at else 0
 
 
 def _require_channel(channel: str) -> None:

@@ -75,9 +75,10 @@ class Hub:
         message = encode_push(channel, "pub", pub)
         offset = pub.offset
         # Copy: a delivery may disconnect a slow subscriber, which unregisters it.
-        for sub in list(subs.values()):
+        receivers = list(subs.values())
+        for sub in receivers:
             sub.deliver(message, offset)
-        return len(subs)
+        return len(receivers)
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> int:
         return self._broadcast_join_leave(channel, "join", info)

@@ -20,6 +20,10 @@ __all__ = ["Scheduler", "Timer"]
 log = logging.getLogger(__name__)
 
 
+def _noop() -> None:
+    pass
+
+
 class Timer:
     __slots__ = ("callback", "cancelled", "deadline")
 
@@ -30,6 +34,9 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # The heap keeps the entry until its deadline; drop the callback now so that whatever it
+        # refers to (a closed connection) is not kept alive until then.
+        self.callback = _noop
 
 
 class Scheduler:
@@ -49,7 +56,8 @@ class Scheduler:
         return timer
 
     def __len__(self) -> int:
-        return len(self._heap)
+        """Pending timers (cancelled ones leave at their deadline and are not counted)."""
+        return sum(1 for entry in self._heap if not entry[2].cancelled)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -57,13 +65,12 @@ class Scheduler:
         while True:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                timer = heapq.heappop(heap)[2]
-                if timer.cancelled:
-                    continue
+                callback = heapq.heappop(heap)[2].callback
                 try:
-                    timer.callback()
+                    callback()
                 except Exception:
                     log.exception("timer callback failed")
+                del callback  # not kept alive while the loop sleeps
             self._changed = trio.Event()
             with trio.move_on_at(heap[0][0] if heap else math.inf):
                 await self._changed.wait()

@@ -146,23 +146,31 @@ class RawClient:
         await self.ws.send_message("\n".join(orjson.dumps(c).decode() for c in commands))
 
     async def command(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send one command with a fresh id and return its reply (pushes seen meanwhile are kept)."""
+        """Send one command with a fresh id and return its reply; pushes that arrive first are
+        kept for `receive`, in order."""
         cmd_id = self.next_id
         self.next_id += 1
         await self.send({"id": cmd_id, method: body or {}})
-        while True:
-            msg = await self.receive()
+        for index, msg in enumerate(self.pending):
             if msg.get("id") == cmd_id:
-                return msg
-            self.pending.append(msg)
+                return self.pending.pop(index)
+        while True:
+            lines = await self._read_lines()
+            for index, msg in enumerate(lines):
+                if msg.get("id") == cmd_id:
+                    self.pending.extend(lines[index + 1 :])
+                    return msg
+                self.pending.append(msg)
 
     async def receive(self) -> dict[str, Any]:
-        if self.pending:
-            return self.pending.pop(0)
+        """The next message: kept ones first, then new frames."""
+        if not self.pending:
+            self.pending.extend(await self._read_lines())
+        return self.pending.pop(0)
+
+    async def _read_lines(self) -> list[dict[str, Any]]:
         frame = await self.ws.get_message()
-        lines = [orjson.loads(line) for line in frame.split("\n")]
-        self.pending.extend(lines[1:])
-        return lines[0]
+        return [orjson.loads(line) for line in frame.split("\n")]
 
     async def connect(self, tok: str | None = None, **body: Any) -> dict[str, Any]:
         if tok is not None:

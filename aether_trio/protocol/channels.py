@@ -65,7 +65,7 @@ class ChannelRules:
             raise ReplyError(ErrorCode.BAD_REQUEST, "channel name too long")
         regex = self._regex.get(namespace)
         if regex is not None:
-            # Unanchored, like Go's MatchString: a pattern that must cover the whole name uses ^...$.
+            # Unanchored, like Go's MatchString: to cover the whole name, write ^...$.
             if not regex.search(rest):
                 raise ReplyError(ErrorCode.BAD_REQUEST, "channel name does not match channel_regex")
         elif not channel.isascii():

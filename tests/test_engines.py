@@ -1,0 +1,557 @@
+"""Contract tests for the engine protocols (`Broker`, `PresenceManager`) and for `Node.recover`.
+
+Every test runs against each factory in `ENGINE_FACTORIES`. Today that is only the memory engine;
+a Redis engine is added by writing one more factory that yields an `Engines` (and, if its
+expiry does not follow the Trio clock, an `elapse` that really waits) and listing it there.
+
+Time: tests that need TTLs to pass take `autojump_clock` and wait through `engines.elapse`, so a
+day of stream lifetime costs nothing. References: reference sections 8.1 (stream model),
+8.3 (recovery) and 8.4 (history semantics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import attrs
+import pytest
+import trio
+from conftest import make_config
+
+from aether_trio.engines.base import (
+    Broker,
+    HistoryOptions,
+    HistoryQuery,
+    PresenceManager,
+    UnrecoverablePosition,
+)
+from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
+from aether_trio.node import Node
+from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON, StreamPosition
+
+# --- engine factories -----------------------------------------------------------------------
+
+
+class RecordingHandler:
+    """A `BrokerEventHandler` that records what the broker delivers, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Publication | ClientInfo]] = []
+
+    def handle_publication(self, channel: str, pub: Publication) -> None:
+        self.events.append(("pub", channel, pub))
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self.events.append(("join", channel, info))
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self.events.append(("leave", channel, info))
+
+    def publications(self, channel: str) -> list[Publication]:
+        return [p for _, ch, p in self.events if isinstance(p, Publication) and ch == channel]
+
+
+async def _trio_sleep(seconds: float) -> None:
+    await trio.sleep(seconds)
+
+
+@attrs.define
+class Engines:
+    broker: Broker
+    presence: PresenceManager
+    handler: RecordingHandler
+    # Let `seconds` of engine time pass (the memory engine follows the Trio clock).
+    elapse: Callable[[float], Awaitable[None]] = _trio_sleep
+
+
+EngineFactory = Callable[[], AbstractAsyncContextManager[Engines]]
+
+
+@asynccontextmanager
+async def memory_engines() -> AsyncIterator[Engines]:
+    broker = MemoryBroker()
+    handler = RecordingHandler()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.run, handler)
+        yield Engines(broker, MemoryPresenceManager(), handler)
+        nursery.cancel_scope.cancel()
+
+
+ENGINE_FACTORIES = [pytest.param(memory_engines, id="memory")]
+
+
+@pytest.fixture(params=ENGINE_FACTORIES)
+async def engines(request: pytest.FixtureRequest) -> AsyncIterator[Engines]:
+    factory: EngineFactory = request.param
+    async with factory() as running:
+        yield running
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+DAY = 24 * 3600.0
+HISTORY = HistoryOptions(size=10, ttl=300.0, meta_ttl=DAY)
+NO_HISTORY = HistoryOptions()
+ALICE = ClientInfo("alice", "c1")
+
+
+def pub(n: int) -> Publication:
+    return Publication(data=RawJSON(b'{"n":%d}' % n), info=ALICE)
+
+
+async def publish_n(
+    engines: Engines, channel: str, count: int, history: HistoryOptions = HISTORY
+) -> list[StreamPosition]:
+    return [await engines.broker.publish(channel, pub(n), history) for n in range(1, count + 1)]
+
+
+async def read(
+    engines: Engines,
+    channel: str,
+    *,
+    since: StreamPosition | None = None,
+    limit: int = -1,
+    reverse: bool = False,
+    meta_ttl: float = DAY,
+) -> tuple[list[int], StreamPosition]:
+    """History as a list of offsets (plus the top), which is what most assertions look at."""
+    pubs, top = await engines.broker.history(channel, HistoryQuery(since, limit, reverse), meta_ttl)
+    return [p.offset for p in pubs], top
+
+
+# --- stream model (8.1) ---------------------------------------------------------------------
+
+
+async def test_offsets_start_at_one_and_increase_by_one_with_a_stable_epoch(
+    engines: Engines,
+) -> None:
+    positions = await publish_n(engines, "news", 5)
+    assert [p.offset for p in positions] == [1, 2, 3, 4, 5]
+    epoch = positions[0].epoch
+    assert epoch
+    assert all(p.epoch == epoch for p in positions)
+    offsets, top = await read(engines, "news")
+    assert offsets == [1, 2, 3, 4, 5]
+    assert top == StreamPosition(5, epoch)
+
+
+async def test_channels_have_independent_streams(engines: Engines) -> None:
+    await publish_n(engines, "a", 3)
+    (b1,) = await publish_n(engines, "b", 1)
+    assert b1.offset == 1
+    assert (await read(engines, "a"))[0] == [1, 2, 3]
+    assert (await read(engines, "b"))[0] == [1]
+
+
+async def test_history_publications_keep_data_and_info(engines: Engines) -> None:
+    await publish_n(engines, "news", 2)
+    pubs, _top = await engines.broker.history("news", HistoryQuery(limit=-1), DAY)
+    assert pubs == [attrs.evolve(pub(1), offset=1), attrs.evolve(pub(2), offset=2)]
+
+
+async def test_publish_without_history_returns_offset_zero_stores_nothing_but_delivers(
+    engines: Engines,
+) -> None:
+    position = await engines.broker.publish("chat", pub(1), NO_HISTORY)
+    assert position.offset == 0
+    assert engines.handler.publications("chat") == [pub(1)]  # delivered, offset 0
+    offsets, top = await read(engines, "chat")
+    assert offsets == []
+    assert top.offset == 0
+
+
+@pytest.mark.parametrize(
+    "options", [HistoryOptions(size=0, ttl=300.0), HistoryOptions(size=10, ttl=0.0)]
+)
+async def test_history_needs_both_size_and_ttl(engines: Engines, options: HistoryOptions) -> None:
+    assert not options.enabled
+    position = await engines.broker.publish("chat", pub(1), options)
+    assert position.offset == 0
+    assert (await read(engines, "chat"))[0] == []
+
+
+async def test_size_eviction_keeps_the_newest_and_the_top(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 7, HistoryOptions(size=3, ttl=300.0))
+    offsets, top = await read(engines, "news")
+    assert offsets == [5, 6, 7]
+    assert top == positions[-1] == StreamPosition(7, positions[0].epoch)
+
+
+async def test_history_ttl_counts_from_the_last_publish_and_keeps_top_and_epoch(
+    engines: Engines, autojump_clock: trio.testing.MockClock
+) -> None:
+    options = HistoryOptions(size=10, ttl=60.0, meta_ttl=DAY)
+    (first,) = await publish_n(engines, "news", 1, options)
+    await engines.elapse(50)
+    await engines.broker.publish("news", pub(2), options)
+    await engines.elapse(50)  # 100 s after the first publish, 50 s after the last
+    assert (await read(engines, "news"))[0] == [1, 2]
+    await engines.elapse(11)  # 61 s after the last publish
+    offsets, top = await read(engines, "news")
+    assert offsets == []
+    assert top == StreamPosition(2, first.epoch)
+    # The stream goes on where it was.
+    position = await engines.broker.publish("news", pub(3), options)
+    assert position == StreamPosition(3, first.epoch)
+    assert (await read(engines, "news"))[0] == [3]
+
+
+async def test_history_ttl_expiry_also_happens_without_anyone_reading(
+    engines: Engines, autojump_clock: trio.testing.MockClock
+) -> None:
+    options = HistoryOptions(size=10, ttl=60.0, meta_ttl=DAY)
+    (first,) = await publish_n(engines, "news", 1, options)
+    await engines.elapse(3600)  # long enough for any background sweep
+    offsets, top = await read(engines, "news")
+    assert offsets == []
+    assert top == first
+
+
+async def test_meta_ttl_expiry_starts_a_new_epoch_and_restarts_offsets(
+    engines: Engines, autojump_clock: trio.testing.MockClock
+) -> None:
+    options = HistoryOptions(size=10, ttl=60.0, meta_ttl=600.0)
+    positions = await publish_n(engines, "news", 3, options)
+    await engines.elapse(601)
+    fresh = await engines.broker.publish("news", pub(4), options)
+    assert fresh.offset == 1
+    assert fresh.epoch and fresh.epoch != positions[0].epoch
+    offsets, top = await read(engines, "news", meta_ttl=600.0)
+    assert offsets == [1]
+    assert top == fresh
+
+
+async def test_meta_ttl_expiry_seen_by_a_read_gives_an_empty_stream_with_a_new_epoch(
+    engines: Engines, autojump_clock: trio.testing.MockClock
+) -> None:
+    options = HistoryOptions(size=10, ttl=60.0, meta_ttl=600.0)
+    (first,) = await publish_n(engines, "news", 1, options)
+    await engines.elapse(601)
+    offsets, top = await read(engines, "news", meta_ttl=600.0)
+    assert offsets == []
+    assert top.offset == 0
+    assert top.epoch and top.epoch != first.epoch
+
+
+async def test_stream_top_survives_until_meta_ttl(
+    engines: Engines, autojump_clock: trio.testing.MockClock
+) -> None:
+    options = HistoryOptions(size=10, ttl=60.0, meta_ttl=600.0)
+    (first,) = await publish_n(engines, "news", 1, options)
+    await engines.elapse(590)  # publications long gone, metadata not yet
+    position = await engines.broker.publish("news", pub(2), options)
+    assert position == StreamPosition(2, first.epoch)
+
+
+# --- history semantics (8.4) ----------------------------------------------------------------
+
+
+async def test_reading_a_never_used_channel_creates_an_empty_stream(engines: Engines) -> None:
+    offsets, top = await read(engines, "fresh")
+    assert offsets == []
+    assert top.offset == 0
+    assert top.epoch
+    # It is a stream now: the epoch is stable and the first publication gets offset 1 in it.
+    assert (await read(engines, "fresh"))[1] == top
+    position = await engines.broker.publish("fresh", pub(1), HISTORY)
+    assert position == StreamPosition(1, top.epoch)
+
+
+async def test_limit_zero_returns_only_the_top(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 3)
+    assert await read(engines, "news", limit=0) == ([], positions[-1])
+
+
+async def test_negative_limit_returns_everything(engines: Engines) -> None:
+    await publish_n(engines, "news", 5)
+    assert (await read(engines, "news", limit=-1))[0] == [1, 2, 3, 4, 5]
+    assert (await read(engines, "news", limit=-1, reverse=True))[0] == [5, 4, 3, 2, 1]
+
+
+async def test_positive_limit_caps_the_page(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 5)
+    assert await read(engines, "news", limit=2) == ([1, 2], positions[-1])
+    assert await read(engines, "news", limit=2, reverse=True) == ([5, 4], positions[-1])
+    assert (await read(engines, "news", limit=50))[0] == [1, 2, 3, 4, 5]
+
+
+async def test_since_forward_returns_later_publications_ascending(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 5)
+    since = positions[1]  # offset 2
+    assert await read(engines, "news", since=since) == ([3, 4, 5], positions[-1])
+    assert (await read(engines, "news", since=since, limit=2))[0] == [3, 4]
+    assert (await read(engines, "news", since=StreamPosition(0, since.epoch)))[0] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+
+
+async def test_since_at_the_top_is_empty(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 3)
+    assert await read(engines, "news", since=positions[-1]) == ([], positions[-1])
+
+
+async def test_since_forward_past_an_evicted_offset_starts_from_the_oldest_kept(
+    engines: Engines,
+) -> None:
+    positions = await publish_n(engines, "news", 6, HistoryOptions(size=3, ttl=300.0))
+    since = StreamPosition(1, positions[0].epoch)  # 2 was evicted
+    assert (await read(engines, "news", since=since))[0] == [4, 5, 6]
+
+
+async def test_since_reverse_returns_earlier_publications_descending(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 5)
+    since = positions[3]  # offset 4
+    assert await read(engines, "news", since=since, reverse=True) == ([3, 2, 1], positions[-1])
+    assert (await read(engines, "news", since=since, reverse=True, limit=2))[0] == [3, 2]
+
+
+async def test_since_reverse_with_the_previous_offset_evicted_is_empty(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 6, HistoryOptions(size=3, ttl=300.0))
+    epoch = positions[0].epoch
+    # Kept: 4, 5, 6. Before 4 is 3: evicted.
+    assert (await read(engines, "news", since=StreamPosition(4, epoch), reverse=True))[0] == []
+    assert (await read(engines, "news", since=StreamPosition(2, epoch), reverse=True))[0] == []
+    # Before 5 is 4: kept.
+    assert (await read(engines, "news", since=StreamPosition(5, epoch), reverse=True))[0] == [4]
+
+
+async def test_since_with_another_epoch_is_unrecoverable(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 3)
+    other = StreamPosition(1, positions[0].epoch + "x")
+    for limit, reverse in [(-1, False), (2, True), (0, False)]:
+        with pytest.raises(UnrecoverablePosition):
+            await read(engines, "news", since=other, limit=limit, reverse=reverse)
+
+
+async def test_since_with_another_epoch_on_an_empty_stream_is_unrecoverable(
+    engines: Engines,
+) -> None:
+    with pytest.raises(UnrecoverablePosition):
+        await read(engines, "fresh", since=StreamPosition(0, "not-the-epoch"))
+
+
+async def test_since_with_an_empty_epoch_matches_any_epoch(engines: Engines) -> None:
+    await publish_n(engines, "news", 3)
+    assert (await read(engines, "news", since=StreamPosition(1)))[0] == [2, 3]
+
+
+async def test_remove_history_drops_publications_but_keeps_top_and_epoch(engines: Engines) -> None:
+    positions = await publish_n(engines, "news", 3)
+    await engines.broker.remove_history("news")
+    assert await read(engines, "news") == ([], positions[-1])
+    position = await engines.broker.publish("news", pub(4), HISTORY)
+    assert position == StreamPosition(4, positions[0].epoch)
+    assert (await read(engines, "news"))[0] == [4]
+
+
+async def test_remove_history_of_an_unknown_channel_is_fine(engines: Engines) -> None:
+    await engines.broker.remove_history("nothing-here")
+
+
+# --- delivery --------------------------------------------------------------------------------
+
+
+async def test_publish_delivers_synchronously_in_order_with_offsets(engines: Engines) -> None:
+    for n in range(1, 6):
+        position = await engines.broker.publish("news", pub(n), HISTORY)
+        # Delivered by the time publish returns, carrying the offset it was stored under.
+        delivered = engines.handler.publications("news")
+        assert len(delivered) == n
+        assert delivered[-1] == attrs.evolve(pub(n), offset=position.offset)
+    delivered = engines.handler.publications("news")
+    assert delivered == [attrs.evolve(pub(n), offset=n) for n in range(1, 6)]
+
+
+async def test_join_and_leave_are_delivered(engines: Engines) -> None:
+    bob = ClientInfo("bob", "c2", RawJSON(b'{"k":1}'))
+    await engines.broker.publish_join("room", ALICE)
+    await engines.broker.publish_join("room", bob)
+    await engines.broker.publish_leave("room", ALICE)
+    assert engines.handler.events == [
+        ("join", "room", ALICE),
+        ("join", "room", bob),
+        ("leave", "room", ALICE),
+    ]
+
+
+async def test_subscribe_and_unsubscribe_are_accepted(engines: Engines) -> None:
+    await engines.broker.subscribe("news")
+    await engines.broker.publish("news", pub(1), HISTORY)
+    await engines.broker.unsubscribe("news")
+    assert [p.offset for p in engines.handler.publications("news")] == [1]
+
+
+# --- presence --------------------------------------------------------------------------------
+
+
+async def test_presence_add_remove_and_stats(engines: Engines) -> None:
+    presence = engines.presence
+    a1 = ClientInfo("alice", "c1")
+    a2 = ClientInfo("alice", "c2", RawJSON(b'{"device":"phone"}'))
+    b1 = ClientInfo("bob", "c3")
+    for info in (a1, a2, b1):
+        await presence.add_presence("room", info)
+    assert await presence.presence("room") == {"c1": a1, "c2": a2, "c3": b1}
+    assert await presence.presence_stats("room") == (3, 2)  # three clients, two distinct users
+
+    await presence.remove_presence("room", "c1")
+    assert await presence.presence("room") == {"c2": a2, "c3": b1}
+    assert await presence.presence_stats("room") == (2, 2)
+    await presence.remove_presence("room", "c3")
+    assert await presence.presence_stats("room") == (1, 1)
+    await presence.remove_presence("room", "c2")
+    assert await presence.presence("room") == {}
+    assert await presence.presence_stats("room") == (0, 0)
+
+
+async def test_presence_add_again_replaces_the_entry(engines: Engines) -> None:
+    presence = engines.presence
+    await presence.add_presence("room", ClientInfo("alice", "c1"))
+    updated = ClientInfo("alice", "c1", chan_info=RawJSON(b'{"x":1}'))
+    await presence.add_presence("room", updated)
+    assert await presence.presence("room") == {"c1": updated}
+    assert await presence.presence_stats("room") == (1, 1)
+
+
+async def test_presence_is_per_channel(engines: Engines) -> None:
+    presence = engines.presence
+    await presence.add_presence("a", ClientInfo("alice", "c1"))
+    await presence.add_presence("b", ClientInfo("bob", "c2"))
+    assert list(await presence.presence("a")) == ["c1"]
+    assert list(await presence.presence("b")) == ["c2"]
+
+
+async def test_presence_remove_unknown_is_fine(engines: Engines) -> None:
+    presence = engines.presence
+    await presence.remove_presence("nowhere", "c1")
+    await presence.add_presence("room", ClientInfo("alice", "c1"))
+    await presence.remove_presence("room", "someone-else")
+    assert list(await presence.presence("room")) == ["c1"]
+    assert await presence.presence("empty") == {}
+    assert await presence.presence_stats("empty") == (0, 0)
+
+
+async def test_presence_result_is_a_snapshot(engines: Engines) -> None:
+    presence = engines.presence
+    await presence.add_presence("room", ClientInfo("alice", "c1"))
+    snapshot = await presence.presence("room")
+    await presence.add_presence("room", ClientInfo("bob", "c2"))
+    assert list(snapshot) == ["c1"]
+
+
+# --- Node.recover (8.3) ----------------------------------------------------------------------
+
+
+def make_node(engines: Engines, history_size: int = 100) -> Node:
+    config = make_config({"channel": {"without_namespace": {"history_size": history_size}}})
+    # The node is not run: its broker already delivers to the test's recording handler.
+    return Node(config, engines.broker, engines.presence)
+
+
+async def node_publish(node: Node, channel: str, count: int) -> list[StreamPosition]:
+    ch = node.resolve(channel)
+    return [await node.publish(ch, RawJSON(b'{"n":%d}' % n)) for n in range(1, count + 1)]
+
+
+async def recover(
+    node: Node, channel: str, offset: int, epoch: str, limit: int = 300
+) -> tuple[list[int], StreamPosition, bool]:
+    pubs, top, recovered = await node.recover(
+        node.resolve(channel), StreamPosition(offset, epoch), limit
+    )
+    return [p.offset for p in pubs], top, recovered
+
+
+async def test_recover_never_used_channel_from_zero(engines: Engines) -> None:
+    node = make_node(engines)
+    offsets, top, recovered = await recover(node, "news", 0, "")
+    assert (offsets, top.offset, recovered) == ([], 0, True)
+    assert top.epoch
+
+
+async def test_recover_nothing_missed(engines: Engines) -> None:
+    node = make_node(engines)
+    positions = await node_publish(node, "news", 3)
+    top = positions[-1]
+    assert await recover(node, "news", 3, top.epoch) == ([], top, True)
+
+
+async def test_recover_gap_returns_missed_publications_oldest_first(engines: Engines) -> None:
+    node = make_node(engines)
+    positions = await node_publish(node, "news", 5)
+    top = positions[-1]
+    assert await recover(node, "news", 2, top.epoch) == ([3, 4, 5], top, True)
+    assert await recover(node, "news", 0, top.epoch) == ([1, 2, 3, 4, 5], top, True)
+
+
+async def test_recover_empty_client_epoch_matches(engines: Engines) -> None:
+    node = make_node(engines)
+    positions = await node_publish(node, "news", 5)
+    assert await recover(node, "news", 2, "") == ([3, 4, 5], positions[-1], True)
+    assert await recover(node, "news", 5, "") == ([], positions[-1], True)
+
+
+async def test_recover_epoch_mismatch_is_not_recovered(engines: Engines) -> None:
+    node = make_node(engines)
+    positions = await node_publish(node, "news", 5)
+    top = positions[-1]
+    assert await recover(node, "news", 2, "other") == ([], top, False)
+    assert await recover(node, "news", 5, "other") == ([], top, False)  # even at the top
+    assert await recover(node, "news", 0, "_") == ([], top, False)  # the SDK's sentinel
+
+
+async def test_recover_trimmed_window_is_not_recovered(engines: Engines) -> None:
+    node = make_node(engines, history_size=3)
+    positions = await node_publish(node, "news", 6)  # kept: 4, 5, 6
+    top = positions[-1]
+    assert await recover(node, "news", 1, top.epoch) == ([], top, False)
+    assert await recover(node, "news", 2, top.epoch) == ([], top, False)
+    # The first missed one is still there: recovered.
+    assert await recover(node, "news", 3, top.epoch) == ([4, 5, 6], top, True)
+
+
+async def test_recover_after_history_ttl_expired_is_not_recovered(
+    engines: Engines, autojump_clock: trio.testing.MockClock
+) -> None:
+    node = make_node(engines)
+    positions = await node_publish(node, "news", 3)
+    await engines.elapse(node.config.channel.without_namespace.history_ttl + 1)
+    top = positions[-1]
+    assert await recover(node, "news", 1, top.epoch) == ([], top, False)
+    # Nothing was missed: the empty window does not matter.
+    assert await recover(node, "news", 3, top.epoch) == ([], top, True)
+
+
+async def test_recover_more_missed_than_the_limit_is_not_recovered(engines: Engines) -> None:
+    node = make_node(engines)
+    positions = await node_publish(node, "news", 5)
+    top = positions[-1]
+    assert await recover(node, "news", 0, top.epoch, limit=2) == ([], top, False)
+    assert await recover(node, "news", 2, top.epoch, limit=2) == ([], top, False)
+    # Exactly at the limit is fine.
+    assert await recover(node, "news", 3, top.epoch, limit=2) == ([4, 5], top, True)
+    # 0 means no limit (as recovery_max_publication_limit = 0 in the config).
+    assert await recover(node, "news", 0, top.epoch, limit=0) == ([1, 2, 3, 4, 5], top, True)
+
+
+async def test_recover_from_a_position_ahead_of_the_stream_is_not_recovered(
+    engines: Engines,
+) -> None:
+    node = make_node(engines)
+    positions = await node_publish(node, "news", 3)
+    top = positions[-1]
+    assert await recover(node, "news", 7, top.epoch) == ([], top, False)
+
+
+async def test_recover_after_remove_history(engines: Engines) -> None:
+    node = make_node(engines)
+    positions = await node_publish(node, "news", 3)
+    await engines.broker.remove_history("news")
+    top = positions[-1]
+    assert await recover(node, "news", 3, top.epoch) == ([], top, True)
+    assert await recover(node, "news", 2, top.epoch) == ([], top, False)
