@@ -38,7 +38,9 @@ FLAG_REJECT_UNRECOVERED = 2
 
 
 def _ttl(expire_at: int | None) -> int:
-    return max(0, expire_at - int(time.time())) if expire_at else 0
+    # Whole seconds like upstream, and never 0 with `expires: true` (0 would be omitted on the
+    # wire, and the SDKs index `ttl` whenever `expires` is set).
+    return max(1, expire_at - int(time.time())) if expire_at else 0
 
 
 def _require_channel(channel: str) -> None:
