@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed
-
 from conftest import SECRET, open_raw, token
+from trio_websocket import ConnectionClosed
 
 CONFIG = f"""
 [server]
@@ -41,9 +40,9 @@ class ServerProcess:
         self.log = ""
         self._buffer = b""
 
-    async def wait_for_log(self, pattern: str, timeout: float = 10) -> re.Match[str]:
+    async def wait_for_log(self, pattern: str, seconds: float = 10) -> re.Match[str]:
         assert self.process.stderr is not None
-        with trio.fail_after(timeout):
+        with trio.fail_after(seconds):
             while True:
                 match = re.search(pattern, self.log)
                 if match:
@@ -99,7 +98,7 @@ async def test_sighup_reloads_namespaces_without_dropping_connections(config_fil
             refused = await client.command("subscribe", {"channel": "late:room"})
             assert refused["error"]["code"] == 102  # unknown namespace
 
-            config_file.write_text(CONFIG + EXTRA_NAMESPACE)
+            await trio.Path(config_file).write_text(CONFIG + EXTRA_NAMESPACE)
             server.process.send_signal(signal.SIGHUP)
             await server.wait_for_log(r"configuration reloaded: 1 namespaces")
 
@@ -107,7 +106,7 @@ async def test_sighup_reloads_namespaces_without_dropping_connections(config_fil
             accepted = await client.command("subscribe", {"channel": "late:room"})
             assert "subscribe" in accepted, accepted
 
-            config_file.write_text(CONFIG + "[server]\nport = 'not a port'\n")
+            await trio.Path(config_file).write_text(CONFIG + "[server]\nport = 'not a port'\n")
             server.process.send_signal(signal.SIGHUP)
             await server.wait_for_log(r"reload rejected, keeping the running configuration")
             still = await client.command("subscribe", {"channel": "late:other"})
