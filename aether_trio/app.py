@@ -16,6 +16,8 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from .client import Client
 from .config import Config, ConfigError, load_config
 from .engines.memory import MemoryBroker, MemoryPresenceManager
+from .http.asgi import HttpApp
+from .http.server import serve_http
 from .node import Node
 from .protocol.codes import Disconnect
 from .transport import WebSocketTransport
@@ -31,6 +33,8 @@ class Server:
         self.config_path = config_path
         self.node = Node(config, MemoryBroker(), MemoryPresenceManager())
         self.port = 0
+        self.http_port = 0
+        self.http_app = HttpApp(config.http.max_body_size)
         self._listener = trio.CancelScope()
         self._stopped = trio.Event()
 
@@ -38,6 +42,11 @@ class Server:
         cfg = self.config.server
         async with trio.open_nursery() as services:
             await services.start(self.node.run)
+            if self.config.http.enabled:
+                http = self.config.http
+                self.http_port = await services.start(
+                    serve_http, self.http_app, http.host, http.port
+                )
             async with trio.open_nursery() as connections:
                 listener = await connections.start(self._listen, connections)
                 self.port = listener.port

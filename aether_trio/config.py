@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "EngineConfig",
+    "HttpConfig",
     "LogConfig",
     "Namespace",
     "ServerConfig",
@@ -83,6 +84,16 @@ class ServerConfig:
     # Time a closing connection waits for the peer's close frame before dropping the socket.
     close_wait_seconds: float = attrs.field(default=5.0, validator=_non_negative)
     node_name: str = "aether"
+
+
+@attrs.frozen
+class HttpConfig:
+    """The internal HTTP listener: server API, operator commands, metrics and health."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=9000, validator=_port)
+    max_body_size: int = attrs.field(default=1 << 20, validator=_positive)
 
 
 @attrs.frozen
@@ -252,6 +263,7 @@ class LogConfig:
 @attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
+    http: HttpConfig = HttpConfig()
     client: ClientConfig = ClientConfig()
     token: TokenConfig = TokenConfig()
     # Keys for subscription tokens; when it holds no key, `token` verifies those too.

@@ -29,6 +29,7 @@ SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
 BASE_CONFIG: dict[str, Any] = {
     "server": {"port": 0, "close_wait_seconds": 1.0, "shutdown_drain_seconds": 2.0},
+    "http": {"port": 0},
     "token": {"hmac_secret": SECRET},
     "channel": {
         "without_namespace": {

@@ -19,6 +19,9 @@ port = 0
 shutdown_drain_seconds = 3.0
 close_wait_seconds = 1.0
 
+[http]
+port = 0
+
 [token]
 hmac_secret = "{SECRET}"
 

@@ -1,0 +1,39 @@
+"""Serve an `HttpApp` with Hypercorn's Trio worker inside the server's own Trio run."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from .asgi import HttpApp
+
+__all__ = ["serve_http"]
+
+log = logging.getLogger(__name__)
+
+
+async def serve_http(
+    app: HttpApp,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port until cancelled; reports the bound port through task_status."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("aether_trio.http.hypercorn")
+    config.graceful_timeout = 1.0
+
+    async def started(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(started)
+        bound = int(binds[0].rsplit(":", 1)[1])
+        log.info("internal HTTP listening on %s", binds[0])
+        task_status.started(bound)
