@@ -26,7 +26,10 @@ __all__ = [
     "ClientConfig",
     "Config",
     "ConfigError",
+    "AdminConfig",
+    "ApiConfig",
     "EngineConfig",
+    "MonitorConfig",
     "HttpConfig",
     "LogConfig",
     "Namespace",
@@ -260,6 +263,29 @@ class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+# --- server HTTP API and operator commands (issue 3) ---
+
+
+@attrs.frozen
+class ApiConfig:
+    """Keys and options of the server HTTP API under [http] (`/api/<method>`)."""
+
+
+@attrs.frozen
+class AdminConfig:
+    """Operator commands, durable state (bans, revocations) and the audit log."""
+
+    data_dir: str = "data"
+
+
+# --- observability (issue 4) ---
+
+
+@attrs.frozen
+class MonitorConfig:
+    """Resource sampling, thresholds, error tracking."""
+
+
 @attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
@@ -271,6 +297,9 @@ class Config:
     channel: ChannelConfig = ChannelConfig()
     engine: EngineConfig = EngineConfig()
     log: LogConfig = LogConfig()
+    api: ApiConfig = ApiConfig()
+    admin: AdminConfig = AdminConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def __attrs_post_init__(self) -> None:
         ns = self.client.personal_channel.namespace
