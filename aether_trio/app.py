@@ -11,7 +11,7 @@ import logging
 import signal
 
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from .client import Client
 from .config import Config, ConfigError, load_config
@@ -76,12 +76,20 @@ class Server:
             )
 
     async def _handle(self, request: WebSocketRequest) -> None:
-        path = request.path.partition("?")[0]
-        if path != self.config.server.websocket_path:
-            await request.reject(404, body=b"not found\n")
-            return
-        ws = await request.accept()
-        await Client(self.node, WebSocketTransport(ws)).run()
+        """The connection boundary: whatever goes wrong in one connection ends that connection
+        only (logged with its traceback here), never the listener or the other connections."""
+        try:
+            path = request.path.partition("?")[0]
+            if path != self.config.server.websocket_path:
+                await request.reject(404, body=b"not found\n")
+                return
+            ws = await request.accept()
+            await Client(self.node, WebSocketTransport(ws)).run()
+        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away during the handshake or the last write
+        except* Exception as group:
+            for exc in group.exceptions:
+                log.error("connection task failed", exc_info=exc)
 
     async def shutdown(self) -> None:
         """Stop accepting, ask every client to reconnect elsewhere (3001), drain, then stop."""
