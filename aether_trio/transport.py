@@ -1,18 +1,21 @@
 """The WebSocket glue: trio-websocket underneath, no protocol logic.
 
 `Transport` is the small surface a `Client` needs; `WebSocketTransport` implements it on a
-trio-websocket connection. JSON-protocol frames are text, so the encoded bytes are decoded once
-per frame (after coalescing) for `send_message`.
+trio-websocket connection. JSON-protocol frames are text frames.
 
-One fix reaches below trio-websocket's public API, and it lives here alone (pinned by
-tests/test_bad_input.py): when the peer breaks the WebSocket protocol (invalid UTF-8 in a text
-frame: 1007; a malformed frame: 1002), wsproto reports a close while the connection is still open
-and trio-websocket 0.12 drops the TCP connection without the close frame RFC 6455 7.1.7 asks for.
+Two things reach below trio-websocket's public API, and they live here alone, pinned by
+tests/test_transport.py and tests/test_bad_input.py (the version range is pinned in pyproject):
+- `send` writes hand-built frames to the stream under the connection's own stream lock (the hot
+  path: no wsproto framing, no str round trip);
+- when the peer breaks the WebSocket protocol (invalid UTF-8 in a text frame: 1007; a malformed
+  frame: 1002), wsproto reports a close while the connection is still open and trio-websocket
+  0.12 drops the TCP connection without the close frame RFC 6455 7.1.7 asks for; we send it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import struct
 from typing import Any, Protocol
 
 import trio
@@ -67,16 +70,37 @@ class WebSocketTransport:
             raise TransportClosed(reason.code, reason.reason or "") from None
         return message
 
-    async def send(self, frame: bytes) -> None:
-        try:
-            await self._ws.send_message(frame.decode())
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            raise TransportClosed from None
+    async def send(self, payload: bytes) -> None:
+        """Send `payload` (UTF-8 JSON lines) as one text frame.
+
+        The frame is built here rather than by wsproto: a server frame is unmasked, so the header
+        is a few bytes in front of the payload, and the bytes go out as they are (no decode to
+        str and encode back). The write takes trio-websocket's stream lock, the same lock its
+        own writes (pongs, close frames) take, so frames never interleave.
+        """
+        ws = self._ws
+        if ws._close_reason is not None or ws._wsproto.state is not ConnectionState.OPEN:
+            raise TransportClosed
+        frame = text_frame_header(len(payload)) + payload
+        async with ws._stream_lock:
+            try:
+                await ws._stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise TransportClosed from None
 
     async def close(self, code: int, reason: str, wait: float) -> None:
         with trio.move_on_after(wait):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._ws.aclose(code, reason)
+
+
+def text_frame_header(length: int) -> bytes:
+    """RFC 6455 5.2 header of a final, unmasked text frame carrying `length` bytes."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 def _send_close_on_peer_protocol_errors() -> None:

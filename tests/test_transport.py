@@ -1,0 +1,99 @@
+"""Pins what transport.py relies on below trio-websocket's public API: hand-built frames are
+valid for a standard client at every length class, stay intact while trio-websocket writes its
+own frames (pongs) concurrently, and the private attributes it uses still exist."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio_websocket
+from trio_websocket import WebSocketConnection, open_websocket_url, serve_websocket
+
+from aether_trio.transport import TransportClosed, WebSocketTransport, text_frame_header
+
+
+def test_private_surface_still_exists() -> None:
+    """If trio-websocket renames these, this fails before anything subtle does."""
+    assert trio_websocket.__version__.startswith("0.12.")
+    for name in ("_stream", "_stream_lock", "_wsproto", "_close_reason"):
+        assert name in WebSocketConnection.__init__.__code__.co_names, name
+    assert hasattr(WebSocketConnection, "_handle_close_connection_event")
+
+
+@pytest.mark.parametrize(
+    ("length", "header"),
+    [
+        (0, b"\x81\x00"),
+        (125, b"\x81\x7d"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (65535, b"\x81\x7e\xff\xff"),
+        (65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
+)
+def test_text_frame_header(length: int, header: bytes) -> None:
+    assert text_frame_header(length) == header
+
+
+async def _serve_and_send(payloads: list[bytes], pings: int) -> list[str]:
+    received: list[str] = []
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        transport = WebSocketTransport(await request.accept())
+        for payload in payloads:
+            await transport.send(payload)
+        await transport.close(1000, "done", 5)
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with open_websocket_url(url, max_message_size=1 << 20) as ws:
+
+            async def ping_a_lot() -> None:
+                # trio-websocket answers each with a pong frame under the same stream lock.
+                for n in range(pings):
+                    await ws.ping(n.to_bytes(4, "big"))
+
+            nursery.start_soon(ping_a_lot)
+            with trio.fail_after(10):
+                for _ in payloads:
+                    received.append(await ws.get_message())
+        await ws._stream.aclose()  # trio-websocket 0.12 leaves it open when the server closed first
+        nursery.cancel_scope.cancel()
+    return received
+
+
+async def test_frames_of_every_length_class_arrive_intact() -> None:
+    payloads = [b"", b"x" * 125, b"y" * 126, "é".encode() * 30000, b"z" * 65536, b"w" * 70000]
+    received = await _serve_and_send(payloads, pings=0)
+    assert [r.encode() for r in received] == payloads
+
+
+async def test_frames_interleave_safely_with_trio_websocket_own_writes() -> None:
+    payloads = [f'{{"n":{n}}}'.encode() * 50 for n in range(300)]
+    received = await _serve_and_send(payloads, pings=200)
+    assert [r.encode() for r in received] == payloads
+
+
+async def test_send_after_close_raises_transport_closed() -> None:
+    outcome: list[str] = []
+    done = trio.Event()
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        transport = WebSocketTransport(await request.accept())
+        await transport.close(3001, "shutdown", 5)
+        try:
+            await transport.send(b"{}")
+        except TransportClosed:
+            outcome.append("closed")
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
+            with pytest.raises(trio_websocket.ConnectionClosed):
+                await ws.get_message()
+        await ws._stream.aclose()
+        with trio.fail_after(5):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert outcome == ["closed"]
