@@ -30,6 +30,11 @@ token *args:
 test *args:
     {{bin}}/pytest "$@"
 
+# benchmark Aether against its peers (~4 min; ops/bench/README.md), e.g. `just bench --smoke`
+bench *args:
+    {{bin}}/pip install -q -e '.[bench]'
+    {{bin}}/python ops/bench/run.py "$@"
+
 # ruff (lint + format check) and mypy --strict
 lint:
     {{bin}}/ruff check aether_trio tests

@@ -13,11 +13,18 @@ import signal
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
+from .admin.service import PREFIX as ADMIN_PREFIX
+from .admin.service import AdminService
 from .client import Client
 from .config import Config, ConfigError, load_config
 from .engines.memory import MemoryBroker, MemoryPresenceManager
+from .http.api import METHODS, PREFIX, ServerApi
+from .http.apiauth import ApiAuth
 from .http.asgi import HttpApp
+from .http.ops import counted
+from .http.ops import install as install_ops
 from .http.server import serve_http
+from .monitor import Check, ResourceMonitor
 from .node import Node
 from .protocol.codes import Disconnect
 from .transport import WebSocketTransport
@@ -35,13 +42,34 @@ class Server:
         self.port = 0
         self.http_port = 0
         self.http_app = HttpApp(config.http.max_body_size)
+        # API keys are read from the node's running config on each request (SIGHUP included).
+        self.api_auth = ApiAuth(lambda: self.node.config.api.keys)
+        api_route = ServerApi(self.node, self.api_auth).handle
+        self.http_app.route_prefix(
+            PREFIX, counted(self.node.metrics, PREFIX, {*METHODS, "batch"}, api_route)
+        )
+        # Operator commands (/api/admin/...), bans, revocations and the audit log.
+        self.admin = AdminService(self)
+        self.http_app.route_prefix(ADMIN_PREFIX, self.admin.routes.handle)
         self._listener = trio.CancelScope()
         self._stopped = trio.Event()
+        # Observability: /metrics, /health, /ready, /admin/errors; the resource monitor and the
+        # readiness checks only the server knows (still accepting connections, resources).
+        self.monitor = ResourceMonitor(self.node)
+        self.node.readiness_checks += [self._accepting, *self.monitor.checks()]
+        self.http_app.on_error = self.node.errors.capture
+        install_ops(
+            self.http_app, self.node, self.monitor, lambda r: self.api_auth.protect("admin", r)
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config.server
         async with trio.open_nursery() as services:
+            await services.start(self.node.errors.run, self.config.monitor.sentry_dsn)
             await services.start(self.node.run)
+            await services.start(self.node.errors.supervise, "monitor", self.monitor.run)
+            # Durable state is loaded before any connection or API request is handled.
+            await services.start(self.admin.run)
             if self.config.http.enabled:
                 http = self.config.http
                 self.http_port = await services.start(
@@ -90,6 +118,11 @@ class Server:
         except* Exception as group:
             for exc in group.exceptions:
                 log.error("connection task failed", exc_info=exc)
+                self.node.errors.capture(exc, "connection")
+
+    def _accepting(self) -> Check:
+        shutting_down = self._listener.cancel_called
+        return Check("accepting", not shutting_down, "shutting down" if shutting_down else "yes")
 
     async def shutdown(self) -> None:
         """Stop accepting, ask every client to reconnect elsewhere (3001), drain, then stop."""
@@ -125,7 +158,9 @@ async def serve_forever(config: Config, config_path: str | None) -> None:
             await nursery.start(server.run)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    server.reload()
+                    ok = server.reload()
+                    server.node.audit.record("config.reload", actor="signal:SIGHUP",
+                                             result={"reloaded": ok}, ok=ok)  # fmt: skip
                     continue
                 log.info("received %s", signal.Signals(signum).name)
                 await server.shutdown()

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from .config import TOKEN_ALGORITHMS, TokenConfig
+from .jwks import JwksCache
 
 __all__ = [
     "ChannelOverride",
@@ -190,13 +191,25 @@ def _present(obj: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in obj.items() if value is not None}
 
 
-def _decode(token: str, config: TokenConfig, keys: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
+def _decode(
+    token: str,
+    config: TokenConfig,
+    keys: Mapping[str, tuple[Any, ...]],
+    jwks: JwksCache | None = None,
+) -> dict[str, Any]:
     """Verify the signature and the registered claims; return the non-null claims."""
     try:
-        alg = _JWS.get_unverified_header(token).get("alg")
+        header = _JWS.get_unverified_header(token)
     except (jwt.PyJWTError, ValueError, TypeError):
         raise TokenInvalid("malformed token") from None
-    if not isinstance(alg, str) or not (candidates := keys.get(alg, ())):
+    alg = header.get("alg")
+    candidates: tuple[Any, ...] = keys.get(alg, ()) if isinstance(alg, str) else ()
+    kid = header.get("kid")
+    if jwks is not None and isinstance(kid, str) and (found := jwks.get(kid)) is not None:
+        key, key_algorithms = found
+        if alg in key_algorithms and alg in config.algorithms:
+            candidates = (key,)
+    if not isinstance(alg, str) or not candidates:
         known = isinstance(alg, str) and alg in TOKEN_ALGORITHMS
         raise TokenInvalid(f"algorithm {alg} not allowed" if known else "unsupported algorithm")
     for key in candidates:
@@ -295,15 +308,55 @@ def _subs(claims: Mapping[str, Any]) -> Mapping[str, ServerSubscription]:
     return MappingProxyType(dict.fromkeys(channels, ServerSubscription()))
 
 
-class TokenVerifier:
-    """Verifies connection tokens, and subscription tokens with their own keys if configured."""
+def _jwks(config: TokenConfig, registry: dict[str, JwksCache]) -> JwksCache | None:
+    if not config.jwks_url:
+        return None
+    cache = registry.get(config.jwks_url)
+    if cache is None:
+        cache = registry[config.jwks_url] = JwksCache(
+            config.jwks_url,
+            refresh_interval=config.jwks_refresh_interval,
+            min_refresh_interval=config.jwks_min_refresh_interval,
+            timeout=config.jwks_timeout,
+        )
+    return cache
 
-    def __init__(self, connect: TokenConfig, subscription: TokenConfig | None = None) -> None:
+
+class TokenVerifier:
+    """Verifies connection tokens, and subscription tokens with their own keys if configured.
+
+    With a JWKS endpoint configured, call `await prepare(token)` before `verify_*`: it loads the
+    key set when needed (verification itself stays synchronous). `jwks_registry` lets a reload
+    keep the caches of unchanged URLs.
+    """
+
+    def __init__(
+        self,
+        connect: TokenConfig,
+        subscription: TokenConfig | None = None,
+        jwks_registry: dict[str, JwksCache] | None = None,
+    ) -> None:
+        registry = {} if jwks_registry is None else jwks_registry
         self._enabled = connect.has_any_key
-        self._connect = connect, _load_keys(connect, "token")
+        self._connect = connect, _load_keys(connect, "token"), _jwks(connect, registry)
         self._subscribe = self._connect
         if subscription is not None and subscription.has_any_key:
-            self._subscribe = subscription, _load_keys(subscription, "subscription_token")
+            self._subscribe = (
+                subscription,
+                _load_keys(subscription, "subscription_token"),
+                _jwks(subscription, registry),
+            )
+
+    async def prepare(self, token: str, *, subscription: bool = False) -> None:
+        jwks = (self._subscribe if subscription else self._connect)[2]
+        if jwks is None:
+            return
+        try:
+            kid = _JWS.get_unverified_header(token).get("kid")
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return  # verify_* reports the malformed token
+        if isinstance(kid, str) and kid:
+            await jwks.ensure(kid)
 
     @property
     def enabled(self) -> bool:

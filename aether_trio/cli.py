@@ -1,4 +1,4 @@
-"""`aether` command line: serve, check-config, token, version."""
+"""`aether` command line: serve, check-config, token, version, admin, audit."""
 
 from __future__ import annotations
 
@@ -35,13 +35,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from .app import serve_forever
+    from .logs import setup_logging
 
     config, path = _load(args.config)
-    logging.basicConfig(
-        level=config.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(config.log.level, config.log.format, sys.stderr)
     logging.getLogger("aether_trio").info(
         "aether %s starting with %s", __version__, path or "embedded defaults"
     )
@@ -113,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--algorithm", default="HS256", choices=["HS256", "HS384", "HS512"])
     token.set_defaults(func=cmd_token)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    from .admin_cli import add_parsers as add_admin_parsers
+
+    add_admin_parsers(sub, with_config, _load)  # `aether admin ...`, `aether audit ...`
     return parser
 
 

@@ -23,6 +23,7 @@ import trio
 
 from .commands import HANDLERS
 from .engines.base import EngineError
+from .logs import client_id_var
 from .outbox import Outbox
 from .protocol.codec import (
     PING_FRAME,
@@ -59,6 +60,11 @@ class Client:
         self.user = ""
         self.conn_info: RawJSON = NO_JSON
         self.expire_at: int | None = None
+        # The connection token's `jti` and `iat`, for revocations (aether_trio.admin).
+        self.token_id = ""
+        self.issued_at: int | None = None
+        # Wall-clock time of the last frame from the peer (operator debugging views).
+        self.last_activity = time.time()
         self.outbox = Outbox(node.config.client.outbox_max_bytes)
         self.subscriptions: dict[str, ChannelSubscription] = {}
         self._timers: dict[str, Timer] = {}
@@ -75,6 +81,7 @@ class Client:
 
     async def run(self) -> None:
         cfg = self.node.config.client
+        client_id_var.set(self.client_id)  # every log line of this task and its children
         self._timers["stale"] = self.node.scheduler.call_later(cfg.stale_close_delay, self._stale)
         try:
             async with trio.open_nursery() as nursery:
@@ -85,6 +92,8 @@ class Client:
                     # The peer went away: nothing more to write.
                     nursery.cancel_scope.cancel()
         finally:
+            request = self.outbox.close_request
+            self.node.metrics.disconnected(request.code if request is not None else None)
             self.session.close()
             for timer in self._timers.values():
                 timer.cancel()
@@ -146,6 +155,7 @@ class Client:
         while self.outbox.close_request is None:
             try:
                 frame = await self.transport.receive()
+                self.last_activity = time.time()
             except TransportClosed as exc:
                 if exc.code in PEER_PROTOCOL_ERRORS:
                     log.info("closing %s: %d (WebSocket protocol error)", self, exc.code)
@@ -164,16 +174,27 @@ class Client:
                 self.close(exc.disconnect, detail=exc.detail)
 
     async def _dispatch(self, command: Command) -> None:
+        started = time.perf_counter()
+        outcome: ErrorCode | Disconnect | str = "cancelled"
         try:
             await HANDLERS[command.method](self, command.id, command.request)
+            outcome = "ok"
         except ReplyError as exc:
+            outcome = exc.code
             log.info("%s %s refused for %s: %s", command.method, int(exc.code), self, exc.detail)
             self._fail(command, exc.code)
-        except (DisconnectError, trio.Cancelled):
+        except DisconnectError as exc:
+            outcome = exc.disconnect
             raise
-        except Exception:
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            outcome = "internal"
             log.exception("%s failed for %s", command.method, self)
+            self.node.errors.capture(exc, f"command {command.method}")
             self._fail(command, ErrorCode.INTERNAL)
+        finally:
+            self.node.metrics.command(command.method, outcome, time.perf_counter() - started)
 
     def _fail(self, command: Command, code: ErrorCode) -> None:
         self.send(encode_error(command.id, code))

@@ -76,15 +76,23 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
         if not node.verifier.enabled:
             raise DisconnectError(Disconnect.INVALID_TOKEN, "no key configured for tokens")
         try:
+            await node.verifier.prepare(req.token)
             creds = node.verifier.verify_connect(req.token)
         except TokenExpired:
             raise ReplyError(ErrorCode.TOKEN_EXPIRED, "connection token expired") from None
         except TokenInvalid as exc:
+            remote = f"client:{client.transport.remote}"
+            node.audit.auth_failure("connection_token", actor=remote, detail=str(exc))  # sampled
             raise DisconnectError(Disconnect.INVALID_TOKEN, f"connection token: {exc}") from None
         if not creds.user and cfg.disallow_anonymous_connection_tokens:
             raise DisconnectError(Disconnect.PERMISSION_DENIED, "anonymous token disallowed")
+        # Maintenance, bans, revocations; no await from here to `authenticated`, so an operator's
+        # ban either refuses this connection or finds it registered.
+        node.admit(creds.user, creds.token_id, creds.issued_at)
+        client.token_id, client.issued_at = creds.token_id, creds.issued_at
         user, info, expire_at, subs = creds.user, creds.info, creds.expire_at, dict(creds.subs)
     elif cfg.insecure or cfg.allow_anonymous_connect_without_token:
+        node.admit("", "", None)
         user, info, expire_at, subs = "", m.NO_JSON, None, {}
     else:
         raise DisconnectError(Disconnect.BAD_REQUEST, "client credentials not found")
@@ -96,6 +104,8 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
         subs.setdefault(node.rules.personal_channel(personal.namespace, user), ServerSubscription())
     if cfg.channel_limit and len(subs) > cfg.channel_limit:
         raise DisconnectError(Disconnect.CHANNEL_LIMIT, "too many server-side channels")
+    if system_channel := node.config.admin.system_channel:  # not counted against the limit
+        subs.setdefault(system_channel, ServerSubscription())
     resolved = [(node.resolve(channel), sub) for channel, sub in subs.items()]  # 102/107
 
     client.authenticated(user, m.RawJSON(info), expire_at)
@@ -148,12 +158,14 @@ async def subscribe(client: Client, cmd_id: int, req: m.SubscribeRequest) -> Non
     if req.channel in client.subscriptions:
         raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
     limit = node.config.client.channel_limit
-    if limit and len(client.subscriptions) >= limit:
+    # The system channel is not counted (as at connect).
+    taken = len(client.subscriptions) - (node.config.admin.system_channel in client.subscriptions)
+    if limit and taken >= limit:
         raise ReplyError(ErrorCode.LIMIT_EXCEEDED, "channel limit per connection reached")
 
     options, chan_info, data, expire_at = ch.options, m.NO_JSON, m.NO_JSON, None
     if req.token:
-        claims = _verify_subscription_token(client, req.token, req.channel)
+        claims = await _verify_subscription_token(client, req.token, req.channel)
         options = _apply_override(options, claims.override)
         chan_info, data, expire_at = (
             m.RawJSON(claims.info),
@@ -174,7 +186,8 @@ async def subscribe(client: Client, cmd_id: int, req: m.SubscribeRequest) -> Non
     await client.announce_join(sub)
 
 
-def _verify_subscription_token(client: Client, token: str, channel: str) -> SubscribeClaims:
+async def _verify_subscription_token(client: Client, token: str, channel: str) -> SubscribeClaims:
+    await client.node.verifier.prepare(token, subscription=True)
     try:
         claims = client.node.verifier.verify_subscribe(token)
     except TokenExpired:
@@ -282,7 +295,7 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     sub = client.subscriptions.get(req.channel)
     permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
     info = client.info(sub.chan_info if sub else m.NO_JSON)
-    await node.publish(ch, raw_json(req.data), info)
+    await node.publish(ch, raw_json(req.data), info, source="client")
     client.reply(cmd_id, "publish", m.EmptyResult())
 
 
@@ -334,6 +347,7 @@ async def refresh(client: Client, cmd_id: int, req: m.RefreshRequest) -> None:
     if not req.token:
         raise DisconnectError(Disconnect.BAD_REQUEST, "empty refresh token")
     try:
+        await client.node.verifier.prepare(req.token)
         creds = client.node.verifier.verify_connect(req.token)
     except TokenExpired:
         raise DisconnectError(Disconnect.EXPIRED, "refresh token expired") from None
@@ -341,9 +355,11 @@ async def refresh(client: Client, cmd_id: int, req: m.RefreshRequest) -> None:
         raise DisconnectError(Disconnect.INVALID_TOKEN, f"refresh token: {exc}") from None
     if creds.user != client.user:
         raise DisconnectError(Disconnect.INVALID_TOKEN, "refresh token for another user")
+    client.node.access.check(creds.user, creds.token_id, creds.issued_at)  # bans, revocations
     if creds.expire_at is not None and creds.expire_at <= time.time():
         raise ReplyError(ErrorCode.EXPIRED, "refresh expire_at is in the past")
     client.refreshed(creds.expire_at, m.RawJSON(creds.info) if creds.info else None)
+    client.token_id, client.issued_at = creds.token_id, creds.issued_at
     client.reply(
         cmd_id,
         "refresh",
@@ -363,7 +379,7 @@ async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> 
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "not subscribed")
     if not req.token:
         raise ReplyError(ErrorCode.BAD_REQUEST, "empty subscription token")
-    claims = _verify_subscription_token(client, req.token, req.channel)
+    claims = await _verify_subscription_token(client, req.token, req.channel)
     if claims.expire_at is not None and claims.expire_at <= time.time():
         raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
     sub.expire_at = claims.expire_at

@@ -22,16 +22,17 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.gen import make_dict_structure_fn
 
 __all__ = [
+    "AdminConfig",
+    "ApiConfig",
+    "ApiKey",
     "ChannelOptions",
     "ClientConfig",
     "Config",
     "ConfigError",
-    "AdminConfig",
-    "ApiConfig",
     "EngineConfig",
-    "MonitorConfig",
     "HttpConfig",
     "LogConfig",
+    "MonitorConfig",
     "Namespace",
     "ServerConfig",
     "TokenConfig",
@@ -75,6 +76,18 @@ def _regex(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
             re.compile(value)
         except re.error as exc:
             raise ValueError(f"{attr.name}: not a valid regular expression ({exc})") from None
+
+
+# Private ("$": no client subscribes without a subscription token) and without a namespace (so no
+# [[channel.namespaces]] entry is needed).
+SYSTEM_CHANNEL = re.compile(r"^\$[-a-zA-Z0-9_.]+$")
+
+
+def _system_channel(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not SYSTEM_CHANNEL.match(value):
+        raise ValueError(
+            f'{attr.name}: expected "" or a name matching {SYSTEM_CHANNEL.pattern}, got {value!r}'
+        )
 
 
 @attrs.frozen
@@ -153,6 +166,11 @@ class TokenConfig:
     audience: str = ""
     issuer: str = ""
     leeway: float = attrs.field(default=0.0, validator=_non_negative)
+    # JWKS endpoint as a key source (keys chosen by the token header's `kid`).
+    jwks_url: str = ""
+    jwks_refresh_interval: float = attrs.field(default=300.0, validator=_positive)
+    jwks_min_refresh_interval: float = attrs.field(default=10.0, validator=_non_negative)
+    jwks_timeout: float = attrs.field(default=5.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if not self.algorithms:
@@ -186,7 +204,13 @@ class TokenConfig:
     @property
     def has_any_key(self) -> bool:
         return any(
-            (self.hmac_secret, self.rsa_public_key, self.ecdsa_public_key, self.ed25519_public_key)
+            (
+                self.hmac_secret,
+                self.rsa_public_key,
+                self.ecdsa_public_key,
+                self.ed25519_public_key,
+                self.jwks_url,
+            )
         )
 
 
@@ -261,14 +285,76 @@ class EngineConfig:
 @attrs.frozen
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # JSON lines for log collectors, or readable text for a terminal.
+    format: Literal["json", "text"] = "json"
 
 
 # --- server HTTP API and operator commands (issue 3) ---
 
 
+API_ROLES = ("publisher", "reader", "admin")
+
+
+@attrs.frozen
+class ApiKey:
+    """One server API key: `name` identifies it in logs, `roles` say what it may call."""
+
+    name: str = ""
+    key: str = attrs.field(default="", repr=False)
+    key_file: str = ""
+    roles: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("name: expected a non-empty name")
+        if self.key and self.key_file:
+            raise ValueError("key: give either key or key_file, not both")
+        if not self.key and not self.key_file:
+            raise ValueError("key: expected a non-empty key (or key_file)")
+        if not self.roles:
+            raise ValueError(f"roles: expected at least one of {list(API_ROLES)}")
+        unknown = sorted(set(self.roles) - set(API_ROLES))
+        if unknown:
+            raise ValueError(f"roles: unknown role(s) {unknown}; allowed: {list(API_ROLES)}")
+
+    def resolved(self, base: Path) -> ApiKey:
+        """A copy with `key_file` (relative to the config file) read into `key`."""
+        if not self.key_file:
+            return self
+        path = base / self.key_file
+        try:
+            key = path.read_text().strip()  # an editor's trailing newline is not part of it
+        except OSError as exc:
+            raise ValueError(f"key_file: cannot read {path}: {exc.strerror}") from None
+        if not key:
+            raise ValueError(f"key_file: {path} is empty")
+        return attrs.evolve(self, key=key, key_file="")
+
+
 @attrs.frozen
 class ApiConfig:
     """Keys and options of the server HTTP API under [http] (`/api/<method>`)."""
+
+    keys: tuple[ApiKey, ...] = ()
+    error_mode: Literal["result", "transport"] = "result"
+
+    def __attrs_post_init__(self) -> None:
+        names = [key.name for key in self.keys]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"keys: duplicate key name(s) {duplicates}")
+
+    def resolved(self, base: Path) -> ApiConfig:
+        keys: list[ApiKey] = []
+        for index, key in enumerate(self.keys):
+            try:
+                keys.append(key.resolved(base))
+            except ValueError as exc:
+                raise ValueError(f"keys[{index}].{exc}") from None
+        secrets = [key.key for key in keys]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("keys: two entries have the same key; each key needs its own")
+        return attrs.evolve(self, keys=tuple(keys))
 
 
 @attrs.frozen
@@ -276,6 +362,10 @@ class AdminConfig:
     """Operator commands, durable state (bans, revocations) and the audit log."""
 
     data_dir: str = "data"
+    # Every connection is subscribed to it server-side; "" = no system channel.
+    system_channel: str = attrs.field(default="$aether.system", validator=_system_channel)
+    drain_rate: float = attrs.field(default=100.0, validator=_positive)
+    audit_auth_failures_per_minute: int = attrs.field(default=10, validator=_non_negative)
 
 
 # --- observability (issue 4) ---
@@ -284,6 +374,21 @@ class AdminConfig:
 @attrs.frozen
 class MonitorConfig:
     """Resource sampling, thresholds, error tracking."""
+
+    sample_interval: float = attrs.field(default=1.0, validator=_positive)
+    # 0 turns a threshold off.
+    rss_max_bytes: int = attrs.field(default=0, validator=_non_negative)
+    open_files_max_ratio: float = attrs.field(default=0.9, validator=_non_negative)
+    loop_lag_max_seconds: float = attrs.field(default=0.5, validator=_non_negative)
+    outbox_max_total_bytes: int = attrs.field(default=0, validator=_non_negative)
+    sentry_dsn: str = attrs.field(default="", repr=False)
+    error_ring_size: int = attrs.field(default=100, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.open_files_max_ratio > 1:
+            raise ValueError(
+                f"open_files_max_ratio: expected a ratio 0..1, got {self.open_files_max_ratio!r}"
+            )
 
 
 @attrs.frozen
@@ -363,16 +468,23 @@ def _strict_converter() -> cattrs.Converter:
     def is_str_tuple(t: Any) -> bool:
         return bool(t == tuple[str, ...])
 
-    def is_namespaces(t: Any) -> bool:
-        return bool(t == tuple[Namespace, ...])
+    # Arrays of tables, by element type, with their TOML spelling for error messages.
+    table_arrays: dict[Any, str] = {Namespace: "channel.namespaces", ApiKey: "api.keys"}
 
-    def structure_namespaces(value: Any, _t: Any) -> tuple[Namespace, ...]:
+    def is_namespaces(t: Any) -> bool:
+        args = typing.get_args(t)
+        return typing.get_origin(t) is tuple and args[1:] == (...,) and args[0] in table_arrays
+
+    def structure_namespaces(value: Any, t: Any) -> tuple[Any, ...]:
+        item_type = typing.get_args(t)[0]
         if type(value) is not list:
-            raise TypeError(f"expected an array of tables ([[channel.namespaces]]), got {value!r}")
+            raise TypeError(
+                f"expected an array of tables ([[{table_arrays[item_type]}]]), got {value!r}"
+            )
         namespaces, errors = [], []
         for index, item in enumerate(value):
             try:
-                namespaces.append(structure_table(item, Namespace))
+                namespaces.append(structure_table(item, item_type))
             except Exception as exc:
                 exc.add_note(f"Structuring namespaces @ index {index}")
                 errors.append(exc)
@@ -436,6 +548,7 @@ def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
             config,
             token=_resolve(config.token, base, "token"),
             subscription_token=_resolve(config.subscription_token, base, "subscription_token"),
+            api=_resolve_api(config.api, base),
         )
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
         raise ConfigError(
@@ -443,6 +556,13 @@ def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
         ) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid configuration:\n  {exc}") from None
+
+
+def _resolve_api(api: ApiConfig, base: Path) -> ApiConfig:
+    try:
+        return api.resolved(base)
+    except ValueError as exc:
+        raise ValueError(f"api.{exc}") from None
 
 
 def _resolve(token: TokenConfig, base: Path, section: str) -> TokenConfig:

@@ -62,6 +62,11 @@ class Hub:
     def subscribers(self, channel: str) -> list[Subscriber]:
         return list(self._channels.get(channel, {}).values())
 
+    def first_subscriber(self, channel: str) -> Subscriber | None:
+        """The channel's longest-standing subscriber on this node, in O(1) (latency sampling)."""
+        subs = self._channels.get(channel)
+        return next(iter(subs.values())) if subs else None
+
     def num_subscribers(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
 

@@ -14,12 +14,18 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._version import __version__
+from .admin.hooks import NO_AUDIT, OPEN_ACCESS, AccessPolicy, Auditor
 from .auth import TokenVerifier
 from .config import ChannelOptions, Config
 from .engines.base import Broker, HistoryOptions, HistoryQuery, PresenceManager
+from .errortrack import ErrorTracker
 from .hub import Hub
+from .jwks import JwksCache
+from .metrics import Metrics
+from .monitor import ReadinessCheck, node_checks
 from .protocol.channels import ChannelRules, ResolvedChannel
 from .protocol.codes import Disconnect
+from .protocol.errors import DisconnectError
 from .protocol.messages import ClientInfo, Publication, RawJSON, StreamPosition
 from .timers import Scheduler
 
@@ -43,8 +49,23 @@ class Node:
         self.presence = presence
         self.hub = Hub()
         self.scheduler = Scheduler()
+        # Observability (issue 4): this node's own metrics registry, its error tracker (also for
+        # failed timer callbacks), and the readiness checks /ready evaluates; append to them.
+        self.metrics = Metrics()
+        self.errors = ErrorTracker(config.monitor.error_ring_size, self.metrics)
+        self.scheduler.on_error = self.errors.capture
+        self.readiness_checks: list[ReadinessCheck] = node_checks(self)
+        self.metrics.watch(self)
         self.clients: dict[str, Client] = {}
+        # user id -> that user's connections (client id -> client), for the server API.
+        self.users: dict[str, dict[str, Client]] = {}
         self.version = __version__
+        # Operator controls (aether_trio.admin installs the real policy and audit log; /ready
+        # reads maintenance and draining). Maintenance refuses new connections with 3001.
+        self.maintenance = False
+        self.draining = False
+        self.access: AccessPolicy = OPEN_ACCESS
+        self.audit: Auditor = NO_AUDIT
         self._apply(config)
         self._idle = trio.Event()
         self._idle.set()
@@ -52,7 +73,9 @@ class Node:
     # --- configuration ---
 
     def _apply(self, config: Config) -> None:
-        verifier = TokenVerifier(config.token, config.subscription_token)
+        # Caches by URL outlive a reload, so an unchanged JWKS endpoint is not fetched again.
+        self._jwks: dict[str, JwksCache] = getattr(self, "_jwks", {})
+        verifier = TokenVerifier(config.token, config.subscription_token, self._jwks)
         rules = ChannelRules(
             config.channel.without_namespace,
             config.channel.namespaces,
@@ -70,17 +93,28 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.broker.run, self)
-            await nursery.start(self.scheduler.run)
+            # Supervised: a failure after start is reported and the service restarted.
+            await nursery.start(self.errors.supervise, "broker", self.broker.run, self)
+            await nursery.start(self.errors.supervise, "scheduler", self.scheduler.run)
             task_status.started()
 
     def register(self, client: Client) -> None:
         self.clients[client.client_id] = client
+        self.users.setdefault(client.user, {})[client.client_id] = client
         self._idle = trio.Event()
 
     def unregister(self, client: Client) -> None:
+        connections = self.users.get(client.user)
+        if connections is not None:
+            connections.pop(client.client_id, None)
+            if not connections:
+                del self.users[client.user]
         if self.clients.pop(client.client_id, None) is not None and not self.clients:
             self._idle.set()
+
+    def user_clients(self, user: str) -> list[Client]:
+        """The registered (connected) connections of `user` on this node."""
+        return list(self.users.get(user, {}).values())
 
     def close_all(self, disconnect: Disconnect) -> int:
         clients = list(self.clients.values())
@@ -95,18 +129,41 @@ class Node:
     # --- BrokerEventHandler ---
 
     def handle_publication(self, channel: str, pub: Publication) -> None:
-        self.hub.broadcast_publication(channel, pub)
+        receivers = self.hub.broadcast_publication(channel, pub)
+        if receivers:
+            # Per broadcast, never per subscriber: one inc(n), one observe, one latency probe.
+            self.metrics.broadcast(receivers)
+            first = self.hub.first_subscriber(channel)
+            client = self.clients.get(first.client_id) if first is not None else None
+            if client is not None:
+                client.outbox.probe(self.metrics.publish_write_latency.observe)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self.hub.broadcast_join(channel, info)
+        if receivers := self.hub.broadcast_join(channel, info):
+            self.metrics.join_leave("join", receivers)
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self.hub.broadcast_leave(channel, info)
+        if receivers := self.hub.broadcast_leave(channel, info):
+            self.metrics.join_leave("leave", receivers)
 
     # --- operations used by command handlers (and the HTTP API) ---
 
     def resolve(self, channel: str) -> ResolvedChannel:
+        if channel and channel == self.config.admin.system_channel:
+            # Fixed options whatever the channel rules say: no client may publish, no presence,
+            # join/leave or history (every connection is a subscriber).
+            return ResolvedChannel(
+                channel, "", ChannelOptions(), private=True, allowed_users=frozenset(),
+                user_limited=False,
+            )  # fmt: skip
         return self.rules.resolve(channel)
+
+    def admit(self, user: str, token_id: str, issued_at: int | None) -> None:
+        """Raise `DisconnectError` if a new connection must be refused: maintenance (3001, the
+        SDK retries later), a banned user or a revoked token (see `aether_trio.admin.state`)."""
+        if self.maintenance:
+            raise DisconnectError(Disconnect.SHUTDOWN, "maintenance mode")
+        self.access.check(user, token_id, issued_at)
 
     async def publish(
         self,
@@ -114,9 +171,15 @@ class Node:
         data: RawJSON,
         info: ClientInfo | None = None,
         tags: dict[str, str] | None = None,
+        *,
+        source: str = "api",
     ) -> StreamPosition:
+        """Publish into `channel`; `source` ("client" from a connection's publish command, "api"
+        otherwise) labels aether_publications_total."""
         pub = Publication(data=data, info=info, tags=tags or None)
-        return await self.broker.publish(channel.name, pub, history_options(channel.options))
+        position = await self.broker.publish(channel.name, pub, history_options(channel.options))
+        self.metrics.published(channel.namespace, source)
+        return position
 
     async def history(
         self, channel: ResolvedChannel, query: HistoryQuery

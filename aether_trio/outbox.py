@@ -6,11 +6,18 @@ queue past its byte limit, `put` refuses it and the caller disconnects the clien
 instead of letting one slow reader hold memory or slow everyone else down. The writer takes
 everything pending at once (`next_batch`), so messages queued while it was writing go out together
 in one frame.
+
+A probe (`probe`) times one queued message until the frame carrying it has been written: the
+node probes one subscriber per broadcast for `aether_publish_write_latency_seconds`, so the
+measurement costs nothing per subscriber.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -34,7 +41,7 @@ class OutboxStatistics:
 
 
 class Outbox:
-    __slots__ = ("_bytes", "_queue", "_wakeup", "close_request", "max_bytes")
+    __slots__ = ("_bytes", "_probe", "_queue", "_wakeup", "close_request", "max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -42,6 +49,8 @@ class Outbox:
         self._bytes = 0
         self._wakeup: trio.Event | None = None
         self.close_request: CloseRequest | None = None
+        # [messages up to and including the probed one still queued, start, report]
+        self._probe: list[Any] | None = None
 
     def put(self, message: bytes) -> bool:
         """Queue `message`; False if it does not fit (or the outbox is closing)."""
@@ -65,6 +74,7 @@ class Outbox:
         if not flush:
             self._queue.clear()
             self._bytes = 0
+            self._probe = None
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
@@ -72,6 +82,11 @@ class Outbox:
 
     async def next_batch(self, max_messages: int) -> list[bytes]:
         """Wait for messages and take up to `max_messages` of them; [] means: close now."""
+        probe = self._probe
+        if probe is not None and probe[0] <= 0:
+            # The writer asks for more only after writing the previous batch, which held it.
+            self._probe = None
+            probe[2](time.perf_counter() - probe[1])
         while not self._queue:
             if self.close_request is not None:
                 return []
@@ -82,7 +97,21 @@ class Outbox:
         while queue and len(batch) < max_messages:
             batch.append(queue.popleft())
         self._bytes -= sum(map(len, batch))
+        if self._probe is not None:
+            self._probe[0] -= len(batch)
         return batch
+
+    def probe(self, report: Callable[[float], object]) -> bool:
+        """Time the newest queued message: `report(seconds)` once the frame carrying it has been
+        written. One probe at a time; False if not taken (one is pending or nothing is queued)."""
+        if self._probe is not None or not self._queue or self.close_request is not None:
+            return False
+        self._probe = [len(self._queue), time.perf_counter(), report]
+        return True
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
 
     def statistics(self) -> OutboxStatistics:
         return OutboxStatistics(

@@ -44,6 +44,8 @@ class Scheduler:
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._changed = trio.Event()
+        # Told about a callback that raised (the node's error tracker), besides the log line.
+        self.on_error: Callable[[BaseException, str], None] | None = None
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.call_at(trio.current_time() + delay, callback)
@@ -68,8 +70,10 @@ class Scheduler:
                 callback = heapq.heappop(heap)[2].callback
                 try:
                     callback()
-                except Exception:
+                except Exception as exc:
                     log.exception("timer callback failed")
+                    if self.on_error is not None:
+                        self.on_error(exc, "timer callback")
                 del callback  # not kept alive while the loop sleeps
             self._changed = trio.Event()
             with trio.move_on_at(heap[0][0] if heap else math.inf):

@@ -9,7 +9,10 @@ Two ways to run a server:
 
 from __future__ import annotations
 
+import atexit
 import copy
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,9 +30,15 @@ from aether_trio.config import Config, parse_config
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
+# Test servers keep their durable admin state (bans, audit log) here, not in ./data; tests of
+# that state give each server a directory of its own.
+ADMIN_DATA_DIR = tempfile.mkdtemp(prefix="aether-test-admin-")
+atexit.register(shutil.rmtree, ADMIN_DATA_DIR, ignore_errors=True)
+
 BASE_CONFIG: dict[str, Any] = {
     "server": {"port": 0, "close_wait_seconds": 1.0, "shutdown_drain_seconds": 2.0},
     "http": {"port": 0},
+    "admin": {"data_dir": ADMIN_DATA_DIR},
     "token": {"hmac_secret": SECRET},
     "channel": {
         "without_namespace": {

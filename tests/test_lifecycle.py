@@ -62,7 +62,8 @@ async def start(config_path: Path) -> tuple[ServerProcess, str]:
         stderr=subprocess.PIPE,
     )
     server = ServerProcess(process)
-    match = await server.wait_for_log(r"listening on (ws://\S+)")
+    # The URL ends at whitespace (text logs) or at the closing quote of a JSON log line.
+    match = await server.wait_for_log(r'listening on (ws://[^\s"]+)')
     return server, match.group(1)
 
 

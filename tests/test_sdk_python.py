@@ -47,6 +47,7 @@ from centrifuge import (
 from conftest import RunningServer, make_config, running_server, token
 
 from aether_trio.auth import mint_token
+from aether_trio.config import AdminConfig
 from aether_trio.node import Node
 from aether_trio.protocol.codec import raw_json
 from aether_trio.protocol.codes import Disconnect
@@ -55,6 +56,8 @@ from aether_trio.protocol.messages import StreamPosition as ServerPosition
 WAIT = 5.0  # longest single wait for an expected event
 SCENARIO_LIMIT = 40.0  # a whole scenario
 QUIET = 0.5  # how long "nothing more happens" is observed
+# Every connection is also subscribed server-side to the operators' system channel.
+SYSTEM_CHANNEL = AdminConfig().system_channel
 
 Scenario = Callable[[RunningServer], Awaitable[None]]
 
@@ -1250,8 +1253,8 @@ def test_server_side_subscription_from_token_channels() -> None:
     async def scenario(srv: RunningServer) -> None:
         async with sdk(srv.url) as clients:
             client, rec = await clients.connected("42", channels=["news", "chat:lobby"])
-            subs = {ctx.channel: ctx for ctx in await rec.wait("subscribed", count=2)}
-            assert set(subs) == {"news", "chat:lobby"}
+            subs = {ctx.channel: ctx for ctx in await rec.wait("subscribed", count=3)}
+            assert set(subs) == {"news", "chat:lobby", SYSTEM_CHANNEL}
             assert await num_subscribers(srv, "news") == 1
 
             bob, _ = await clients.connected("43")
@@ -1285,7 +1288,8 @@ def test_server_side_subscription_from_token_subs_with_data_and_info() -> None:
             ctx: ServerSubscribedContext = await rec.one("subscribed")
             assert (ctx.channel, ctx.data) == ("news", {"welcome": True})
             await asyncio.sleep(0.1)
-            assert [c.channel for c in rec.of("subscribed")] == ["news"]  # subs wins
+            # `subs` wins over `channels`.
+            assert [c.channel for c in rec.of("subscribed")] == ["news", SYSTEM_CHANNEL]
             await client.publish("news", {"n": 1})
             pub: ServerPublicationContext = await rec.one("publication")
             assert pub.pub.info.chan_info == {"seat": 7}
@@ -1332,7 +1336,8 @@ def test_server_side_subscription_recovery_on_reconnect() -> None:
             for n in (3, 4, 5):
                 await server_publish(srv, channel, {"n": n})
             await client.connect()
-            again: ServerSubscribedContext = (await rec.wait("subscribed", count=2))[1]
+            mine = await rec.wait("subscribed", lambda c: c.channel == channel, count=2)
+            again: ServerSubscribedContext = mine[1]
             assert again.was_recovering and again.recovered
             await rec.wait("publication", count=5)
             await asyncio.sleep(0.2)

@@ -8,12 +8,16 @@ nothing about the server (the traceback goes to the log only).
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import attrs
 import orjson
+
+from ..logs import request_id_var
 
 __all__ = ["HttpApp", "Request", "Response", "Route", "json_response"]
 
@@ -55,6 +59,8 @@ class HttpApp:
         self.max_body_size = max_body_size
         self._routes: dict[str, Route] = {}
         self._prefixes: list[tuple[str, Route]] = []
+        # Told about a route that raised (the node's error tracker), besides the log line.
+        self.on_error: Callable[[BaseException, str], None] | None = None
 
     def route(self, path: str, handler: Route) -> None:
         self._routes[path] = handler
@@ -66,7 +72,9 @@ class HttpApp:
     def _find(self, path: str) -> Route | None:
         handler = self._routes.get(path)
         if handler is None:
-            handler = next((h for p, h in self._prefixes if path.startswith(p)), None)
+            # The longest matching prefix wins, so "/api/admin/" can live beside "/api/".
+            matches = [(len(p), h) for p, h in self._prefixes if path.startswith(p)]
+            handler = max(matches, key=lambda match: match[0])[1] if matches else None
         return handler
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -92,11 +100,19 @@ class HttpApp:
                     if scope.get("client")
                     else "",
                 )
+                # Names this request in every log line written while handling it; echoed back.
+                request_id = _request_id(request.headers)
+                request_id_var.set(request_id)
                 try:
                     response = await handler(request)
-                except Exception:
+                except Exception as exc:
                     log.exception("HTTP %s %s failed", request.method, request.path)
+                    if self.on_error is not None:
+                        self.on_error(exc, f"HTTP {request.method} {request.path[:100]}")
                     response = INTERNAL
+                response = attrs.evolve(
+                    response, headers=(*response.headers, ("x-request-id", request_id))
+                )
         await _send(send, response)
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes | None:
@@ -125,6 +141,15 @@ class HttpApp:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _request_id(headers: dict[str, str]) -> str:
+    """The caller's X-Request-Id when it is a plain short token, else a new one."""
+    given = headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,66 @@
+"""`AdminService`: the admin package's one long-running service, started by the server.
+
+`run` opens the SQLite store, loads bans and revocations, installs the access policy and the audit
+log on the node, and then owns, in its nursery, the audit writer and any drain. It reports
+readiness through `task_status` before the HTTP listener starts, so no operator command and no
+connection is handled without the durable state loaded. On cancellation the writer flushes
+(shielded, time-limited) and the store is closed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from .audit import AuditLog
+from .commands import AdminContext
+from .drain import Drain
+from .routes import PREFIX, AdminRoutes
+from .state import AccessState
+from .store import Store
+
+if TYPE_CHECKING:
+    from ..app import Server
+
+__all__ = ["PREFIX", "AdminService"]
+
+
+class AdminService:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.drain = Drain(server.node)
+        # The server API's key check: the keys of the running configuration (reload included).
+        self.routes = AdminRoutes(server.api_auth)
+        self.state: AccessState | None = None
+        self.audit: AuditLog | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        node = self.server.node
+        admin = self.server.config.admin
+        store = await Store.open(admin.data_dir)
+        try:
+            head = await store.call(store.db.audit_head)
+            audit = AuditLog(
+                store, head, auth_failures_per_minute=admin.audit_auth_failures_per_minute
+            )
+            state = AccessState(store, audit)
+            await state.load()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(audit.run)
+                self.state, self.audit = state, audit
+                node.access, node.audit = state, audit
+                self.routes.context = AdminContext(
+                    self.server, state, audit, self.drain, nursery, time.time()
+                )
+                audit.record(
+                    "server.start", actor="server",
+                    result={"node": node.config.server.node_name, "version": node.version,
+                            **state.counts()},
+                )  # fmt: skip
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.routes.context = None
+            await store.aclose()

@@ -1,0 +1,222 @@
+"""The server API methods that publish and read (reference 10.3), and what every method shares.
+
+Every method checks all of its input first and raises `ApiError` before any effect, so a refused
+call changed nothing. Methods acting on a user's connections live in `api_users`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import orjson
+
+from ..config import ChannelOptions
+from ..engines.base import HistoryQuery, UnrecoverablePosition
+from ..protocol import messages as m
+from ..protocol.channels import ResolvedChannel
+from ..protocol.codec import raw_json, unstructure
+from ..protocol.errors import ReplyError
+from . import api_requests as rq
+from .api_errors import ApiError
+from .api_errors import ApiErrorCode as Code
+from .glob import compile_glob
+from .idempotency import IdempotencyCache
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+__all__ = [
+    "ApiContext",
+    "Result",
+    "broadcast",
+    "channels",
+    "error_body",
+    "history",
+    "history_remove",
+    "info",
+    "json_value",
+    "presence",
+    "presence_stats",
+    "publish",
+    "resolve_channel",
+]
+
+Result = dict[str, Any]
+
+
+@attrs.define
+class ApiContext:
+    node: Node
+    idempotency: IdempotencyCache
+    uid: str
+    started: float  # time.time() at start, for `info.uptime`
+
+
+# --- shared checks ---
+
+
+def resolve_channel(ctx: ApiContext, name: str) -> ResolvedChannel:
+    if not name:
+        raise ApiError(Code.BAD_REQUEST, "channel required")
+    try:
+        return ctx.node.resolve(name)
+    except ReplyError as exc:
+        raise ApiError.from_reply_error(exc) from None
+
+
+def _b64_json(encoded: str, field: str) -> Any:
+    """`b64data`/`b64info` as a JSON value: a JSON client cannot be sent anything else."""
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise ApiError(Code.BAD_REQUEST, f"{field} is not base64") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # A JSON connection cannot carry anything else (upstream would close it with 3506).
+        raise ApiError(Code.BAD_REQUEST, f"{field} does not decode to JSON") from None
+
+
+def json_value(value: Any, b64: str, field: str) -> m.RawJSON:
+    """A JSON value given as such (`data`) or base64-encoded (`b64data`, which wins)."""
+    return raw_json(_b64_json(b64, field) if b64 else value)
+
+
+def _check_data(options: ChannelOptions, data: Any) -> None:
+    if data is None:
+        raise ApiError(Code.BAD_REQUEST, "empty publication data")
+    if options.publication_data_format == "json_object" and not isinstance(data, dict):
+        raise ApiError(Code.BAD_REQUEST, "publication data must be a JSON object")
+
+
+# --- publishing ---
+
+
+async def _publish(
+    ctx: ApiContext, ch: ResolvedChannel, data: Any, opts: rq.PublishOptions
+) -> Result:
+    if opts.skip_history:
+        ch = attrs.evolve(ch, options=attrs.evolve(ch.options, history_size=0))
+    node = ctx.node
+    position = await ctx.idempotency.publish_once(
+        ch.name,
+        opts.idempotency_key,
+        lambda: node.publish(ch, raw_json(data), tags=opts.tags),
+    )
+    # Both omitted without history, as upstream's encoder omits zero values.
+    result: Result = {}
+    if position.offset:
+        result["offset"] = position.offset
+    if position.epoch:
+        result["epoch"] = position.epoch
+    return result
+
+
+def _payload(opts: rq.PublishOptions) -> Any:
+    return _b64_json(opts.b64data, "b64data") if opts.b64data else opts.data
+
+
+async def publish(ctx: ApiContext, req: rq.Publish) -> Result:
+    data = _payload(req.options)
+    ch = resolve_channel(ctx, req.channel)
+    _check_data(ch.options, data)
+    return await _publish(ctx, ch, data, req.options)
+
+
+async def broadcast(ctx: ApiContext, req: rq.Broadcast) -> Result:
+    if not req.channels:
+        raise ApiError(Code.BAD_REQUEST, "channels required")
+    data = _payload(req.options)
+    responses: list[Result] = []
+    for name in req.channels:  # each channel succeeds or fails on its own, as upstream
+        try:
+            ch = resolve_channel(ctx, name)
+            _check_data(ch.options, data)
+            responses.append({"result": await _publish(ctx, ch, data, req.options)})
+        except ApiError as exc:
+            responses.append({"error": error_body(exc.code)})
+    return {"responses": responses}
+
+
+def error_body(code: Code) -> Result:
+    return {"code": int(code), "message": code.message}
+
+
+# --- reading ---
+
+
+def _presence_channel(ctx: ApiContext, name: str) -> ResolvedChannel:
+    ch = resolve_channel(ctx, name)
+    if not ch.options.presence:
+        raise ApiError(Code.NOT_AVAILABLE, "presence is off for this channel")
+    return ch
+
+
+async def presence(ctx: ApiContext, req: rq.ChannelRequest) -> Result:
+    ch = _presence_channel(ctx, req.channel)
+    result: Result = unstructure(m.PresenceResult(await ctx.node.presence.presence(ch.name)))
+    return result
+
+
+async def presence_stats(ctx: ApiContext, req: rq.ChannelRequest) -> Result:
+    ch = _presence_channel(ctx, req.channel)
+    num_clients, num_users = await ctx.node.presence.presence_stats(ch.name)
+    return {"num_clients": num_clients, "num_users": num_users}
+
+
+def _history_channel(ctx: ApiContext, name: str) -> ResolvedChannel:
+    ch = resolve_channel(ctx, name)
+    if not ch.options.history_enabled:
+        raise ApiError(Code.NOT_AVAILABLE, "history is off for this channel")
+    return ch
+
+
+async def history(ctx: ApiContext, req: rq.History) -> Result:
+    ch = _history_channel(ctx, req.channel)
+    if req.since is not None and req.reverse and req.since.offset == 0:
+        raise ApiError(Code.BAD_REQUEST, "reverse history needs since.offset > 0")
+    try:
+        pubs, top = await ctx.node.history(ch, HistoryQuery(req.since, req.limit, req.reverse))
+    except UnrecoverablePosition:
+        raise ApiError(Code.UNRECOVERABLE_POSITION) from None
+    result: Result = unstructure(m.HistoryResult(tuple(pubs), top.epoch, top.offset))
+    return result
+
+
+async def history_remove(ctx: ApiContext, req: rq.ChannelRequest) -> Result:
+    ch = _history_channel(ctx, req.channel)
+    await ctx.node.broker.remove_history(ch.name)
+    return {}
+
+
+async def channels(ctx: ApiContext, req: rq.Channels) -> Result:
+    try:
+        match = compile_glob(req.pattern or "*")
+    except ValueError as exc:
+        raise ApiError(Code.BAD_REQUEST, f"pattern: {exc}") from None
+    hub = ctx.node.hub
+    found = {name: {"num_clients": hub.num_subscribers(name)} for name in hub.channels()}
+    return {"channels": {name: info for name, info in found.items() if match(name)}}
+
+
+async def info(ctx: ApiContext, req: rq.Info) -> Result:
+    node = ctx.node
+    stats = node.hub.statistics()
+    return {
+        "nodes": [
+            {
+                "uid": ctx.uid,
+                "name": node.config.server.node_name,
+                "version": node.version,
+                "num_clients": len(node.clients),
+                "num_users": len(node.users),
+                "num_channels": stats.channels,
+                "num_subs": stats.subscriptions,
+                "uptime": int(time.time() - ctx.started),
+            }
+        ]
+    }

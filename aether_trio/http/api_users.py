@@ -1,0 +1,152 @@
+"""Server API methods acting on a user's connections: subscribe, unsubscribe, disconnect,
+refresh (reference 10.3; pushes of section 4, codes of section 7).
+
+Server-side `subscribe` goes the way a client's subscribe goes (`commands.subscribe_channel`: a
+buffering subscription and its result, then the `subscribe` push, `go_live`, presence and join),
+so ordering and recovery hold exactly as for clients.
+
+Concurrency hazard: a call runs in the HTTP request's task, not in the connection's, so the
+connection may close while the call awaits. After each await `subscribe` checks that the
+subscription it made is still the connection's before it announces presence or a join that the
+connection's cleanup would never remove.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import attrs
+import orjson
+
+from ..commands import OVERRIDABLE, subscribe_channel
+from ..config import ChannelOptions
+from ..protocol import messages as m
+from ..protocol.codec import encode_push, raw_json
+from ..protocol.codes import Disconnect, Unsubscribe
+from . import api_requests as rq
+from .api_errors import ApiError
+from .api_errors import ApiErrorCode as Code
+from .api_methods import ApiContext, Result, json_value, resolve_channel
+
+if TYPE_CHECKING:
+    from ..auth import ChannelOverride
+    from ..client import Client
+
+__all__ = ["disconnect", "refresh", "subscribe", "unsubscribe"]
+
+# A close reason must fit a WebSocket control frame (reference 7.1).
+MAX_REASON_BYTES = 123
+
+
+def _targets(ctx: ApiContext, user: str, client_id: str, session: str) -> list[Client]:
+    # Connections have no session ids here: a session filter matches none, as upstream's would.
+    if session:
+        return []
+    return [c for c in ctx.node.user_clients(user) if not client_id or c.client_id == client_id]
+
+
+def _ttl(expire_at: int) -> int:
+    return max(1, expire_at - int(time.time()))
+
+
+def _apply_override(options: ChannelOptions, override: ChannelOverride | None) -> ChannelOptions:
+    if override is None:
+        return options
+    changes = {n: v for n in OVERRIDABLE if (v := getattr(override, n)) is not None}
+    return attrs.evolve(options, **changes)
+
+
+async def subscribe(ctx: ApiContext, req: rq.Subscribe) -> Result:
+    ch = resolve_channel(ctx, req.channel)
+    chan_info = json_value(req.info, req.b64info, "b64info")
+    data = json_value(req.data, req.b64data, "b64data")
+    if 0 < req.expire_at <= time.time():
+        raise ApiError(Code.BAD_REQUEST, "expire_at is in the past")
+    expire_at = req.expire_at if req.expire_at > 0 else None
+    options = _apply_override(ch.options, req.override)
+    since = req.recover_since
+    hint = m.SubscribeRequest(
+        channel=ch.name, recover=since is not None,
+        offset=since.offset if since else 0, epoch=since.epoch if since else "",
+    )  # fmt: skip
+    for client in _targets(ctx, req.user, req.client, req.session):
+        if client.outbox.close_request is not None or ch.name in client.subscriptions:
+            continue  # going away, or already subscribed (this call is idempotent)
+        limit = ctx.node.config.client.channel_limit
+        if limit and len(client.subscriptions) >= limit:
+            client.close(Disconnect.CHANNEL_LIMIT, detail="server API subscribe over the limit")
+            continue
+        sub, result, delivered = await subscribe_channel(
+            client, ch, hint, options=options, server_side=True, chan_info=chan_info,
+            data=data, expire_at=expire_at,
+        )  # fmt: skip
+        if client.subscriptions.get(ch.name) is not sub:
+            continue  # the connection closed meanwhile and its cleanup took the subscription
+        push = m.SubscribePush(
+            result.recoverable, result.epoch, result.offset, result.positioned, result.data
+        )
+        client.send(encode_push(ch.name, "subscribe", push))
+        # The push carries no publications: recovered ones follow it as ordinary `pub` pushes.
+        for pub in result.publications:
+            client.send(encode_push(ch.name, "pub", pub))
+        sub.go_live(delivered)
+        await client.announce_join(sub)
+    return {}
+
+
+async def unsubscribe(ctx: ApiContext, req: rq.Unsubscribe) -> Result:
+    ch = resolve_channel(ctx, req.channel)
+    code = Unsubscribe.SERVER
+    push = encode_push(ch.name, "unsubscribe", m.UnsubscribePush(code, code.reason))
+    for client in _targets(ctx, req.user, req.client, req.session):
+        if ch.name in client.subscriptions:
+            # No checkpoint between the push and the detach inside remove_subscription:
+            # nothing of the channel can reach the client after its unsubscribe push.
+            client.send(push)
+            await client.remove_subscription(ch.name, announce=True)
+    return {}
+
+
+def _close_reason(code: int, reason: str) -> tuple[int, str]:
+    if code == 0:
+        return Disconnect.FORCE_NO_RECONNECT, Disconnect.FORCE_NO_RECONNECT.reason
+    if not 3000 <= code <= 4999:
+        raise ApiError(Code.BAD_REQUEST, "disconnect code must be 3000..4999")
+    if len(reason.encode()) > MAX_REASON_BYTES:
+        raise ApiError(Code.BAD_REQUEST, f"disconnect reason over {MAX_REASON_BYTES} bytes")
+    try:
+        orjson.loads(reason)
+    except orjson.JSONDecodeError:
+        pass
+    else:  # centrifuge-js would read it as a legacy JSON reason (reference 7.2)
+        raise ApiError(Code.BAD_REQUEST, "disconnect reason must not be valid JSON")
+    if not reason and code in _KNOWN_CODES:
+        reason = Disconnect(code).reason  # an empty reason makes centrifuge-js reconnect
+    return code, reason
+
+
+_KNOWN_CODES = frozenset(int(d) for d in Disconnect)
+
+
+async def disconnect(ctx: ApiContext, req: rq.Disconnect) -> Result:
+    code, reason = _close_reason(req.code, req.reason)
+    for client in _targets(ctx, req.user, req.client, req.session):
+        if client.client_id not in req.whitelist:
+            client.close_with(code, reason, detail="server API disconnect")
+    return {}
+
+
+async def refresh(ctx: ApiContext, req: rq.Refresh) -> Result:
+    info = None if req.info is None else raw_json(req.info)
+    expired = req.expired or 0 < req.expire_at <= time.time()
+    expire_at = req.expire_at if req.expire_at > 0 else None
+    for client in _targets(ctx, req.user, req.client, req.session):
+        if expired:
+            client.close(Disconnect.EXPIRED, detail="server API refresh")
+            continue
+        client.refreshed(expire_at, info)
+        # The `refresh` push body is {expires, ttl}: the shape of a sub_refresh result.
+        body = m.SubRefreshResult(True, _ttl(expire_at)) if expire_at else m.SubRefreshResult()
+        client.send(encode_push("", "refresh", body))
+    return {}

@@ -1,0 +1,337 @@
+"""Prometheus metrics of one node, in a registry of its own, rendered in-process for `/metrics`.
+
+Each `Metrics` owns a `CollectorRegistry` (no process-global default registry, no exporter thread):
+two servers in one process, as in the tests, never share a counter, and `/metrics` is a plain route
+that calls `generate_latest` inside the Trio run.
+
+Two kinds of metric:
+- events (counters, histograms) are updated where they happen. The hot path pays once per event it
+  already handles: a broadcast counts its deliveries with one `inc(n)` and one `observe(n)`, never
+  per subscriber. Labelled children are looked up once and cached, because `labels()` costs about
+  three times an `inc`.
+- levels (connections, queued outbox bytes, history, presence, Trio tasks, readiness) are gauges
+  computed at scrape time by `NodeCollector` from `statistics()` and friends, so keeping them
+  current costs nothing between scrapes.
+
+Labels are bounded: method, result, close or error code, namespace (configured), never a channel
+or a user. Values that come from outside the code's own tables (API method names, exception type
+names) are capped at `MAX_LABEL_VALUES` distinct values; the rest are counted as "other".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ._version import __version__
+from .monitor import evaluate
+from .protocol.codes import Disconnect, ErrorCode
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["MAX_LABEL_VALUES", "Metrics", "NodeCollector", "Outcome", "count_tasks"]
+
+# `*_created` series double the exposition and nothing here uses them. (A process-wide switch of
+# prometheus_client; Aether is its only user in the server process.)
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+FANOUT_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_LABEL_VALUES = 64
+OTHER = "other"
+
+# What a command ended with: "ok", a refusal (ErrorCode: error reply; Disconnect: close),
+# "internal" (an unexpected exception) or "cancelled".
+Outcome = str | ErrorCode | Disconnect
+
+# Refusals of these commands with these codes are authentication/authorization failures.
+AUTH_METHODS = frozenset({"connect", "refresh", "subscribe", "sub_refresh"})
+AUTH_CODES: frozenset[ErrorCode | Disconnect] = frozenset(
+    {
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.PERMISSION_DENIED,
+        ErrorCode.TOKEN_EXPIRED,
+        Disconnect.INVALID_TOKEN,
+        Disconnect.PERMISSION_DENIED,
+        Disconnect.EXPIRED,
+    }
+)
+
+
+def _result(outcome: Outcome) -> str:
+    if isinstance(outcome, ErrorCode):
+        return "error"
+    if isinstance(outcome, Disconnect):
+        return "disconnect"
+    return outcome
+
+
+def _reason(outcome: Outcome) -> str:
+    """A bounded, readable label: "ok", "token_expired", "invalid_token", "internal", ..."""
+    return outcome.name.lower() if isinstance(outcome, ErrorCode | Disconnect) else outcome
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        # RSS, virtual memory, CPU seconds, open files and their limit, start time: read from /proc
+        # at scrape time (on Linux; elsewhere it yields nothing).
+        ProcessCollector(namespace="aether", registry=registry)
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, list(labels), registry=registry)
+
+        def histogram(
+            name: str, doc: str, buckets: Iterable[float], labels: Iterable[str] = ()
+        ) -> Histogram:
+            return Histogram(name, doc, list(labels), registry=registry, buckets=tuple(buckets))
+
+        self.connects = counter(
+            "aether_connects", "Connect commands by result (ok or the refusal)", ["result"]
+        )
+        self.disconnects = counter(
+            "aether_disconnects",
+            'Closed connections by the close code the server sent ("peer": the client closed)',
+            ["code"],
+        )
+        self.slow_consumer_disconnects = counter(
+            "aether_slow_consumer_disconnects",
+            "Connections closed with 3008 because their outbox overflowed",
+        )
+        self.commands = counter(
+            "aether_commands",
+            "Client commands by method and result (ok, error, disconnect, internal, cancelled)",
+            ["method", "result"],
+        )
+        self.command_duration = histogram(
+            "aether_command_duration_seconds",
+            "Time to handle a client command",
+            LATENCY_BUCKETS,
+            ["method"],
+        )
+        self.auth_failures = counter(
+            "aether_auth_failures",
+            "Refused authentication or authorization, by command and reason",
+            ["method", "reason"],
+        )
+        self.publications = counter(
+            "aether_publications",
+            "Publications by channel namespace and source (client, api)",
+            ["namespace", "source"],
+        )
+        self.deliveries = counter(
+            "aether_deliveries",
+            "Pushes handed to subscribers' outboxes by fan-out (publication, join, leave)",
+            ["kind"],
+        )
+        self.fanout = histogram(
+            "aether_broadcast_fanout_subscribers",
+            "Subscribers on this node reached by one publication",
+            FANOUT_BUCKETS,
+        )
+        self.publish_write_latency = histogram(
+            "aether_publish_write_latency_seconds",
+            "From a publication's fan-out to the write of the frame carrying it, sampled on one "
+            "subscriber per broadcast",
+            LATENCY_BUCKETS,
+        )
+        self.api_requests = counter(
+            "aether_api_requests",
+            "Server API requests by method and HTTP status",
+            ["method", "status"],
+        )
+        self.api_request_duration = histogram(
+            "aether_api_request_duration_seconds",
+            "Time to handle a server API request",
+            LATENCY_BUCKETS,
+            ["method"],
+        )
+        self.errors = counter(
+            "aether_errors", "Unexpected exceptions caught at a task boundary, by type", ["kind"]
+        )
+        self.loop_lag = histogram(
+            "aether_event_loop_lag_seconds",
+            "How late the monitor's timer woke up (time the event loop was busy elsewhere)",
+            LAG_BUCKETS,
+        )
+        self.threshold_exceeded = Gauge(
+            "aether_resource_threshold_exceeded",
+            "1 while a [monitor] threshold is exceeded",
+            ["resource"],
+            registry=registry,
+        )
+        self._commands: dict[tuple[str, Outcome], tuple[Any, ...]] = {}
+        self._disconnects: dict[int | None, Any] = {}
+        self._publications: dict[tuple[str, str], Any] = {}
+        self._deliveries = {
+            kind: self.deliveries.labels(kind) for kind in ("publication", "join", "leave")
+        }
+        self._capped: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._capped_seen: dict[int, set[str]] = {}
+        self._fanout_observe = self.fanout.observe
+        self._publication_deliveries = self._deliveries["publication"].inc
+
+    # --- events ---
+
+    def command(self, method: str, outcome: Outcome, seconds: float) -> None:
+        children = self._commands.get((method, outcome))
+        if children is None:
+            children = self._commands[(method, outcome)] = self._command_children(method, outcome)
+        count, duration, *extra = children
+        count.inc()
+        duration.observe(seconds)
+        for child in extra:
+            child.inc()
+
+    def _command_children(self, method: str, outcome: Outcome) -> tuple[Any, ...]:
+        children = [
+            self.commands.labels(method, _result(outcome)),
+            self.command_duration.labels(method),
+        ]
+        if method == "connect":
+            children.append(self.connects.labels(_reason(outcome)))
+        if method in AUTH_METHODS and outcome in AUTH_CODES:
+            children.append(self.auth_failures.labels(method, _reason(outcome)))
+        return tuple(children)
+
+    def disconnected(self, code: int | None) -> None:
+        """A connection ended; `code` is the close code the server sent, None if the peer left."""
+        child = self._disconnects.get(code)
+        if child is None:
+            child = self._disconnects[code] = self.disconnects.labels(
+                "peer" if code is None else str(code)
+            )
+        child.inc()
+        if code == Disconnect.SLOW:
+            self.slow_consumer_disconnects.inc()
+
+    def published(self, namespace: str, source: str) -> None:
+        child = self._publications.get((namespace, source))
+        if child is None:
+            child = self._publications[(namespace, source)] = self.publications.labels(
+                namespace, source
+            )
+        child.inc()
+
+    def broadcast(self, receivers: int) -> None:
+        """One publication was handed to `receivers` subscribers (> 0)."""
+        self._publication_deliveries(receivers)
+        self._fanout_observe(receivers)
+
+    def join_leave(self, kind: str, receivers: int) -> None:
+        self._deliveries[kind].inc(receivers)
+
+    def api_request(self, method: str, status: int, seconds: float | None = None) -> None:
+        """For the server API: count one request (`method` as in `/api/<method>`)."""
+        self._capped_child(self.api_requests, method, str(status)).inc()
+        if seconds is not None:
+            self._capped_child(self.api_request_duration, method).observe(seconds)
+
+    def error(self, kind: str) -> None:
+        self._capped_child(self.errors, kind).inc()
+
+    def _capped_child(self, metric: Any, first: str, *rest: str) -> Any:
+        """The child for labels (first, *rest), where `first` comes from outside the code."""
+        key = (id(metric), (first, *rest))
+        child = self._capped.get(key)
+        if child is None:
+            seen = self._capped_seen.setdefault(id(metric), set())
+            if first not in seen and first != OTHER and len(seen) >= MAX_LABEL_VALUES:
+                return self._capped_child(metric, OTHER, *rest)
+            seen.add(first)
+            child = self._capped[key] = metric.labels(first, *rest)
+        return child
+
+    # --- scraping ---
+
+    def watch(self, node: Node) -> None:
+        """Add the scrape-time gauges of `node` (once per node)."""
+        self.registry.register(NodeCollector(node))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def count_tasks() -> int | None:
+    """Tasks alive in the current Trio run (walks the task tree from the root); None outside
+    a Trio run (a test calling `generate_latest` from another thread)."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return None
+    count = 0
+    todo = [root] if root is not None else []
+    while todo:
+        task = todo.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return count
+
+
+class NodeCollector(Collector):
+    """Gauges computed when scraped, from the node's live state."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # computed at scrape time; nothing to register up front
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._node
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        info = GaugeMetricFamily("aether_build_info", "Aether version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield gauge("aether_connections", "Connected (authenticated) clients", len(node.clients))
+        yield gauge(
+            "aether_outbox_bytes",
+            "Bytes queued in all connections' outboxes",
+            sum(client.outbox.queued_bytes for client in node.clients.values()),
+        )
+        hub = node.hub.statistics()
+        yield gauge("aether_hub_channels", "Channels with subscribers on this node", hub.channels)
+        yield gauge("aether_hub_subscriptions", "Subscriptions on this node", hub.subscriptions)
+        for name, doc, stats, key in (
+            ("aether_history_streams", "Channel streams kept", node.broker, "streams"),
+            ("aether_history_publications", "Publications kept", node.broker, "publications"),
+            ("aether_presence_entries", "Presence entries kept", node.presence, "entries"),
+        ):
+            statistics: Callable[[], dict[str, int]] | None = getattr(stats, "statistics", None)
+            if statistics is not None:
+                value = statistics().get(key)
+                if value is not None:
+                    yield gauge(name, doc, value)
+        tasks = count_tasks()
+        if tasks is not None:
+            yield gauge("aether_trio_tasks", "Tasks alive in the Trio run", tasks)
+        checks = evaluate(node.readiness_checks)
+        yield gauge("aether_ready", "1 if every readiness check passes", all(c.ok for c in checks))
+        per_check = GaugeMetricFamily(
+            "aether_readiness_check", "1 if this readiness check passes", labels=["check"]
+        )
+        for check in checks:
+            per_check.add_metric([check.name], check.ok)
+        yield per_check

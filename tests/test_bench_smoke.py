@@ -1,0 +1,148 @@
+"""The benchmark harness (ops/bench, `just bench`) works: one run with tiny sizes (seconds) against
+Aether and the peers, checked for shape and sanity only. Never a speed threshold: CI machines are
+shared and noisy, and the numbers belong in ops/bench/RESULTS.md, not in a pass/fail.
+
+The bench extra (websockets, python-socketio, uvicorn) is part of the dev extra, so a missing one
+is an installation error and fails here rather than skipping. The Node.js Socket.IO peer joins
+when node and npm exist (CI installs them for the JS SDK tests; `npm ci` is done by the harness).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "ops" / "bench" / "run.py"
+BENCH_MODULES = ("websockets", "socketio", "uvicorn")
+SCENARIOS = ("burst", "paced", "many_channels", "storm", "idle")
+
+
+def servers() -> list[str]:
+    names = ["aether", "websockets", "socketio-py"]
+    if shutil.which("node") and shutil.which("npm"):
+        names.append("socketio-node")
+    return names
+
+
+def check_bench_extra() -> None:
+    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.fail(
+            f"the bench extra is not installed (missing {missing}): "
+            ".venv/bin/pip install -e '.[dev]' (dev includes bench)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    check_bench_extra()
+    out = tmp_path_factory.mktemp("bench")
+    cmd = [sys.executable, str(RUN), "--smoke", "--out-dir", str(out), "--servers"]
+    done = subprocess.run(
+        [*cmd, ",".join(servers())], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+        for p in sorted((out / "logs").glob("*.log"))
+        if p.stat().st_size
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{logs}"
+    doc: dict[str, Any] = json.loads((out / "results.json").read_text())
+    doc["markdown"] = (out / "RESULTS.md").read_text()
+    return doc
+
+
+def rows(doc: dict[str, Any], scenario: str, server: str) -> list[dict[str, Any]]:
+    found = [r for r in doc["results"] if r["scenario"] == scenario and r["server"] == server]
+    assert len(found) == 1, (scenario, server)
+    result = found[0]
+    assert "error" not in result, result["error"]
+    assert not result["server_status"]["died_during_run"], result["server_status"]
+    assert result["rows"], result
+    return list(result["rows"])
+
+
+def ordered_latency(lat: dict[str, Any] | None) -> None:
+    assert lat is not None and lat["samples"] > 0
+    assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+
+
+def test_bench_extra_is_installed() -> None:
+    check_bench_extra()
+
+
+def test_every_scenario_ran_against_every_server(smoke: dict[str, Any]) -> None:
+    ran = {(r["scenario"], r["server"]) for r in smoke["results"]}
+    for scenario in SCENARIOS:
+        for server in servers():
+            if scenario == "many_channels" and server != "aether":
+                continue
+            assert (scenario, server) in ran
+
+
+@pytest.mark.parametrize("scenario", ["burst", "paced"])
+def test_fanout_rows_are_sane(smoke: dict[str, Any], scenario: str) -> None:
+    for server in servers():
+        for row in rows(smoke, scenario, server):
+            assert row["delivered"] == row["expected"] > 0, (server, row)
+            assert row["deliveries_per_s"] > 0
+            assert row["server_cpu_us_per_delivery"] is not None
+            assert row["server_cpu_us_per_delivery"] >= 0
+            assert row["loadgen_cpu_s"] >= 0
+            ordered_latency(row["latency_ms"])
+            assert not row["setup_failures"] and not row["server_closes"], row
+
+
+def test_aether_publishes_through_the_api_when_it_answers(smoke: dict[str, Any]) -> None:
+    publishers = [row["publisher"] for row in rows(smoke, "burst", "aether")]
+    assert publishers[0] == "websocket"
+    api_works = any("answered a publish" in note for note in smoke["notes"])
+    assert publishers[1:] == (["http_api"] if api_works else [])
+
+
+def test_many_channels(smoke: dict[str, Any]) -> None:
+    own, shared = rows(smoke, "many_channels", "aether")
+    assert own["phase"] == "own channels" and shared["phase"] == "shared channels"
+    assert own["subscriptions"] == own["connections"] * (1 + own["shared_channels"])
+    for row in (own, shared):
+        assert row["delivered"] == row["expected"] > 0
+        ordered_latency(row["latency_ms"])
+
+
+def test_connect_storm(smoke: dict[str, Any]) -> None:
+    for server in servers():
+        (row,) = rows(smoke, "storm", server)
+        assert row["connected"] == row["connections"] > 0
+        assert row["connects_per_s"] > 0
+        assert row["jwt"] is (server == "aether")
+        ordered_latency(row["connect_latency_ms"])
+
+
+def test_idle_memory(smoke: dict[str, Any]) -> None:
+    for server in servers():
+        (row,) = rows(smoke, "idle", server)
+        assert row["connected"] == row["connections"] > 0
+        assert row["rss_before_bytes"] > 0 and row["rss_after_bytes"] > 0
+        # A tiny run may see RSS move either way: only its presence is checked.
+        assert isinstance(row["rss_per_conn_bytes"], int)
+
+
+def test_report_records_the_machine_and_ratios(smoke: dict[str, Any]) -> None:
+    machine = smoke["machine"]
+    assert machine["cpu_model"] and machine["cores"] >= 1 and machine["python"]
+    assert machine["python_packages"]["trio"] and machine["python_packages"]["websockets"]
+    peers = [s for s in servers() if s != "aether"]
+    assert smoke["peers"] == peers
+    ratio = next(r for r in smoke["ratios"] if r["metric"] == "deliveries_per_s")
+    assert all(ratio[p] > 0 for p in peers)
+    for heading in ("## Fan-out burst", "## Connect storm", "## Idle memory", "relative to"):
+        assert heading in smoke["markdown"]
