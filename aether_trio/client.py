@@ -73,6 +73,7 @@ class Client:
         # Cancelled when the client is dropped without flushing: a send blocked on a client
         # that stopped reading must not keep the connection (and its memory) alive.
         self._send_scope = trio.CancelScope()
+        self._writing = False
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id} user={self.user!r} remote={self.transport.remote}>"
@@ -126,6 +127,11 @@ class Client:
     # --- writing ---
 
     def send(self, message: bytes) -> None:
+        # Nothing queued and no write in progress: the message may go out right now, in order.
+        if not self._writing and self.outbox.idle and self.transport.send_nowait(message):
+            if self.transport.has_pending:
+                self.outbox.kick()  # the writer finishes what the socket did not take
+            return
         if not self.outbox.put(message):
             self.close(Disconnect.SLOW)
 
@@ -137,8 +143,17 @@ class Client:
         outbox, transport = self.outbox, self.transport
         try:
             with self._send_scope:
-                while batch := await outbox.next_batch(limit):
-                    await transport.send(batch[0] if len(batch) == 1 else b"\n".join(batch))
+                while True:
+                    batch = await outbox.next_batch(limit)
+                    if not batch and not transport.has_pending:
+                        break  # closing
+                    payload = b"\n".join(batch) if batch else None
+                    # While this write waits for the socket, new messages queue behind it.
+                    self._writing = True
+                    try:
+                        await transport.send(payload)
+                    finally:
+                        self._writing = False
             request = outbox.close_request
             assert request is not None
             await transport.close(

@@ -9,6 +9,7 @@ here and swapped atomically by `reload`.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -129,14 +130,17 @@ class Node:
     # --- BrokerEventHandler ---
 
     def handle_publication(self, channel: str, pub: Publication) -> None:
+        started = time.perf_counter()
         receivers = self.hub.broadcast_publication(channel, pub)
         if receivers:
             # Per broadcast, never per subscriber: one inc(n), one observe, one latency probe.
             self.metrics.broadcast(receivers)
             first = self.hub.first_subscriber(channel)
             client = self.clients.get(first.client_id) if first is not None else None
-            if client is not None:
-                client.outbox.probe(self.metrics.publish_write_latency.observe)
+            observe = self.metrics.publish_write_latency.observe
+            if client is not None and not client.outbox.probe(observe):
+                # Nothing queued: the frame was written during the fan-out itself.
+                observe(time.perf_counter() - started)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         if receivers := self.hub.broadcast_join(channel, info):

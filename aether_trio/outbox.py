@@ -41,13 +41,14 @@ class OutboxStatistics:
 
 
 class Outbox:
-    __slots__ = ("_bytes", "_probe", "_queue", "_wakeup", "close_request", "max_bytes")
+    __slots__ = ("_bytes", "_kicked", "_probe", "_queue", "_wakeup", "close_request", "max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._queue: deque[bytes] = deque()
         self._bytes = 0
         self._wakeup: trio.Event | None = None
+        self._kicked = False
         self.close_request: CloseRequest | None = None
         # [messages up to and including the probed one still queued, start, report]
         self._probe: list[Any] | None = None
@@ -80,15 +81,29 @@ class Outbox:
             self._wakeup = None
         return True
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and not closing: a message may bypass the queue (written at once)."""
+        return not self._queue and self.close_request is None
+
+    def kick(self) -> None:
+        """Wake the writer with nothing queued (the transport has bytes of its own pending)."""
+        self._kicked = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
     async def next_batch(self, max_messages: int) -> list[bytes]:
-        """Wait for messages and take up to `max_messages` of them; [] means: close now."""
+        """Wait for messages and take up to `max_messages` of them; [] means: closing, or
+        kicked (see `kick`)."""
         probe = self._probe
         if probe is not None and probe[0] <= 0:
             # The writer asks for more only after writing the previous batch, which held it.
             self._probe = None
             probe[2](time.perf_counter() - probe[1])
         while not self._queue:
-            if self.close_request is not None:
+            if self.close_request is not None or self._kicked:
+                self._kicked = False
                 return []
             self._wakeup = event = trio.Event()
             await event.wait()

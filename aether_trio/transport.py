@@ -15,6 +15,7 @@ tests/test_transport.py and tests/test_bad_input.py (the version range is pinned
 from __future__ import annotations
 
 import contextlib
+import socket
 import struct
 from typing import Any, Protocol
 
@@ -44,21 +45,66 @@ class Transport(Protocol):
 
     async def receive(self) -> str | bytes: ...
 
-    async def send(self, frame: bytes) -> None:
-        """Send one text frame."""
+    @property
+    def has_pending(self) -> bool:
+        """Bytes of a frame `send_nowait` started are still to be written (by `send`)."""
+
+    def send_nowait(self, payload: bytes) -> bool:
+        """Write one text frame without waiting, or return False (nothing written)."""
+
+    async def send(self, payload: bytes | None) -> None:
+        """Write what is pending, then `payload` as one text frame."""
 
     async def close(self, code: int, reason: str, wait: float) -> None:
         """Send a close frame and wait up to `wait` seconds for the peer's."""
 
 
 class WebSocketTransport:
-    __slots__ = ("_ws", "remote")
+    __slots__ = ("_raw", "_tail", "_ws", "remote")
 
     def __init__(self, ws: WebSocketConnection) -> None:
         self._ws = ws
         # Read once: after the socket is closed getpeername() fails, and log lines still need it.
         remote = ws.remote
         self.remote = remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
+        # The kernel socket (non-blocking, as Trio keeps it) for `send_nowait`; None under TLS,
+        # where every write goes through the stream.
+        stream = ws._stream
+        self._raw: socket.socket | None = None
+        if isinstance(stream, trio.SocketStream):
+            self._raw = stream.socket._sock  # type: ignore[attr-defined]
+        # What the kernel did not take of a frame written by `send_nowait`: it goes out first.
+        self._tail = b""
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._tail)
+
+    def send_nowait(self, payload: bytes) -> bool:
+        """Write `payload` as one frame right now if the socket takes it without waiting.
+
+        The fast path of fan-out: most sockets have room, and a synchronous write spares a task
+        wake-up and a scheduling round per message. False means nothing was written (the socket
+        is full, another write is in progress, TLS, closing): queue it for `send`. A partial
+        write keeps the rest as `has_pending`, which the next `send` writes first.
+        """
+        raw, ws = self._raw, self._ws
+        if (
+            raw is None
+            or self._tail
+            or ws._stream_lock.locked()
+            or ws._close_reason is not None
+            or ws._wsproto.state is not ConnectionState.OPEN
+        ):
+            return False
+        frame = frame_for(payload)
+        try:
+            sent = raw.send(frame)
+        except OSError:
+            return False  # EAGAIN, or a broken socket that `send` will report properly
+        if sent < len(frame):
+            self._tail = frame[sent:]
+        return True
 
     async def receive(self) -> str | bytes:
         try:
@@ -70,8 +116,9 @@ class WebSocketTransport:
             raise TransportClosed(reason.code, reason.reason or "") from None
         return message
 
-    async def send(self, payload: bytes) -> None:
-        """Send `payload` (UTF-8 JSON lines) as one text frame.
+    async def send(self, payload: bytes | None) -> None:
+        """Send what `send_nowait` left pending, then `payload` (UTF-8 JSON lines, None for
+        nothing) as one text frame.
 
         The frame is built here rather than by wsproto: a server frame is unmasked, so the header
         is a few bytes in front of the payload, and the bytes go out as they are (no decode to
@@ -81,7 +128,10 @@ class WebSocketTransport:
         ws = self._ws
         if ws._close_reason is not None or ws._wsproto.state is not ConnectionState.OPEN:
             raise TransportClosed
-        frame = text_frame_header(len(payload)) + payload
+        frame = self._tail
+        if payload is not None:
+            frame += frame_for(payload)
+        self._tail = b""
         async with ws._stream_lock:
             try:
                 await ws._stream.send_all(frame)
@@ -92,6 +142,23 @@ class WebSocketTransport:
         with trio.move_on_after(wait):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._ws.aclose(code, reason)
+
+
+# (payload, its frame); starts with the empty payload's frame.
+_last_frame: tuple[bytes, bytes] = (b"", b"\x81\x00")
+
+
+def frame_for(payload: bytes) -> bytes:
+    """The text frame of `payload`. A broadcast hands the same bytes object to every subscriber,
+    so the last frame is kept and reused when the same object comes again: one frame is built
+    per publication, not per subscriber."""
+    global _last_frame
+    last_payload, last_frame = _last_frame
+    if payload is last_payload:
+        return last_frame
+    frame = text_frame_header(len(payload)) + payload
+    _last_frame = (payload, frame)
+    return frame
 
 
 def text_frame_header(length: int) -> bytes:
