@@ -137,6 +137,7 @@ def test_idle_memory(smoke: dict[str, Any]) -> None:
 
 
 def test_report_records_the_machine_and_ratios(smoke: dict[str, Any]) -> None:
+    assert len(smoke["aether_code"]) == 12  # fingerprint of the source snapshot under test
     machine = smoke["machine"]
     assert machine["cpu_model"] and machine["cores"] >= 1 and machine["python"]
     assert machine["python_packages"]["trio"] and machine["python_packages"]["websockets"]

@@ -1,0 +1,370 @@
+"""Machine facts, Aether-to-peer ratios, and the markdown rendering of a results document."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+__all__ = ["code_fingerprint", "machine_facts", "markdown", "ratios"]
+
+PACKAGES = [
+    "aether-trio", "trio", "trio-websocket", "wsproto", "orjson", "PyJWT", "hypercorn",
+    "websockets", "python-socketio", "python-engineio", "uvicorn",
+]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
+NODE_MODULES = Path(__file__).resolve().parent / "peers" / "node" / "node_modules"
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def code_fingerprint(package: Path) -> str:
+    """A digest of the Python source under `package` (the tree may hold uncommitted work)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with open("/proc/meminfo") as f:
+        mem = f.readline().split(":", 1)[1].strip()
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    node_packages = {}
+    for name in ("socket.io", "engine.io", "ws"):
+        try:
+            node_packages[name] = json.loads((NODE_MODULES / name / "package.json").read_text())[
+                "version"
+            ]
+        except OSError:
+            node_packages[name] = None
+    status = _run(["git", "status", "--porcelain"])
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": _run(["node", "--version"]) or None,
+        "python_packages": packages,
+        "node_packages": node_packages,
+        "git_commit": _run(["git", "rev-parse", "--short", "HEAD"]) or None,
+        "git_dirty_files": len(status.splitlines()) if status else 0,
+        "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"),
+    }
+
+
+# --- ratios ---
+
+# (scenario, row filter, metric, direction): "higher" = bigger is better for Aether.
+RATIO_METRICS = [
+    ("burst", {"publisher": "websocket"}, "deliveries_per_s", "higher"),
+    ("burst", {"publisher": "websocket"}, "server_cpu_us_per_delivery", "lower"),
+    ("burst", {"publisher": "websocket"}, "latency_ms.p99", "lower"),
+    ("paced", {}, "server_cpu_us_per_delivery", "lower"),
+    ("paced", {}, "latency_ms.p50", "lower"),
+    ("paced", {}, "latency_ms.p99", "lower"),
+    ("storm", {}, "connects_per_s", "higher"),
+    ("storm", {}, "server_cpu_us_per_connect", "lower"),
+    ("idle", {}, "rss_per_conn_bytes", "lower"),
+]
+
+
+def _get(row: dict[str, Any], path: str) -> float | None:
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value if isinstance(value, int | float) else None
+
+
+def _row(results: list[dict[str, Any]], scenario: str, server: str, match: dict[str, Any]) -> Any:
+    for res in results:
+        if res["scenario"] == scenario and res["server"] == server:
+            for row in res.get("rows", []):
+                if all(row.get(k) == v for k, v in match.items()):
+                    return row
+    return None
+
+
+def ratios(results: list[dict[str, Any]], peers: list[str]) -> list[dict[str, Any]]:
+    """Aether's value divided by each peer's, per scenario metric."""
+    out = []
+    for scenario, match, metric, better in RATIO_METRICS:
+        ours = _row(results, scenario, "aether", match)
+        a = _get(ours, metric) if ours else None
+        entry: dict[str, Any] = {"scenario": scenario, "metric": metric, "better": better}
+        for peer in peers:
+            row = _row(results, scenario, peer, match)
+            b = _get(row, metric) if row else None
+            entry[peer] = round(a / b, 3) if a is not None and b else None
+        if any(entry.get(p) is not None for p in peers):
+            out.append(entry)
+    return out
+
+
+# --- markdown ---
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _lat(row: dict[str, Any], key: str = "latency_ms") -> list[str]:
+    lat = row.get(key) or {}
+    return [_fmt(lat.get(p), 2) for p in ("p50", "p95", "p99", "max")]
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
+
+
+def _delivery_rows(results: list[dict[str, Any]], scenario: str) -> list[list[str]]:
+    rows = []
+    for res in results:
+        if res["scenario"] != scenario:
+            continue
+        if res.get("error") and not res.get("rows"):
+            rows.append([res["server"], f"error: {res['error']}"] + [""] * 10)
+        for row in res.get("rows", []):
+            label = row.get("phase") or (row.get("publisher") if res["server"] == "aether" else "")
+            rows.append(
+                [
+                    res["server"] + (f" ({label})" if label else ""),
+                    _fmt(row.get("deliveries_per_s"), 0),
+                    _fmt(row.get("server_cpu_us_per_delivery"), 2),
+                    _fmt(row.get("server_cpu_pct")),
+                    *_lat(row),
+                    f"{_fmt(row.get('delivered'))}/{_fmt(row.get('expected'))}",
+                    _fmt(row.get("loadgen_cpu_pct")),
+                    _closes(row),
+                ]
+            )
+    return rows
+
+
+def _closes(row: dict[str, Any]) -> str:
+    parts = [f"{k} x{v}" for k, v in (row.get("server_closes") or {}).items()]
+    parts += [f"{k} x{v}" for k, v in (row.get("setup_failures") or {}).items()]
+    return ", ".join(parts) or "none"
+
+
+DELIVERY_HEAD = [
+    "server", "deliveries/s", "server CPU µs/delivery", "server CPU %", "p50 ms", "p95 ms",
+    "p99 ms", "max ms", "delivered/expected", "loadgen CPU %", "closes/failures",
+]  # fmt: skip
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m, sizes, results = doc["machine"], doc["sizes"], doc["results"]
+    dirty = f", {m['git_dirty_files']} files changed in the tree" if m["git_dirty_files"] else ""
+    lines = [
+        "# Aether benchmark results",
+        "",
+        f"Generated {doc['generated']} by `{doc['command']}` in {doc['runtime_s']:.0f} s "
+        f"(commit {m['git_commit']}{dirty}; the Aether source under test, snapshot at the "
+        f"start of the run, has fingerprint {doc['aether_code']}).",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores ({m['cores_usable']} usable), "
+        f"{m['memory']}, Linux {m['kernel']}; Python {m['python']}, Node {m['node']}. "
+        f"Load average before/after: {doc['loadavg_before']} / {doc['loadavg_after']}.",
+        "",
+        "Packages: "
+        + ", ".join(f"{k} {v}" for k, v in m["python_packages"].items() if v)
+        + "; npm "
+        + ", ".join(f"{k} {v}" for k, v in m["node_packages"].items() if v)
+        + ".",
+        "",
+        "Server and load generator share the machine's cores over loopback; the load generator "
+        "is one Python process (one epoll loop, raw sockets). Payload: 100-byte text everywhere. "
+        "Latency = publish (inside the load generator, just before the write) to receive, on "
+        "sampled subscribers. CPU from /proc/<pid>/stat (10 ms ticks). Other work on the "
+        "machine during the run makes these numbers noisy; compare within one run.",
+        "",
+        "Aether runs with a config written for the run: a fresh HS256 secret, subscribe and "
+        "publish allowed for clients on channels without namespace, no history or presence, "
+        "`[limits]` rates and counts off, the HTTP API with a publisher key when it exists, "
+        "everything else at its defaults. Each peer runs its library's defaults (no compression).",
+        "",
+    ]
+    s = sizes
+    sections = [
+        ("burst", f"Fan-out burst: {s['burst']['subscribers']:,} subscribers x "
+                  f"{s['burst']['messages']:,} messages, one publisher, unpaced"),
+        ("paced", f"Fan-out paced: {s['paced']['subscribers']:,} subscribers, "
+                  f"{s['paced']['rate']:,} deliveries/s for {s['paced']['seconds']} s"),
+        ("many_channels", f"Many channels: {s['many_channels']['connections']:,} connections, "
+                          f"each on its own channel + {s['many_channels']['shared']} shared"),
+    ]  # fmt: skip
+    for scenario, title in sections:
+        rows = _delivery_rows(results, scenario)
+        if rows:
+            lines += [f"## {title}", "", *_table(DELIVERY_HEAD, rows)]
+        if scenario == "many_channels":
+            for res in results:
+                for row in res.get("rows", [])[:1] if res["scenario"] == scenario else []:
+                    lines += [
+                        f"Setup ({res['server']}): {_fmt(row['subscriptions'])} subscriptions in "
+                        f"{row['setup_s']} s = {_fmt(row['subscriptions_per_s'], 0)} "
+                        f"subscriptions/s (connect + subscribes in one frame), server CPU "
+                        f"{_fmt(row['setup_server_cpu_us_per_subscription'], 1)} µs per "
+                        "subscription including the connect.",
+                        "",
+                    ]
+    storm = []
+    for res in (r for r in results if r["scenario"] == "storm"):
+        if res.get("error") and not res.get("rows"):
+            storm.append([res["server"], f"error: {res['error']}"] + [""] * 8)
+        for row in res.get("rows", []):
+            storm.append(
+                [
+                    res["server"] + (" (JWT HS256)" if row.get("jwt") else ""),
+                    _fmt(row["connects_per_s"], 0),
+                    _fmt(row["server_cpu_us_per_connect"], 0),
+                    *_lat(row, "connect_latency_ms"),
+                    f"{_fmt(row['connected'])}/{_fmt(row['connections'])}",
+                    _fmt(row["loadgen_cpu_pct"]),
+                    _closes(row),
+                ]
+            )
+    if storm:
+        lines += [
+            f"## Connect storm: {s['storm']['connections']:,} connects, "
+            f"{s['storm']['concurrency']} in progress at a time",
+            "",
+            "A connect = TCP + WebSocket upgrade + the protocol's own connect round trip "
+            "(Centrifugo `connect` with a JWT / Socket.IO `40` / the plain peer's `idle`→`ok`).",
+            "",
+            *_table(
+                [
+                    "server",
+                    "connects/s",
+                    "server CPU µs/connect",
+                    "p50 ms",
+                    "p95 ms",
+                    "p99 ms",
+                    "max ms",
+                    "connected",
+                    "loadgen CPU %",
+                    "closes/failures",
+                ],
+                storm,
+            ),
+        ]
+    idle = []
+    mib = 1 << 20
+    for res in (r for r in results if r["scenario"] == "idle"):
+        if res.get("error") and not res.get("rows"):
+            idle.append([res["server"], f"error: {res['error']}"] + [""] * 6)
+        for row in res.get("rows", []):
+            per = row.get("rss_per_conn_bytes")
+            idle.append(
+                [
+                    res["server"],
+                    f"{_fmt(row['connected'])}/{_fmt(row['connections'])}",
+                    _fmt(row["rss_before_bytes"] / mib),
+                    _fmt(row["rss_after_bytes"] / mib),
+                    _fmt(per / 1024 if per is not None else None, 1),
+                    _fmt(row["rss_after_close_bytes"] / mib),
+                    _fmt(row.get("close_drain_s"), 2),
+                    _closes(row),
+                ]
+            )
+    if idle:
+        lines += [
+            f"## Idle memory: {s['idle']['connections']:,} idle connections",
+            "",
+            "RSS of the server process (VmRSS) after a 50-connection warm-up, then after the idle "
+            "connections are connected and RSS has settled; per connection = delta / connections. "
+            "No gc can be forced inside the servers, so garbage not yet collected counts too. "
+            "Idle = connected (Centrifugo `connect`, Socket.IO namespace connect, plain `idle`), "
+            'no subscription. "s to close all": from the load generator closing its sockets '
+            "(no closing handshake) until the server's open-file count is back to its baseline.",
+            "",
+            *_table(
+                [
+                    "server",
+                    "connected",
+                    "RSS before MiB",
+                    "RSS after MiB",
+                    "KiB per connection",
+                    "RSS after closing MiB",
+                    "s to close all",
+                    "closes/failures",
+                ],
+                idle,
+            ),
+        ]
+    if doc["ratios"]:
+        peers = doc["peers"]
+        lines += [
+            "## Aether relative to each peer",
+            "",
+            "Aether's value divided by the peer's (for \"higher is better\" metrics a ratio > 1 "
+            'favours Aether, for "lower is better" a ratio < 1 does).',
+            "",
+            *_table(
+                ["scenario", "metric", "better", *peers],
+                [
+                    [r["scenario"], r["metric"], r["better"], *(_fmt(r.get(p), 2) for p in peers)]
+                    for r in doc["ratios"]
+                ],
+            ),
+        ]
+    lines += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
+    problems = [
+        r for r in results if r.get("server_status", {}).get("log_error_lines") or r.get("error")
+    ]
+    if problems:
+        lines += ["## Errors seen", ""]
+        for r in problems:
+            st = r.get("server_status", {})
+            lines.append(
+                f"- {r['scenario']} / {r['server']}: "
+                + (f"load generator error: {r['error']}; " if r.get("error") else "")
+                + f"{st.get('log_error_lines', 0)} error/warning lines in the server log"
+                + (
+                    f", e.g. `{st['log_error_excerpt'][0][:160]}`"
+                    if st.get("log_error_excerpt")
+                    else ""
+                )
+            )
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,280 @@
+"""Aether's benchmark harness: `just bench [options]` (or `.venv/bin/python ops/bench/run.py`).
+
+For each scenario, for each server: start the server fresh on a free port (its own process),
+run the load generator against it (its own process, loadgen.py), stop the server, scan its log.
+Scenario-major order keeps the servers of one scenario close together in time. Writes
+results.json and RESULTS.md into --out-dir (default: this directory) and the server logs into
+<out-dir>/logs/. Everything is on loopback, every phase has a deadline, and the whole run stops
+by itself. `--smoke` uses tiny sizes (seconds): that is what tests/test_bench_smoke.py runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from report import code_fingerprint, machine_facts, markdown, ratios
+from servers import NODE_DIR, SERVERS, Server, api_support, raise_nofile
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SCENARIOS = ["burst", "paced", "many_channels", "storm", "idle"]
+# The peers only have one room and no tokens: many_channels is Aether's alone.
+AETHER_ONLY = {"many_channels"}
+# Hard time limit of one load generator run, in seconds (phases have tighter deadlines).
+TIMEOUTS = {"burst": 600, "paced": 300, "many_channels": 600, "storm": 300, "idle": 300}
+PY_DEPS = {"websockets": ["websockets"], "socketio-py": ["socketio", "engineio", "uvicorn"]}
+
+FULL = {
+    "burst": {"subscribers": 1000, "messages": 200, "latency_sample": 100},
+    "paced": {"subscribers": 1000, "rate": 20000, "seconds": 10.0, "latency_sample": 100},
+    "many_channels": {
+        "connections": 5000, "shared": 3, "rounds": 2, "shared_messages": 10, "window": 100,
+        "latency_sample": 100,
+    },
+    "storm": {"connections": 5000, "concurrency": 100},
+    "idle": {"connections": 10000, "settle_s": 10.0},
+}  # fmt: skip
+SMOKE = {
+    "burst": {"subscribers": 20, "messages": 200, "latency_sample": 10},
+    "paced": {"subscribers": 20, "rate": 2000, "seconds": 1.0, "latency_sample": 10,
+              "warmup_s": 0.2},
+    "many_channels": {
+        "connections": 50, "shared": 2, "rounds": 1, "shared_messages": 5, "window": 20,
+        "latency_sample": 10,
+    },
+    "storm": {"connections": 50, "concurrency": 20},
+    "idle": {"connections": 100, "settle_s": 2.0},
+}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: a seconds-long check")
+    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: %(default)s")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: %(default)s")
+    p.add_argument("--out-dir", type=Path, default=HERE, help="where results go (%(default)s)")
+    p.add_argument("--src-addrs", type=int, default=4, help="127.0.0.x source addresses to use")
+    p.add_argument("--subscribers", type=int, help="burst and paced subscribers")
+    p.add_argument("--messages", type=int, help="burst messages")
+    p.add_argument("--rate", type=int, help="paced deliveries/s")
+    p.add_argument("--seconds", type=float, help="paced measurement seconds")
+    p.add_argument("--channels", type=int, help="many_channels connections")
+    p.add_argument("--shared", type=int, help="many_channels shared channels")
+    p.add_argument("--connects", type=int, help="storm connections")
+    p.add_argument("--idle", type=int, help="idle connections")
+    p.add_argument("--no-api", action="store_true", help="skip the HTTP API publisher")
+    p.add_argument("--note", action="append", default=[], help="a note for the report")
+    return p.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    sizes = json.loads(json.dumps(SMOKE if args.smoke else FULL))
+    overrides = {
+        ("burst", "subscribers"): args.subscribers,
+        ("paced", "subscribers"): args.subscribers,
+        ("burst", "messages"): args.messages,
+        ("paced", "rate"): args.rate,
+        ("paced", "seconds"): args.seconds,
+        ("many_channels", "connections"): args.channels,
+        ("many_channels", "shared"): args.shared,
+        ("storm", "connections"): args.connects,
+        ("idle", "connections"): args.idle,
+    }
+    for (scenario, key), value in overrides.items():
+        if value is not None:
+            sizes[scenario][key] = value
+    return sizes
+
+
+def check_prerequisites(servers: list[str]) -> dict[str, str]:
+    """Fail loudly on missing Python deps; install the Node peer (`npm ci`) when needed.
+    Returns servers to skip, with the reason."""
+    missing = [
+        mod
+        for name in servers
+        for mod in PY_DEPS.get(name, [])
+        if not importlib.util.find_spec(mod)
+    ]
+    if missing:
+        sys.exit(
+            f"error: missing {', '.join(missing)}: install the bench extra "
+            "(.venv/bin/pip install -e '.[bench]', done by `just bench`)"
+        )
+    skip: dict[str, str] = {}
+    if "socketio-node" in servers:
+        if not shutil.which("node") or not shutil.which("npm"):
+            skip["socketio-node"] = "node/npm not installed"
+        elif not (NODE_DIR / "node_modules" / "socket.io").is_dir():
+            print("npm ci in ops/bench/peers/node ...", flush=True)
+            done = subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=NODE_DIR,
+                timeout=300,
+            )
+            if done.returncode:
+                skip["socketio-node"] = f"npm ci failed ({done.returncode})"
+    return skip
+
+
+def run_one(
+    scenario: str,
+    server: Server,
+    params: dict[str, Any],
+    src_addrs: list[str],
+    logs: Path,
+    with_api: bool,
+) -> dict[str, Any]:
+    tag = f"{scenario}-{server.name}"
+    result: dict[str, Any] = {
+        "scenario": scenario,
+        "server": server.name,
+        "loadavg": os.getloadavg(),
+    }
+    try:
+        server.start(logs / f"{tag}.server.log")
+    except (RuntimeError, OSError) as exc:
+        result.update(error=str(exc), rows=[], server_status=server.stop() if server.proc else {})
+        return result
+    spec = {
+        "scenario": scenario,
+        "server": server.name,
+        "protocol": server.protocol,
+        "host": "127.0.0.1",
+        "port": server.port,
+        "server_pid": server.pid,
+        "secret": server.secret,
+        "src_addrs": src_addrs,
+        "params": params,
+        "api": server.api if (with_api and scenario == "burst") else None,
+        "timeout": TIMEOUTS[scenario],
+    }
+    if spec["api"]:
+        spec["api"]["conns"] = 4
+    if server.name == "aether":
+        result["api"] = server.api_note or "not probed"
+    spec_path = server.run_dir / f"{tag}.spec.json"
+    out_path = server.run_dir / f"{tag}.out.json"
+    spec_path.write_text(json.dumps(spec))
+    try:
+        with open(logs / f"{tag}.loadgen.log", "wb") as log:
+            subprocess.run(
+                [sys.executable, str(HERE / "loadgen.py"), str(spec_path), str(out_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=TIMEOUTS[scenario] + 30,
+                preexec_fn=raise_nofile,
+                cwd=HERE,
+            )
+        out = json.loads(out_path.read_text())
+        result.update(rows=out["rows"], notes=out.get("notes", []))
+        if "error" in out:
+            result["error"] = out["error"]
+    except (subprocess.TimeoutExpired, OSError, ValueError) as exc:
+        result.update(rows=[], error=f"load generator: {type(exc).__name__}: {exc}")
+    finally:
+        result["server_status"] = server.stop()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.monotonic()
+    servers = [s for s in args.servers.split(",") if s]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = sorted(set(servers) - set(SERVERS)) + sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        sys.exit(f"error: unknown server/scenario {unknown}")
+    sizes = sizes_from(args)
+    skip = check_prerequisites(servers)
+    out_dir: Path = args.out_dir
+    logs = out_dir / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    src_addrs = [f"127.0.0.{i}" for i in range(1, args.src_addrs + 1)]
+    secret = secrets.token_hex(32)
+    loadavg_before = os.getloadavg()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="aether-bench-") as tmp:
+        # Other work may edit aether_trio/ while this runs: every Aether server of the run starts
+        # from one copy (PYTHONPATH wins over the editable install's finder), and so does this
+        # process's reading of Aether's config classes.
+        src = Path(tmp) / "src"
+        shutil.copytree(
+            ROOT / "aether_trio", src / "aether_trio", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        sys.path.insert(0, str(src))
+        code = code_fingerprint(src / "aether_trio")
+        api_settings, api_reason = (None, "disabled by --no-api") if args.no_api else api_support()
+        notes = [f"HTTP API: {api_reason}"]
+        for scenario in scenarios:
+            for name in servers:
+                if name in skip or (scenario in AETHER_ONLY and name != "aether"):
+                    continue
+                print(f"[{time.monotonic() - t0:6.1f}s] {scenario} / {name}", flush=True)
+                server = Server(name, Path(tmp), secret, api_settings, pythonpath=src)
+                res = run_one(
+                    scenario, server, sizes[scenario], src_addrs, logs, api_settings is not None
+                )
+                results.append(res)
+                if res.get("error"):
+                    print(f"    error: {res['error']}", flush=True)
+    notes += [f"{name} skipped: {why}" for name, why in skip.items()]
+    if results:
+        loads = [r["loadavg"][0] for r in results]
+        notes.append(
+            f"1-minute load average at the start of each scenario: {min(loads):.2f} to "
+            f"{max(loads):.2f} ({os.cpu_count()} cores)"
+        )
+    if code_fingerprint(ROOT / "aether_trio") != code:
+        notes.append(
+            "aether_trio/ changed on disk during the run; the run used the snapshot taken at its "
+            "start throughout"
+        )
+    notes += args.note
+    probes = {res["api"] for res in results if res.get("api")}
+    notes += [f"HTTP API probe: {probe}" for probe in sorted(probes)]
+    for res in results:
+        for row in res.get("rows", []):
+            if row.get("loadgen_cpu_pct", 0) > 90:
+                notes.append(
+                    f"{res['scenario']} / {res['server']}: the load generator used "
+                    f"{row['loadgen_cpu_pct']}% of a core: the measured rate may be its limit"
+                )
+    peers = [s for s in servers if s != "aether" and s not in skip]
+    doc = {
+        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["ops/bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "runtime_s": round(time.monotonic() - t0, 1),
+        "loadavg_before": [round(x, 2) for x in loadavg_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine_facts(),
+        "aether_code": code,
+        "servers": {name: SERVERS[name][1] for name in servers},
+        "sizes": sizes,
+        "peers": peers,
+        "results": results,
+        "ratios": ratios(results, peers),
+        "notes": notes,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / "RESULTS.md").write_text(markdown(doc))
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'} in {doc['runtime_s']} s")
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Bytes on the wire for the load generator: client frames, the upgrade request, the payload, and
+one small adapter per server protocol (Centrifugo JSON, Socket.IO v4, the plain broadcast peer).
+
+Everything here is pure: functions build bytes, adapters turn a complete server message into
+actions on a connection object they are handed. The engine owns sockets and timing.
+
+Payload: every published message carries the same 100-byte ASCII text whatever the protocol,
+`#M<seq:8>T<monotonic ns:19>#xxxx...`. `#M` is the marker the receivers count in raw bytes; the
+sequence number and the send timestamp are read back (regex) only on latency-sampled connections.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+from typing import Any, Protocol
+
+__all__ = [
+    "MARK",
+    "MARK_RE",
+    "PAYLOAD_SIZE",
+    "PROTOCOLS",
+    "Centrifuge",
+    "Plain",
+    "SocketIO",
+    "client_frame",
+    "payload",
+    "upgrade_request",
+]
+
+MARK = b"#M"
+MARK_RE = re.compile(rb"#M(\d{8})T(\d{19})#")
+PAYLOAD_SIZE = 100
+_PAD = b"x" * PAYLOAD_SIZE
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
+
+
+def payload(seq: int, ts_ns: int) -> bytes:
+    """The 100-byte message text: marker, sequence number, send time (CLOCK_MONOTONIC ns)."""
+    head = b"#M%08dT%019d#" % (seq, ts_ns)
+    return head + _PAD[: PAYLOAD_SIZE - len(head)]
+
+
+def client_frame(data: bytes, opcode: int = OP_TEXT) -> bytes:
+    """One final client frame; RFC 6455 requires clients to mask, with a fresh key per frame."""
+    n = len(data)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
+    key = random.randbytes(4)
+    if not n:
+        return head + key
+    # XOR as one big integer: a C-speed mask for the ~150-byte frames sent here.
+    stream = (key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+    return head + key + masked
+
+
+def upgrade_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
+    """The HTTP/1.1 upgrade request and the Sec-WebSocket-Accept value the server must return."""
+    key = base64.b64encode(os.urandom(16))
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    request = (
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        ).encode()
+        + b"Sec-WebSocket-Key: "
+        + key
+        + b"\r\n\r\n"
+    )
+    return request, accept
+
+
+class Link(Protocol):
+    """What an adapter may do to a connection (the engine's `Conn`)."""
+
+    role: str
+    channels: list[str]
+    token: str
+    acked: int
+    errors: int
+
+    def send(self, data: bytes) -> None: ...
+
+    def set_ready(self) -> None: ...
+
+    def fail(self, reason: str) -> None: ...
+
+
+class Centrifuge:
+    """Centrifugo client protocol v2, JSON: connect (+ subscribes in the same frame, as
+    centrifuge-js does), replies matched by id, `{}` pings answered with `{}` pongs."""
+
+    name = "centrifuge"
+    # Aether coalesces several messages per frame: a ping may be any line of a frame.
+    ping_lines = True
+    acks = True
+
+    def __init__(self, path: str = "/connection/websocket") -> None:
+        self.path = path
+        self._pong = b"{}"
+
+    def on_open(self, conn: Link) -> None:
+        cmds = [{"id": 1, "connect": {"token": conn.token, "name": "bench"}}]
+        cmds += [{"id": i, "subscribe": {"channel": ch}} for i, ch in enumerate(conn.channels, 2)]
+        conn.send(client_frame("\n".join(json.dumps(c) for c in cmds).encode()))
+
+    def on_setup(self, conn: Link, data: bytes) -> None:
+        last = 1 + len(conn.channels)
+        for line in data.split(b"\n"):
+            msg: dict[str, Any] = json.loads(line)
+            if not msg:
+                conn.send(client_frame(self._pong))
+            elif "error" in msg:
+                conn.fail(f"reply {msg['id']}: {msg['error']}")
+                return
+            elif msg.get("id") == last:
+                conn.set_ready()
+
+    def on_small(self, conn: Link, data: bytes) -> None:
+        if data == b"{}":
+            conn.send(client_frame(self._pong))
+
+    def ping_in_lines(self, conn: Link) -> None:
+        conn.send(client_frame(self._pong))
+
+    def publish(self, seq: int, channel: str, data: bytes) -> bytes:
+        body = b'{"id":%d,"publish":{"channel":"%s","data":"%s"}}' % (
+            seq + 1000,
+            channel.encode(),
+            data,
+        )
+        return client_frame(body)
+
+    def on_publisher_data(self, conn: Link, data: bytes) -> None:
+        for line in data.split(b"\n"):
+            if line == b"{}":
+                conn.send(client_frame(self._pong))
+            elif b'"error"' in line:
+                conn.errors += 1
+            elif b'"publish"' in line:
+                conn.acked += 1
+
+
+class SocketIO:
+    """Socket.IO v4 over Engine.IO v4, WebSocket transport from the first request: the server
+    opens with `0{...}`, the client connects the default namespace with `40`, joins the room with
+    an acknowledged `join` event, pings `2` are answered `3`. Publishers emit `pub` events."""
+
+    name = "socketio"
+    ping_lines = False
+    acks = False
+
+    def __init__(self) -> None:
+        self.path = "/socket.io/?EIO=4&transport=websocket"
+
+    def on_open(self, conn: Link) -> None:
+        pass  # the server speaks first
+
+    def on_setup(self, conn: Link, data: bytes) -> None:
+        if data.startswith(b"0{"):
+            conn.send(client_frame(b"40"))
+        elif data.startswith(b"40"):
+            if conn.role == "sub":
+                # Ack ids 1..n, one per room; the server acks each join after entering the room.
+                for i, ch in enumerate(conn.channels, 1):
+                    conn.send(client_frame(b'42%d["join","%s"]' % (i, ch.encode())))
+            else:
+                conn.set_ready()
+        elif data.startswith(b"43"):
+            conn.acked += 1
+            if conn.acked == len(conn.channels):
+                conn.acked = 0
+                conn.set_ready()
+        elif data == b"2":
+            conn.send(client_frame(b"3"))
+        elif data.startswith(b"44"):
+            conn.fail(f"connect_error {data[:200]!r}")
+
+    def on_small(self, conn: Link, data: bytes) -> None:
+        if data == b"2":
+            conn.send(client_frame(b"3"))
+
+    def ping_in_lines(self, conn: Link) -> None:
+        raise AssertionError("Socket.IO sends one packet per frame")
+
+    def publish(self, seq: int, channel: str, data: bytes) -> bytes:
+        return client_frame(b'42["pub","%s","%s"]' % (channel.encode(), data))
+
+    def on_publisher_data(self, conn: Link, data: bytes) -> None:
+        if data == b"2":
+            conn.send(client_frame(b"3"))
+
+
+class Plain:
+    """The minimal broadcast peer (peers/ws_broadcast.py): the first text says the role
+    (`sub`, `pub` or `idle`), the server answers `ok`; a publisher's texts go to every `sub`.
+    Keepalive is WebSocket ping/pong, handled by the engine."""
+
+    name = "plain"
+    ping_lines = False
+    acks = False
+
+    def __init__(self) -> None:
+        self.path = "/"
+
+    def on_open(self, conn: Link) -> None:
+        conn.send(client_frame(conn.role.encode()))
+
+    def on_setup(self, conn: Link, data: bytes) -> None:
+        if data == b"ok":
+            conn.set_ready()
+        else:
+            conn.fail(f"unexpected {data[:200]!r}")
+
+    def on_small(self, conn: Link, data: bytes) -> None:
+        pass
+
+    def ping_in_lines(self, conn: Link) -> None:
+        raise AssertionError("no application pings")
+
+    def publish(self, seq: int, channel: str, data: bytes) -> bytes:
+        return client_frame(data)
+
+    def on_publisher_data(self, conn: Link, data: bytes) -> None:
+        pass
+
+
+PROTOCOLS = {"centrifuge": Centrifuge, "socketio": SocketIO, "plain": Plain}
