@@ -73,6 +73,8 @@ class Client:
         # Cancelled when the client is dropped without flushing: a send blocked on a client
         # that stopped reading must not keep the connection (and its memory) alive.
         self._send_scope = trio.CancelScope()
+        # Command rate limits of this connection and its user (aether_trio.limits).
+        self.limiter = node.limits.command_limiter()
         self._writing = False
 
     def __repr__(self) -> str:
@@ -180,13 +182,26 @@ class Client:
             try:
                 if isinstance(frame, bytes):
                     raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, "binary frame on JSON")
-                for command in decode_frame(frame):
+                for command in decode_frame(frame, self.node.config.limits.max_json_depth):
                     if self.outbox.close_request is not None or self._connect_failed:
                         break
-                    if self.session.check(command):
+                    if self.session.check(command) and not self._rate_limited(command):
                         await self._dispatch(command)
             except DisconnectError as exc:
                 self.close(exc.disconnect, detail=exc.detail)
+
+    def _rate_limited(self, command: Command) -> bool:
+        """Whether the command limits refused `command`: answered 111 (not logged: a flood would
+        flood the log), or the connection closed with 3013 (logged once)."""
+        verdict = self.limiter.command(command.method, self.user or self.client_id)
+        if verdict is None:
+            return False
+        if isinstance(verdict, ErrorCode):
+            if command.id:  # `send` has no id and gets no reply
+                self.send(encode_error(command.id, verdict))
+        else:
+            self.close(verdict, detail="kept sending over the command rate limit")
+        return True
 
     async def _dispatch(self, command: Command) -> None:
         started = time.perf_counter()

@@ -20,9 +20,9 @@ from .engines.base import HistoryQuery, UnrecoverablePosition
 from .protocol import messages as m
 from .protocol import permissions
 from .protocol.channels import ResolvedChannel
-from .protocol.codec import raw_json
 from .protocol.codes import Disconnect, ErrorCode
 from .protocol.errors import DisconnectError, ReplyError
+from .sanitize import format_problem, publication_payload
 from .subscription import ChannelSubscription
 
 if TYPE_CHECKING:
@@ -295,16 +295,14 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     sub = client.subscriptions.get(req.channel)
     permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
     info = client.info(sub.chan_info if sub else m.NO_JSON)
-    await node.publish(ch, raw_json(req.data), info, source="client")
+    payload = publication_payload(ch.options, req.data)  # the channel's publication_html
+    await node.publish(ch, payload, info, source="client")
     client.reply(cmd_id, "publish", m.EmptyResult())
 
 
 def _check_data_format(options: ChannelOptions, data: Any) -> None:
-    fmt = options.publication_data_format
-    if fmt == "json_object" and not isinstance(data, dict):
-        raise ReplyError(ErrorCode.BAD_REQUEST, "publication data must be a JSON object")
-    if data is None and fmt != "json":
-        raise ReplyError(ErrorCode.BAD_REQUEST, "empty publication data")
+    if problem := format_problem(options, data):  # shared with the server API
+        raise ReplyError(ErrorCode.BAD_REQUEST, problem)
 
 
 async def presence(client: Client, cmd_id: int, req: m.PresenceRequest) -> None:

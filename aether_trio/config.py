@@ -21,6 +21,8 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
+from .tls import server_context
+
 __all__ = [
     "AdminConfig",
     "ApiConfig",
@@ -31,6 +33,7 @@ __all__ = [
     "ConfigError",
     "EngineConfig",
     "HttpConfig",
+    "LimitsConfig",
     "LogConfig",
     "MonitorConfig",
     "Namespace",
@@ -100,6 +103,36 @@ class ServerConfig:
     # Time a closing connection waits for the peer's close frame before dropping the socket.
     close_wait_seconds: float = attrs.field(default=5.0, validator=_non_negative)
     node_name: str = "aether"
+    # Time a new TCP connection has to complete the WebSocket handshake (slow or half-open peers).
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # Browser origins allowed to open a WebSocket (aether_trio.origin); no Origin is always allowed.
+    allowed_origins: tuple[str, ...] = ()
+    # TLS for wss:// (both or neither): a PEM certificate chain and its unencrypted PEM key, paths
+    # relative to the config file (made absolute and checked by `resolved`); "" = plain ws://.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise ValueError(f"{missing}: tls_cert_file and tls_key_file go together; set both")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    def resolved(self, base: Path) -> ServerConfig:
+        """A copy with the TLS paths made absolute, after building a TLS context from them (a
+        `TlsFileError`, a ValueError naming the option, if the files cannot serve)."""
+        if not self.tls:
+            return self
+        resolved = attrs.evolve(
+            self,
+            tls_cert_file=str(base / self.tls_cert_file),
+            tls_key_file=str(base / self.tls_key_file),
+        )
+        server_context(resolved.tls_cert_file, resolved.tls_key_file)
+        return resolved
 
 
 @attrs.frozen
@@ -215,6 +248,7 @@ class TokenConfig:
 
 
 PublicationDataFormat = Literal["", "json", "json_object"]
+PublicationHtml = Literal["keep", "escape", "strip"]
 
 
 @attrs.frozen
@@ -246,6 +280,11 @@ class ChannelOptions:
     allow_user_limited_channels: bool = False
     channel_regex: str = attrs.field(default="", validator=_regex)
     publication_data_format: PublicationDataFormat = ""
+    # Largest publication data (its encoded JSON, in bytes) accepted; 0 = only the frame size.
+    max_publication_size: int = attrs.field(default=0, validator=_non_negative)
+    # HTML in the string values of published data (aether_trio.sanitize): left as it is,
+    # escaped, or stripped of tags.
+    publication_html: PublicationHtml = "keep"
 
     @property
     def history_enabled(self) -> bool:
@@ -368,6 +407,29 @@ class AdminConfig:
     audit_auth_failures_per_minute: int = attrs.field(default=10, validator=_non_negative)
 
 
+# --- security and limits (issue 5) ---
+
+
+@attrs.frozen
+class LimitsConfig:
+    """Rate and size limits (aether_trio.limits); a rate or a count of 0 turns that limit off."""
+
+    command_rate: float = attrs.field(default=100.0, validator=_non_negative)
+    command_burst: int = attrs.field(default=200, validator=_positive)
+    user_command_rate: float = attrs.field(default=200.0, validator=_non_negative)
+    user_command_burst: int = attrs.field(default=400, validator=_positive)
+    command_refusals: int = attrs.field(default=20, validator=_positive)
+    command_refusal_window: float = attrs.field(default=10.0, validator=_positive)
+    max_connections: int = attrs.field(default=10000, validator=_non_negative)
+    connection_limit_per_user: int = attrs.field(default=100, validator=_non_negative)
+    connections_per_ip: int = attrs.field(default=1000, validator=_non_negative)
+    connection_rate_per_ip: float = attrs.field(default=50.0, validator=_non_negative)
+    connection_burst_per_ip: int = attrs.field(default=200, validator=_positive)
+    channel_publication_rate: float = attrs.field(default=500.0, validator=_non_negative)
+    channel_publication_burst: int = attrs.field(default=1000, validator=_positive)
+    max_json_depth: int = attrs.field(default=32, validator=_positive)
+
+
 # --- observability (issue 4) ---
 
 
@@ -405,6 +467,7 @@ class Config:
     api: ApiConfig = ApiConfig()
     admin: AdminConfig = AdminConfig()
     monitor: MonitorConfig = MonitorConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def __attrs_post_init__(self) -> None:
         ns = self.client.personal_channel.namespace
@@ -546,6 +609,7 @@ def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
         config = _CONVERTER.structure(data, Config)
         return attrs.evolve(
             config,
+            server=_resolve_server(config.server, base),
             token=_resolve(config.token, base, "token"),
             subscription_token=_resolve(config.subscription_token, base, "subscription_token"),
             api=_resolve_api(config.api, base),
@@ -563,6 +627,13 @@ def _resolve_api(api: ApiConfig, base: Path) -> ApiConfig:
         return api.resolved(base)
     except ValueError as exc:
         raise ValueError(f"api.{exc}") from None
+
+
+def _resolve_server(server: ServerConfig, base: Path) -> ServerConfig:
+    try:
+        return server.resolved(base)
+    except ValueError as exc:
+        raise ValueError(f"server.{exc}") from None
 
 
 def _resolve(token: TokenConfig, base: Path, section: str) -> TokenConfig:

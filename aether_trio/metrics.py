@@ -167,6 +167,12 @@ class Metrics:
         self.errors = counter(
             "aether_errors", "Unexpected exceptions caught at a task boundary, by type", ["kind"]
         )
+        self.refusals = counter(
+            "aether_refusals",
+            "Refused by a [limits] limit or the origin check (rate_limited, connection_limit, "
+            "origin, too_large)",
+            ["reason"],
+        )
         self.loop_lag = histogram(
             "aether_event_loop_lag_seconds",
             "How late the monitor's timer woke up (time the event loop was busy elsewhere)",
@@ -247,6 +253,10 @@ class Metrics:
 
     def error(self, kind: str) -> None:
         self._capped_child(self.errors, kind).inc()
+
+    def refused(self, reason: str) -> None:
+        """A limit refused something; `reason` is one of aether_trio.limits.REFUSAL_REASONS."""
+        self._capped_child(self.refusals, reason).inc()
 
     def _capped_child(self, metric: Any, first: str, *rest: str) -> Any:
         """The child for labels (first, *rest), where `first` comes from outside the code."""

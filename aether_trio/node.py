@@ -22,6 +22,7 @@ from .engines.base import Broker, HistoryOptions, HistoryQuery, PresenceManager
 from .errortrack import ErrorTracker
 from .hub import Hub
 from .jwks import JwksCache
+from .limits import Limits
 from .metrics import Metrics
 from .monitor import ReadinessCheck, node_checks
 from .protocol.channels import ChannelRules, ResolvedChannel
@@ -67,6 +68,8 @@ class Node:
         self.draining = False
         self.access: AccessPolicy = OPEN_ACCESS
         self.audit: Auditor = NO_AUDIT
+        # Rate and connection limits, the origin check ([limits], aether_trio.limits).
+        self.limits = Limits(config, self.metrics.refused)
         self._apply(config)
         self._idle = trio.Event()
         self._idle.set()
@@ -88,6 +91,7 @@ class Node:
     def reload(self, config: Config) -> None:
         """Swap channel rules and keys; existing connections and subscriptions stay."""
         self._apply(config)
+        self.limits.configure(config)
         log.info("configuration reloaded: %d namespaces", len(config.channel.namespaces))
 
     # --- lifecycle ---
@@ -164,10 +168,12 @@ class Node:
 
     def admit(self, user: str, token_id: str, issued_at: int | None) -> None:
         """Raise `DisconnectError` if a new connection must be refused: maintenance (3001, the
-        SDK retries later), a banned user or a revoked token (see `aether_trio.admin.state`)."""
+        SDK retries later), a banned user or a revoked token (see `aether_trio.admin.state`), a
+        user at its connection limit (3504)."""
         if self.maintenance:
             raise DisconnectError(Disconnect.SHUTDOWN, "maintenance mode")
         self.access.check(user, token_id, issued_at)
+        self.limits.check_user_connections(user, len(self.users.get(user, ())))
 
     async def publish(
         self,
@@ -179,7 +185,9 @@ class Node:
         source: str = "api",
     ) -> StreamPosition:
         """Publish into `channel`; `source` ("client" from a connection's publish command, "api"
-        otherwise) labels aether_publications_total."""
+        otherwise) labels aether_publications_total. Raises `ReplyError` 107 (data over the
+        channel's max_publication_size) or 111 (channel over its publication rate)."""
+        self.limits.check_publication(channel, len(data))
         pub = Publication(data=data, info=info, tags=tags or None)
         position = await self.broker.publish(channel.name, pub, history_options(channel.options))
         self.metrics.published(channel.namespace, source)

@@ -40,6 +40,18 @@ BASE_CONFIG: dict[str, Any] = {
     "http": {"port": 0},
     "admin": {"data_dir": ADMIN_DATA_DIR},
     "token": {"hmac_secret": SECRET},
+    # Tests drive load from one loopback address and publish as fast as replies come back: the
+    # rate limits stay on (their code runs) but far above that. tests/test_limits.py sets its own.
+    "limits": {
+        "command_rate": 100_000.0,
+        "command_burst": 100_000,
+        "user_command_rate": 100_000.0,
+        "user_command_burst": 100_000,
+        "connection_rate_per_ip": 100_000.0,
+        "connection_burst_per_ip": 100_000,
+        "channel_publication_rate": 100_000.0,
+        "channel_publication_burst": 100_000,
+    },
     "channel": {
         "without_namespace": {
             "presence": True,

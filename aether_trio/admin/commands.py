@@ -20,6 +20,7 @@ from ..config import ConfigError, load_config
 from ..logs import LEVELS, set_log_level
 from ..protocol.codec import raw_json
 from ..protocol.codes import Disconnect
+from ..protocol.errors import ReplyError
 from . import debug
 from .drain import Drain, DrainRunning
 from .params import BadParams, Params
@@ -81,7 +82,10 @@ async def broadcast(ctx: AdminContext, p: Params) -> Result:
     if not channel:
         raise CommandError(409, "no system channel: [admin] system_channel is empty")
     recipients = ctx.node.hub.num_subscribers(channel)
-    await ctx.node.publish(ctx.node.resolve(channel), raw_json(data))
+    try:
+        await ctx.node.publish(ctx.node.resolve(channel), raw_json(data))
+    except ReplyError as exc:  # [limits]: channel_publication_rate
+        raise CommandError(429, f"system channel: {exc.detail}") from None
     return {"channel": channel, "recipients": recipients}
 
 

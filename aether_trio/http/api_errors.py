@@ -26,6 +26,8 @@ class ApiErrorCode(enum.IntEnum):
     NOT_FOUND = 104
     BAD_REQUEST = 107
     NOT_AVAILABLE = 108
+    # A channel over its publication rate ([limits] channel_publication_rate).
+    TOO_MANY_REQUESTS = 111
     UNRECOVERABLE_POSITION = 112
 
     @property
@@ -45,6 +47,7 @@ _MESSAGES = {
     ApiErrorCode.NOT_FOUND: "not found",
     ApiErrorCode.BAD_REQUEST: "bad request",
     ApiErrorCode.NOT_AVAILABLE: "not available",
+    ApiErrorCode.TOO_MANY_REQUESTS: "too many requests",
     ApiErrorCode.UNRECOVERABLE_POSITION: "unrecoverable position",
 }
 
@@ -54,6 +57,7 @@ _HTTP_STATUS = {
     ApiErrorCode.NOT_FOUND: 404,
     ApiErrorCode.BAD_REQUEST: 400,
     ApiErrorCode.NOT_AVAILABLE: 400,
+    ApiErrorCode.TOO_MANY_REQUESTS: 429,
     ApiErrorCode.UNRECOVERABLE_POSITION: 416,
 }
 

@@ -20,6 +20,7 @@ from ..protocol import messages as m
 from ..protocol.channels import ResolvedChannel
 from ..protocol.codec import raw_json, unstructure
 from ..protocol.errors import ReplyError
+from ..sanitize import format_problem, publication_payload
 from . import api_requests as rq
 from .api_errors import ApiError
 from .api_errors import ApiErrorCode as Code
@@ -87,10 +88,8 @@ def json_value(value: Any, b64: str, field: str) -> m.RawJSON:
 
 
 def _check_data(options: ChannelOptions, data: Any) -> None:
-    if data is None:
-        raise ApiError(Code.BAD_REQUEST, "empty publication data")
-    if options.publication_data_format == "json_object" and not isinstance(data, dict):
-        raise ApiError(Code.BAD_REQUEST, "publication data must be a JSON object")
+    if problem := format_problem(options, data):  # shared with client publishes
+        raise ApiError(Code.BAD_REQUEST, problem)
 
 
 # --- publishing ---
@@ -102,11 +101,15 @@ async def _publish(
     if opts.skip_history:
         ch = attrs.evolve(ch, options=attrs.evolve(ch.options, history_size=0))
     node = ctx.node
-    position = await ctx.idempotency.publish_once(
-        ch.name,
-        opts.idempotency_key,
-        lambda: node.publish(ch, raw_json(data), tags=opts.tags),
-    )
+    try:
+        position = await ctx.idempotency.publish_once(
+            ch.name,
+            opts.idempotency_key,
+            # Cleaned per channel (publication_html), from the caller's unchanged `data`.
+            lambda: node.publish(ch, publication_payload(ch.options, data), tags=opts.tags),
+        )
+    except ReplyError as exc:  # [limits]: 107 data over max_publication_size, 111 too many
+        raise ApiError.from_reply_error(exc) from None
     # Both omitted without history, as upstream's encoder omits zero values.
     result: Result = {}
     if position.offset:

@@ -22,12 +22,14 @@ from .codes import Disconnect, ErrorCode
 from .errors import DisconnectError
 
 __all__ = [
+    "DEFAULT_MAX_DEPTH",
     "PING_FRAME",
     "Command",
     "decode_frame",
     "encode_error",
     "encode_push",
     "encode_reply",
+    "nesting_exceeds",
     "raw_json",
 ]
 
@@ -49,6 +51,10 @@ REQUESTS: Final[dict[str, type]] = {
 }
 
 PONG: Final = "pong"
+# Deepest nesting of objects and arrays in one command, the command object counting 1 (the server
+# passes [limits] max_json_depth). orjson stops at 1024 by itself; this keeps code that walks a
+# payload later (sanitizing, re-encoding) far from Python's recursion limit.
+DEFAULT_MAX_DEPTH: Final = 32
 PING_FRAME: Final = b"{}"
 MAX_UINT32: Final = 2**32 - 1
 MAX_UINT64: Final = 2**64 - 1
@@ -107,8 +113,9 @@ def raw_json(value: Any) -> m.RawJSON:
     return m.RawJSON(orjson.dumps(value))
 
 
-def decode_frame(frame: str | bytes) -> list[Command]:
-    """Split a frame into commands, in order. Anything malformed closes the connection with 3501."""
+def decode_frame(frame: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Command]:
+    """Split a frame into commands, in order. Anything malformed (JSON nested deeper than
+    `max_depth` included) closes the connection with 3501."""
     lines: list[str] | list[bytes] = (
         frame.split("\n") if isinstance(frame, str) else frame.split(b"\n")
     )
@@ -116,16 +123,24 @@ def decode_frame(frame: str | bytes) -> list[Command]:
         lines.pop()  # at most one trailing newline is allowed
     if not lines:
         raise DisconnectError(Disconnect.BAD_REQUEST, "empty frame")
-    return [_decode_command(line) for line in lines]
+    return [_decode_command(line, max_depth) for line in lines]
 
 
-def _decode_command(line: str | bytes) -> Command:
+def _decode_command(line: str | bytes, max_depth: int) -> Command:
     try:
         raw = orjson.loads(line)
     except orjson.JSONDecodeError:
         raise DisconnectError(Disconnect.BAD_REQUEST, "malformed JSON") from None
     if type(raw) is not dict:
         raise DisconnectError(Disconnect.BAD_REQUEST, "command is not an object")
+    # Counting brackets (those inside strings too) bounds the depth from above for free; only a
+    # line with more of them than `max_depth` is walked.
+    if isinstance(line, str):
+        brackets = line.count("{") + line.count("[")
+    else:
+        brackets = line.count(b"{") + line.count(b"[")
+    if brackets > max_depth and nesting_exceeds(raw, max_depth):
+        raise DisconnectError(Disconnect.BAD_REQUEST, f"JSON nested deeper than {max_depth}")
     command_id = raw.pop("id", 0)
     if type(command_id) is not int or not 0 <= command_id <= MAX_UINT32:
         raise DisconnectError(Disconnect.BAD_REQUEST, "invalid command id")
@@ -145,6 +160,23 @@ def _decode_command(line: str | bytes) -> Command:
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         raise DisconnectError(Disconnect.BAD_REQUEST, f"invalid {method} fields: {exc}") from None
     return Command(command_id, method, request)
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in `value` nest deeper than `limit` (`value` itself counting 1
+    if it is one). Iterative: no recursion, however deep the input."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in container.values() if type(container) is dict else container:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 def encode_reply(command_id: int, method: str, result: Any) -> bytes:
