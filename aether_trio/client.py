@@ -76,6 +76,7 @@ class Client:
         # Command rate limits of this connection and its user (aether_trio.limits).
         self.limiter = node.limits.command_limiter()
         self._writing = False
+        self._writer_started = False
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id} user={self.user!r} remote={self.transport.remote}>"
@@ -89,12 +90,12 @@ class Client:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._write_loop)
                 await self._read_loop()
                 if self.outbox.close_request is None:
                     # The peer went away: nothing more to write.
                     nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None  # closed: nothing may be started in it any more
             request = self.outbox.close_request
             self.node.metrics.disconnected(request.code if request is not None else None)
             self.session.close()
@@ -125,6 +126,7 @@ class Client:
             self.session.close()
             if not flush:
                 self._send_scope.cancel()
+            self._start_writer()  # it sends the close frame
 
     # --- writing ---
 
@@ -133,9 +135,19 @@ class Client:
         if not self._writing and self.outbox.idle and self.transport.send_nowait(message):
             if self.transport.has_pending:
                 self.outbox.kick()  # the writer finishes what the socket did not take
+                self._start_writer()
             return
         if not self.outbox.put(message):
             self.close(Disconnect.SLOW)
+        else:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        """The writer task exists only once a connection needed it (a write that could not go
+        out at once, or the close): an idle connection that keeps up costs no task for it."""
+        if not self._writer_started and self._nursery is not None:
+            self._writer_started = True
+            self._nursery.start_soon(self._write_loop)
 
     def reply(self, cmd_id: int, method: str, result: Any) -> None:
         self.send(encode_reply(cmd_id, method, result))
@@ -163,8 +175,8 @@ class Client:
             )
         except TransportClosed:
             pass
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     # --- reading ---
 

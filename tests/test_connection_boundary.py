@@ -15,7 +15,7 @@ from aether_trio.client import Client
 async def test_a_crashing_connection_task_does_not_take_the_server_down(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    original = Client._write_loop
+    original = Client._read_loop
     async with trio.open_nursery() as nursery:
         server = await serve_in(nursery, make_config())
         url = ws_url(server)
@@ -23,13 +23,13 @@ async def test_a_crashing_connection_task_does_not_take_the_server_down(
             await good.connect(token("1"))
             await good.command("subscribe", {"channel": "room"})
 
-            # Make the next connection's writer crash.
-            monkeypatch.setattr(Client, "_write_loop", _crash_always)
+            # Make the next connection's reader crash.
+            monkeypatch.setattr(Client, "_read_loop", _crash_always)
             async with open_raw(url) as bad:
                 await bad.send({"id": 1, "connect": {"token": token("2")}})
                 with trio.fail_after(5), pytest.raises(ConnectionClosed):
                     await bad.receive()
-            monkeypatch.setattr(Client, "_write_loop", original)
+            monkeypatch.setattr(Client, "_read_loop", original)
 
             # The server still accepts connections and the old one still gets publications.
             async with open_raw(url) as other:

@@ -297,7 +297,7 @@ async def test_command_connection_timer_and_route_failures_land_in_the_ring(
         async def crash(self: Any) -> None:
             raise KeyError("injected connection failure")
 
-        monkeypatch.setattr(Client, "_write_loop", crash)
+        monkeypatch.setattr(Client, "_read_loop", crash)
         async with open_raw(url) as doomed:
             await doomed.send({"id": 1, "connect": {"token": token("2")}})
             with trio.fail_after(5), pytest.raises(Exception):  # noqa: B017 (closed, any way)
