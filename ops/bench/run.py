@@ -271,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out_dir / "RESULTS.md").write_text(markdown(doc))
+    report = markdown(doc)
+    (out_dir / "RESULTS.md").write_text(report)
+    print(report, flush=True)  # the table, Aether next to its peers
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'} in {doc['runtime_s']} s")
     return 1 if any(r.get("error") for r in results) else 0
 
