@@ -3,13 +3,14 @@
 `Transport` is the small surface a `Client` needs; `WebSocketTransport` implements it on a
 trio-websocket connection. JSON-protocol frames are text frames.
 
-Two things reach below trio-websocket's public API, and they live here alone, pinned by
+Three things reach below trio-websocket's public API, and they live here alone, pinned by
 tests/test_transport.py and tests/test_bad_input.py (the version range is pinned in pyproject):
 - `send` writes hand-built frames to the stream under the connection's own stream lock (the hot
   path: no wsproto framing, no str round trip);
 - when the peer breaks the WebSocket protocol (invalid UTF-8 in a text frame: 1007; a malformed
   frame: 1002), wsproto reports a close while the connection is still open and trio-websocket
-  0.12 drops the TCP connection without the close frame RFC 6455 7.1.7 asks for; we send it.
+  0.12 drops the TCP connection without the close frame RFC 6455 7.1.7 asks for; we send it;
+- a ping that arrives while we are closing is not answered (trio-websocket would crash on it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Ping
 
 __all__ = ["PEER_PROTOCOL_ERRORS", "Transport", "TransportClosed", "WebSocketTransport"]
 
@@ -187,3 +188,20 @@ def _send_close_on_peer_protocol_errors() -> None:
 
 
 _send_close_on_peer_protocol_errors()
+
+
+def _no_pong_once_closing() -> None:
+    """A ping that arrives while our close frame is on its way must not be answered: wsproto
+    refuses to send the pong in that state, and trio-websocket 0.12 lets the LocalProtocolError
+    escape its reader task, which would tear down the listener's nursery and every connection
+    with it (any client could do that by pinging while being closed)."""
+
+    async def handle_ping_event(self: Any, event: Ping) -> None:
+        if self._wsproto.state is ConnectionState.OPEN:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(event.response())
+
+    WebSocketConnection._handle_ping_event = handle_ping_event  # type: ignore[method-assign]
+
+
+_no_pong_once_closing()

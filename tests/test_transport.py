@@ -4,11 +4,14 @@ own frames (pongs) concurrently, and the private attributes it uses still exist.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 
 import pytest
 import trio
 import trio_websocket
+from conftest import make_config, open_raw, serve_in, token, ws_url
 from trio_websocket import WebSocketConnection, open_websocket_url, serve_websocket
 
 from aether_trio.transport import TransportClosed, WebSocketTransport, text_frame_header
@@ -148,3 +151,39 @@ async def test_a_partial_nowait_write_is_finished_by_send_before_anything_else()
     assert messages[-1] == '{"after":true}'
     assert all(m == big.decode() for m in messages[:-1])
     assert len(messages) >= 2
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + body
+
+
+async def test_a_ping_while_the_server_closes_does_not_take_the_server_down() -> None:
+    """trio-websocket 0.12 answers such a ping in a state where wsproto refuses to, and the error
+    escaped into the listener's nursery: one client could stop the whole server."""
+    async with trio.open_nursery() as nursery:
+        server = await serve_in(nursery, make_config())
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        key = base64.b64encode(os.urandom(16))
+        await stream.send_all(
+            b"GET /connection/websocket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        received = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some()
+            received = received.split(b"\r\n\r\n", 1)[1]
+            await stream.send_all(_masked(0x1, b"not json"))  # the server closes with 3501
+            while not received.startswith(b"\x88"):  # its close frame
+                received += await stream.receive_some()
+        assert int.from_bytes(received[2:4], "big") == 3501
+        await stream.send_all(_masked(0x9, b"ping!"))  # a ping before our close reply
+        await trio.sleep(0.2)
+        await stream.aclose()
+        # Still serving.
+        async with open_raw(ws_url(server)) as client:
+            assert "connect" in await client.connect(token())
+        nursery.cancel_scope.cancel()
