@@ -1,0 +1,368 @@
+"""The sections of the configuration (everything but channels): frozen attrs classes whose
+validators check single values; `config` structures TOML into them and names key paths in errors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from .tls import server_context
+
+__all__ = [
+    "API_ROLES",
+    "TOKEN_ALGORITHMS",
+    "AdminConfig",
+    "ApiConfig",
+    "ApiKey",
+    "ClientConfig",
+    "EngineConfig",
+    "HttpConfig",
+    "LimitsConfig",
+    "LogConfig",
+    "MonitorConfig",
+    "PersonalChannelConfig",
+    "ServerConfig",
+    "TokenConfig",
+    "non_negative",
+    "positive",
+    "valid_regex",
+]
+
+TOKEN_ALGORITHMS = frozenset(
+    {
+        "HS256", "HS384", "HS512",
+        "RS256", "RS384", "RS512",
+        "ES256", "ES384", "ES512",
+        "EdDSA",
+    }
+)  # fmt: skip
+
+
+def non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attr.name}: expected a number >= 0, got {value!r}")
+
+
+def _port(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attr.name}: expected a port number 0..65535, got {value!r}")
+
+
+def positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attr.name}: expected a number > 0, got {value!r}")
+
+
+def valid_regex(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{attr.name}: not a valid regular expression ({exc})") from None
+
+
+# Private ("$": no client subscribes without a subscription token) and without a namespace (so no
+# [[channel.namespaces]] entry is needed).
+SYSTEM_CHANNEL = re.compile(r"^\$[-a-zA-Z0-9_.]+$")
+
+
+def _system_channel(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not SYSTEM_CHANNEL.match(value):
+        raise ValueError(
+            f'{attr.name}: expected "" or a name matching {SYSTEM_CHANNEL.pattern}, got {value!r}'
+        )
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8000, validator=_port)
+    websocket_path: str = "/connection/websocket"
+    max_message_size: int = attrs.field(default=65536, validator=positive)
+    shutdown_drain_seconds: float = attrs.field(default=5.0, validator=non_negative)
+    # Time a closing connection waits for the peer's close frame before dropping the socket.
+    close_wait_seconds: float = attrs.field(default=5.0, validator=non_negative)
+    node_name: str = "aether"
+    # Time a new TCP connection has to complete the WebSocket handshake (slow or half-open peers).
+    handshake_timeout: float = attrs.field(default=10.0, validator=positive)
+    # Browser origins allowed to open a WebSocket (aether_trio.origin); no Origin is always allowed.
+    allowed_origins: tuple[str, ...] = ()
+    # TLS for wss:// (both or neither): a PEM certificate chain and its unencrypted PEM key, paths
+    # relative to the config file (made absolute and checked by `resolved`); "" = plain ws://.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise ValueError(f"{missing}: tls_cert_file and tls_key_file go together; set both")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    def resolved(self, base: Path) -> ServerConfig:
+        """A copy with the TLS paths made absolute, after building a TLS context from them (a
+        `TlsFileError`, a ValueError naming the option, if the files cannot serve)."""
+        if not self.tls:
+            return self
+        resolved = attrs.evolve(
+            self,
+            tls_cert_file=str(base / self.tls_cert_file),
+            tls_key_file=str(base / self.tls_key_file),
+        )
+        server_context(resolved.tls_cert_file, resolved.tls_key_file)
+        return resolved
+
+
+@attrs.frozen
+class HttpConfig:
+    """The internal HTTP listener: server API, operator commands, metrics and health."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=9000, validator=_port)
+    max_body_size: int = attrs.field(default=1 << 20, validator=positive)
+
+
+@attrs.frozen
+class PersonalChannelConfig:
+    enabled: bool = False
+    namespace: str = ""
+
+
+@attrs.frozen
+class ClientConfig:
+    ping_interval: float = attrs.field(default=25.0, validator=non_negative)
+    pong_timeout: float = attrs.field(default=8.0, validator=non_negative)
+    stale_close_delay: float = attrs.field(default=10.0, validator=positive)
+    expired_close_delay: float = attrs.field(default=25.0, validator=non_negative)
+    expired_sub_close_delay: float = attrs.field(default=25.0, validator=non_negative)
+    sub_expiry_check_interval: float = attrs.field(default=5.0, validator=positive)
+    outbox_max_bytes: int = attrs.field(default=1 << 20, validator=positive)
+    max_messages_in_frame: int = attrs.field(default=16, validator=positive)
+    channel_limit: int = attrs.field(default=128, validator=non_negative)
+    channel_max_length: int = attrs.field(default=255, validator=positive)
+    history_max_publication_limit: int = attrs.field(default=300, validator=non_negative)
+    recovery_max_publication_limit: int = attrs.field(default=300, validator=non_negative)
+    allow_anonymous_connect_without_token: bool = False
+    disallow_anonymous_connection_tokens: bool = False
+    insecure: bool = False
+    personal_channel: PersonalChannelConfig = PersonalChannelConfig()
+
+    def __attrs_post_init__(self) -> None:
+        if self.ping_interval and self.pong_timeout >= self.ping_interval:
+            raise ValueError("pong_timeout: must be smaller than ping_interval")
+
+
+@attrs.frozen
+class TokenConfig:
+    """Keys that verify JWTs. A key given inline and as a file is an error; empty means not set."""
+
+    hmac_secret: str = ""
+    hmac_secret_file: str = ""
+    # During a key rotation tokens signed with the previous HMAC secret are still accepted.
+    hmac_previous_secret: str = ""
+    hmac_previous_secret_file: str = ""
+    rsa_public_key: str = ""
+    rsa_public_key_file: str = ""
+    ecdsa_public_key: str = ""
+    ecdsa_public_key_file: str = ""
+    ed25519_public_key: str = ""
+    ed25519_public_key_file: str = ""
+    algorithms: tuple[str, ...] = (
+        "HS256", "HS384", "HS512",
+        "RS256", "RS384", "RS512",
+        "ES256", "ES384", "ES512",
+        "EdDSA",
+    )  # fmt: skip
+    audience: str = ""
+    issuer: str = ""
+    leeway: float = attrs.field(default=0.0, validator=non_negative)
+    # JWKS endpoint as a key source (keys chosen by the token header's `kid`).
+    jwks_url: str = ""
+    jwks_refresh_interval: float = attrs.field(default=300.0, validator=positive)
+    jwks_min_refresh_interval: float = attrs.field(default=10.0, validator=non_negative)
+    jwks_timeout: float = attrs.field(default=5.0, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.algorithms:
+            raise ValueError("algorithms: expected at least one algorithm")
+        unknown = sorted(set(self.algorithms) - TOKEN_ALGORITHMS)
+        if unknown:
+            raise ValueError(
+                f"algorithms: unknown algorithm(s) {unknown}; allowed: {sorted(TOKEN_ALGORITHMS)}"
+            )
+        for name in ("hmac_secret", "hmac_previous_secret", "rsa_public_key", "ecdsa_public_key",
+                     "ed25519_public_key"):  # fmt: skip
+            if getattr(self, name) and getattr(self, name + "_file"):
+                raise ValueError(f"{name}: give either {name} or {name}_file, not both")
+
+    def resolved(self, base: Path) -> TokenConfig:
+        """A copy with every `*_file` read into its inline field (paths relative to the config)."""
+        changes: dict[str, str] = {}
+        for field in attrs.fields(TokenConfig):
+            if field.name.endswith("_file") and getattr(self, field.name):
+                path = base / getattr(self, field.name)
+                try:
+                    text = path.read_text()
+                except OSError as exc:
+                    raise ValueError(f"{field.name}: cannot read {path}: {exc.strerror}") from None
+                key = field.name.removesuffix("_file")
+                # A trailing newline from an editor is not part of an HMAC secret.
+                changes[key] = text.strip() if key.startswith("hmac") else text
+                changes[field.name] = ""
+        return attrs.evolve(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def has_any_key(self) -> bool:
+        return any(
+            (
+                self.hmac_secret,
+                self.rsa_public_key,
+                self.ecdsa_public_key,
+                self.ed25519_public_key,
+                self.jwks_url,
+            )
+        )
+
+
+@attrs.frozen
+class EngineConfig:
+    type: Literal["memory"] = "memory"
+
+
+@attrs.frozen
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # JSON lines for log collectors, or readable text for a terminal.
+    format: Literal["json", "text"] = "json"
+
+
+# --- server HTTP API and operator commands (issue 3) ---
+
+
+API_ROLES = ("publisher", "reader", "admin")
+
+
+@attrs.frozen
+class ApiKey:
+    """One server API key: `name` identifies it in logs, `roles` say what it may call."""
+
+    name: str = ""
+    key: str = attrs.field(default="", repr=False)
+    key_file: str = ""
+    roles: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("name: expected a non-empty name")
+        if self.key and self.key_file:
+            raise ValueError("key: give either key or key_file, not both")
+        if not self.key and not self.key_file:
+            raise ValueError("key: expected a non-empty key (or key_file)")
+        if not self.roles:
+            raise ValueError(f"roles: expected at least one of {list(API_ROLES)}")
+        unknown = sorted(set(self.roles) - set(API_ROLES))
+        if unknown:
+            raise ValueError(f"roles: unknown role(s) {unknown}; allowed: {list(API_ROLES)}")
+
+    def resolved(self, base: Path) -> ApiKey:
+        """A copy with `key_file` (relative to the config file) read into `key`."""
+        if not self.key_file:
+            return self
+        path = base / self.key_file
+        try:
+            key = path.read_text().strip()  # an editor's trailing newline is not part of it
+        except OSError as exc:
+            raise ValueError(f"key_file: cannot read {path}: {exc.strerror}") from None
+        if not key:
+            raise ValueError(f"key_file: {path} is empty")
+        return attrs.evolve(self, key=key, key_file="")
+
+
+@attrs.frozen
+class ApiConfig:
+    """Keys and options of the server HTTP API under [http] (`/api/<method>`)."""
+
+    keys: tuple[ApiKey, ...] = ()
+    error_mode: Literal["result", "transport"] = "result"
+
+    def __attrs_post_init__(self) -> None:
+        names = [key.name for key in self.keys]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"keys: duplicate key name(s) {duplicates}")
+
+    def resolved(self, base: Path) -> ApiConfig:
+        keys: list[ApiKey] = []
+        for index, key in enumerate(self.keys):
+            try:
+                keys.append(key.resolved(base))
+            except ValueError as exc:
+                raise ValueError(f"keys[{index}].{exc}") from None
+        secrets = [key.key for key in keys]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("keys: two entries have the same key; each key needs its own")
+        return attrs.evolve(self, keys=tuple(keys))
+
+
+@attrs.frozen
+class AdminConfig:
+    """Operator commands, durable state (bans, revocations) and the audit log."""
+
+    data_dir: str = "data"
+    # Every connection is subscribed to it server-side; "" = no system channel.
+    system_channel: str = attrs.field(default="$aether.system", validator=_system_channel)
+    drain_rate: float = attrs.field(default=100.0, validator=positive)
+    audit_auth_failures_per_minute: int = attrs.field(default=10, validator=non_negative)
+
+
+# --- security and limits (issue 5) ---
+
+
+@attrs.frozen
+class LimitsConfig:
+    """Rate and size limits (aether_trio.limits); a rate or a count of 0 turns that limit off."""
+
+    command_rate: float = attrs.field(default=100.0, validator=non_negative)
+    command_burst: int = attrs.field(default=200, validator=positive)
+    user_command_rate: float = attrs.field(default=200.0, validator=non_negative)
+    user_command_burst: int = attrs.field(default=400, validator=positive)
+    command_refusals: int = attrs.field(default=20, validator=positive)
+    command_refusal_window: float = attrs.field(default=10.0, validator=positive)
+    max_connections: int = attrs.field(default=10000, validator=non_negative)
+    connection_limit_per_user: int = attrs.field(default=100, validator=non_negative)
+    connections_per_ip: int = attrs.field(default=1000, validator=non_negative)
+    connection_rate_per_ip: float = attrs.field(default=50.0, validator=non_negative)
+    connection_burst_per_ip: int = attrs.field(default=200, validator=positive)
+    channel_publication_rate: float = attrs.field(default=500.0, validator=non_negative)
+    channel_publication_burst: int = attrs.field(default=1000, validator=positive)
+    max_json_depth: int = attrs.field(default=32, validator=positive)
+
+
+# --- observability (issue 4) ---
+
+
+@attrs.frozen
+class MonitorConfig:
+    """Resource sampling, thresholds, error tracking."""
+
+    sample_interval: float = attrs.field(default=1.0, validator=positive)
+    # 0 turns a threshold off.
+    rss_max_bytes: int = attrs.field(default=0, validator=non_negative)
+    open_files_max_ratio: float = attrs.field(default=0.9, validator=non_negative)
+    loop_lag_max_seconds: float = attrs.field(default=0.5, validator=non_negative)
+    outbox_max_total_bytes: int = attrs.field(default=0, validator=non_negative)
+    sentry_dsn: str = attrs.field(default="", repr=False)
+    error_ring_size: int = attrs.field(default=100, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.open_files_max_ratio > 1:
+            raise ValueError(
+                f"open_files_max_ratio: expected a ratio 0..1, got {self.open_files_max_ratio!r}"
+            )
