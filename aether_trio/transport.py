@@ -10,7 +10,8 @@ tests/test_transport.py and tests/test_bad_input.py (the version range is pinned
 - when the peer breaks the WebSocket protocol (invalid UTF-8 in a text frame: 1007; a malformed
   frame: 1002), wsproto reports a close while the connection is still open and trio-websocket
   0.12 drops the TCP connection without the close frame RFC 6455 7.1.7 asks for; we send it;
-- a ping that arrives while we are closing is not answered (trio-websocket would crash on it).
+- a frame wsproto refuses in the current state (a pong or a 1009 while we are closing) is
+  dropped instead of crashing trio-websocket's reader task and with it the listener.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any, Protocol
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection, Ping
+from wsproto.events import CloseConnection
+from wsproto.utilities import LocalProtocolError
 
 __all__ = ["PEER_PROTOCOL_ERRORS", "Transport", "TransportClosed", "WebSocketTransport"]
 
@@ -190,18 +192,22 @@ def _send_close_on_peer_protocol_errors() -> None:
 _send_close_on_peer_protocol_errors()
 
 
-def _no_pong_once_closing() -> None:
-    """A ping that arrives while our close frame is on its way must not be answered: wsproto
-    refuses to send the pong in that state, and trio-websocket 0.12 lets the LocalProtocolError
-    escape its reader task, which would tear down the listener's nursery and every connection
-    with it (any client could do that by pinging while being closed)."""
+def _drop_frames_the_state_forbids() -> None:
+    """A frame wsproto refuses to send in the connection's current state is dropped.
 
-    async def handle_ping_event(self: Any, event: Ping) -> None:
-        if self._wsproto.state is ConnectionState.OPEN:
-            with contextlib.suppress(ConnectionClosed):
-                await self._send(event.response())
+    While our close frame is on its way, trio-websocket 0.12 still answers a peer's ping with a
+    pong, or an oversized message with a 1009 close; wsproto refuses both in that state, and the
+    LocalProtocolError escaped trio-websocket's reader task into the listener's nursery, tearing
+    down every connection: any client could stop the server by pinging while being closed. There
+    is nothing to send in that state, so nothing is lost by dropping the frame.
+    """
+    original = WebSocketConnection._send
 
-    WebSocketConnection._handle_ping_event = handle_ping_event  # type: ignore[method-assign]
+    async def send(self: Any, event: Any) -> None:
+        with contextlib.suppress(LocalProtocolError):
+            await original(self, event)
+
+    WebSocketConnection._send = send  # type: ignore[method-assign]
 
 
-_no_pong_once_closing()
+_drop_frames_the_state_forbids()

@@ -156,14 +156,24 @@ async def test_a_partial_nowait_write_is_finished_by_send_before_anything_else()
 def _masked(opcode: int, payload: bytes) -> bytes:
     mask = os.urandom(4)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + body
+    if len(payload) < 126:
+        return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + body
+    return bytes((0x80 | opcode, 0x80 | 126)) + len(payload).to_bytes(2, "big") + mask + body
 
 
-async def test_a_ping_while_the_server_closes_does_not_take_the_server_down() -> None:
-    """trio-websocket 0.12 answers such a ping in a state where wsproto refuses to, and the error
-    escaped into the listener's nursery: one client could stop the whole server."""
+@pytest.mark.parametrize(
+    "while_closing",
+    [_masked(0x9, b"ping!"), _masked(0x1, b"x" * 1000)],
+    ids=["ping", "oversized-message"],
+)
+async def test_frames_while_the_server_closes_do_not_take_the_server_down(
+    while_closing: bytes,
+) -> None:
+    """trio-websocket 0.12 answers a ping (pong) or an oversized message (close 1009) even while
+    our close frame is out, where wsproto refuses to send either, and the error escaped into the
+    listener's nursery: one client could stop the whole server."""
     async with trio.open_nursery() as nursery:
-        server = await serve_in(nursery, make_config())
+        server = await serve_in(nursery, make_config({"server": {"max_message_size": 500}}))
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)
         key = base64.b64encode(os.urandom(16))
         await stream.send_all(
@@ -180,7 +190,7 @@ async def test_a_ping_while_the_server_closes_does_not_take_the_server_down() ->
             while not received.startswith(b"\x88"):  # its close frame
                 received += await stream.receive_some()
         assert int.from_bytes(received[2:4], "big") == 3501
-        await stream.send_all(_masked(0x9, b"ping!"))  # a ping before our close reply
+        await stream.send_all(while_closing)  # before our own close reply
         await trio.sleep(0.2)
         await stream.aclose()
         # Still serving.
