@@ -9,7 +9,8 @@ fails it is disconnected at once, and the failure is one DEBUG line (a flood of 
 flood the log). Without TLS this is exactly `serve_websocket`.
 
 It reaches one private method of trio-websocket (`WebSocketServer._handle_connection`, the task
-serving one accepted stream); the version range is pinned in pyproject.
+serving one accepted stream), which is also the last-resort boundary of a connection: nothing that
+fails inside it reaches the listener. The version range is pinned in pyproject.
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ class _HandshakingServer(WebSocketServer):
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         if isinstance(stream, trio.SSLStream) and not await self._tls_handshake(stream):
             return
-        await super()._handle_connection(stream)
+        try:
+            await super()._handle_connection(stream)
+        except* Exception as group:
+            # The last-resort boundary: this task runs trio-websocket's own per-connection tasks
+            # (its reader), whose failures would otherwise reach the listener's nursery and end
+            # every connection. Failures of Aether's handler are caught (and tracked) in
+            # Server._handle already; what arrives here is trio-websocket's.
+            for exc in group.exceptions:
+                log.error("WebSocket connection task failed", exc_info=exc)
+            await trio.aclose_forcefully(stream)
 
     async def _tls_handshake(self, stream: trio.SSLStream[Any]) -> bool:
         peer = _peer(stream)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+from typing import Any
 
 import pytest
 import trio
@@ -197,3 +198,34 @@ async def test_frames_while_the_server_closes_do_not_take_the_server_down(
         async with open_raw(ws_url(server)) as client:
             assert "connect" in await client.connect(token())
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failure_inside_trio_websocket_ends_only_that_connection(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The listener's per-connection task is the last-resort boundary: an unexpected error in
+    trio-websocket's own reader task (here: its pong handler) must not reach the listener."""
+
+    async def broken_pong_handler(self: Any, event: Any) -> None:
+        raise RuntimeError("injected failure inside trio-websocket")
+
+    async with trio.open_nursery() as nursery:
+        server = await serve_in(nursery, make_config())
+        async with open_raw(ws_url(server)) as bystander:
+            await bystander.connect(token("1"))
+            await bystander.command("subscribe", {"channel": "room"})
+            monkeypatch.setattr(WebSocketConnection, "_handle_pong_event", broken_pong_handler)
+            async with open_raw(ws_url(server)) as victim:
+                await victim.connect(token("2"))
+                with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed):
+                    await victim.ws.pong(b"boom")  # unsolicited: the server's handler fails
+                    await victim.receive()
+            monkeypatch.undo()
+            async with open_raw(ws_url(server)) as other:
+                await other.connect(token("3"))
+                await other.command("publish", {"channel": "room", "data": {"still": "up"}})
+            with trio.fail_after(5):
+                push = await bystander.receive()
+            assert push["push"]["pub"]["data"] == {"still": "up"}
+        nursery.cancel_scope.cancel()
+    assert "WebSocket connection task failed" in caplog.text
