@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .auth import ChannelOverride
     from .client import Client
 
-__all__ = ["HANDLERS", "subscribe_channel"]
+__all__ = ["HANDLERS", "apply_override", "subscribe_channel", "ttl_seconds"]
 
 Handler = Callable[["Client", int, Any], Awaitable[None]]
 
@@ -37,7 +37,7 @@ Handler = Callable[["Client", int, Any], Awaitable[None]]
 FLAG_REJECT_UNRECOVERED = 2
 
 
-def _ttl(expire_at: int | None) -> int:
+def ttl_seconds(expire_at: int | None) -> int:
     # Whole seconds like upstream, and never 0 with `expires: true` (0 would be omitted on the
     # wire, and the SDKs index `ttl` whenever `expires` is set).
     return max(1, expire_at - int(time.time())) if expire_at else 0
@@ -48,20 +48,14 @@ def _require_channel(channel: str) -> None:
         raise DisconnectError(Disconnect.BAD_REQUEST, "empty channel")
 
 
-OVERRIDABLE = (
-    "presence",
-    "join_leave",
-    "force_push_join_leave",
-    "force_recovery",
-    "force_positioning",
-)
-
-
-def _apply_override(options: ChannelOptions, override: ChannelOverride | None) -> ChannelOptions:
+def apply_override(options: ChannelOptions, override: ChannelOverride | None) -> ChannelOptions:
     if override is None:
         return options
+    # ChannelOverride's fields are named after the ChannelOptions they override.
     changes = {
-        name: value for name in OVERRIDABLE if (value := getattr(override, name)) is not None
+        field.name: value
+        for field in attrs.fields(type(override))
+        if (value := getattr(override, field.name)) is not None
     }
     return attrs.evolve(options, **changes) if changes else options
 
@@ -117,7 +111,7 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
             client,
             ch,
             hint,
-            options=_apply_override(ch.options, server_sub.override),
+            options=apply_override(ch.options, server_sub.override),
             server_side=True,
             chan_info=m.RawJSON(server_sub.info),
             data=m.RawJSON(server_sub.data),
@@ -133,7 +127,7 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
             client=client.client_id,
             version=node.version,
             expires=expire_at is not None,
-            ttl=_ttl(expire_at),
+            ttl=ttl_seconds(expire_at),
             subs=results or None,
             ping=int(cfg.ping_interval),
             pong=cfg.ping_interval > 0 and cfg.pong_timeout > 0,
@@ -166,7 +160,7 @@ async def subscribe(client: Client, cmd_id: int, req: m.SubscribeRequest) -> Non
     options, chan_info, data, expire_at = ch.options, m.NO_JSON, m.NO_JSON, None
     if req.token:
         claims = await _verify_subscription_token(client, req.token, req.channel)
-        options = _apply_override(options, claims.override)
+        options = apply_override(options, claims.override)
         chan_info, data, expire_at = (
             m.RawJSON(claims.info),
             m.RawJSON(claims.data),
@@ -241,7 +235,7 @@ async def subscribe_channel(
         await client.remove_subscription(ch.name, announce=False)
         raise
     result = attrs.evolve(
-        result, expires=expire_at is not None, ttl=_ttl(expire_at), data=data,
+        result, expires=expire_at is not None, ttl=ttl_seconds(expire_at), data=data,
         was_recovering=req.recover,
     )  # fmt: skip
     client.watch_expiry(sub)
@@ -365,7 +359,7 @@ async def refresh(client: Client, cmd_id: int, req: m.RefreshRequest) -> None:
             client=client.client_id,
             version=client.node.version,
             expires=creds.expire_at is not None,
-            ttl=_ttl(creds.expire_at),
+            ttl=ttl_seconds(creds.expire_at),
         ),
     )
 
@@ -384,7 +378,9 @@ async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> 
     if claims.info:
         sub.chan_info = m.RawJSON(claims.info)
     client.watch_expiry(sub)
-    result = m.SubRefreshResult(expires=claims.expire_at is not None, ttl=_ttl(claims.expire_at))
+    result = m.SubRefreshResult(
+        expires=claims.expire_at is not None, ttl=ttl_seconds(claims.expire_at)
+    )
     client.reply(cmd_id, "sub_refresh", result)
 
 

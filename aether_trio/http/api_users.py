@@ -16,11 +16,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-import attrs
 import orjson
 
-from ..commands import OVERRIDABLE, subscribe_channel
-from ..config import ChannelOptions
+from ..commands import apply_override, subscribe_channel, ttl_seconds
 from ..protocol import messages as m
 from ..protocol.codec import encode_push, raw_json
 from ..protocol.codes import Disconnect, Unsubscribe
@@ -30,7 +28,6 @@ from .api_errors import ApiErrorCode as Code
 from .api_methods import ApiContext, Result, json_value, resolve_channel
 
 if TYPE_CHECKING:
-    from ..auth import ChannelOverride
     from ..client import Client
 
 __all__ = ["disconnect", "refresh", "subscribe", "unsubscribe"]
@@ -46,17 +43,6 @@ def _targets(ctx: ApiContext, user: str, client_id: str, session: str) -> list[C
     return [c for c in ctx.node.user_clients(user) if not client_id or c.client_id == client_id]
 
 
-def _ttl(expire_at: int) -> int:
-    return max(1, expire_at - int(time.time()))
-
-
-def _apply_override(options: ChannelOptions, override: ChannelOverride | None) -> ChannelOptions:
-    if override is None:
-        return options
-    changes = {n: v for n in OVERRIDABLE if (v := getattr(override, n)) is not None}
-    return attrs.evolve(options, **changes)
-
-
 async def subscribe(ctx: ApiContext, req: rq.Subscribe) -> Result:
     ch = resolve_channel(ctx, req.channel)
     chan_info = json_value(req.info, req.b64info, "b64info")
@@ -64,7 +50,7 @@ async def subscribe(ctx: ApiContext, req: rq.Subscribe) -> Result:
     if 0 < req.expire_at <= time.time():
         raise ApiError(Code.BAD_REQUEST, "expire_at is in the past")
     expire_at = req.expire_at if req.expire_at > 0 else None
-    options = _apply_override(ch.options, req.override)
+    options = apply_override(ch.options, req.override)
     since = req.recover_since
     hint = m.SubscribeRequest(
         channel=ch.name, recover=since is not None,
@@ -147,6 +133,8 @@ async def refresh(ctx: ApiContext, req: rq.Refresh) -> Result:
             continue
         client.refreshed(expire_at, info)
         # The `refresh` push body is {expires, ttl}: the shape of a sub_refresh result.
-        body = m.SubRefreshResult(True, _ttl(expire_at)) if expire_at else m.SubRefreshResult()
+        body = (
+            m.SubRefreshResult(True, ttl_seconds(expire_at)) if expire_at else m.SubRefreshResult()
+        )
         client.send(encode_push("", "refresh", body))
     return {}
