@@ -21,9 +21,7 @@ import trio
 import trio.testing
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
-    ConnectedContext,
     ConnectingContext,
     DisconnectedContext,
     ReplyError,
@@ -31,6 +29,7 @@ from centrifuge import (
     ServerSubscribedContext,
 )
 from conftest import RunningServer, make_config, running_server, token
+from sdk_helpers import ClientRecorder
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -57,48 +56,6 @@ def overrides(data_dir: Path, **extra: Any) -> dict[str, Any]:
 # --- SDK clients ---
 
 
-class Recorder(ClientEventHandler):
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Any]] = []
-        self._changed = asyncio.Event()
-
-    def _add(self, kind: str, ctx: Any) -> None:
-        self.items.append((kind, ctx))
-        self._changed.set()
-
-    def of(self, kind: str) -> list[Any]:
-        return [ctx for k, ctx in self.items if k == kind]
-
-    async def wait(
-        self, kind: str, pred: Callable[[Any], bool] = lambda _c: True, count: int = 1
-    ) -> list[Any]:
-        async def poll() -> list[Any]:
-            while len(found := [c for c in self.of(kind) if pred(c)]) < count:
-                self._changed.clear()
-                await self._changed.wait()
-            return found
-
-        try:
-            return await asyncio.wait_for(poll(), WAIT)
-        except TimeoutError:
-            raise AssertionError(f"no {count} {kind!r} within {WAIT}s: {self.items}") from None
-
-    async def on_connecting(self, ctx: ConnectingContext) -> None:
-        self._add("connecting", ctx)
-
-    async def on_connected(self, ctx: ConnectedContext) -> None:
-        self._add("connected", ctx)
-
-    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
-        self._add("disconnected", ctx)
-
-    async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
-        self._add("subscribed", ctx)
-
-    async def on_publication(self, ctx: ServerPublicationContext) -> None:
-        self._add("publication", ctx)
-
-
 class Session:
     """SDK clients and an admin HTTP client for one scenario, all closed at its end."""
 
@@ -107,15 +64,15 @@ class Session:
         self.http = http
         self.clients: list[Client] = []
 
-    def new(self, tok: str, **kwargs: Any) -> tuple[Client, Recorder]:
-        rec = Recorder()
+    def new(self, tok: str, **kwargs: Any) -> tuple[Client, ClientRecorder]:
+        rec = ClientRecorder()
         kwargs.setdefault("min_reconnect_delay", 0.05)
         kwargs.setdefault("max_reconnect_delay", 0.3)
         client = Client(self.srv.url, events=rec, token=tok, proxy=None, **kwargs)
         self.clients.append(client)
         return client, rec
 
-    async def connected(self, tok: str, **kwargs: Any) -> tuple[Client, Recorder]:
+    async def connected(self, tok: str, **kwargs: Any) -> tuple[Client, ClientRecorder]:
         client, rec = self.new(tok, **kwargs)
         await client.connect()
         await client.ready(timeout=WAIT)
@@ -265,7 +222,7 @@ def test_drain_asks_every_client_to_reconnect_gradually(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def drained_by(rec: Recorder) -> bool:
+def drained_by(rec: ClientRecorder) -> bool:
     return any(ctx.code == 3011 for ctx in rec.of("connecting"))
 
 

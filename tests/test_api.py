@@ -42,12 +42,11 @@ from cent.dto import Disconnect as CentDisconnect
 from cent.exceptions import CentApiResponseError, CentTransportError, CentUnauthorizedError
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
-    SubscriptionEventHandler,
     SubscriptionState,
 )
 from conftest import RunningServer, make_config, running_server, token
+from sdk_helpers import ClientRecorder, SubscriptionRecorder
 
 from aether_trio.config import ConfigError, parse_config
 from aether_trio.http.apiauth import presented_key
@@ -130,89 +129,15 @@ def history_data(srv: RunningServer, channel: str) -> list[Any]:
 # --- SDK side ---
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Any]] = []
-        self._changed = asyncio.Event()
-
-    def record(self, kind: str, ctx: Any) -> None:
-        self.items.append((kind, ctx))
-        self._changed.set()
-
-    def of(self, kind: str) -> list[Any]:
-        return [ctx for k, ctx in self.items if k == kind]
-
-    async def wait(
-        self, kind: str, pred: Callable[[Any], bool] = lambda _c: True, *, count: int = 1
-    ) -> list[Any]:
-        async def poll() -> list[Any]:
-            while len(found := [c for c in self.of(kind) if pred(c)]) < count:
-                self._changed.clear()
-                await self._changed.wait()
-            return found
-
-        try:
-            return await asyncio.wait_for(poll(), WAIT)
-        except TimeoutError:
-            raise AssertionError(
-                f"no {count} {kind!r} event(s) in {WAIT}s: {self.items!r}"
-            ) from None
-
-    async def one(self, kind: str, pred: Callable[[Any], bool] = lambda _c: True) -> Any:
-        return (await self.wait(kind, pred))[0]
-
-
-class ClientEvents(Recorder, ClientEventHandler):
-    """Client-level events; those of private `$` channels (like a system channel every
-    connection may be given) are left out: no test here uses one."""
-
-    def record(self, kind: str, ctx: Any) -> None:
-        if not getattr(ctx, "channel", "").startswith("$"):
-            super().record(kind, ctx)
-
-    async def on_connecting(self, ctx: Any) -> None:
-        self.record("connecting", ctx)
-
-    async def on_connected(self, ctx: Any) -> None:
-        self.record("connected", ctx)
-
-    async def on_disconnected(self, ctx: Any) -> None:
-        self.record("disconnected", ctx)
-
-    async def on_subscribed(self, ctx: Any) -> None:
-        self.record("subscribed", ctx)
-
-    async def on_unsubscribed(self, ctx: Any) -> None:
-        self.record("unsubscribed", ctx)
-
-    async def on_publication(self, ctx: Any) -> None:
-        self.record("publication", ctx)
-
-    async def on_join(self, ctx: Any) -> None:
-        self.record("join", ctx)
-
-
-class SubEvents(Recorder, SubscriptionEventHandler):
-    async def on_subscribed(self, ctx: Any) -> None:
-        self.record("subscribed", ctx)
-
-    async def on_unsubscribed(self, ctx: Any) -> None:
-        self.record("unsubscribed", ctx)
-
-    async def on_publication(self, ctx: Any) -> None:
-        self.record("publication", ctx)
-
-    async def on_join(self, ctx: Any) -> None:
-        self.record("join", ctx)
-
-
 class Clients:
     def __init__(self, url: str) -> None:
         self.url = url
         self.made: list[Client] = []
 
-    async def connected(self, user: str = "42", tok: str | None = None) -> tuple[Client, Any]:
-        events = ClientEvents()
+    async def connected(
+        self, user: str = "42", tok: str | None = None
+    ) -> tuple[Client, ClientRecorder]:
+        events = ClientRecorder(skip_private_channels=True)
         client = Client(
             self.url, events=events, token=tok or token(user), proxy=None,
             min_reconnect_delay=0.05, max_reconnect_delay=0.3,
@@ -223,8 +148,8 @@ class Clients:
         return client, events
 
 
-async def subscribed(client: Client, channel: str) -> tuple[Any, SubEvents]:
-    events = SubEvents()
+async def subscribed(client: Client, channel: str) -> tuple[Any, SubscriptionRecorder]:
+    events = SubscriptionRecorder()
     sub = client.new_subscription(channel, events=events)
     await sub.subscribe()
     await events.one("subscribed")

@@ -19,12 +19,10 @@ import jwt
 import pytest
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
     ConnectedContext,
     ConnectingContext,
     DisconnectedContext,
-    ErrorContext,
     JoinContext,
     LeaveContext,
     PublicationContext,
@@ -33,18 +31,15 @@ from centrifuge import (
     ServerLeaveContext,
     ServerPublicationContext,
     ServerSubscribedContext,
-    ServerSubscribingContext,
-    ServerUnsubscribedContext,
     StreamPosition,
     SubscribedContext,
     SubscribingContext,
     Subscription,
-    SubscriptionErrorContext,
-    SubscriptionEventHandler,
     SubscriptionState,
     UnsubscribedContext,
 )
 from conftest import RunningServer, make_config, running_server, token
+from sdk_helpers import ClientRecorder, SubscriptionRecorder
 
 from aether_trio.auth import mint_token
 from aether_trio.config import AdminConfig
@@ -92,117 +87,6 @@ PLAIN = {  # no history, no presence
     "allow_presence_for_client": True,
 }
 LOCKED = {"name": "locked", "history_size": 10, "history_ttl": 60.0}  # nothing allowed
-
-
-# --- event recording ---
-
-
-class Recorder:
-    """Keeps every event as (kind, context) and lets a scenario wait for one, bounded."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Any]] = []
-        self._changed = asyncio.Event()
-
-    def record(self, kind: str, ctx: Any) -> None:
-        self.items.append((kind, ctx))
-        self._changed.set()
-
-    def of(self, kind: str) -> list[Any]:
-        return [ctx for k, ctx in self.items if k == kind]
-
-    def kinds(self) -> list[str]:
-        return [k for k, _ in self.items]
-
-    async def wait(
-        self,
-        kind: str,
-        pred: Callable[[Any], bool] = lambda _ctx: True,
-        *,
-        count: int = 1,
-        within: float = WAIT,
-    ) -> list[Any]:
-        """Wait until `count` events of `kind` matching `pred` were recorded; return them all."""
-
-        async def poll() -> list[Any]:
-            while True:
-                found = [ctx for ctx in self.of(kind) if pred(ctx)]
-                if len(found) >= count:
-                    return found
-                self._changed.clear()
-                await self._changed.wait()
-
-        try:
-            return await asyncio.wait_for(poll(), within)
-        except TimeoutError:
-            raise AssertionError(
-                f"timed out after {within}s waiting for {count} {kind!r} event(s); "
-                f"recorded: {self.items!r}"
-            ) from None
-
-    async def one(self, kind: str, pred: Callable[[Any], bool] = lambda _ctx: True) -> Any:
-        return (await self.wait(kind, pred))[0]
-
-
-class ClientRecorder(Recorder, ClientEventHandler):
-    async def on_connecting(self, ctx: ConnectingContext) -> None:
-        self.record("connecting", ctx)
-
-    async def on_connected(self, ctx: ConnectedContext) -> None:
-        self.record("connected", ctx)
-
-    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
-        self.record("disconnected", ctx)
-
-    async def on_error(self, ctx: ErrorContext) -> None:
-        self.record("error", ctx)
-
-    async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
-        self.record("subscribed", ctx)
-
-    async def on_subscribing(self, ctx: ServerSubscribingContext) -> None:
-        self.record("subscribing", ctx)
-
-    async def on_unsubscribed(self, ctx: ServerUnsubscribedContext) -> None:
-        self.record("unsubscribed", ctx)
-
-    async def on_publication(self, ctx: ServerPublicationContext) -> None:
-        self.record("publication", ctx)
-
-    async def on_join(self, ctx: ServerJoinContext) -> None:
-        self.record("join", ctx)
-
-    async def on_leave(self, ctx: ServerLeaveContext) -> None:
-        self.record("leave", ctx)
-
-
-class SubRecorder(Recorder, SubscriptionEventHandler):
-    async def on_subscribing(self, ctx: SubscribingContext) -> None:
-        self.record("subscribing", ctx)
-
-    async def on_subscribed(self, ctx: SubscribedContext) -> None:
-        self.record("subscribed", ctx)
-
-    async def on_unsubscribed(self, ctx: UnsubscribedContext) -> None:
-        self.record("unsubscribed", ctx)
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.record("publication", ctx)
-
-    async def on_join(self, ctx: JoinContext) -> None:
-        self.record("join", ctx)
-
-    async def on_leave(self, ctx: LeaveContext) -> None:
-        self.record("leave", ctx)
-
-    async def on_error(self, ctx: SubscriptionErrorContext) -> None:
-        self.record("error", ctx)
-
-    def offsets(self) -> list[int]:
-        return [ctx.pub.offset for ctx in self.of("publication")]
-
-    def data(self) -> list[Any]:
-        return [ctx.pub.data for ctx in self.of("publication")]
 
 
 class TokenSource:
@@ -256,8 +140,8 @@ class Clients:
 
 async def subscribed(
     client: Client, channel: str, **kwargs: Any
-) -> tuple[Subscription, SubRecorder]:
-    rec = SubRecorder()
+) -> tuple[Subscription, SubscriptionRecorder]:
+    rec = SubscriptionRecorder()
     sub = client.new_subscription(channel, events=rec, **kwargs)
     await sub.subscribe()
     await rec.one("subscribed")
@@ -266,7 +150,7 @@ async def subscribed(
 
 
 async def subscribe_fails(client: Client, channel: str, **kwargs: Any) -> UnsubscribedContext:
-    rec = SubRecorder()
+    rec = SubscriptionRecorder()
     sub = client.new_subscription(channel, events=rec, **kwargs)
     await sub.subscribe()
     ctx: UnsubscribedContext = await rec.one("unsubscribed")
