@@ -109,7 +109,6 @@ class Server:
                 handler_nursery=connections,
                 max_message_size=cfg.max_message_size,
                 connect_timeout=cfg.handshake_timeout,
-                disconnect_timeout=cfg.close_wait_seconds,
                 task_status=task_status,
             )
 

@@ -1,13 +1,15 @@
-"""One live connection: its session, subscriptions, outbox and the two tasks that move bytes.
+"""One live connection: its session, subscriptions, outbox and the tasks that move bytes.
 
-Theory of operation. `run` opens the connection's nursery with a writer task and reads in its own
-task: frames are decoded and their commands handled strictly in order, each handler queueing its
-reply into the outbox. Everything that goes to the client (replies, pushes from the hub, pings,
-the close frame) passes through the outbox and the single writer, which drains whatever is pending
-into one frame, so writes never interleave and ordering is the queue's. Closing is a request
-(`close`), honoured by the writer: flush (unless the client is too slow), send the close frame,
-wait a bounded time for the peer's, then cancel the nursery. Cleanup (unsubscribe, presence,
-leave) runs shielded and time-limited after the nursery, whatever ended it.
+Theory of operation. `run` opens the connection's nursery and reads in its own task (the
+connection's only reader, until the transport is closed): frames are decoded and their commands
+handled strictly in order, each handler queueing its reply. Everything that goes to the client
+(replies, pushes from the hub, pings, the close frame) is written in order: straight to the
+socket when nothing is queued and the socket has room (`send`), otherwise through the outbox and
+a writer task, started the first time it is needed, which drains whatever is pending into one
+frame. Closing is a request (`close`), honoured by the writer: flush (unless the client is too
+slow), send the close frame, wait a bounded time for the peer's, then cancel the nursery.
+Cleanup (unsubscribe, presence, leave) runs shielded and time-limited after the nursery,
+whatever ended it.
 """
 
 from __future__ import annotations
@@ -181,7 +183,9 @@ class Client:
     # --- reading ---
 
     async def _read_loop(self) -> None:
-        while self.outbox.close_request is None:
+        # Until the transport is closed, also while closing: the peer's close frame (and its
+        # pongs) arrive only through `receive`, which is this connection's only reader.
+        while True:
             try:
                 frame = await self.transport.receive()
                 self.last_activity = time.time()
@@ -189,8 +193,8 @@ class Client:
                 if exc.code in PEER_PROTOCOL_ERRORS:
                     log.info("closing %s: %d (WebSocket protocol error)", self, exc.code)
                 return
-            if self._connect_failed:
-                continue  # the SDK closes after a connect error; nothing more is handled
+            if self.outbox.close_request is not None or self._connect_failed:
+                continue  # closing, or the SDK closes after a connect error: nothing is handled
             try:
                 if isinstance(frame, bytes):
                     raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, "binary frame on JSON")

@@ -1,4 +1,9 @@
-"""The public WebSocket listener: trio-websocket's `serve_websocket`, with TLS handshakes first.
+"""The public WebSocket listener: trio-websocket's `serve_websocket`, one task per connection,
+with TLS handshakes first.
+
+Each accepted connection is served by one task that reads the upgrade request, runs the handler
+and closes the socket (transport.py: the connection's reading happens in that task, not in a
+reader task of trio-websocket's).
 
 trio-websocket leaves the TLS handshake to the first read of its connection task. When that
 handshake fails (a plain `ws://` client on the `wss://` port, a TLS 1.1 client, a scanner), its
@@ -8,7 +13,7 @@ TLS handshake itself, within the same timeout, before trio-websocket sees the st
 fails it is disconnected at once, and the failure is one DEBUG line (a flood of them must not
 flood the log). Without TLS this is exactly `serve_websocket`.
 
-It reaches one private method of trio-websocket (`WebSocketServer._handle_connection`, the task
+It replaces one private method of trio-websocket (`WebSocketServer._handle_connection`, the task
 serving one accepted stream), which is also the last-resort boundary of a connection: nothing that
 fails inside it reaches the listener. The version range is pinned in pyproject.
 """
@@ -23,6 +28,8 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
+from .transport import finish, receive_request, server_connection
+
 __all__ = ["serve_websocket"]
 
 log = logging.getLogger(__name__)
@@ -36,16 +43,21 @@ class _HandshakingServer(WebSocketServer):
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         if isinstance(stream, trio.SSLStream) and not await self._tls_handshake(stream):
             return
+        ws = server_connection(stream, max_message_size=self._max_message_size)
         try:
-            await super()._handle_connection(stream)
+            request = None
+            with trio.move_on_after(self._connect_timeout):
+                request = await receive_request(ws)
+            if request is not None:
+                await self._handler(request)
         except* Exception as group:
-            # The last-resort boundary: this task runs trio-websocket's own per-connection tasks
-            # (its reader), whose failures would otherwise reach the listener's nursery and end
-            # every connection. Failures of Aether's handler are caught (and tracked) in
-            # Server._handle already; what arrives here is trio-websocket's.
+            # The last-resort boundary: failures would otherwise reach the listener's nursery
+            # and end every connection. Failures of Aether's handler are caught (and tracked) in
+            # Server._handle already; what arrives here failed outside it (the upgrade request).
             for exc in group.exceptions:
                 log.error("WebSocket connection task failed", exc_info=exc)
-            await trio.aclose_forcefully(stream)
+        finally:
+            await finish(ws)
 
     async def _tls_handshake(self, stream: trio.SSLStream[Any]) -> bool:
         peer = _peer(stream)
@@ -80,7 +92,6 @@ async def serve_websocket(
     handler_nursery: trio.Nursery,
     max_message_size: int,
     connect_timeout: float,
-    disconnect_timeout: float,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSockets on `host`:`port` (TLS with `ssl_context`) until cancelled; reports the
@@ -102,7 +113,6 @@ async def serve_websocket(
         handler_nursery=handler_nursery,
         max_message_size=max_message_size,
         connect_timeout=connect_timeout,
-        disconnect_timeout=disconnect_timeout,
         tls_handshake_timeout=connect_timeout,
     )
     await server.run(task_status=task_status)

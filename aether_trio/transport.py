@@ -3,15 +3,25 @@
 `Transport` is the small surface a `Client` needs; `WebSocketTransport` implements it on a
 trio-websocket connection. JSON-protocol frames are text frames.
 
-Three things reach below trio-websocket's public API, and they live here alone, pinned by
+One task per connection. trio-websocket runs a reader task per connection that feeds a memory
+channel; here the connection's own task reads instead (`receive_request`, then
+`WebSocketTransport.receive` pulls bytes and hands wsproto's events to trio-websocket's own event
+handlers: pings, close handshakes, message assembly and its size limit stay trio-websocket's).
+That saves a task, a nursery and a channel per connection (connect cost and idle memory: see
+ops/bench/PROFILE.md). The consequence: a connection reads only while its owner is in `receive`,
+so the owner keeps calling it until `TransportClosed`, also while closing (the peer's close frame
+arrives through it).
+
+What reaches below trio-websocket's public API lives here alone, pinned by
 tests/test_transport.py and tests/test_bad_input.py (the version range is pinned in pyproject):
+- the reader above, and the handshake state (wsproto's h11 connection) dropped once accepted;
 - `send` writes hand-built frames to the stream under the connection's own stream lock (the hot
   path: no wsproto framing, no str round trip);
 - when the peer breaks the WebSocket protocol (invalid UTF-8 in a text frame: 1007; a malformed
   frame: 1002), wsproto reports a close while the connection is still open and trio-websocket
   0.12 drops the TCP connection without the close frame RFC 6455 7.1.7 asks for; we send it;
 - a frame wsproto refuses in the current state (a pong or a 1009 while we are closing) is
-  dropped instead of crashing trio-websocket's reader task and with it the listener.
+  dropped instead of failing the connection's task.
 """
 
 from __future__ import annotations
@@ -19,15 +29,37 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
-from wsproto.utilities import LocalProtocolError
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["PEER_PROTOCOL_ERRORS", "Transport", "TransportClosed", "WebSocketTransport"]
+__all__ = [
+    "PEER_PROTOCOL_ERRORS",
+    "Transport",
+    "TransportClosed",
+    "WebSocketTransport",
+    "finish",
+    "receive_request",
+    "server_connection",
+]
+
+# trio-websocket reads 4 KiB at a time; a publisher's burst of frames takes fewer wake-ups with
+# more (a read allocates only what arrived).
+RECEIVE_BYTES = 16384
 
 # Close codes trio-websocket/wsproto use when the *peer* sent something unacceptable.
 PEER_PROTOCOL_ERRORS = frozenset({1002, 1007, 1009})
@@ -63,10 +95,21 @@ class Transport(Protocol):
 
 
 class WebSocketTransport:
-    __slots__ = ("_raw", "_tail", "_ws", "remote")
+    __slots__ = ("_events", "_inbox", "_raw", "_tail", "_ws", "remote")
 
     def __init__(self, ws: WebSocketConnection) -> None:
+        """`ws`: an accepted connection from `server_connection` + `receive_request`."""
         self._ws = ws
+        inbox = ws._send_channel
+        assert isinstance(inbox, _Inbox), "not a connection from server_connection()"
+        self._inbox: _Inbox = inbox
+        # wsproto's events not handled yet (a generator over what was read).
+        self._events: Iterator[Event] | None = None
+        # The upgrade is done: keep only wsproto's frame-level connection, not the h11
+        # connection and handshake objects wsproto would keep for the connection's life.
+        handshaking = ws._wsproto
+        if isinstance(handshaking, WSConnection) and handshaking.connection is not None:
+            ws._wsproto = handshaking.connection
         # Read once: after the socket is closed getpeername() fails, and log lines still need it.
         remote = ws.remote
         self.remote = remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
@@ -75,9 +118,9 @@ class WebSocketTransport:
         stream = ws._stream
         self._raw: socket.socket | None = None
         if isinstance(stream, trio.SocketStream):
-            self._raw = stream.socket._sock  # type: ignore[attr-defined]
+            self._raw = stream.socket._sock
         # What the kernel did not take of a frame written by `send_nowait`: it goes out first.
-        self._tail = b""
+        self._tail: bytes = b""
 
     @property
     def has_pending(self) -> bool:
@@ -110,14 +153,33 @@ class WebSocketTransport:
         return True
 
     async def receive(self) -> str | bytes:
-        try:
-            message: str | bytes = await self._ws.get_message()
-        except ConnectionClosed as exc:
-            reason = exc.reason
-            if reason is None:
-                raise TransportClosed from None
-            raise TransportClosed(reason.code, reason.reason or "") from None
-        return message
+        """The next message; TransportClosed once the connection is closed.
+
+        trio-websocket's reader loop, run by the caller: events already parsed are handled
+        first, then more bytes are read. Several messages from one read come out one per call
+        without reading again (and without a checkpoint in between: a burst is handled in one
+        go, bounded by the read size)."""
+        ws, inbox = self._ws, self._inbox
+        while True:
+            if self._events is not None:
+                for event in self._events:
+                    handler = _EVENT_HANDLERS.get(type(event))
+                    if handler is None:
+                        continue  # nothing a server acts on after the upgrade
+                    try:
+                        await getattr(ws, handler)(event)
+                    except ConnectionClosed:
+                        ws._reader_running = False
+                        break
+                    message = inbox.message
+                    if message is not None:
+                        inbox.message = None
+                        return message
+                self._events = None
+            if not ws._reader_running:
+                raise _closed(ws)
+            await _read(ws)
+            self._events = ws._wsproto.events()
 
     async def send(self, payload: bytes | None) -> None:
         """Send what `send_nowait` left pending, then `payload` (UTF-8 JSON lines, None for
@@ -145,6 +207,86 @@ class WebSocketTransport:
         with trio.move_on_after(wait):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._ws.aclose(code, reason)
+
+
+class _Inbox:
+    """Stands in for trio-websocket's message channel (a memory channel per connection): the
+    reader runs in the connection's own task, which takes each message as soon as trio-websocket
+    hands it over, so one slot is enough."""
+
+    __slots__ = ("message",)
+
+    def __init__(self) -> None:
+        self.message: str | bytes | None = None
+
+    async def send(self, message: str | bytes) -> None:
+        self.message = message
+
+    async def aclose(self) -> None:
+        pass
+
+
+def server_connection(stream: trio.abc.Stream, *, max_message_size: int) -> WebSocketConnection:
+    """A trio-websocket server connection on `stream` whose reading is done by its owner's task
+    (`receive_request`, then `WebSocketTransport.receive`): no reader task, no channel."""
+    ws = WebSocketConnection(
+        stream,
+        WSConnection(ConnectionType.SERVER),
+        max_message_size=max_message_size,
+        receive_buffer_size=RECEIVE_BYTES,
+    )
+    ws._send_channel = ws._recv_channel = _Inbox()  # type: ignore[assignment]
+    ws._connection_proposal = None
+    return ws
+
+
+async def receive_request(ws: WebSocketConnection) -> WebSocketRequest | None:
+    """Read the upgrade request (the caller bounds the time); None if the peer went away or sent
+    something that is not one (then wsproto's 400 has been sent)."""
+    while ws._reader_running:
+        for event in ws._wsproto.events():
+            if isinstance(event, Request):
+                return WebSocketRequest(ws, event)
+        await _read(ws)
+    return None
+
+
+async def finish(ws: WebSocketConnection) -> None:
+    """After the connection's owner is done: the socket is closed, whatever state it is in (a
+    close handshake finished, or one that did not happen in time)."""
+    ws._reader_running = False
+    await trio.aclose_forcefully(ws._stream)
+
+
+async def _read(ws: WebSocketConnection) -> None:
+    """One read from the stream into wsproto, with trio-websocket's reader's error handling."""
+    try:
+        data = await ws._stream.receive_some(ws._receive_buffer_size)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await ws._abort_web_socket()
+        return
+    if not data:
+        # TCP closed before the WebSocket: an abnormal closure (1006).
+        if ws._wsproto.state is not ConnectionState.CLOSED:
+            await ws._abort_web_socket()
+        ws._reader_running = False
+        return
+    if ws._wsproto.state is not ConnectionState.CLOSED:
+        try:
+            ws._wsproto.receive_data(bytes(data) if isinstance(data, bytearray) else data)
+        except RemoteProtocolError as err:
+            # A broken upgrade request: wsproto's answer (400) goes out, then the socket closes.
+            if err.event_hint:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws._send(err.event_hint)
+            await ws._close_stream()
+
+
+def _closed(ws: WebSocketConnection) -> TransportClosed:
+    reason = ws._close_reason
+    if reason is None:
+        return TransportClosed()
+    return TransportClosed(reason.code, reason.reason or "")
 
 
 # (payload, its frame); starts with the empty payload's frame.
@@ -211,3 +353,14 @@ def _drop_frames_the_state_forbids() -> None:
 
 
 _drop_frames_the_state_forbids()
+
+
+# The names of trio-websocket's own event handlers (looked up on each event, so the patches above
+# and a test's monkeypatch apply), by wsproto event type.
+_EVENT_HANDLERS: dict[type[Event], str] = {
+    TextMessage: "_handle_message_event",
+    BytesMessage: "_handle_message_event",
+    CloseConnection: "_handle_close_connection_event",
+    Ping: "_handle_ping_event",
+    Pong: "_handle_pong_event",
+}

@@ -1,11 +1,13 @@
 """Pins what transport.py relies on below trio-websocket's public API: hand-built frames are
 valid for a standard client at every length class, stay intact while trio-websocket writes its
-own frames (pongs) concurrently, and the private attributes it uses still exist."""
+own frames (pongs) concurrently, the connection's own task does the reading (no reader task), and
+the private attributes it uses still exist."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -13,17 +15,71 @@ import pytest
 import trio
 import trio_websocket
 from conftest import make_config, open_raw, serve_in, token, ws_url
-from trio_websocket import WebSocketConnection, open_websocket_url, serve_websocket
+from trio_websocket import WebSocketConnection, open_websocket_url
 
-from aether_trio.transport import TransportClosed, WebSocketTransport, text_frame_header
+from aether_trio.listener import serve_websocket
+from aether_trio.transport import (
+    TransportClosed,
+    WebSocketTransport,
+    finish,
+    receive_request,
+    server_connection,
+    text_frame_header,
+)
 
 
 def test_private_surface_still_exists() -> None:
     """If trio-websocket renames these, this fails before anything subtle does."""
     assert trio_websocket.__version__.startswith("0.12.")
-    for name in ("_stream", "_stream_lock", "_wsproto", "_close_reason"):
-        assert name in WebSocketConnection.__init__.__code__.co_names, name
-    assert hasattr(WebSocketConnection, "_handle_close_connection_event")
+    names = WebSocketConnection.__init__.__code__.co_names
+    for name in (
+        "_stream",
+        "_stream_lock",
+        "_wsproto",
+        "_close_reason",
+        "_reader_running",
+        "_receive_buffer_size",
+        "_send_channel",
+        "_recv_channel",
+        "_connection_proposal",
+    ):
+        assert name in names, name
+    for method in (
+        "_handle_close_connection_event",
+        "_handle_message_event",
+        "_handle_ping_event",
+        "_handle_pong_event",
+        "_abort_web_socket",
+        "_close_stream",
+        "_send",
+    ):
+        assert hasattr(WebSocketConnection, method), method
+
+
+async def _serve(handler: Any, nursery: trio.Nursery) -> Any:
+    """Aether's listener (one task per connection) with `handler`, on a free port."""
+    return await nursery.start(
+        functools.partial(
+            serve_websocket,
+            handler,
+            "127.0.0.1",
+            0,
+            None,
+            handler_nursery=nursery,
+            max_message_size=1 << 20,
+            connect_timeout=5,
+        )
+    )
+
+
+async def _read_until_closed(transport: WebSocketTransport) -> list[str | bytes]:
+    """The connection's reader, as Client's read loop is: pings are answered and the peer's
+    close frame is seen only while someone reads."""
+    messages: list[str | bytes] = []
+    with contextlib.suppress(TransportClosed):
+        while True:
+            messages.append(await transport.receive())
+    return messages
 
 
 @pytest.mark.parametrize(
@@ -45,17 +101,19 @@ async def _serve_and_send(payloads: list[bytes], pings: int, nowait: bool = Fals
 
     async def handler(request: trio_websocket.WebSocketRequest) -> None:
         transport = WebSocketTransport(await request.accept())
-        for payload in payloads:
-            # The fast path where the socket takes it, the writer's path otherwise, as Client does.
-            if not (nowait and transport.send_nowait(payload)):
-                await transport.send(payload)
-            elif transport.has_pending:
-                await transport.send(None)
-            await trio.lowlevel.checkpoint()  # let trio-websocket's reader answer pings between
-        await transport.close(1000, "done", 5)
+        async with trio.open_nursery() as reading:
+            reading.start_soon(_read_until_closed, transport)
+            for payload in payloads:
+                # The fast path where the socket takes it, the writer's otherwise, as Client does.
+                if not (nowait and transport.send_nowait(payload)):
+                    await transport.send(payload)
+                elif transport.has_pending:
+                    await transport.send(None)
+                await trio.lowlevel.checkpoint()  # let the reader answer pings between
+            await transport.close(1000, "done", 5)
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        server = await _serve(handler, nursery)
         url = f"ws://127.0.0.1:{server.port}/"
         async with open_websocket_url(url, max_message_size=1 << 20) as ws:
 
@@ -92,7 +150,9 @@ async def test_send_after_close_raises_transport_closed() -> None:
 
     async def handler(request: trio_websocket.WebSocketRequest) -> None:
         transport = WebSocketTransport(await request.accept())
-        await transport.close(3001, "shutdown", 5)
+        async with trio.open_nursery() as reading:
+            reading.start_soon(_read_until_closed, transport)
+            await transport.close(3001, "shutdown", 5)
         try:
             await transport.send(b"{}")
         except TransportClosed:
@@ -100,7 +160,7 @@ async def test_send_after_close_raises_transport_closed() -> None:
         done.set()
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        server = await _serve(handler, nursery)
         async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
             with pytest.raises(trio_websocket.ConnectionClosed):
                 await ws.get_message()
@@ -133,10 +193,12 @@ async def test_a_partial_nowait_write_is_finished_by_send_before_anything_else()
         results.append(f"nowait-frames={frames} pending={transport.has_pending}")
         filled.set()
         await transport.send(b'{"after":true}')  # writes the tail first, then this frame
-        await transport.close(1000, "done", 5)
+        async with trio.open_nursery() as reading:
+            reading.start_soon(_read_until_closed, transport)
+            await transport.close(1000, "done", 5)
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        server = await _serve(handler, nursery)
         async with open_websocket_url(
             f"ws://127.0.0.1:{server.port}/", max_message_size=1 << 20
         ) as ws:
@@ -203,8 +265,8 @@ async def test_frames_while_the_server_closes_do_not_take_the_server_down(
 async def test_a_failure_inside_trio_websocket_ends_only_that_connection(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The listener's per-connection task is the last-resort boundary: an unexpected error in
-    trio-websocket's own reader task (here: its pong handler) must not reach the listener."""
+    """An unexpected error in trio-websocket's own event handling (here: its pong handler, run
+    by the connection's task) ends that connection only, never the listener."""
 
     async def broken_pong_handler(self: Any, event: Any) -> None:
         raise RuntimeError("injected failure inside trio-websocket")
@@ -228,4 +290,113 @@ async def test_a_failure_inside_trio_websocket_ends_only_that_connection(
                 push = await bystander.receive()
             assert push["push"]["pub"]["data"] == {"still": "up"}
         nursery.cancel_scope.cancel()
-    assert "WebSocket connection task failed" in caplog.text
+    assert "connection task failed" in caplog.text
+    assert "injected failure inside trio-websocket" in caplog.text
+
+
+def _count_tasks() -> int:
+    def count(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    return count(trio.lowlevel.current_root_task())
+
+
+async def test_one_task_per_connection_reads_messages_pings_and_the_close() -> None:
+    """No reader task: the connection's own task reads the upgrade request, messages (several
+    from one read come out one by one), answers pings while it reads, and sees the close."""
+    got: list[Any] = []
+    served = trio.Event()
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        ws = server_connection(stream, max_message_size=1000)
+        try:
+            request = await receive_request(ws)
+            assert request is not None
+            got.append(request.path)
+            transport = WebSocketTransport(await request.accept())
+            got.append(type(ws._wsproto).__name__)  # the h11 handshake state is gone
+            try:
+                while True:
+                    got.append(await transport.receive())
+            except TransportClosed as exc:
+                got.append(exc.code)
+        finally:
+            await finish(ws)
+            served.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, serve, 0)
+        port = listeners[0].socket.getsockname()[1]
+        tasks_before = _count_tasks()
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/the/path") as ws:
+            await ws.send_message("one")
+            await ws.send_message(b"two")
+            with trio.fail_after(5):
+                await ws.ping(b"p")  # answered only because the server's task reads
+            await ws.send_message("three")
+            # The client's reader task and the server's one task (no reader task of its own).
+            assert _count_tasks() == tasks_before + 2
+        await ws._stream.aclose()
+        with trio.fail_after(5):
+            await served.wait()
+        nursery.cancel_scope.cancel()
+    assert got == ["/the/path", "Connection", "one", b"two", "three", 1000]
+
+
+async def test_an_oversized_message_closes_with_1009_in_the_connection_task() -> None:
+    codes: list[int] = []
+    served = trio.Event()
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        ws = server_connection(stream, max_message_size=10)
+        try:
+            request = await receive_request(ws)
+            assert request is not None
+            transport = WebSocketTransport(await request.accept())
+            try:
+                while True:
+                    await transport.receive()
+            except TransportClosed as exc:
+                codes.append(exc.code)
+        finally:
+            await finish(ws)
+            served.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, serve, 0)
+        port = listeners[0].socket.getsockname()[1]
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send_message("x" * 11)
+            with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await ws.get_message()
+        await ws._stream.aclose()
+        with trio.fail_after(5):
+            await served.wait()
+        nursery.cancel_scope.cancel()
+    assert closed.value.reason.code == 1009
+    assert codes == [1009]
+
+
+async def test_a_request_that_is_not_an_upgrade_gets_400_and_no_connection() -> None:
+    results: list[Any] = []
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        ws = server_connection(stream, max_message_size=10)
+        try:
+            results.append(await receive_request(ws))
+        finally:
+            await finish(ws)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, serve, 0)
+        port = listeners[0].socket.getsockname()[1]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                answer += chunk
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert results == [None]
