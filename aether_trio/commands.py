@@ -24,6 +24,7 @@ from .protocol.codes import Disconnect, ErrorCode
 from .protocol.errors import DisconnectError, ReplyError
 from .sanitize import format_problem, publication_payload
 from .subscription import ChannelSubscription
+from .system_channel import SystemSubscription
 
 if TYPE_CHECKING:
     from .auth import ChannelOverride
@@ -98,15 +99,25 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
         subs.setdefault(node.rules.personal_channel(personal.namespace, user), ServerSubscription())
     if cfg.channel_limit and len(subs) > cfg.channel_limit:
         raise DisconnectError(Disconnect.CHANNEL_LIMIT, "too many server-side channels")
-    if system_channel := node.config.admin.system_channel:  # not counted against the limit
-        subs.setdefault(system_channel, ServerSubscription())
-    resolved = [(node.resolve(channel), sub) for channel, sub in subs.items()]  # 102/107
+    if system := node.config.admin.system_channel:  # not counted against the limit
+        subs.setdefault(system, ServerSubscription())
+    resolved = [  # 102/107; the system channel (fixed options) needs no resolving
+        (node.resolve(channel) if channel != system else None, channel, sub)
+        for channel, sub in subs.items()
+    ]
 
     client.authenticated(user, m.RawJSON(info), expire_at)
     results: dict[str, m.SubscribeResult] = {}
     live: list[tuple[ChannelSubscription, int]] = []
-    for ch, server_sub in resolved:
-        hint = req.subs.get(ch.name, m.SubscribeRequest())
+    for ch, channel, server_sub in resolved:
+        hint = req.subs.get(channel, m.SubscribeRequest())
+        if ch is None:
+            # What a hub subscription with the system options would answer: no position, no
+            # expiry. A token listing the channel changes only `data`: its options are fixed.
+            results[channel] = m.SubscribeResult(
+                data=m.RawJSON(server_sub.data), was_recovering=hint.recover
+            )
+            continue
         sub, result, delivered = await subscribe_channel(
             client,
             ch,
@@ -133,6 +144,10 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
             pong=cfg.ping_interval > 0 and cfg.pong_timeout > 0,
         ),
     )
+    if system:
+        # Only now, with no checkpoint since the reply: a broadcast handled while this connect
+        # was still awaiting is not this connection's (it has no buffer to hold it back).
+        node.attach_system_channel(client, system)
     for sub, delivered in live:
         sub.go_live(delivered)
     for sub, _ in live:
@@ -369,6 +384,9 @@ async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> 
     sub = client.subscriptions.get(req.channel)
     if sub is None:
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+    if isinstance(sub, SystemSubscription):
+        # Shared by every connection: an expiry or info set here would be everyone's.
+        raise ReplyError(ErrorCode.NOT_AVAILABLE, "the system channel subscription never expires")
     if not req.token:
         raise ReplyError(ErrorCode.BAD_REQUEST, "empty subscription token")
     claims = await _verify_subscription_token(client, req.token, req.channel)

@@ -4,6 +4,11 @@ A publication is encoded once into the complete push line and the same bytes obj
 every subscriber; the loop calls `deliver` (synchronous, puts into a bounded outbox) and never
 awaits, so one slow subscriber cannot delay the others. Join/leave go only to subscribers that asked
 for them. The hub knows subscribers only through the small `Subscriber` protocol.
+
+A channel may also have a `Group`: connections that receive it without a hub subscription each
+(the operators' system channel, which every connection has; see `system_channel`). The group gets
+the same encoded bytes in the same loop and counts as subscribers wherever the hub counts them,
+and a channel with a group stays subscribed on this node whoever else leaves.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import attrs
 from .protocol.codec import encode_push
 from .protocol.messages import ClientInfo, JoinLeave, Publication
 
-__all__ = ["Hub", "HubStatistics", "Subscriber"]
+__all__ = ["Group", "Hub", "HubStatistics", "Subscriber"]
 
 
 class Subscriber(Protocol):
@@ -29,6 +34,13 @@ class Subscriber(Protocol):
         """Queue an encoded push; `offset` is the publication's (0: join, leave, no history)."""
 
 
+class Group(Protocol):
+    def deliver(self, message: bytes) -> int:
+        """Send an encoded publication to every member, never awaiting; return how many."""
+
+    def count(self) -> int: ...
+
+
 @attrs.frozen
 class HubStatistics:
     channels: int
@@ -38,11 +50,19 @@ class HubStatistics:
 class Hub:
     def __init__(self) -> None:
         self._channels: dict[str, dict[str, Subscriber]] = {}
+        # Never removed: a group's channel stays subscribed on this node for as long as it runs.
+        self._groups: dict[str, Group] = {}
+
+    def add_group(self, channel: str, group: Group) -> bool:
+        """Register the group of `channel`; True if the node had no subscriber of it yet."""
+        first = channel not in self._channels and channel not in self._groups
+        self._groups[channel] = group
+        return first
 
     def add(self, channel: str, sub: Subscriber) -> bool:
         """Register; True if this is the node's first subscriber of `channel`."""
         subs = self._channels.get(channel)
-        first = subs is None
+        first = subs is None and channel not in self._groups
         if subs is None:
             subs = self._channels[channel] = {}
         subs[sub.client_id] = sub
@@ -57,7 +77,7 @@ class Hub:
         if subs:
             return False
         del self._channels[channel]
-        return True
+        return channel not in self._groups
 
     def subscribers(self, channel: str) -> list[Subscriber]:
         return list(self._channels.get(channel, {}).values())
@@ -68,22 +88,26 @@ class Hub:
         return next(iter(subs.values())) if subs else None
 
     def num_subscribers(self, channel: str) -> int:
-        return len(self._channels.get(channel, ()))
+        group = self._groups.get(channel)
+        return len(self._channels.get(channel, ())) + (group.count() if group else 0)
 
     def channels(self) -> list[str]:
-        return list(self._channels)
+        """Channels with a subscriber on this node (a group without members is not one)."""
+        grouped = [c for c, g in self._groups.items() if c not in self._channels and g.count()]
+        return [*self._channels, *grouped]
 
     def broadcast_publication(self, channel: str, pub: Publication) -> int:
         subs = self._channels.get(channel)
-        if not subs:
+        group = self._groups.get(channel)
+        if not subs and group is None:
             return 0
         message = encode_push(channel, "pub", pub)
         offset = pub.offset
         # Copy: a delivery may disconnect a slow subscriber, which unregisters it.
-        receivers = list(subs.values())
+        receivers = list(subs.values()) if subs else []
         for sub in receivers:
             sub.deliver(message, offset)
-        return len(receivers)
+        return len(receivers) + (group.deliver(message) if group is not None else 0)
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> int:
         return self._broadcast_join_leave(channel, "join", info)
@@ -103,4 +127,11 @@ class Hub:
         return len(receivers)
 
     def statistics(self) -> HubStatistics:
-        return HubStatistics(len(self._channels), sum(map(len, self._channels.values())))
+        # Counting a group walks the connections: fine for a scrape or an operator's view.
+        members = {c: g.count() for c, g in self._groups.items()}
+        channels = len(self._channels) + sum(
+            1 for c, n in members.items() if n and c not in self._channels
+        )
+        return HubStatistics(
+            channels, sum(map(len, self._channels.values())) + sum(members.values())
+        )

@@ -3,7 +3,8 @@
 It is the broker's event handler (publications, joins and leaves arriving from the engine go to the
 hub) and the one place command handlers and, later, the HTTP API go through to publish, read
 history or presence. Configuration that may change on reload (channel rules, token keys) is held
-here and swapped atomically by `reload`.
+here and swapped atomically by `reload`. It also owns the operators' system channel: every
+connection receives it without a hub subscription of its own (see `system_channel`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ._version import __version__
 from .admin.hooks import NO_AUDIT, OPEN_ACCESS, AccessPolicy, Auditor
 from .auth import TokenVerifier
 from .config import ChannelOptions, Config
-from .engines.base import Broker, HistoryOptions, HistoryQuery, PresenceManager
+from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
 from .errortrack import ErrorTracker
 from .hub import Hub
 from .jwks import JwksCache
@@ -29,6 +30,7 @@ from .protocol.channels import ChannelRules, ResolvedChannel
 from .protocol.codes import Disconnect
 from .protocol.errors import DisconnectError
 from .protocol.messages import ClientInfo, Publication, RawJSON, StreamPosition
+from .system_channel import SYSTEM_OPTIONS, Receivers, SystemSubscription
 from .timers import Scheduler
 
 if TYPE_CHECKING:
@@ -70,6 +72,9 @@ class Node:
         self.audit: Auditor = NO_AUDIT
         # Rate and connection limits, the origin check ([limits], aether_trio.limits).
         self.limits = Limits(config, self.metrics.refused)
+        # Every name the system channel has had: connections keep the name they were told about.
+        self._system: dict[str, Receivers] = {}
+        self._nursery: trio.Nursery | None = None
         self._apply(config)
         self._idle = trio.Event()
         self._idle.set()
@@ -87,6 +92,22 @@ class Node:
         )
         # Assigned together, after everything was built: a bad config changes nothing.
         self.config, self.verifier, self.rules = config, verifier, rules
+        self._add_system_channel(config.admin.system_channel)
+
+    def _add_system_channel(self, name: str) -> None:
+        if not name or name in self._system:
+            return
+        receivers = self._system[name] = Receivers(self.clients, SystemSubscription(name))
+        # Before `run` there is no broker to ask yet: `run` subscribes every name.
+        if self.hub.add_group(name, receivers) and self._nursery is not None:
+            self._nursery.start_soon(self._subscribe_broker, name)
+
+    async def _subscribe_broker(self, channel: str) -> None:
+        try:
+            await self.broker.subscribe(channel)
+        except EngineError as exc:
+            log.error("subscribing the broker to %s failed", channel, exc_info=True)
+            self.errors.capture(exc, f"broker subscribe {channel}")
 
     def reload(self, config: Config) -> None:
         """Swap channel rules and keys; existing connections and subscriptions stay."""
@@ -101,7 +122,16 @@ class Node:
             # Supervised: a failure after start is reported and the service restarted.
             await nursery.start(self.errors.supervise, "broker", self.broker.run, self)
             await nursery.start(self.errors.supervise, "scheduler", self.scheduler.run)
-            task_status.started()
+            # Other nodes' broadcasts arrive through the broker even before anyone connects here;
+            # a name a reload adds from now on is subscribed in a task of this nursery.
+            self._nursery = nursery
+            try:
+                for name in list(self._system):
+                    await self.broker.subscribe(name)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
 
     def register(self, client: Client) -> None:
         self.clients[client.client_id] = client
@@ -120,6 +150,10 @@ class Node:
     def user_clients(self, user: str) -> list[Client]:
         """The registered (connected) connections of `user` on this node."""
         return list(self.users.get(user, {}).values())
+
+    def attach_system_channel(self, client: Client, name: str) -> None:
+        """Subscribe `client` to the system channel `name` (listed in its connect reply)."""
+        client.subscriptions[name] = self._system[name].subscription
 
     def close_all(self, disconnect: Disconnect) -> int:
         clients = list(self.clients.values())
@@ -140,7 +174,11 @@ class Node:
             # Per broadcast, never per subscriber: one inc(n), one observe, one latency probe.
             self.metrics.broadcast(receivers)
             first = self.hub.first_subscriber(channel)
-            client = self.clients.get(first.client_id) if first is not None else None
+            if first is not None:
+                client = self.clients.get(first.client_id)
+            else:  # only the system channel's receivers, or nobody
+                system = self._system.get(channel)
+                client = system.first() if system is not None else None
             observe = self.metrics.publish_write_latency.observe
             if client is not None and not client.outbox.probe(observe):
                 # Nothing queued: the frame was written during the fan-out itself.
@@ -161,7 +199,7 @@ class Node:
             # Fixed options whatever the channel rules say: no client may publish, no presence,
             # join/leave or history (every connection is a subscriber).
             return ResolvedChannel(
-                channel, "", ChannelOptions(), private=True, allowed_users=frozenset(),
+                channel, "", SYSTEM_OPTIONS, private=True, allowed_users=frozenset(),
                 user_limited=False,
             )  # fmt: skip
         return self.rules.resolve(channel)
