@@ -32,7 +32,7 @@ from .listener import serve_websocket  # trio-websocket's, with TLS handshakes d
 from .monitor import Check, ResourceMonitor
 from .node import Node
 from .protocol.codes import Disconnect
-from .transport import WebSocketTransport
+from .transport import accept
 
 __all__ = ["Server", "serve_forever"]
 
@@ -131,8 +131,7 @@ class Server:
                 )
                 return
             try:
-                ws = await request.accept()
-                await Client(self.node, WebSocketTransport(ws)).run()
+                await Client(self.node, await accept(request)).run()
             finally:
                 limits.close_connection(ip)
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):

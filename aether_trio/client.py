@@ -54,6 +54,29 @@ CLEANUP_SECONDS = 5.0
 
 
 class Client:
+    __slots__ = (
+        "__weakref__",
+        "_connect_failed",
+        "_nursery",
+        "_send_scope",
+        "_timers",
+        "_writer_started",
+        "_writing",
+        "client_id",
+        "conn_info",
+        "expire_at",
+        "issued_at",
+        "last_activity",
+        "limiter",
+        "node",
+        "outbox",
+        "session",
+        "subscriptions",
+        "token_id",
+        "transport",
+        "user",
+    )
+
     def __init__(self, node: Node, transport: Transport) -> None:
         self.node = node
         self.transport = transport
@@ -72,9 +95,9 @@ class Client:
         self._timers: dict[str, Timer] = {}
         self._connect_failed = False
         self._nursery: trio.Nursery | None = None
-        # Cancelled when the client is dropped without flushing: a send blocked on a client
-        # that stopped reading must not keep the connection (and its memory) alive.
-        self._send_scope = trio.CancelScope()
+        # The writer's, cancelled when the client is dropped without flushing: a send blocked on
+        # a client that stopped reading must not keep the connection (and its memory) alive.
+        self._send_scope: trio.CancelScope | None = None
         # Command rate limits of this connection and its user (aether_trio.limits).
         self.limiter = node.limits.command_limiter()
         self._writing = False
@@ -92,12 +115,18 @@ class Client:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await self._read_loop()
-                if self.outbox.close_request is None:
-                    # The peer went away: nothing more to write.
-                    nursery.cancel_scope.cancel()
+                try:
+                    await self._read_loop()
+                    if self.outbox.close_request is None:
+                        # The peer went away: nothing more to write.
+                        nursery.cancel_scope.cancel()
+                finally:
+                    # Nothing may be started once the body is done: the nursery closes as soon as
+                    # its tasks end, and a publication arriving between that and the end of
+                    # `async with` would fail its whole fan-out on `start_soon`. A writer that
+                    # is needed has started already; otherwise the connection is gone anyway.
+                    self._nursery = None
         finally:
-            self._nursery = None  # closed: nothing may be started in it any more
             request = self.outbox.close_request
             self.node.metrics.disconnected(request.code if request is not None else None)
             self.session.close()
@@ -126,7 +155,7 @@ class Client:
         if self.outbox.close(code, reason, flush=flush):
             log.log(level, "closing %s: %d %s%s", self, code, reason, f" ({detail})" * bool(detail))
             self.session.close()
-            if not flush:
+            if not flush and self._send_scope is not None:
                 self._send_scope.cancel()
             self._start_writer()  # it sends the close frame
 
@@ -157,8 +186,12 @@ class Client:
     async def _write_loop(self) -> None:
         limit = self.node.config.client.max_messages_in_frame
         outbox, transport = self.outbox, self.transport
+        self._send_scope = send_scope = trio.CancelScope()
+        request = outbox.close_request
+        if request is not None and not request.flush:
+            send_scope.cancel()  # started by a close that drops what is queued
         try:
-            with self._send_scope:
+            with send_scope:
                 while True:
                     batch = await outbox.next_batch(limit)
                     if not batch and not transport.has_pending:
@@ -195,16 +228,22 @@ class Client:
                 return
             if self.outbox.close_request is not None or self._connect_failed:
                 continue  # closing, or the SDK closes after a connect error: nothing is handled
-            try:
-                if isinstance(frame, bytes):
-                    raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, "binary frame on JSON")
-                for command in decode_frame(frame, self.node.config.limits.max_json_depth):
-                    if self.outbox.close_request is not None or self._connect_failed:
-                        break
-                    if self.session.check(command) and not self._rate_limited(command):
-                        await self._dispatch(command)
-            except DisconnectError as exc:
-                self.close(exc.disconnect, detail=exc.detail)
+            await self._handle_frame(frame)
+            # An idle connection waits in `receive`: nothing of the last frame (or, in
+            # `_handle_frame`, its commands) stays referenced meanwhile.
+            del frame
+
+    async def _handle_frame(self, frame: str | bytes) -> None:
+        try:
+            if isinstance(frame, bytes):
+                raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, "binary frame on JSON")
+            for command in decode_frame(frame, self.node.config.limits.max_json_depth):
+                if self.outbox.close_request is not None or self._connect_failed:
+                    break
+                if self.session.check(command) and not self._rate_limited(command):
+                    await self._dispatch(command)
+        except DisconnectError as exc:
+            self.close(exc.disconnect, detail=exc.detail)
 
     def _rate_limited(self, command: Command) -> bool:
         """Whether the command limits refused `command`: answered 111 (not logged: a flood would

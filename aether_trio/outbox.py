@@ -15,7 +15,6 @@ measurement costs nothing per subscriber.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +44,9 @@ class Outbox:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._queue: deque[bytes] = deque()
+        # A list, not a deque: the writer takes batches from the front (a slice), and an idle
+        # connection's empty list is 56 bytes where an empty deque is 760.
+        self._queue: list[bytes] = []
         self._bytes = 0
         self._wakeup: trio.Event | None = None
         self._kicked = False
@@ -107,10 +108,9 @@ class Outbox:
                 return []
             self._wakeup = event = trio.Event()
             await event.wait()
-        batch: list[bytes] = []
         queue = self._queue
-        while queue and len(batch) < max_messages:
-            batch.append(queue.popleft())
+        batch = queue[:max_messages]
+        del queue[:max_messages]
         self._bytes -= sum(map(len, batch))
         if self._probe is not None:
             self._probe[0] -= len(batch)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -52,6 +53,7 @@ __all__ = [
     "Transport",
     "TransportClosed",
     "WebSocketTransport",
+    "accept",
     "finish",
     "receive_request",
     "server_connection",
@@ -209,6 +211,11 @@ class WebSocketTransport:
                 await self._ws.aclose(code, reason)
 
 
+_ALWAYS_SET = trio.Event()
+_ALWAYS_SET.set()
+_NO_PINGS: OrderedDict[bytes, trio.Event] = OrderedDict()
+
+
 class _Inbox:
     """Stands in for trio-websocket's message channel (a memory channel per connection): the
     reader runs in the connection's own task, which takes each message as soon as trio-websocket
@@ -237,7 +244,21 @@ def server_connection(stream: trio.abc.Stream, *, max_message_size: int) -> WebS
     )
     ws._send_channel = ws._recv_channel = _Inbox()  # type: ignore[assignment]
     ws._connection_proposal = None
+    # Per-connection objects a server connection never waits on (the open handshake is a
+    # client's wait, the peer-closed event a trio-websocket test hook, and pings are never sent
+    # from here): shared, they cost an idle connection nothing.
+    ws._open_handshake = ws._for_testing_peer_closed_connection = _ALWAYS_SET
+    ws._pings = _NO_PINGS
     return ws
+
+
+async def accept(request: WebSocketRequest) -> WebSocketTransport:
+    """Accept the upgrade and keep of the request only its host and path: its headers and
+    lists would otherwise live as long as the connection."""
+    ws = await request.accept()
+    event = request._event
+    request._event = Request(host=event.host, target=event.target)
+    return WebSocketTransport(ws)
 
 
 async def receive_request(ws: WebSocketConnection) -> WebSocketRequest | None:
