@@ -57,11 +57,11 @@ class Client:
     __slots__ = (
         "__weakref__",
         "_connect_failed",
+        "_flush_marked",
         "_nursery",
         "_send_scope",
         "_timers",
         "_writer_started",
-        "_writing",
         "client_id",
         "conn_info",
         "expire_at",
@@ -100,8 +100,8 @@ class Client:
         self._send_scope: trio.CancelScope | None = None
         # Command rate limits of this connection and its user (aether_trio.limits).
         self.limiter = node.limits.command_limiter()
-        self._writing = False
         self._writer_started = False
+        self._flush_marked = False  # handed to the node's flusher for the current round
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id} user={self.user!r} remote={self.transport.remote}>"
@@ -162,14 +162,30 @@ class Client:
     # --- writing ---
 
     def send(self, message: bytes) -> None:
-        # Nothing queued and no write in progress: the message may go out right now, in order.
-        if not self._writing and self.outbox.idle and self.transport.send_nowait(message):
-            if self.transport.has_pending:
-                self.outbox.kick()  # the writer finishes what the socket did not take
-                self._start_writer()
-            return
+        """Queue `message` (never waits). It is written, with whatever else is queued by then,
+        by the node's flusher once the current task yields, or by this connection's writer
+        once the connection has one."""
         if not self.outbox.put(message):
             self.close(Disconnect.SLOW)
+        elif not self._writer_started and not self._flush_marked:
+            self._flush_marked = True
+            self.node.flusher.mark(self)
+
+    def flush(self) -> None:
+        """The flusher's call: write everything queued in one go without waiting. What the
+        socket does not take at once is left to the writer task, started for it."""
+        self._flush_marked = False
+        if self._writer_started:
+            return  # the writer took over (a close, or an earlier write that had to wait)
+        queued = self.outbox.queued
+        if not queued:
+            return
+        transport = self.transport
+        if transport.send_nowait(queued, self.node.config.client.max_messages_in_frame):
+            self.outbox.taken()
+            if transport.has_pending:
+                self.outbox.kick()  # the writer finishes what the socket did not take
+                self._start_writer()
         else:
             self._start_writer()
 
@@ -196,13 +212,8 @@ class Client:
                     batch = await outbox.next_batch(limit)
                     if not batch and not transport.has_pending:
                         break  # closing
-                    payload = b"\n".join(batch) if batch else None
                     # While this write waits for the socket, new messages queue behind it.
-                    self._writing = True
-                    try:
-                        await transport.send(payload)
-                    finally:
-                        self._writing = False
+                    await transport.send(b"\n".join(batch) if batch else None)
             request = outbox.close_request
             assert request is not None
             await transport.close(

@@ -21,6 +21,7 @@ from .auth import TokenVerifier
 from .config import ChannelOptions, Config
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
 from .errortrack import ErrorTracker
+from .flusher import Flusher
 from .hub import Hub
 from .jwks import JwksCache
 from .limits import Limits
@@ -53,11 +54,13 @@ class Node:
         self.presence = presence
         self.hub = Hub()
         self.scheduler = Scheduler()
+        self.flusher = Flusher()  # coalesced writes of every connection (flusher.py)
         # Observability (issue 4): this node's own metrics registry, its error tracker (also for
         # failed timer callbacks), and the readiness checks /ready evaluates; append to them.
         self.metrics = Metrics()
         self.errors = ErrorTracker(config.monitor.error_ring_size, self.metrics)
         self.scheduler.on_error = self.errors.capture
+        self.flusher.on_error = self.errors.capture
         self.readiness_checks: list[ReadinessCheck] = node_checks(self)
         self.metrics.watch(self)
         self.clients: dict[str, Client] = {}
@@ -122,6 +125,7 @@ class Node:
             # Supervised: a failure after start is reported and the service restarted.
             await nursery.start(self.errors.supervise, "broker", self.broker.run, self)
             await nursery.start(self.errors.supervise, "scheduler", self.scheduler.run)
+            await nursery.start(self.errors.supervise, "flusher", self.flusher.run)
             # Other nodes' broadcasts arrive through the broker even before anyone connects here;
             # a name a reload adds from now on is subscribed in a task of this nursery.
             self._nursery = nursery

@@ -116,6 +116,20 @@ class Outbox:
             self._probe[0] -= len(batch)
         return batch
 
+    @property
+    def queued(self) -> list[bytes]:
+        """What is queued, oldest first (not a copy: read it, then `taken()` if written)."""
+        return self._queue
+
+    def taken(self) -> None:
+        """Everything queued has been written (coalesced, by the node's flusher)."""
+        self._queue = []
+        self._bytes = 0
+        probe = self._probe
+        if probe is not None:
+            self._probe = None
+            probe[2](time.perf_counter() - probe[1])
+
     def probe(self, report: Callable[[float], object]) -> bool:
         """Time the newest queued message: `report(seconds)` once the frame carrying it has been
         written. One probe at a time; False if not taken (one is pending or nothing is queued)."""

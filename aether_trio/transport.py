@@ -27,6 +27,7 @@ tests/test_transport.py and tests/test_bad_input.py (the version range is pinned
 from __future__ import annotations
 
 import contextlib
+import operator
 import socket
 import struct
 from collections import OrderedDict
@@ -86,8 +87,9 @@ class Transport(Protocol):
     def has_pending(self) -> bool:
         """Bytes of a frame `send_nowait` started are still to be written (by `send`)."""
 
-    def send_nowait(self, payload: bytes) -> bool:
-        """Write one text frame without waiting, or return False (nothing written)."""
+    def send_nowait(self, messages: list[bytes], per_frame: int) -> bool:
+        """Write `messages` (frames of up to `per_frame` lines) without waiting, or return
+        False (nothing written)."""
 
     async def send(self, payload: bytes | None) -> None:
         """Write what is pending, then `payload` as one text frame."""
@@ -128,13 +130,15 @@ class WebSocketTransport:
     def has_pending(self) -> bool:
         return bool(self._tail)
 
-    def send_nowait(self, payload: bytes) -> bool:
-        """Write `payload` as one frame right now if the socket takes it without waiting.
+    def send_nowait(self, messages: list[bytes], per_frame: int) -> bool:
+        """Write `messages` right now, in one `send`, if the socket takes them without waiting:
+        text frames of up to `per_frame` newline-separated messages each.
 
-        The fast path of fan-out: most sockets have room, and a synchronous write spares a task
-        wake-up and a scheduling round per message. False means nothing was written (the socket
-        is full, another write is in progress, TLS, closing): queue it for `send`. A partial
-        write keeps the rest as `has_pending`, which the next `send` writes first.
+        The fast path of fan-out (the node's flusher calls it): most sockets have room, and a
+        synchronous write spares a task wake-up per connection. False means nothing was written
+        (the socket is full, another write is in progress, TLS, closing): the caller's writer
+        sends them. A partial write keeps the rest as `has_pending`, which the next `send`
+        writes first.
         """
         raw, ws = self._raw, self._ws
         if (
@@ -145,7 +149,7 @@ class WebSocketTransport:
             or ws._wsproto.state is not ConnectionState.OPEN
         ):
             return False
-        frame = frame_for(payload)
+        frame = frames_for(messages, per_frame)
         try:
             sent = raw.send(frame)
         except OSError:
@@ -322,9 +326,38 @@ def frame_for(payload: bytes) -> bytes:
     last_payload, last_frame = _last_frame
     if payload is last_payload:
         return last_frame
-    frame = text_frame_header(len(payload)) + payload
+    frame = _frame(payload)
     _last_frame = (payload, frame)
     return frame
+
+
+# (messages, their frames) of the last multi-message write, for the same reason.
+_last_frames: tuple[tuple[bytes, ...], bytes] = ((), b"")
+
+
+def frames_for(messages: list[bytes], per_frame: int) -> bytes:
+    """The frames carrying `messages`, `per_frame` lines to a frame. Subscribers of the same
+    channels that are flushed together have the same messages queued (the same objects): the
+    bytes are built once and reused while the next connection's messages are identical."""
+    global _last_frames
+    if len(messages) == 1:
+        return frame_for(messages[0])
+    last_messages, last_frames = _last_frames
+    if len(last_messages) == len(messages) and all(map(operator.is_, last_messages, messages)):
+        return last_frames
+    frames = b"".join(
+        [
+            _frame(b"\n".join(messages[start : start + per_frame]))
+            for start in range(0, len(messages), per_frame)
+        ]
+    )
+    # A copy: the caller's list may change after this (a connection's queue).
+    _last_frames = (tuple(messages), frames)
+    return frames
+
+
+def _frame(payload: bytes) -> bytes:
+    return text_frame_header(len(payload)) + payload
 
 
 def text_frame_header(length: int) -> bytes:

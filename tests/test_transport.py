@@ -105,7 +105,7 @@ async def _serve_and_send(payloads: list[bytes], pings: int, nowait: bool = Fals
             reading.start_soon(_read_until_closed, transport)
             for payload in payloads:
                 # The fast path where the socket takes it, the writer's otherwise, as Client does.
-                if not (nowait and transport.send_nowait(payload)):
+                if not (nowait and transport.send_nowait([payload], 16)):
                     await transport.send(payload)
                 elif transport.has_pending:
                     await transport.send(None)
@@ -188,7 +188,7 @@ async def test_a_partial_nowait_write_is_finished_by_send_before_anything_else()
     async def handler(request: trio_websocket.WebSocketRequest) -> None:
         transport = WebSocketTransport(await request.accept())
         frames = 0
-        while transport.send_nowait(big) and not transport.has_pending:
+        while transport.send_nowait([big], 16) and not transport.has_pending:
             frames += 1
         results.append(f"nowait-frames={frames} pending={transport.has_pending}")
         filled.set()
