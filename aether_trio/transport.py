@@ -285,9 +285,14 @@ async def finish(ws: WebSocketConnection) -> None:
 
 async def _read(ws: WebSocketConnection) -> None:
     """One read from the stream into wsproto, with trio-websocket's reader's error handling."""
+    stream = ws._stream
+    data: bytes | bytearray
     try:
-        data = await ws._stream.receive_some(ws._receive_buffer_size)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        if isinstance(stream, trio.SocketStream):
+            data = await _recv(stream.socket._sock, RECEIVE_BYTES)  # type: ignore[attr-defined]
+        else:
+            data = await stream.receive_some(RECEIVE_BYTES)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await ws._abort_web_socket()
         return
     if not data:
@@ -305,6 +310,27 @@ async def _read(ws: WebSocketConnection) -> None:
                 with contextlib.suppress(ConnectionClosed):
                     await ws._send(err.event_hint)
             await ws._close_stream()
+
+
+async def _recv(sock: socket.socket, size: int) -> bytes:
+    """`SocketStream.receive_some` without its three layers of coroutines, which an idle
+    connection would keep suspended (memory) and every read would pass through (CPU): the same
+    checkpoints (cancellable before, scheduling after) around a non-blocking `recv`."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if sock.fileno() == -1:
+        raise trio.ClosedResourceError
+    try:
+        data = sock.recv(size)
+    except BlockingIOError:
+        while True:
+            # Raises ClosedResourceError when another task closes the stream meanwhile.
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                pass
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return data
 
 
 def _closed(ws: WebSocketConnection) -> TransportClosed:
