@@ -17,6 +17,9 @@ import trio
 
 __all__ = ["Scheduler", "Timer"]
 
+# Cancelled timers tolerated in the heap before a compaction is considered.
+COMPACT_AFTER = 256
+
 log = logging.getLogger(__name__)
 
 
@@ -25,18 +28,25 @@ def _noop() -> None:
 
 
 class Timer:
-    __slots__ = ("callback", "cancelled", "deadline")
+    __slots__ = ("_scheduler", "callback", "cancelled", "deadline")
 
-    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+    def __init__(
+        self, deadline: float, callback: Callable[[], None], scheduler: Scheduler | None = None
+    ) -> None:
         self.deadline = deadline
         self.callback = callback
         self.cancelled = False
+        self._scheduler = scheduler
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
-        # The heap keeps the entry until its deadline; drop the callback now so that whatever it
-        # refers to (a closed connection) is not kept alive until then.
+        # The heap keeps the entry until its deadline (or a compaction); drop the callback now
+        # so that whatever it refers to (a closed connection) is not kept alive until then.
         self.callback = _noop
+        if self._scheduler is not None:
+            self._scheduler._cancelled_one()
 
 
 class Scheduler:
@@ -44,6 +54,9 @@ class Scheduler:
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._changed = trio.Event()
+        # Cancelled timers still in the heap (an estimate: timers cancelled after firing count
+        # too, until the next compaction recounts).
+        self._cancelled = 0
         # Told about a callback that raised (the node's error tracker), besides the log line.
         self.on_error: Callable[[BaseException, str], None] | None = None
 
@@ -51,14 +64,29 @@ class Scheduler:
         return self.call_at(trio.current_time() + delay, callback)
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(deadline, callback)
+        timer = Timer(deadline, callback, self)
         if not self._heap or deadline < self._heap[0][0]:
             self._changed.set()  # the sleeping loop must wake up earlier
         heapq.heappush(self._heap, (deadline, next(self._seq), timer))
         return timer
 
+    def _cancelled_one(self) -> None:
+        """Every connection cancels its stale-connection timer at connect, far before its
+        deadline: once cancelled entries are a quarter of the heap, drop them (memory of idle
+        connections, and a smaller heap to push into). Each compaction removes at least a
+        quarter of the heap, so its cost per cancellation stays constant."""
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled > COMPACT_AFTER and 4 * self._cancelled > len(heap):
+            # In place: `run` holds the list.
+            heap[:] = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(heap)
+            self._cancelled = 0
+            self._changed.set()  # the earliest deadline may have changed
+
     def __len__(self) -> int:
-        """Pending timers (cancelled ones leave at their deadline and are not counted)."""
+        """Pending timers (cancelled ones leave at their deadline or a compaction and are not
+        counted)."""
         return sum(1 for entry in self._heap if not entry[2].cancelled)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

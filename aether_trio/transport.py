@@ -113,7 +113,9 @@ class WebSocketTransport:
         # connection and handshake objects wsproto would keep for the connection's life.
         handshaking = ws._wsproto
         if isinstance(handshaking, WSConnection) and handshaking.connection is not None:
-            ws._wsproto = handshaking.connection
+            connection = ws._wsproto = handshaking.connection
+            # wsproto queues at most a close event there: a list does (an empty deque is 760 B).
+            connection._events = _EventQueue()
         # Read once: after the socket is closed getpeername() fails, and log lines still need it.
         remote = ws.remote
         self.remote = remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
@@ -220,6 +222,15 @@ _ALWAYS_SET.set()
 _NO_PINGS: OrderedDict[bytes, trio.Event] = OrderedDict()
 
 
+class _EventQueue(list[Event]):
+    """What wsproto's Connection needs of its event deque: append, truth, popleft."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Event:
+        return self.pop(0)
+
+
 class _Inbox:
     """Stands in for trio-websocket's message channel (a memory channel per connection): the
     reader runs in the connection's own task, which takes each message as soon as trio-websocket
@@ -322,15 +333,17 @@ async def _recv(sock: socket.socket, size: int) -> bytes:
     try:
         data = sock.recv(size)
     except BlockingIOError:
-        while True:
-            # Raises ClosedResourceError when another task closes the stream meanwhile.
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                return sock.recv(size)
-            except BlockingIOError:
-                pass
-    await trio.lowlevel.cancel_shielded_checkpoint()
-    return data
+        pass  # not waited for in the except block: that would keep the exception alive
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+    while True:
+        # Raises ClosedResourceError when another task closes the stream meanwhile.
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            pass
 
 
 def _closed(ws: WebSocketConnection) -> TransportClosed:

@@ -496,6 +496,27 @@ async def test_scheduler_cancelled_timer_releases_its_callback(
         nursery.cancel_scope.cancel()
 
 
+async def test_scheduler_drops_cancelled_timers_long_before_their_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each connection cancels its stale-connection timer at connect; a heap of 10,000 idle
+    connections must not keep those entries until their deadlines. The live timers still fire,
+    in order, after a compaction."""
+    fired: list[int] = []
+    async with trio.open_nursery() as nursery:
+        scheduler = await run_scheduler(nursery)
+        live = [scheduler.call_later(100 + n, lambda n=n: fired.append(n)) for n in range(300)]
+        doomed = [scheduler.call_later(10_000, lambda: fired.append(-1)) for _ in range(1000)]
+        for timer in doomed:
+            timer.cancel()
+        assert len(scheduler._heap) < 300 + 1000 // 2  # compacted along the way
+        assert len(scheduler) == 300
+        live[0].cancel()  # cancelled after a compaction: still never called
+        await trio.sleep(20_000)
+        assert fired == list(range(1, 300))
+        nursery.cancel_scope.cancel()
+
+
 async def test_scheduler_earlier_timer_added_while_sleeping_wakes_the_loop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import inspect
 import os
+import re
 from typing import Any
 
 import pytest
 import trio
 import trio_websocket
+import wsproto.connection
 from conftest import make_config, open_raw, serve_in, token, ws_url
 from trio_websocket import WebSocketConnection, open_websocket_url
 
@@ -54,6 +57,11 @@ def test_private_surface_still_exists() -> None:
         "_send",
     ):
         assert hasattr(WebSocketConnection, method), method
+    # wsproto's frame-level connection: its event queue is replaced by a list (see transport.py),
+    # so it must be used only through append, truth and popleft.
+    source = inspect.getsource(wsproto.connection.Connection)
+    uses = set(re.findall(r"self\._events\b(\.\w+)?", source))
+    assert uses == {"", ".append", ".popleft"}, uses
 
 
 async def _serve(handler: Any, nursery: trio.Nursery) -> Any:
