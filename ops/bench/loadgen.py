@@ -73,6 +73,7 @@ class Window:
         self.t0 = time.monotonic_ns()
         self.user0, self.sys0 = proc.cpu_split()
         self.self0 = time.process_time()
+        self.self_sys0 = os.times().system
 
     def close(self) -> dict[str, float]:
         wall = (time.monotonic_ns() - self.t0) / 1e9
@@ -80,6 +81,7 @@ class Window:
         user, system = user - self.user0, system - self.sys0
         server = user + system
         own = time.process_time() - self.self0
+        own_sys = os.times().system - self.self_sys0
         return {
             "wall_s": round(wall, 3),
             "server_cpu_s": round(server, 3),
@@ -87,6 +89,7 @@ class Window:
             "server_cpu_pct": round(100 * server / wall, 1) if wall else 0.0,
             "loadgen_cpu_s": round(own, 3),
             "loadgen_cpu_pct": round(100 * own / wall, 1) if wall else 0.0,
+            "loadgen_sys_cpu_s": round(own_sys, 3),
         }
 
 
@@ -285,6 +288,12 @@ class Run:
                 round(usage["server_cpu_s"] * 1e6 / delivered, 2) if delivered else None
             ),
             "latency_ms": percentiles(eng.latencies),
+            # The load generator's own cost; a read's is mostly fixed, so it falls with more
+            # deliveries per read (server batching, or a busy load generator reading late).
+            "loadgen_cpu_us_per_delivery": (
+                round(usage["loadgen_cpu_s"] * 1e6 / delivered, 2) if delivered else None
+            ),
+            "deliveries_per_read": round(delivered / eng.reads, 1) if eng.reads else None,
             "server_rss_peak_bytes": self.proc.status("VmHWM"),
             **usage,
         }
