@@ -122,7 +122,8 @@ class Server:
                 return
             # Origin, connection and handshake-rate limits; DEBUG only: a flood of refusals
             # must not flood the log (aether_refusals_total counts them).
-            ip, limits = request_ip(request.remote), self.node.limits
+            remote = request.remote  # a getpeername call: read once
+            ip, limits = request_ip(remote), self.node.limits
             refusal = limits.open_connection(ip, request_origins(request.headers))
             if refusal is not None:
                 log.debug("handshake from %s refused: %d %s", ip, refusal.status, refusal.reason)
@@ -131,7 +132,7 @@ class Server:
                 )
                 return
             try:
-                await Client(self.node, await accept(request)).run()
+                await Client(self.node, await accept(request, remote)).run()
             finally:
                 limits.close_connection(ip)
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -101,8 +101,9 @@ class Transport(Protocol):
 class WebSocketTransport:
     __slots__ = ("_events", "_inbox", "_raw", "_tail", "_ws", "remote")
 
-    def __init__(self, ws: WebSocketConnection) -> None:
-        """`ws`: an accepted connection from `server_connection` + `receive_request`."""
+    def __init__(self, ws: WebSocketConnection, remote: Any = None) -> None:
+        """`ws`: an accepted connection from `server_connection` + `receive_request`; `remote`:
+        its `remote` if the caller has it already (each reading is a getpeername call)."""
         self._ws = ws
         inbox = ws._send_channel
         assert isinstance(inbox, _Inbox), "not a connection from server_connection()"
@@ -117,7 +118,8 @@ class WebSocketTransport:
             # wsproto queues at most a close event there: a list does (an empty deque is 760 B).
             connection._events = _EventQueue()
         # Read once: after the socket is closed getpeername() fails, and log lines still need it.
-        remote = ws.remote
+        if remote is None:
+            remote = ws.remote
         self.remote = remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
         # The kernel socket (non-blocking, as Trio keeps it) for `send_nowait`; None under TLS,
         # where every write goes through the stream.
@@ -267,13 +269,14 @@ def server_connection(stream: trio.abc.Stream, *, max_message_size: int) -> WebS
     return ws
 
 
-async def accept(request: WebSocketRequest) -> WebSocketTransport:
+async def accept(request: WebSocketRequest, remote: Any = None) -> WebSocketTransport:
     """Accept the upgrade and keep of the request only its host and path: its headers and
-    lists would otherwise live as long as the connection."""
+    lists would otherwise live as long as the connection. `remote`: `request.remote`, if the
+    caller has read it."""
     ws = await request.accept()
     event = request._event
     request._event = Request(host=event.host, target=event.target)
-    return WebSocketTransport(ws)
+    return WebSocketTransport(ws, remote)
 
 
 async def receive_request(ws: WebSocketConnection) -> WebSocketRequest | None:
