@@ -219,6 +219,7 @@ class WebSocketTransport:
                 await self._ws.aclose(code, reason)
 
 
+_ACCEPTED = Request(host="", target="")
 _ALWAYS_SET = trio.Event()
 _ALWAYS_SET.set()
 _NO_PINGS: OrderedDict[bytes, trio.Event] = OrderedDict()
@@ -270,12 +271,12 @@ def server_connection(stream: trio.abc.Stream, *, max_message_size: int) -> WebS
 
 
 async def accept(request: WebSocketRequest, remote: Any = None) -> WebSocketTransport:
-    """Accept the upgrade and keep of the request only its host and path: its headers and
-    lists would otherwise live as long as the connection. `remote`: `request.remote`, if the
-    caller has read it."""
+    """Accept the upgrade and let go of the request's contents: the request object stays
+    referenced by the frames that handled it, and its headers and lists would otherwise live as
+    long as the connection (it reads as an empty request from here on). `remote`:
+    `request.remote`, if the caller has read it."""
     ws = await request.accept()
-    event = request._event
-    request._event = Request(host=event.host, target=event.target)
+    request._event = _ACCEPTED
     return WebSocketTransport(ws, remote)
 
 
@@ -294,16 +295,41 @@ async def finish(ws: WebSocketConnection) -> None:
     """After the connection's owner is done: the socket is closed, whatever state it is in (a
     close handshake finished, or one that did not happen in time)."""
     ws._reader_running = False
-    await trio.aclose_forcefully(ws._stream)
+    stream = ws._stream
+    if isinstance(stream, trio.SocketStream) and stream.socket.fileno() == -1:
+        return  # closed by the close handshake already (and closing again costs a Cancelled)
+    await trio.aclose_forcefully(stream)
 
 
 async def _read(ws: WebSocketConnection) -> None:
     """One read from the stream into wsproto, with trio-websocket's reader's error handling."""
     stream = ws._stream
-    data: bytes | bytearray
+    data: bytes | bytearray = b""
     try:
         if isinstance(stream, trio.SocketStream):
-            data = await _recv(stream.socket._sock, RECEIVE_BYTES)  # type: ignore[attr-defined]
+            # `receive_some` without its three layers of coroutines, which an idle connection
+            # would keep suspended (memory) and every read would pass through (CPU): the same
+            # checkpoints (cancellable before, scheduling after) around a non-blocking recv.
+            sock: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+                waited = False
+            except BlockingIOError:
+                waited = True  # not waited for in the except block: it would keep the exception
+            if waited:
+                while True:
+                    # Raises ClosedResourceError when another task closes the stream meanwhile.
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        data = sock.recv(RECEIVE_BYTES)
+                        break
+                    except BlockingIOError:
+                        pass
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             data = await stream.receive_some(RECEIVE_BYTES)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -324,29 +350,6 @@ async def _read(ws: WebSocketConnection) -> None:
                 with contextlib.suppress(ConnectionClosed):
                     await ws._send(err.event_hint)
             await ws._close_stream()
-
-
-async def _recv(sock: socket.socket, size: int) -> bytes:
-    """`SocketStream.receive_some` without its three layers of coroutines, which an idle
-    connection would keep suspended (memory) and every read would pass through (CPU): the same
-    checkpoints (cancellable before, scheduling after) around a non-blocking `recv`."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    if sock.fileno() == -1:
-        raise trio.ClosedResourceError
-    try:
-        data = sock.recv(size)
-    except BlockingIOError:
-        pass  # not waited for in the except block: that would keep the exception alive
-    else:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return data
-    while True:
-        # Raises ClosedResourceError when another task closes the stream meanwhile.
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            return sock.recv(size)
-        except BlockingIOError:
-            pass
 
 
 def _closed(ws: WebSocketConnection) -> TransportClosed:
