@@ -30,7 +30,7 @@ token *args:
 test *args:
     {{bin}}/pytest "$@"
 
-# benchmark Aether against its peers (~4 min; ops/bench/README.md), e.g. `just bench --smoke`
+# benchmark Aether against its peers (~2 min; ops/bench/README.md), e.g. `just bench --smoke`
 bench *args:
     {{bin}}/pip install -q -e '.[bench]'
     {{bin}}/python ops/bench/run.py "$@"
