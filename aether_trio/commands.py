@@ -3,7 +3,9 @@
 Each handler validates its request, asks the node, and queues its reply through `client.reply`
 (so subscribe can release buffered publications right after its reply). Refusals are raised as
 `ReplyError` (error reply) or `DisconnectError` (close), with codes from the reference; the client
-turns them into frames. Decisions that need no I/O live in `protocol.permissions`.
+turns them into frames. Decisions that need no I/O live in `protocol.permissions`. Subscribe and
+recovery (and the helpers every handler shares) live in `commands_subscribe`; this module holds
+the other handlers and the `HANDLERS` table.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
-from .auth import ServerSubscription, SubscribeClaims, TokenExpired, TokenInvalid
+from .auth import ServerSubscription, TokenExpired, TokenInvalid
+from .commands_subscribe import (
+    apply_override,
+    require_channel,
+    subscribe,
+    subscribe_channel,
+    ttl_seconds,
+    verify_subscription_token,
+)
 from .config import ChannelOptions
 from .engines.base import HistoryQuery, UnrecoverablePosition
 from .protocol import messages as m
@@ -27,38 +35,13 @@ from .subscription import ChannelSubscription
 from .system_channel import SystemSubscription
 
 if TYPE_CHECKING:
-    from .auth import ChannelOverride
     from .client import Client
 
+# apply_override, subscribe_channel and ttl_seconds are re-exported: the server API imports them
+# from here.
 __all__ = ["HANDLERS", "apply_override", "subscribe_channel", "ttl_seconds"]
 
 Handler = Callable[["Client", int, Any], Awaitable[None]]
-
-# Bit of SubscribeRequest.flag asking for error 112 instead of `recovered: false`.
-FLAG_REJECT_UNRECOVERED = 2
-
-
-def ttl_seconds(expire_at: int | None) -> int:
-    # Whole seconds like upstream, and never 0 with `expires: true` (0 would be omitted on the
-    # wire, and the SDKs index `ttl` whenever `expires` is set).
-    return max(1, expire_at - int(time.time())) if expire_at else 0
-
-
-def _require_channel(channel: str) -> None:
-    if not channel:
-        raise DisconnectError(Disconnect.BAD_REQUEST, "empty channel")
-
-
-def apply_override(options: ChannelOptions, override: ChannelOverride | None) -> ChannelOptions:
-    if override is None:
-        return options
-    # ChannelOverride's fields are named after the ChannelOptions they override.
-    changes = {
-        field.name: value
-        for field in attrs.fields(type(override))
-        if (value := getattr(override, field.name)) is not None
-    }
-    return attrs.evolve(options, **changes) if changes else options
 
 
 # --- connect ---
@@ -155,149 +138,17 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
     client.start_timers()
 
 
-# --- subscribe ---
-
-
-async def subscribe(client: Client, cmd_id: int, req: m.SubscribeRequest) -> None:
-    _require_channel(req.channel)
-    if req.delta not in ("", "fossil"):
-        raise DisconnectError(Disconnect.BAD_REQUEST, f"unknown delta type {req.delta[:16]!r}")
-    node = client.node
-    ch = node.resolve(req.channel)
-    if req.channel in client.subscriptions:
-        raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
-    limit = node.config.client.channel_limit
-    # The system channel is not counted (as at connect).
-    taken = len(client.subscriptions) - (node.config.admin.system_channel in client.subscriptions)
-    if limit and taken >= limit:
-        raise ReplyError(ErrorCode.LIMIT_EXCEEDED, "channel limit per connection reached")
-
-    options, chan_info, data, expire_at = ch.options, m.NO_JSON, m.NO_JSON, None
-    if req.token:
-        claims = await _verify_subscription_token(client, req.token, req.channel)
-        options = apply_override(options, claims.override)
-        chan_info, data, expire_at = (
-            m.RawJSON(claims.info),
-            m.RawJSON(claims.data),
-            claims.expire_at,
-        )
-    else:
-        permissions.check_subscribe_without_token(ch, client.user, node.config.client.insecure)
-    if expire_at is not None and expire_at <= time.time():
-        raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
-
-    sub, result, delivered = await subscribe_channel(
-        client, ch, req, options=options, server_side=False, chan_info=chan_info, data=data,
-        expire_at=expire_at,
-    )  # fmt: skip
-    client.reply(cmd_id, "subscribe", result)
-    sub.go_live(delivered)
-    await client.announce_join(sub)
-
-
-async def _verify_subscription_token(client: Client, token: str, channel: str) -> SubscribeClaims:
-    await client.node.verifier.prepare(token, subscription=True)
-    try:
-        claims = client.node.verifier.verify_subscribe(token)
-    except TokenExpired:
-        raise ReplyError(ErrorCode.TOKEN_EXPIRED, "subscription token expired") from None
-    except TokenInvalid as exc:
-        raise ReplyError(ErrorCode.PERMISSION_DENIED, f"subscription token: {exc}") from None
-    if claims.channel != channel:
-        raise DisconnectError(Disconnect.INVALID_TOKEN, "subscription token for another channel")
-    if claims.user != client.user:
-        raise DisconnectError(Disconnect.INVALID_TOKEN, "subscription token for another user")
-    if claims.client and claims.client != client.client_id:
-        raise DisconnectError(Disconnect.INVALID_TOKEN, "subscription token for another client")
-    return claims
-
-
-async def subscribe_channel(
-    client: Client,
-    ch: ResolvedChannel,
-    req: m.SubscribeRequest,
-    *,
-    options: ChannelOptions,
-    server_side: bool,
-    chan_info: m.RawJSON,
-    data: m.RawJSON,
-    expire_at: int | None,
-) -> tuple[ChannelSubscription, m.SubscribeResult, int]:
-    """Register a buffering subscription and compute its result (recovery included).
-
-    Returns the subscription, its result, and the offset up to which the result covers the stream;
-    the caller queues the reply, then calls `sub.go_live(offset)`.
-    """
-    node = client.node
-    insecure = node.config.client.insecure
-    user = client.user
-    history_on = options.history_enabled
-    recoverable = history_on and permissions.grant_recoverable(
-        options, user, req.recoverable or req.recover, insecure
-    )
-    positioned = recoverable or (
-        history_on and permissions.grant_positioned(options, user, req.positioned, insecure)
-    )
-    push_join_leave = permissions.grant_join_leave(options, user, req.join_leave, insecure)
-    sub = ChannelSubscription(
-        client, ch.name, options, push_join_leave=push_join_leave, server_side=server_side,
-        chan_info=chan_info, expire_at=expire_at,
-    )  # fmt: skip
-    await client.add_subscription(sub)
-    try:
-        result, delivered = await _position(client, ch, req, recoverable, positioned)
-    except BaseException:
-        await client.remove_subscription(ch.name, announce=False)
-        raise
-    result = attrs.evolve(
-        result, expires=expire_at is not None, ttl=ttl_seconds(expire_at), data=data,
-        was_recovering=req.recover,
-    )  # fmt: skip
-    client.watch_expiry(sub)
-    return sub, result, delivered
-
-
-async def _position(
-    client: Client,
-    ch: ResolvedChannel,
-    req: m.SubscribeRequest,
-    recoverable: bool,
-    positioned: bool,
-) -> tuple[m.SubscribeResult, int]:
-    if not positioned:
-        return m.SubscribeResult(), 0
-    node = client.node
-    if req.recover and recoverable:
-        position = m.StreamPosition(req.offset, req.epoch)
-        limit = node.config.client.recovery_max_publication_limit
-        pubs, top, recovered = await node.recover(ch, position, limit)
-        if recovered:
-            result = m.SubscribeResult(
-                recoverable=True, positioned=True, epoch=top.epoch, offset=req.offset,
-                publications=tuple(pubs), recovered=True,
-            )  # fmt: skip
-            return result, top.offset
-        if req.flag & FLAG_REJECT_UNRECOVERED:
-            raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION)
-    else:
-        top = await node.stream_top(ch)
-    result = m.SubscribeResult(
-        recoverable=recoverable, positioned=True, epoch=top.epoch, offset=top.offset
-    )
-    return result, top.offset
-
-
 # --- the rest ---
 
 
 async def unsubscribe(client: Client, cmd_id: int, req: m.UnsubscribeRequest) -> None:
-    _require_channel(req.channel)
+    require_channel(req.channel)
     await client.remove_subscription(req.channel, announce=True)
     client.reply(cmd_id, "unsubscribe", m.EmptyResult())
 
 
 async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
-    _require_channel(req.channel)
+    require_channel(req.channel)
     node = client.node
     ch = node.resolve(req.channel)
     _check_data_format(ch.options, req.data)
@@ -344,7 +195,7 @@ async def history(client: Client, cmd_id: int, req: m.HistoryRequest) -> None:
 def _readable_channel(
     client: Client, channel: str, check: Callable[[ResolvedChannel, str, bool, bool], None]
 ) -> ResolvedChannel:
-    _require_channel(channel)
+    require_channel(channel)
     ch = client.node.resolve(channel)
     check(ch, client.user, channel in client.subscriptions, client.node.config.client.insecure)
     return ch
@@ -380,7 +231,7 @@ async def refresh(client: Client, cmd_id: int, req: m.RefreshRequest) -> None:
 
 
 async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> None:
-    _require_channel(req.channel)
+    require_channel(req.channel)
     sub = client.subscriptions.get(req.channel)
     if sub is None:
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "not subscribed")
@@ -389,7 +240,7 @@ async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> 
         raise ReplyError(ErrorCode.NOT_AVAILABLE, "the system channel subscription never expires")
     if not req.token:
         raise ReplyError(ErrorCode.BAD_REQUEST, "empty subscription token")
-    claims = await _verify_subscription_token(client, req.token, req.channel)
+    claims = await verify_subscription_token(client, req.token, req.channel)
     if claims.expire_at is not None and claims.expire_at <= time.time():
         raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
     sub.expire_at = claims.expire_at
