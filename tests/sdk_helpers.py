@@ -9,10 +9,11 @@ assert on what arrived and what did not. They are shared by the SDK, server API 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from centrifuge import (
+    Client,
     ClientEventHandler,
     ConnectedContext,
     ConnectingContext,
@@ -162,3 +163,15 @@ class SubscriptionRecorder(EventRecorder, SubscriptionEventHandler):
     def data(self) -> list[Any]:
         """Data of the publications received, in order."""
         return [ctx.pub.data for ctx in self.of("publication")]
+
+
+async def disconnect_all(clients: Iterable[Client]) -> None:
+    """Disconnect every SDK client, then let the SDK finish its close handshakes and background
+    tasks: a transport left to the garbage collector warns about its unclosed socket later, in
+    whichever test happens to collect it (and warnings are errors here)."""
+    for client in clients:
+        await client.disconnect()
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    if pending:
+        await asyncio.wait(pending, timeout=2.0)

@@ -29,7 +29,7 @@ from centrifuge import (
     ServerSubscribedContext,
 )
 from conftest import RunningServer, make_config, running_server, token
-from sdk_helpers import ClientRecorder
+from sdk_helpers import ClientRecorder, disconnect_all
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -113,12 +113,7 @@ async def session(srv: RunningServer) -> AsyncIterator[Session]:
         try:
             yield s
         finally:
-            for client in s.clients:
-                await client.disconnect()
-            current = asyncio.current_task()
-            pending = [t for t in asyncio.all_tasks() if t is not current]
-            if pending:
-                await asyncio.wait(pending, timeout=2.0)
+            await disconnect_all(s.clients)
 
 
 def run(tmp_path: Path, scenario: Callable[[Session], Awaitable[None]], **extra: Any) -> None:

@@ -46,7 +46,7 @@ from centrifuge import (
     SubscriptionState,
 )
 from conftest import RunningServer, make_config, running_server, token
-from sdk_helpers import ClientRecorder, SubscriptionRecorder
+from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.config import ConfigError, parse_config
 from aether_trio.http.apiauth import presented_key
@@ -162,12 +162,7 @@ async def sdk(srv: RunningServer) -> AsyncIterator[Clients]:
     try:
         yield clients
     finally:
-        for client in clients.made:
-            await client.disconnect()
-        current = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not current]
-        if pending:
-            await asyncio.wait(pending, timeout=2.0)
+        await disconnect_all(clients.made)
 
 
 def run(srv: RunningServer, scenario: Callable[[Clients], Awaitable[None]]) -> None:

@@ -39,7 +39,7 @@ from centrifuge import (
     UnsubscribedContext,
 )
 from conftest import RunningServer, make_config, running_server, token
-from sdk_helpers import ClientRecorder, SubscriptionRecorder
+from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.auth import mint_token
 from aether_trio.config import AdminConfig
@@ -165,13 +165,7 @@ async def sdk(url: str) -> AsyncIterator[Clients]:
     try:
         yield clients
     finally:
-        for client in clients.made:
-            await client.disconnect()
-        # Let the SDK finish its close handshakes and background tasks (no "destroyed" tasks).
-        current = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not current]
-        if pending:
-            await asyncio.wait(pending, timeout=2.0)
+        await disconnect_all(clients.made)
 
 
 def run(overrides: dict[str, Any] | None, scenario: Scenario) -> None:

@@ -24,7 +24,7 @@ import pytest
 import trio
 from centrifuge import Client, ServerPublicationContext, ServerSubscribedContext
 from conftest import RawClient, make_config, open_raw, running_server, serve_in, token, ws_url
-from sdk_helpers import ClientRecorder
+from sdk_helpers import ClientRecorder, disconnect_all
 from test_hub_outbox import FakeSubscriber, publication
 from trio_websocket import ConnectionClosed
 
@@ -378,8 +378,7 @@ def test_broadcasts_reach_every_sdk_client_in_order() -> None:
                     assert all(p.pub.offset == 0 for p in pubs)
                 assert await asyncio.to_thread(srv.call, node.hub.subscribers, SYSTEM) == []
             finally:
-                for client in clients:
-                    await client.disconnect()
+                await disconnect_all(clients)
 
         asyncio.run(asyncio.wait_for(main(), 40.0))
         deadline = time.monotonic() + WAIT  # the server's cleanup runs after the close
