@@ -2,7 +2,7 @@
 with TLS handshakes first.
 
 Each accepted connection is served by one task that reads the upgrade request, runs the handler
-and closes the socket (transport.py: the connection's reading happens in that task, not in a
+and closes the socket (transport/: the connection's reading happens in that task, not in a
 reader task of trio-websocket's).
 
 trio-websocket leaves the TLS handshake to the first read of its connection task. When that

@@ -1,7 +1,7 @@
-"""Pins what transport.py relies on below trio-websocket's public API: hand-built frames are
-valid for a standard client at every length class, stay intact while trio-websocket writes its
-own frames (pongs) concurrently, the connection's own task does the reading (no reader task), and
-the private attributes it uses still exist."""
+"""Pins what aether_trio/transport relies on below trio-websocket's public API: hand-built
+frames are valid for a standard client at every length class, stay intact while trio-websocket
+writes its own frames (pongs) concurrently, the connection's own task does the reading (no
+reader task), and the private attributes it uses still exist."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_private_surface_still_exists() -> None:
         "_send",
     ):
         assert hasattr(WebSocketConnection, method), method
-    # wsproto's frame-level connection: its event queue is replaced by a list (see transport.py),
+    # wsproto's frame-level connection: its event queue is replaced by a list (see transport/),
     # so it must be used only through append, truth and popleft.
     source = inspect.getsource(wsproto.connection.Connection)
     uses = set(re.findall(r"self\._events\b(\.\w+)?", source))
