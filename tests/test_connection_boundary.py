@@ -10,6 +10,10 @@ from conftest import make_config, open_raw, serve_in, token, ws_url
 from trio_websocket import ConnectionClosed
 
 from aether_trio.client import Client
+from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
+from aether_trio.node import Node
+from aether_trio.protocol.codes import Disconnect
+from aether_trio.transport import TransportClosed
 
 
 async def test_a_crashing_connection_task_does_not_take_the_server_down(
@@ -45,3 +49,50 @@ async def test_a_crashing_connection_task_does_not_take_the_server_down(
 
 async def _crash_always(self: Any) -> None:
     raise RuntimeError("boom inside a connection")
+
+
+class _PeerGone:
+    """A transport whose peer is gone: `receive` says so (after telling the test it did)."""
+
+    remote = "test"
+    has_pending = False
+
+    def __init__(self, gone: trio.Event) -> None:
+        self._gone = gone
+
+    async def receive(self) -> str | bytes:
+        self._gone.set()
+        raise TransportClosed
+
+    def send_nowait(self, messages: list[bytes], per_frame: int) -> bool:
+        return False
+
+    async def send(self, payload: bytes | None) -> None:
+        raise TransportClosed
+
+    async def close(self, code: int, reason: str, wait: float) -> None:
+        pass
+
+
+async def test_closing_a_connection_whose_nursery_just_closed_is_harmless() -> None:
+    """The first task to run after the peer went away runs while `Client.run` leaves its
+    nursery (trio's schedule point in `__aexit__`, the nursery already closed). A close asked
+    for then, as a fan-out does for a slow subscriber, used to call `start_soon` on the closed
+    nursery, and the RuntimeError aborted the whole fan-out."""
+    node = Node(make_config(), MemoryBroker(), MemoryPresenceManager())
+    gone = trio.Event()
+    outcome: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        client = Client(node, _PeerGone(gone))
+
+        async def close_when_gone() -> None:
+            await gone.wait()  # woken at the client task's next schedule point
+            client.close(Disconnect.SLOW)
+            outcome.append("closed without error")
+
+        nursery.start_soon(close_when_gone)
+        await trio.testing.wait_all_tasks_blocked()
+        await client.run()
+        assert outcome == ["closed without error"]
+        nursery.cancel_scope.cancel()
