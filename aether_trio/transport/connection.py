@@ -51,6 +51,7 @@ __all__ = [
 # more (a read allocates only what arrived).
 RECEIVE_BYTES = 16384
 
+# What an accepted request holds from then on (websocket.accept releases its headers).
 ACCEPTED = Request(host="", target="")
 _ALWAYS_SET = trio.Event()
 _ALWAYS_SET.set()
