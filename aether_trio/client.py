@@ -3,13 +3,13 @@
 Theory of operation. `run` opens the connection's nursery and reads in its own task (the
 connection's only reader, until the transport is closed): frames are decoded and their commands
 handled strictly in order, each handler queueing its reply. Everything that goes to the client
-(replies, pushes from the hub, pings, the close frame) is written in order: straight to the
-socket when nothing is queued and the socket has room (`send`), otherwise through the outbox and
-a writer task, started the first time it is needed, which drains whatever is pending into one
-frame. Closing is a request (`close`), honoured by the writer: flush (unless the client is too
-slow), send the close frame, wait a bounded time for the peer's, then cancel the nursery.
-Cleanup (unsubscribe, presence, leave) runs shielded and time-limited after the nursery,
-whatever ended it.
+(replies, pushes from the hub, pings, the close frame) is queued in the outbox (`send`) and
+written in order: by the node's flusher, which writes all of it with one `send` once the current
+task yields (flusher.py), or, once a write had to wait, by this connection's writer task, started
+the first time it is needed, which drains whatever is pending into one frame. Closing is a
+request (`close`), honoured by the writer: flush (unless the client is too slow), send the close
+frame, wait a bounded time for the peer's, then cancel the nursery. Cleanup (unsubscribe,
+presence, leave) runs shielded and time-limited after the nursery, whatever ended it.
 """
 
 from __future__ import annotations

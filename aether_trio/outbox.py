@@ -1,5 +1,6 @@
-"""A byte-bounded queue of encoded messages between the hub (or a command handler) and one
-connection's writer.
+"""A byte-bounded queue of encoded messages between the hub (or a command handler) and what
+writes one connection: the node's flusher (`queued`, then `taken` once written without waiting),
+or the connection's writer task once it has one.
 
 `put` never blocks and never awaits: fan-out stays synchronous. When a message would take the
 queue past its byte limit, `put` refuses it and the caller disconnects the client with 3008 "slow"
@@ -81,11 +82,6 @@ class Outbox:
             self._wakeup.set()
             self._wakeup = None
         return True
-
-    @property
-    def idle(self) -> bool:
-        """Nothing queued and not closing: a message may bypass the queue (written at once)."""
-        return not self._queue and self.close_request is None
 
     def kick(self) -> None:
         """Wake the writer with nothing queued (the transport has bytes of its own pending)."""
