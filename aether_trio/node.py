@@ -140,7 +140,10 @@ class Node:
     def register(self, client: Client) -> None:
         self.clients[client.client_id] = client
         self.users.setdefault(client.user, {})[client.client_id] = client
-        self._idle = trio.Event()
+        if self._idle.is_set():
+            # A new Event only when the node was idle: one per connect would be work on the
+            # connect path, and would orphan an Event someone is already waiting on.
+            self._idle = trio.Event()
 
     def unregister(self, client: Client) -> None:
         connections = self.users.get(client.user)
