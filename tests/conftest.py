@@ -21,9 +21,11 @@ from typing import Any
 
 import attrs
 import orjson
+import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from aether_trio import hub as hub_module
 from aether_trio.app import Server
 from aether_trio.auth import mint_token
 from aether_trio.config import Config, parse_config
@@ -220,3 +222,18 @@ class _RawContext:
             # trio-websocket 0.12's client leaves its socket open when the server closed first
             # (it waits for the TCP close, then never closes its own end): close it here.
             await self._ws._stream.aclose()
+
+
+@pytest.fixture
+def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Count calls of the hub's encoder (a publication must be encoded once, whatever the
+    fan-out)."""
+    calls: list[tuple[str, str]] = []
+    real = hub_module.encode_push
+
+    def counting(channel: str, kind: str, body: Any) -> bytes:
+        calls.append((channel, kind))
+        return real(channel, kind, body)
+
+    monkeypatch.setattr(hub_module, "encode_push", counting)
+    return calls

@@ -10,14 +10,12 @@ import inspect
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import pytest
 import trio
 import trio.testing
 
-from aether_trio import hub as hub_module
 from aether_trio.config import ChannelOptions
 from aether_trio.hub import Hub, HubStatistics
 from aether_trio.outbox import CloseRequest, Outbox, OutboxStatistics
@@ -50,20 +48,6 @@ class FakeSubscriber:
 
 def publication(offset: int = 7) -> Publication:
     return Publication(data=RawJSON(b'{"text":"hi"}'), info=ClientInfo("u1", "c1"), offset=offset)
-
-
-@pytest.fixture
-def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Count calls of the hub's encoder."""
-    calls: list[tuple[str, str]] = []
-    real = hub_module.encode_push
-
-    def counting(channel: str, kind: str, body: Any) -> bytes:
-        calls.append((channel, kind))
-        return real(channel, kind, body)
-
-    monkeypatch.setattr(hub_module, "encode_push", counting)
-    return calls
 
 
 def test_hub_add_reports_the_first_subscriber_and_remove_the_last() -> None:

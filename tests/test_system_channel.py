@@ -28,7 +28,6 @@ from sdk_helpers import ClientRecorder, disconnect_all
 from test_hub_outbox import FakeSubscriber, publication
 from trio_websocket import ConnectionClosed
 
-from aether_trio import hub as hub_module
 from aether_trio.app import Server
 from aether_trio.config import AdminConfig, Config
 from aether_trio.hub import Hub, HubStatistics
@@ -46,19 +45,6 @@ def overrides(**extra: Any) -> dict[str, Any]:
 
 
 # --- the hub's groups, without sockets ----------------------------------------------------------
-
-
-@pytest.fixture
-def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    calls: list[tuple[str, str]] = []
-    real = hub_module.encode_push
-
-    def counting(channel: str, kind: str, body: Any) -> bytes:
-        calls.append((channel, kind))
-        return real(channel, kind, body)
-
-    monkeypatch.setattr(hub_module, "encode_push", counting)
-    return calls
 
 
 class FakeGroup:

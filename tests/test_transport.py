@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -302,21 +303,17 @@ async def test_a_failure_inside_trio_websocket_ends_only_that_connection(
     assert "injected failure inside trio-websocket" in caplog.text
 
 
-def _count_tasks() -> int:
-    def count(task: trio.lowlevel.Task) -> int:
-        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
-
-    return count(trio.lowlevel.current_root_task())
-
-
-async def test_one_task_per_connection_reads_messages_pings_and_the_close() -> None:
-    """No reader task: the connection's own task reads the upgrade request, messages (several
-    from one read come out one by one), answers pings while it reads, and sees the close."""
+def _recording_server(
+    max_message_size: int,
+) -> tuple[Callable[[trio.abc.Stream], Awaitable[None]], list[Any], trio.Event]:
+    """A one-task connection handler for `trio.serve_tcp` that records the request's path, the
+    kind of wsproto object left after the upgrade, every message, then the close code; the
+    event is set once the socket is closed."""
     got: list[Any] = []
     served = trio.Event()
 
     async def serve(stream: trio.abc.Stream) -> None:
-        ws = server_connection(stream, max_message_size=1000)
+        ws = server_connection(stream, max_message_size=max_message_size)
         try:
             request = await receive_request(ws)
             assert request is not None
@@ -332,6 +329,20 @@ async def test_one_task_per_connection_reads_messages_pings_and_the_close() -> N
             await finish(ws)
             served.set()
 
+    return serve, got, served
+
+
+def _count_tasks() -> int:
+    def count(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    return count(trio.lowlevel.current_root_task())
+
+
+async def test_one_task_per_connection_reads_messages_pings_and_the_close() -> None:
+    """No reader task: the connection's own task reads the upgrade request, messages (several
+    from one read come out one by one), answers pings while it reads, and sees the close."""
+    serve, got, served = _recording_server(max_message_size=1000)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, serve, 0)
         port = listeners[0].socket.getsockname()[1]
@@ -352,24 +363,7 @@ async def test_one_task_per_connection_reads_messages_pings_and_the_close() -> N
 
 
 async def test_an_oversized_message_closes_with_1009_in_the_connection_task() -> None:
-    codes: list[int] = []
-    served = trio.Event()
-
-    async def serve(stream: trio.abc.Stream) -> None:
-        ws = server_connection(stream, max_message_size=10)
-        try:
-            request = await receive_request(ws)
-            assert request is not None
-            transport = WebSocketTransport(await request.accept())
-            try:
-                while True:
-                    await transport.receive()
-            except TransportClosed as exc:
-                codes.append(exc.code)
-        finally:
-            await finish(ws)
-            served.set()
-
+    serve, got, served = _recording_server(max_message_size=10)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, serve, 0)
         port = listeners[0].socket.getsockname()[1]
@@ -382,7 +376,7 @@ async def test_an_oversized_message_closes_with_1009_in_the_connection_task() ->
             await served.wait()
         nursery.cancel_scope.cancel()
     assert closed.value.reason.code == 1009
-    assert codes == [1009]
+    assert got == ["/", "Connection", 1009]  # nothing handed over, closed with 1009
 
 
 async def test_a_request_that_is_not_an_upgrade_gets_400_and_no_connection() -> None:
