@@ -23,6 +23,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -205,16 +206,10 @@ class Run:
             state["seq"] = seq
             return None
 
-        def done() -> bool:
-            if eng.delivered >= expected:
-                return True
-            if not state["t_done"]:
-                return False
-            last = max(eng.t_last_delivery / 1e9, state["t_done"])
-            return time.monotonic() - last > quiet
-
         tick()
-        complete = eng.run_until(done, self.deadline(seconds), tick)
+        complete = eng.run_until(
+            self._all_delivered_or_quiet(expected, state, quiet), self.deadline(seconds), tick
+        )
         usage = window.close()
         t_last = eng.t_last_delivery or time.monotonic_ns()
         elapsed = (t_last - t_first) / 1e9
@@ -256,21 +251,34 @@ class Run:
 
         expected = count * receivers
 
+        tick()
+        complete = eng.run_until(
+            self._all_delivered_or_quiet(expected, state, 3.0),
+            self.deadline(count * interval + 30),
+            tick,
+        )
+        usage = window.close()
+        elapsed = ((eng.t_last_delivery or time.monotonic_ns()) - t_first) / 1e9
+        row = self._delivery_row(expected, elapsed, usage, complete)
+        row["publish_lag_max_ms"] = round(state["lag"] * 1000, 3)
+        return row
+
+    def _all_delivered_or_quiet(
+        self, expected: int, state: dict[str, Any], quiet: float
+    ) -> Callable[[], bool]:
+        """The end of a delivery phase: `expected` deliveries, or, once the publisher is done
+        (`state["t_done"]`), `quiet` seconds without one."""
+        eng = self.engine
+
         def done() -> bool:
             if eng.delivered >= expected:
                 return True
             if not state["t_done"]:
                 return False
             last = max(eng.t_last_delivery / 1e9, state["t_done"])
-            return time.monotonic() - last > 3.0
+            return time.monotonic() - last > quiet
 
-        tick()
-        complete = eng.run_until(done, self.deadline(count * interval + 30), tick)
-        usage = window.close()
-        elapsed = ((eng.t_last_delivery or time.monotonic_ns()) - t_first) / 1e9
-        row = self._delivery_row(expected, elapsed, usage, complete)
-        row["publish_lag_max_ms"] = round(state["lag"] * 1000, 3)
-        return row
+        return done
 
     def _delivery_row(
         self, expected: int, elapsed: float, usage: dict[str, float], complete: bool
