@@ -33,7 +33,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["ErrorRecord", "ErrorTracker", "leaf_exceptions"]
+__all__ = ["ErrorRecord", "ErrorTracker", "leaf_exceptions", "no_frame_locals"]
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class ErrorTracker:
             default_integrations=False,
             auto_enabling_integrations=False,
             # Frame locals may hold tokens and payloads; they stay on the server. (Personal data
-            # is not sent either: the SDK's default, and its option changes name across 2.x.)
-            include_local_variables=False,
+            # is not sent either: the SDK's default.)
+            **no_frame_locals(sentry_sdk.VERSION),
             **self.sentry_options,
         )
         self._sentry = sentry_sdk
@@ -170,3 +170,12 @@ class ErrorTracker:
             log.warning("restarting service %s in %.1f s", name, backoff)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_MAX_SECONDS)
+
+
+def no_frame_locals(sdk_version: str) -> dict[str, Any]:
+    """The `sentry_sdk.init` option that keeps frame locals out of events: 3.x moved it from
+    `include_local_variables` into `data_collection` (and refuses the old name)."""
+    major = int(sdk_version.split(".", 1)[0])
+    if major >= 3:
+        return {"data_collection": {"stack_frame_variables": False}}
+    return {"include_local_variables": False}

@@ -23,7 +23,7 @@ from aether_trio.app import Server
 from aether_trio.client import Client
 from aether_trio.commands import HANDLERS
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
-from aether_trio.errortrack import ErrorTracker
+from aether_trio.errortrack import ErrorTracker, no_frame_locals
 from aether_trio.http.asgi import Request, Response
 from aether_trio.metrics import Metrics
 from aether_trio.monitor import (
@@ -422,7 +422,7 @@ async def test_with_a_dsn_errors_also_go_to_sentry(monkeypatch: pytest.MonkeyPat
 
     assert len(inits) == 1
     assert inits[0]["dsn"] == FAKE_DSN
-    assert inits[0]["include_local_variables"] is False
+    assert no_frame_locals(sentry_sdk.VERSION).items() <= inits[0].items()
     assert not inits[0].get("send_default_pii")
     [event] = _events()
     [exception] = event["exception"]["values"]
@@ -444,3 +444,16 @@ async def test_without_a_dsn_sentry_is_not_initialised(monkeypatch: pytest.Monke
         nursery.cancel_scope.cancel()
     assert inits == []
     assert tracker.total == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "option"),
+    [
+        ("2.19.0", {"include_local_variables": False}),
+        ("3.0.1", {"data_collection": {"stack_frame_variables": False}}),
+    ],
+)
+def test_frame_locals_are_turned_off_in_each_sdk_generation(
+    version: str, option: dict[str, Any]
+) -> None:
+    assert no_frame_locals(version) == option
