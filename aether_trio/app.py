@@ -15,24 +15,23 @@ import ssl
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest
 
-from . import tls
 from .admin.service import PREFIX as ADMIN_PREFIX
 from .admin.service import AdminService
-from .client import Client
 from .config import Config, ConfigError, ServerConfig, load_config
+from .connection.client import Client
 from .engines.memory import MemoryBroker, MemoryPresenceManager
-from .http.api import METHODS, PREFIX, ServerApi
+from .guards.limits import request_ip, request_origins
+from .http.api.routes import METHODS, PREFIX, ServerApi
 from .http.apiauth import ApiAuth
 from .http.asgi import HttpApp
 from .http.ops import counted
 from .http.ops import install as install_ops
 from .http.server import serve_http
-from .limits import request_ip, request_origins
 from .listener import serve_websocket  # trio-websocket's, with TLS handshakes done first
-from .monitor import Check, ResourceMonitor
 from .node import Node
+from .observe.monitor import Check, ResourceMonitor
 from .protocol.codes import Disconnect
-from .transport import accept
+from .transport import accept, tls
 
 __all__ = ["Server", "serve_forever"]
 

@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from .app import serve_forever
-    from .logs import setup_logging
+    from .observe.logs import setup_logging
 
     config, path = _load(args.config)
     setup_logging(config.log.level, config.log.format, sys.stderr)
@@ -57,7 +57,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .auth import mint_token
+    from .auth.tokens import mint_token
 
     config, _path = _load(args.config)
     if not config.token.hmac_secret:
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--algorithm", default="HS256", choices=["HS256", "HS384", "HS512"])
     token.set_defaults(func=cmd_token)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
-    from .admin_cli import add_parsers as add_admin_parsers
+    from .admin.cli import add_parsers as add_admin_parsers
 
     add_admin_parsers(sub, with_config, _load)  # `aether admin ...`, `aether audit ...`
     return parser

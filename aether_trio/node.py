@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._version import __version__
-from .admin.hooks import NO_AUDIT, OPEN_ACCESS, AccessPolicy, Auditor
-from .auth import TokenVerifier
+from .auth.jwks import JwksCache
+from .auth.tokens import TokenVerifier
 from .config import ChannelOptions, Config
+from .connection.flusher import Flusher
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
-from .errortrack import ErrorTracker
-from .flusher import Flusher
+from .guards.limits import Limits
+from .hooks import NO_AUDIT, OPEN_ACCESS, AccessPolicy, Auditor
 from .hub import Hub
-from .jwks import JwksCache
-from .limits import Limits
-from .metrics import Metrics
-from .monitor import ReadinessCheck, node_checks
+from .observe.errors import ErrorTracker
+from .observe.metrics import Metrics
+from .observe.monitor import ReadinessCheck, node_checks
 from .protocol.channels import ChannelRules, ResolvedChannel
 from .protocol.codes import Disconnect
 from .protocol.errors import DisconnectError
@@ -35,7 +35,7 @@ from .system_channel import SYSTEM_OPTIONS, Receivers, SystemSubscription
 from .timers import Scheduler
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .connection.client import Client
 
 __all__ = ["Node", "history_options"]
 

@@ -26,11 +26,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, NoReturn
 
 from .config import ChannelOptions
+from .connection.subscription import ChannelSubscription
 from .protocol.messages import NO_JSON
-from .subscription import ChannelSubscription
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .connection.client import Client
 
 __all__ = ["SYSTEM_OPTIONS", "Receivers", "SystemSubscription"]
 

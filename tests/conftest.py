@@ -27,7 +27,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from aether_trio import hub as hub_module
 from aether_trio.app import Server
-from aether_trio.auth import mint_token
+from aether_trio.auth.tokens import mint_token
 from aether_trio.config import Config, parse_config
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"

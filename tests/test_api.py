@@ -49,10 +49,10 @@ from conftest import RunningServer, make_config, running_server, token
 from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.config import ConfigError, parse_config
+from aether_trio.http.api.glob import compile_glob
+from aether_trio.http.api.idempotency import IdempotencyCache
 from aether_trio.http.apiauth import presented_key
 from aether_trio.http.asgi import Request, Response
-from aether_trio.http.glob import compile_glob
-from aether_trio.http.idempotency import IdempotencyCache
 from aether_trio.node import Node
 from aether_trio.protocol.messages import StreamPosition as ServerPosition
 

@@ -160,12 +160,13 @@ def test_protocol_is_sans_io(module: str) -> None:
 @pytest.mark.parametrize("module", PROTOCOL_MODULES)
 def test_protocol_depends_on_nothing_above_it(module: str) -> None:
     # Only other protocol modules and the config (channel options) are allowed inside the package,
-    # and what the config itself needs: `tls` checks certificate files at load (ssl, cryptography).
+    # and what the config itself needs: `config.pem` checks certificate files at load.
     allowed = {
         f"{PACKAGE}.config",
-        f"{PACKAGE}.config_sections",
-        f"{PACKAGE}.config_channels",
-        f"{PACKAGE}.tls",
+        f"{PACKAGE}.config.loader",
+        f"{PACKAGE}.config.sections",
+        f"{PACKAGE}.config.channels",
+        f"{PACKAGE}.config.pem",
     }
     internal = transitive_internal_imports(module)
     outside = sorted(

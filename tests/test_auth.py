@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from aether_trio import auth
-from aether_trio.auth import (
+from aether_trio.auth import tokens as auth
+from aether_trio.auth.tokens import (
     ChannelOverride,
     ServerSubscription,
     TokenError,

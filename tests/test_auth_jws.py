@@ -30,8 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import HMACAlgorithm
 
-from aether_trio import auth, auth_jws
-from aether_trio.auth import TokenInvalid, TokenVerifier, mint_token
+from aether_trio.auth import jws as auth_jws
+from aether_trio.auth import tokens as auth
+from aether_trio.auth.tokens import TokenInvalid, TokenVerifier, mint_token
 from aether_trio.config import TOKEN_ALGORITHMS, TokenConfig
 
 # Long enough for HS512, so the oracle's stock PyJWS raises no InsecureKeyLengthWarning.

@@ -24,7 +24,7 @@ from conftest import SECRET, RawClient, make_config, open_raw, serve_in, token, 
 from trio_websocket import CloseReason, ConnectionClosed
 
 from aether_trio.app import Server
-from aether_trio.auth import mint_token
+from aether_trio.auth.tokens import mint_token
 
 WATCH = "watch"
 STEP = 5.0  # seconds any single expectation may take

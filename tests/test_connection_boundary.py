@@ -9,7 +9,7 @@ import trio
 from conftest import make_config, open_raw, serve_in, token, ws_url
 from trio_websocket import ConnectionClosed
 
-from aether_trio.client import Client
+from aether_trio.connection.client import Client
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
 from aether_trio.node import Node
 from aether_trio.protocol.codes import Disconnect

@@ -1,4 +1,4 @@
-"""Coalesced writes (aether_trio/flusher.py): what is queued for a connection during one round
+"""Coalesced writes (connection/flusher.py): what is queued for a connection during one round
 goes out in one write, frames hold at most `max_messages_in_frame` lines, order is kept, and one
 connection's failure costs the others nothing."""
 
@@ -11,7 +11,7 @@ import pytest
 import trio
 from conftest import make_config, open_raw, serve_in, token, ws_url
 
-from aether_trio.flusher import Flusher
+from aether_trio.connection.flusher import Flusher
 from aether_trio.transport import frames_for, text_frame_header
 
 

@@ -20,20 +20,20 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from aether_trio.app import Server
-from aether_trio.client import Client
-from aether_trio.commands import HANDLERS
+from aether_trio.connection.client import Client
+from aether_trio.connection.handlers import HANDLERS
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
-from aether_trio.errortrack import ErrorTracker, no_frame_locals
 from aether_trio.http.asgi import Request, Response
-from aether_trio.metrics import Metrics
-from aether_trio.monitor import (
+from aether_trio.node import Node
+from aether_trio.observe.errors import ErrorTracker, no_frame_locals
+from aether_trio.observe.metrics import Metrics
+from aether_trio.observe.monitor import (
     Check,
     ResourceMonitor,
     ResourceSample,
     evaluate,
     over_thresholds,
 )
-from aether_trio.node import Node
 from aether_trio.protocol.codec import raw_json
 from aether_trio.timers import Scheduler
 
@@ -135,7 +135,7 @@ def test_a_readiness_check_that_raises_fails_without_failing_the_probe() -> None
 async def test_a_resource_over_its_threshold_warns_fails_ready_and_sets_the_metric(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="aether_trio.monitor")
+    caplog.set_level(logging.INFO, logger="aether_trio.observe.monitor")
     config = make_config({**NO_HTTP, "monitor": {"rss_max_bytes": 1}})
     async with trio.open_nursery() as nursery:
         server = await serve_in(nursery, config)

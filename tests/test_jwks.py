@@ -17,7 +17,7 @@ from conftest import make_config, open_raw, serve_in, ws_url
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from trio_websocket import ConnectionClosed
 
-from aether_trio.jwks import JwksCache, parse_jwks
+from aether_trio.auth.jwks import JwksCache, parse_jwks
 
 
 def _jwk(key: Any, kid: str, **extra: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
 from aether_trio.config import Config, LimitsConfig
-from aether_trio.limits import (
+from aether_trio.guards.limits import (
     FULL_RETRY_AFTER,
     Limits,
     LimitsStatistics,

@@ -30,9 +30,9 @@ from centrifuge import (
 )
 from conftest import SECRET, make_config, running_server, token
 
-from aether_trio import logs
-from aether_trio.auth import mint_token
-from aether_trio.logs import client_id_var, request_id_var, set_log_level, setup_logging
+from aether_trio.auth.tokens import mint_token
+from aether_trio.observe import logs
+from aether_trio.observe.logs import client_id_var, request_id_var, set_log_level, setup_logging
 
 API_KEY = "logs-test-api-key-0123456789"
 WAIT = 5.0

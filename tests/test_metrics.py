@@ -25,9 +25,9 @@ from centrifuge import (
 from conftest import make_config, running_server, token
 from prometheus_client.parser import text_string_to_metric_families
 
+from aether_trio.connection.outbox import Outbox
 from aether_trio.hub import Hub
-from aether_trio.metrics import MAX_LABEL_VALUES, Metrics
-from aether_trio.outbox import Outbox
+from aether_trio.observe.metrics import MAX_LABEL_VALUES, Metrics
 from aether_trio.protocol.codes import Disconnect, ErrorCode
 from aether_trio.protocol.messages import Publication, RawJSON
 

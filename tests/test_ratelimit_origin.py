@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aether_trio.origin import OriginPolicy
-from aether_trio.ratelimit import KeyedBuckets, TokenBucket
+from aether_trio.guards.origin import OriginPolicy
+from aether_trio.guards.ratelimit import KeyedBuckets, TokenBucket
 
 
 def test_bucket_allows_burst_then_refills_at_rate() -> None:

@@ -2,7 +2,7 @@
 
 - Published data: the `publication_html` channel option (keep / escape / strip, at any depth,
   keys untouched) and `publication_data_format`, for client publishes and server API publishes
-  alike, and what history keeps (aether_trio.sanitize).
+  alike, and what history keeps (aether_trio.guards.sanitize).
 - Error texts: every error reply and close frame carries the fixed text of the code table, never
   an internal detail, checked by driving bad input through a live server and statically over the
   source (every close and error the code can send).
@@ -27,9 +27,9 @@ from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
 from aether_trio.config import ChannelOptions, ConfigError
+from aether_trio.guards.sanitize import clean_html, format_problem, publication_payload
 from aether_trio.protocol.codec import encode_error
 from aether_trio.protocol.codes import Disconnect, ErrorCode
-from aether_trio.sanitize import clean_html, format_problem, publication_payload
 
 WAIT = 5.0
 API_KEY = "sanitize-test-key-0123456789abcdef"
@@ -360,7 +360,7 @@ def test_close_frames_take_their_reason_from_the_table() -> None:
     # `close_with(code, reason)` is the one door to a close frame (Client.close passes
     # `disconnect.reason`); its callers pass a table reason, except the server API's `disconnect`,
     # whose code and reason come from the operator's backend by design (reference 10.3).
-    allowed_literal_sources = {"aether_trio/http/api_users.py"}
+    allowed_literal_sources = {"aether_trio/http/api/users.py"}
     offenders = []
     for where, call in _calls("close_with"):
         reason = call.args[1] if len(call.args) > 1 else None

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import make_config, running_server, token
 
-from aether_trio.auth import mint_token
+from aether_trio.auth.tokens import mint_token
 
 JS_DIR = Path(__file__).parent / "js"
 SCENARIO = JS_DIR / "scenario.mjs"

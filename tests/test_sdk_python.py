@@ -41,7 +41,7 @@ from centrifuge import (
 from conftest import RunningServer, make_config, running_server, token
 from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
-from aether_trio.auth import mint_token
+from aether_trio.auth.tokens import mint_token
 from aether_trio.config import AdminConfig
 from aether_trio.node import Node
 from aether_trio.protocol.codec import raw_json

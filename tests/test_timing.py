@@ -29,11 +29,11 @@ import trio_websocket
 from conftest import make_config, token
 from trio_websocket import ConnectionClosed
 
-from aether_trio.client import Client
 from aether_trio.config import Config
+from aether_trio.connection.client import Client
+from aether_trio.connection.outbox import CloseRequest
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
 from aether_trio.node import Node
-from aether_trio.outbox import CloseRequest
 from aether_trio.protocol.codec import raw_json
 from aether_trio.transport import (
     WebSocketTransport,

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from trio_websocket import open_websocket_url
 
-from aether_trio import tls
 from aether_trio.app import Server
 from aether_trio.config import ConfigError, load_config
+from aether_trio.transport import tls
 
 WAIT = 5.0
 PATH = "/connection/websocket"

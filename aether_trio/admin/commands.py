@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from ..config import ConfigError, load_config
-from ..logs import LEVELS, set_log_level
+from ..observe.logs import LEVELS, set_log_level
 from ..protocol.codec import raw_json
 from ..protocol.codes import Disconnect
 from ..protocol.errors import ReplyError
@@ -27,7 +27,7 @@ from .params import BadParams, Params
 
 if TYPE_CHECKING:
     from ..app import Server
-    from ..client import Client
+    from ..connection.client import Client
     from ..node import Node
     from .audit import AuditLog
     from .state import AccessState

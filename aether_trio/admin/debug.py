@@ -9,7 +9,7 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ..connection.client import Client
     from ..node import Node
 
 __all__ = ["connection_summary", "connection_view", "find_connections", "node_view", "task_tree"]

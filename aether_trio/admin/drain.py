@@ -22,7 +22,7 @@ import trio
 from ..protocol.codes import Disconnect
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ..connection.client import Client
     from ..node import Node
 
 __all__ = ["Drain", "DrainRunning"]

@@ -19,9 +19,9 @@ import time
 
 import attrs
 
+from ..hooks import NO_AUDIT, Auditor
 from ..protocol.codes import Disconnect
 from ..protocol.errors import DisconnectError
-from .hooks import NO_AUDIT, Auditor
 from .store import Store
 
 __all__ = ["AccessState", "Ban"]

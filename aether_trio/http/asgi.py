@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 import attrs
 import orjson
 
-from ..logs import request_id_var
+from ..observe.logs import request_id_var
 
 __all__ = ["HttpApp", "Request", "Response", "Route", "json_response"]
 

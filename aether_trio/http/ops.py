@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..monitor import Check, evaluate
+from ..observe.monitor import Check, evaluate
 from .asgi import HttpApp, Request, Response, Route, json_response
 
 if TYPE_CHECKING:
-    from ..metrics import Metrics
-    from ..monitor import ResourceMonitor
     from ..node import Node
+    from ..observe.metrics import Metrics
+    from ..observe.monitor import ResourceMonitor
 
 __all__ = ["OpsRoutes", "counted", "install"]
 

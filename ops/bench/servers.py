@@ -63,8 +63,8 @@ def api_support() -> tuple[dict[str, Any] | None, str]:
     assumed (the config loader rejects unknown keys). Known shapes: `[[api.keys]]` tables with
     name/key/roles, a single `key`/`api_key`, or `insecure = true`. Returns {"toml": extra config
     text, "key": the key to send}; whether it works is decided by a probe once the server runs."""
-    if importlib.util.find_spec("aether_trio.http.api") is None:
-        return None, "aether_trio/http/api.py does not exist yet"
+    if importlib.util.find_spec("aether_trio.http.api.routes") is None:
+        return None, "aether_trio/http/api/routes.py does not exist yet"
     import attrs
 
     from aether_trio import config

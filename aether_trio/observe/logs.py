@@ -74,7 +74,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`2025-01-01 12:00:00,000 INFO aether_trio.client: message [client=...]`"""
+    """`2025-01-01 12:00:00,000 INFO aether_trio.connection.client: message [client=...]`"""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -21,9 +21,8 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
-from .config_channels import ChannelConfig, ChannelOptions, Namespace, PublicationHtml
-from .config_sections import (
-    TOKEN_ALGORITHMS,
+from .channels import ChannelConfig, Namespace
+from .sections import (
     AdminConfig,
     ApiConfig,
     ApiKey,
@@ -33,34 +32,11 @@ from .config_sections import (
     LimitsConfig,
     LogConfig,
     MonitorConfig,
-    PersonalChannelConfig,
     ServerConfig,
     TokenConfig,
 )
 
-__all__ = [
-    "TOKEN_ALGORITHMS",
-    "AdminConfig",
-    "ApiConfig",
-    "ApiKey",
-    "ChannelConfig",
-    "ChannelOptions",
-    "ClientConfig",
-    "Config",
-    "ConfigError",
-    "EngineConfig",
-    "HttpConfig",
-    "LimitsConfig",
-    "LogConfig",
-    "MonitorConfig",
-    "Namespace",
-    "PersonalChannelConfig",
-    "PublicationHtml",
-    "ServerConfig",
-    "TokenConfig",
-    "load_config",
-    "parse_config",
-]
+__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
 
 class ConfigError(Exception):

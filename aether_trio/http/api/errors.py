@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 
-from ..protocol.errors import ReplyError
+from ...protocol.errors import ReplyError
 
 __all__ = ["ApiError", "ApiErrorCode", "BadRequestBody"]
 

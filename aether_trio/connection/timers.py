@@ -12,18 +12,18 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from .engines.base import EngineError
-from .protocol.codec import PING_FRAME, encode_push
-from .protocol.codes import Disconnect, Unsubscribe
-from .protocol.messages import UnsubscribePush
+from ..engines.base import EngineError
+from ..protocol.codec import PING_FRAME, encode_push
+from ..protocol.codes import Disconnect, Unsubscribe
+from ..protocol.messages import UnsubscribePush
 
 if TYPE_CHECKING:
     import trio
 
-    from .node import Node
-    from .protocol.session import Session
+    from ..node import Node
+    from ..protocol.session import Session
+    from ..timers import Timer
     from .subscription import ChannelSubscription
-    from .timers import Timer
 
 __all__ = ["ConnectionTimers"]
 

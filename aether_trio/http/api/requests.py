@@ -14,9 +14,9 @@ from typing import Any
 
 import attrs
 
-from ..auth import ChannelOverride
-from ..protocol.messages import StreamPosition
-from .api_errors import BadRequestBody
+from ...auth.tokens import ChannelOverride
+from ...protocol.messages import StreamPosition
+from .errors import BadRequestBody
 
 __all__ = [
     "DECODERS",

@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .auth import SubscribeClaims, TokenExpired, TokenInvalid
-from .config import ChannelOptions
-from .protocol import messages as m
-from .protocol import permissions
-from .protocol.channels import ResolvedChannel
-from .protocol.codes import Disconnect, ErrorCode
-from .protocol.errors import DisconnectError, ReplyError
+from ..auth.tokens import SubscribeClaims, TokenExpired, TokenInvalid
+from ..config import ChannelOptions
+from ..protocol import messages as m
+from ..protocol import permissions
+from ..protocol.channels import ResolvedChannel
+from ..protocol.codes import Disconnect, ErrorCode
+from ..protocol.errors import DisconnectError, ReplyError
 from .subscription import ChannelSubscription
 
 if TYPE_CHECKING:
-    from .auth import ChannelOverride
+    from ..auth.tokens import ChannelOverride
     from .client import Client
 
 __all__ = [

@@ -36,12 +36,12 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._version import __version__
+from .._version import __version__
+from ..protocol.codes import Disconnect, ErrorCode
 from .monitor import evaluate
-from .protocol.codes import Disconnect, ErrorCode
 
 if TYPE_CHECKING:
-    from .node import Node
+    from ..node import Node
 
 __all__ = ["MAX_LABEL_VALUES", "Metrics", "NodeCollector", "Outcome", "count_tasks"]
 
@@ -255,7 +255,7 @@ class Metrics:
         self._capped_child(self.errors, kind).inc()
 
     def refused(self, reason: str) -> None:
-        """A limit refused something; `reason` is one of aether_trio.limits.REFUSAL_REASONS."""
+        """A limit refused something; `reason` is one of guards.limits.REFUSAL_REASONS."""
         self._capped_child(self.refusals, reason).inc()
 
     def _capped_child(self, metric: Any, first: str, *rest: str) -> Any:

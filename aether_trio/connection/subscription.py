@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .config import ChannelOptions
-from .protocol.codes import Disconnect
-from .protocol.messages import NO_JSON, RawJSON
+from ..config import ChannelOptions
+from ..protocol.codes import Disconnect
+from ..protocol.messages import NO_JSON, RawJSON
 
 if TYPE_CHECKING:
+    from ..timers import Timer
     from .client import Client
-    from .timers import Timer
 
 __all__ = ["ChannelSubscription"]
 

@@ -4,9 +4,8 @@
     ├── TokenExpired    `exp` passed or `nbf` not reached, after leeway: protocol error 109
     └── TokenInvalid    everything else: signature, algorithm, malformed token, claim types, aud/iss
 
-A module of their own so that `auth_jws` (signatures) can raise them without importing `auth`
-(claims), which imports it; `aether_trio.auth` re-exports them and remains where callers import
-them from.
+A module of their own so that `jws` (signatures) can raise them without importing `tokens`
+(claims), which imports it.
 """
 
 from __future__ import annotations

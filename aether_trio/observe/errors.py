@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._version import __version__
+from .._version import __version__
 
 if TYPE_CHECKING:
     from .metrics import Metrics

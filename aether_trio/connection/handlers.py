@@ -14,8 +14,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .auth import ServerSubscription, TokenExpired, TokenInvalid
-from .commands_subscribe import (
+from ..auth.tokens import ServerSubscription, TokenExpired, TokenInvalid
+from ..config import ChannelOptions
+from ..engines.base import HistoryQuery, UnrecoverablePosition
+from ..guards.sanitize import format_problem, publication_payload
+from ..protocol import messages as m
+from ..protocol import permissions
+from ..protocol.channels import ResolvedChannel
+from ..protocol.codes import Disconnect, ErrorCode
+from ..protocol.errors import DisconnectError, ReplyError
+from ..system_channel import SystemSubscription
+from .subscribe import (
     apply_override,
     require_channel,
     subscribe,
@@ -23,16 +32,7 @@ from .commands_subscribe import (
     ttl_seconds,
     verify_subscription_token,
 )
-from .config import ChannelOptions
-from .engines.base import HistoryQuery, UnrecoverablePosition
-from .protocol import messages as m
-from .protocol import permissions
-from .protocol.channels import ResolvedChannel
-from .protocol.codes import Disconnect, ErrorCode
-from .protocol.errors import DisconnectError, ReplyError
-from .sanitize import format_problem, publication_payload
 from .subscription import ChannelSubscription
-from .system_channel import SystemSubscription
 
 if TYPE_CHECKING:
     from .client import Client

@@ -1,4 +1,4 @@
-"""Keys and signatures, the JWS half of `aether_trio.auth` (the claims are the other half).
+"""Keys and signatures, the JWS half of `aether_trio.auth` (the claims in `tokens` are the other).
 
 The keys are parsed once into a table `alg -> keys to try`, restricted to the configured allow-list
 and to algorithms whose key is present (an ECDSA key serves only the ES* of its curve). The header's
@@ -37,13 +37,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from .auth_errors import TokenInvalid
-from .config import TOKEN_ALGORITHMS, TokenConfig
+from ..config import TOKEN_ALGORITHMS, TokenConfig
+from .errors import TokenInvalid
 from .jwks import JwksCache
 
 __all__ = ["KeyTable", "load_keys", "mint_token", "unverified_header", "verify_signature"]
 
-# Operators configure logging for `aether_trio.auth`, where this warning lived before the split.
+# Operators configure logging for `aether_trio.auth`, the package (where this warning always lived).
 _log = logging.getLogger("aether_trio.auth")
 
 KeyTable = Mapping[str, tuple[Any, ...]]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import attrs
 
-from .tls import server_context
+from .pem import check_files
 
 __all__ = [
     "API_ROLES",
@@ -89,7 +89,7 @@ class ServerConfig:
     node_name: str = "aether"
     # Time a new TCP connection has to complete the WebSocket handshake (slow or half-open peers).
     handshake_timeout: float = attrs.field(default=10.0, validator=positive)
-    # Browser origins allowed to open a WebSocket (aether_trio.origin); no Origin is always allowed.
+    # Browser origins allowed to open a WebSocket (guards/origin.py); no Origin is always allowed.
     allowed_origins: tuple[str, ...] = ()
     # TLS for wss:// (both or neither): a PEM certificate chain and its unencrypted PEM key, paths
     # relative to the config file (made absolute and checked by `resolved`); "" = plain ws://.
@@ -106,8 +106,8 @@ class ServerConfig:
         return bool(self.tls_cert_file)
 
     def resolved(self, base: Path) -> ServerConfig:
-        """A copy with the TLS paths made absolute, after building a TLS context from them (a
-        `TlsFileError`, a ValueError naming the option, if the files cannot serve)."""
+        """A copy with the TLS paths made absolute, after checking the files (a `TlsFileError`, a
+        ValueError naming the option, if they cannot serve)."""
         if not self.tls:
             return self
         resolved = attrs.evolve(
@@ -115,7 +115,7 @@ class ServerConfig:
             tls_cert_file=str(base / self.tls_cert_file),
             tls_key_file=str(base / self.tls_key_file),
         )
-        server_context(resolved.tls_cert_file, resolved.tls_key_file)
+        check_files(resolved.tls_cert_file, resolved.tls_key_file)
         return resolved
 
 
@@ -327,7 +327,7 @@ class AdminConfig:
 
 @attrs.frozen
 class LimitsConfig:
-    """Rate and size limits (aether_trio.limits); a rate or a count of 0 turns that limit off."""
+    """Rate and size limits (guards/limits.py); a rate or a count of 0 turns that limit off."""
 
     command_rate: float = attrs.field(default=100.0, validator=non_negative)
     command_burst: int = attrs.field(default=200, validator=positive)

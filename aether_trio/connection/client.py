@@ -22,27 +22,22 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .client_timers import ConnectionTimers
-from .commands import HANDLERS
-from .engines.base import EngineError
-from .logs import client_id_var
+from ..engines.base import EngineError
+from ..observe.logs import client_id_var
+from ..protocol.codec import Command, decode_frame, encode_error, encode_reply
+from ..protocol.codes import Disconnect, ErrorCode
+from ..protocol.errors import DisconnectError, ReplyError
+from ..protocol.messages import NO_JSON, ClientInfo, RawJSON
+from ..protocol.session import Session
+from ..transport import PEER_PROTOCOL_ERRORS, Transport, TransportClosed
+from .handlers import HANDLERS
 from .outbox import Outbox
-from .protocol.codec import (
-    Command,
-    decode_frame,
-    encode_error,
-    encode_reply,
-)
-from .protocol.codes import Disconnect, ErrorCode
-from .protocol.errors import DisconnectError, ReplyError
-from .protocol.messages import NO_JSON, ClientInfo, RawJSON
-from .protocol.session import Session
 from .subscription import ChannelSubscription
-from .transport import PEER_PROTOCOL_ERRORS, Transport, TransportClosed
+from .timers import ConnectionTimers
 
 if TYPE_CHECKING:
-    from .node import Node
-    from .timers import Timer
+    from ..node import Node
+    from ..timers import Timer
 
 __all__ = ["Client"]
 
@@ -96,7 +91,7 @@ class Client(ConnectionTimers):
         # The writer's, cancelled when the client is dropped without flushing: a send blocked on
         # a client that stopped reading must not keep the connection (and its memory) alive.
         self._send_scope: trio.CancelScope | None = None
-        # Command rate limits of this connection and its user (aether_trio.limits).
+        # Command rate limits of this connection and its user (aether_trio.guards.limits).
         self.limiter = node.limits.command_limiter()
         self._writer_started = False
         self._flush_marked = False  # handed to the node's flusher for the current round

@@ -34,18 +34,19 @@ import attrs
 import orjson
 import trio
 
-from ..config import ApiKey
-from ..engines.base import EngineError
-from . import api_methods, api_users
-from .api_errors import ApiError, ApiErrorCode, BadRequestBody
-from .api_methods import ApiContext, Result, error_body
-from .api_requests import DECODERS, Fields
-from .apiauth import ApiAuth, ApiAuthError, Role, has_role
-from .asgi import Request, Response
+from ...config import ApiKey
+from ...engines.base import EngineError
+from ..apiauth import ApiAuth, ApiAuthError, Role, has_role
+from ..asgi import Request, Response
+from . import methods as api_methods
+from . import users as api_users
+from .errors import ApiError, ApiErrorCode, BadRequestBody
 from .idempotency import IdempotencyCache
+from .methods import ApiContext, Result, error_body
+from .requests import DECODERS, Fields
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ...node import Node
 
 __all__ = ["METHODS", "PREFIX", "ServerApi"]
 

@@ -14,21 +14,21 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from ..config import ChannelOptions
-from ..engines.base import HistoryQuery, UnrecoverablePosition
-from ..protocol import messages as m
-from ..protocol.channels import ResolvedChannel
-from ..protocol.codec import raw_json, unstructure
-from ..protocol.errors import ReplyError
-from ..sanitize import format_problem, publication_payload
-from . import api_requests as rq
-from .api_errors import ApiError
-from .api_errors import ApiErrorCode as Code
+from ...config import ChannelOptions
+from ...engines.base import HistoryQuery, UnrecoverablePosition
+from ...guards.sanitize import format_problem, publication_payload
+from ...protocol import messages as m
+from ...protocol.channels import ResolvedChannel
+from ...protocol.codec import raw_json, unstructure
+from ...protocol.errors import ReplyError
+from . import requests as rq
+from .errors import ApiError
+from .errors import ApiErrorCode as Code
 from .glob import compile_glob
 from .idempotency import IdempotencyCache
 
 if TYPE_CHECKING:
-    from ..node import Node
+    from ...node import Node
 
 __all__ = [
     "ApiContext",

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from ..commands import apply_override, subscribe_channel, ttl_seconds
-from ..protocol import messages as m
-from ..protocol.codec import encode_push, raw_json
-from ..protocol.codes import Disconnect, Unsubscribe
-from . import api_requests as rq
-from .api_errors import ApiError
-from .api_errors import ApiErrorCode as Code
-from .api_methods import ApiContext, Result, json_value, resolve_channel
+from ...connection.handlers import apply_override, subscribe_channel, ttl_seconds
+from ...protocol import messages as m
+from ...protocol.codec import encode_push, raw_json
+from ...protocol.codes import Disconnect, Unsubscribe
+from . import requests as rq
+from .errors import ApiError
+from .errors import ApiErrorCode as Code
+from .methods import ApiContext, Result, json_value, resolve_channel
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ...connection.client import Client
 
 __all__ = ["disconnect", "refresh", "subscribe", "unsubscribe"]
 

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import attrs
 import orjson
 
-from .auth_errors import TokenError, TokenExpired, TokenInvalid
-from .auth_jws import KeyTable, load_keys, mint_token, unverified_header, verify_signature
-from .config import TokenConfig
+from ..config import TokenConfig
+from .errors import TokenError, TokenExpired, TokenInvalid
 from .jwks import JwksCache
+from .jws import KeyTable, load_keys, mint_token, unverified_header, verify_signature
 
 __all__ = [
     "ChannelOverride",

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from ..protocol.messages import StreamPosition
+from ...protocol.messages import StreamPosition
 
 __all__ = ["IdempotencyCache", "IdempotencyStatistics"]
 

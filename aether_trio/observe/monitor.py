@@ -27,8 +27,8 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
-    from .config import MonitorConfig
-    from .node import Node
+    from ..config import MonitorConfig
+    from ..node import Node
 
 __all__ = [
     "RESOURCES",

@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from .admin import chain
-from .admin.store import Database, StoreError, database_path
-from .config import Config
+from ..config import Config
+from . import chain
+from .store import Database, StoreError, database_path
 
 __all__ = ["add_parsers"]
 

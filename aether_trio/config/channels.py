@@ -8,7 +8,7 @@ from typing import Literal
 
 import attrs
 
-from .config_sections import non_negative, positive, valid_regex
+from .sections import non_negative, positive, valid_regex
 
 __all__ = [
     "NAMESPACE_NAME",
@@ -56,7 +56,7 @@ class ChannelOptions:
     publication_data_format: PublicationDataFormat = ""
     # Largest publication data (its encoded JSON, in bytes) accepted; 0 = only the frame size.
     max_publication_size: int = attrs.field(default=0, validator=non_negative)
-    # HTML in the string values of published data (aether_trio.sanitize): left as it is,
+    # HTML in the string values of published data (aether_trio.guards.sanitize): left as it is,
     # escaped, or stripped of tags.
     publication_html: PublicationHtml = "keep"
 

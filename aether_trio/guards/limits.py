@@ -1,7 +1,7 @@
 """Limits: may this handshake, connection, command or publication proceed?
 
 Theory of operation. `Limits` belongs to the node and owns every counter and token bucket
-(aether_trio.ratelimit) that outlives a connection: open connections on the node and per IP
+(aether_trio.guards.ratelimit) that outlives a connection: open connections on the node and per IP
 address, new connections per IP, commands per user, publications per channel. Each connection
 gets a `CommandLimiter` with two buckets of its own: commands, and refusals, because a connection
 that keeps sending after being told 111 "too many requests" is not going to stop and is closed
@@ -29,12 +29,12 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .config import Config, LimitsConfig
+from ..config import Config, LimitsConfig
+from ..protocol.channels import ResolvedChannel
+from ..protocol.codec import PONG
+from ..protocol.codes import Disconnect, ErrorCode
+from ..protocol.errors import DisconnectError, ReplyError
 from .origin import OriginPolicy
-from .protocol.channels import ResolvedChannel
-from .protocol.codec import PONG
-from .protocol.codes import Disconnect, ErrorCode
-from .protocol.errors import DisconnectError, ReplyError
 from .ratelimit import KeyedBuckets, TokenBucket
 
 __all__ = [
