@@ -55,7 +55,8 @@ class Server:
             PREFIX, counted(self.node.metrics, PREFIX, {*METHODS, "batch"}, api_route)
         )
         # Operator commands (/api/admin/...), bans, revocations and the audit log.
-        self.admin = AdminService(self)
+        # Admin commands get the node, the API keys and this server's reload, not the server.
+        self.admin = AdminService(self.node, self.api_auth, self)
         self.http_app.route_prefix(ADMIN_PREFIX, self.admin.routes.handle)
         self._listener = trio.CancelScope()
         self._stopped = trio.Event()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -26,13 +26,12 @@ from .drain import Drain, DrainRunning
 from .params import BadParams, Params
 
 if TYPE_CHECKING:
-    from ..app import Server
     from ..connection.client import Client
     from ..node import Node
     from .audit import AuditLog
     from .state import AccessState
 
-__all__ = ["COMMANDS", "AdminContext", "Command", "CommandError"]
+__all__ = ["COMMANDS", "AdminContext", "Command", "CommandError", "ConfigReload"]
 
 
 class CommandError(Exception):
@@ -42,18 +41,26 @@ class CommandError(Exception):
         self.message = message
 
 
+class ConfigReload(Protocol):
+    """How the running server re-reads its configuration file (the composition root's `Server`)."""
+
+    @property
+    def config_path(self) -> str | None:
+        """The file it was started with; None: the embedded defaults."""
+
+    def reload(self) -> bool:
+        """Re-read and apply the file; False: rejected, the running configuration stays."""
+
+
 @attrs.define
 class AdminContext:
-    server: Server
+    node: Node
+    config: ConfigReload
     state: AccessState
     audit: AuditLog
     drain: Drain
     nursery: trio.Nursery
     started_at: float
-
-    @property
-    def node(self) -> Node:
-        return self.server.node
 
 
 Result = dict[str, Any]
@@ -173,14 +180,14 @@ async def invalidate_user_tokens(ctx: AdminContext, p: Params) -> Result:
 
 async def reload(ctx: AdminContext, p: Params) -> Result:
     p.done()
-    path = ctx.server.config_path
+    path = ctx.config.config_path
     if path is None:
         raise CommandError(409, "the server runs on the embedded defaults: no file to reload")
     try:
         await trio.to_thread.run_sync(load_config, path)  # for the error message
     except ConfigError as exc:
         raise CommandError(422, f"configuration rejected, the running one stays: {exc}") from None
-    if not ctx.server.reload():
+    if not ctx.config.reload():
         raise CommandError(422, "configuration rejected, the running one stays (see the log)")
     return {"reloaded": True, "path": str(path)}
 

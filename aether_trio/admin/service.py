@@ -15,30 +15,32 @@ from typing import TYPE_CHECKING
 import trio
 
 from .audit import AuditLog
-from .commands import AdminContext
+from .commands import AdminContext, ConfigReload
 from .drain import Drain
 from .routes import PREFIX, AdminRoutes
 from .state import AccessState
 from .store import Store
 
 if TYPE_CHECKING:
-    from ..app import Server
+    from ..http.apiauth import ApiAuth
+    from ..node import Node
 
 __all__ = ["PREFIX", "AdminService"]
 
 
 class AdminService:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.drain = Drain(server.node)
+    def __init__(self, node: Node, api_auth: ApiAuth, config: ConfigReload) -> None:
+        self.node = node
+        self.config = config
+        self.drain = Drain(node)
         # The server API's key check: the keys of the running configuration (reload included).
-        self.routes = AdminRoutes(server.api_auth)
+        self.routes = AdminRoutes(api_auth)
         self.state: AccessState | None = None
         self.audit: AuditLog | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        node = self.server.node
-        admin = self.server.config.admin
+        node = self.node
+        admin = node.config.admin
         store = await Store.open(admin.data_dir)
         try:
             head = await store.call(store.db.audit_head)
@@ -52,7 +54,7 @@ class AdminService:
                 self.state, self.audit = state, audit
                 node.access, node.audit = state, audit
                 self.routes.context = AdminContext(
-                    self.server, state, audit, self.drain, nursery, time.time()
+                    node, self.config, state, audit, self.drain, nursery, time.time()
                 )
                 audit.record(
                     "server.start", actor="server",
