@@ -18,7 +18,7 @@ import trio
 from ._version import __version__
 from .auth.jwks import JwksCache
 from .auth.tokens import TokenVerifier
-from .config import ChannelOptions, Config
+from .config import Config
 from .connection.flusher import Flusher
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
 from .guards.limits import Limits
@@ -31,6 +31,7 @@ from .protocol.channels import ChannelRules, ResolvedChannel
 from .protocol.codes import Disconnect
 from .protocol.errors import DisconnectError
 from .protocol.messages import ClientInfo, Publication, RawJSON, StreamPosition
+from .protocol.options import ChannelOptions
 from .system_channel import SYSTEM_OPTIONS, Receivers, SystemSubscription
 from .timers import Scheduler
 

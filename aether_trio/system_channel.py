@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NoReturn
 
-from .config import ChannelOptions
 from .connection.subscription import ChannelSubscription
 from .protocol.messages import NO_JSON
+from .protocol.options import ChannelOptions
 
 if TYPE_CHECKING:
     from .connection.client import Client

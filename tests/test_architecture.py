@@ -128,7 +128,9 @@ def test_the_real_sources_are_seen() -> None:
     assert "orjson" in imports_of("aether_trio.protocol.codec")
     assert "aether_trio.engines.memory" in imports_of("aether_trio.app")
     assert "trio" in imports_of("aether_trio.engines.memory")
-    assert "aether_trio.config" in transitive_internal_imports("aether_trio.protocol.channels")
+    assert "aether_trio.protocol.options" in transitive_internal_imports(
+        "aether_trio.protocol.channels"
+    )
 
 
 # --- layering ----------------------------------------------------------------------------------
@@ -137,7 +139,8 @@ PROTOCOL_MODULES = sorted(m for m in SOURCES if _is_within(m, f"{PACKAGE}.protoc
 
 
 def test_protocol_package_has_the_expected_modules() -> None:
-    expected = {"__init__", "channels", "codec", "codes", "errors", "messages", "permissions"}
+    expected = {"__init__", "channels", "codec", "codes", "errors", "messages", "options"}
+    expected.add("permissions")
     expected.add("session")
     found = {
         m.removeprefix(f"{PACKAGE}.protocol").lstrip(".") or "__init__" for m in PROTOCOL_MODULES
@@ -159,21 +162,9 @@ def test_protocol_is_sans_io(module: str) -> None:
 
 @pytest.mark.parametrize("module", PROTOCOL_MODULES)
 def test_protocol_depends_on_nothing_above_it(module: str) -> None:
-    # Only other protocol modules and the config (channel options) are allowed inside the package,
-    # and what the config itself needs: `config.pem` checks certificate files at load.
-    allowed = {
-        f"{PACKAGE}.config",
-        f"{PACKAGE}.config.loader",
-        f"{PACKAGE}.config.sections",
-        f"{PACKAGE}.config.channels",
-        f"{PACKAGE}.config.pem",
-    }
+    # The lowest layer: channel options live here, the config imports them (not the reverse).
     internal = transitive_internal_imports(module)
-    outside = sorted(
-        name
-        for name in internal
-        if not _is_within(name, f"{PACKAGE}.protocol") and name not in allowed
-    )
+    outside = sorted(name for name in internal if not _is_within(name, f"{PACKAGE}.protocol"))
     assert outside == []
 
 

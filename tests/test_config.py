@@ -14,14 +14,13 @@ import pytest
 
 from aether_trio.config import (
     ChannelConfig,
-    ChannelOptions,
     Config,
     ConfigError,
-    Namespace,
     TokenConfig,
     load_config,
     parse_config,
 )
+from aether_trio.protocol.options import ChannelOptions, Namespace
 
 CONFIG_TOML = Path(__file__).resolve().parent.parent / "config.toml"
 DEV_SECRET = "aether-development-secret-change-me-before-production"

@@ -16,12 +16,12 @@ import pytest
 import trio
 import trio.testing
 
-from aether_trio.config import ChannelOptions
 from aether_trio.connection.outbox import CloseRequest, Outbox, OutboxStatistics
 from aether_trio.connection.subscription import ChannelSubscription
 from aether_trio.hub import Hub, HubStatistics
 from aether_trio.protocol.codes import Disconnect
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
+from aether_trio.protocol.options import ChannelOptions
 from aether_trio.timers import Scheduler
 
 # --- Hub -------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from aether_trio.config import ChannelOptions, Namespace
 from aether_trio.protocol.channels import ChannelRules, ResolvedChannel
 from aether_trio.protocol.codes import ErrorCode
 from aether_trio.protocol.errors import ReplyError
+from aether_trio.protocol.options import ChannelOptions, Namespace
 
 WITHOUT_NS = ChannelOptions(presence=True)
 CHAT = Namespace(name="chat", history_size=10, history_ttl=60.0)

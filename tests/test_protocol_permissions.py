@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from aether_trio.config import ChannelOptions
 from aether_trio.protocol.channels import ChannelRules, ResolvedChannel
 from aether_trio.protocol.codes import ErrorCode
 from aether_trio.protocol.errors import ReplyError
+from aether_trio.protocol.options import ChannelOptions
 from aether_trio.protocol.permissions import (
     check_history,
     check_presence,

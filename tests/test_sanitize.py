@@ -26,10 +26,11 @@ from conftest import RawClient, make_config, open_raw, serve_in, token, ws_url
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
-from aether_trio.config import ChannelOptions, ConfigError
+from aether_trio.config import ConfigError
 from aether_trio.guards.sanitize import clean_html, format_problem, publication_payload
 from aether_trio.protocol.codec import encode_error
 from aether_trio.protocol.codes import Disconnect, ErrorCode
+from aether_trio.protocol.options import ChannelOptions
 
 WAIT = 5.0
 API_KEY = "sanitize-test-key-0123456789abcdef"

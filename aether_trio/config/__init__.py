@@ -2,15 +2,13 @@
 
     loader.py    `Config` (the root), `load_config`/`parse_config`, the converter and its errors
     sections.py  `[server]`, `[http]`, `[client]`, `[token]`, ... one frozen class per section
-    channels.py  `[channel]`: namespaces and the options of channels without one
+    channels.py  `[channel]`: namespaces and the options of channels without one (the options
+                 are the protocol layer's `ChannelOptions`)
 
 The names below are the package's public surface; modules inside it import each other directly.
 """
 
 from .channels import ChannelConfig as ChannelConfig
-from .channels import ChannelOptions as ChannelOptions
-from .channels import Namespace as Namespace
-from .channels import PublicationHtml as PublicationHtml
 from .loader import Config as Config
 from .loader import ConfigError as ConfigError
 from .loader import load_config as load_config
@@ -35,7 +33,6 @@ __all__ = [
     "ApiConfig",
     "ApiKey",
     "ChannelConfig",
-    "ChannelOptions",
     "ClientConfig",
     "Config",
     "ConfigError",
@@ -44,9 +41,7 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "MonitorConfig",
-    "Namespace",
     "PersonalChannelConfig",
-    "PublicationHtml",
     "ServerConfig",
     "TokenConfig",
     "load_config",

@@ -21,7 +21,8 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
-from .channels import ChannelConfig, Namespace
+from ..protocol.options import Namespace
+from .channels import ChannelConfig
 from .sections import (
     AdminConfig,
     ApiConfig,

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ..protocol.options import non_negative, positive
 from .pem import check_files
 
 __all__ = [
@@ -27,9 +28,6 @@ __all__ = [
     "PersonalChannelConfig",
     "ServerConfig",
     "TokenConfig",
-    "non_negative",
-    "positive",
-    "valid_regex",
 ]
 
 TOKEN_ALGORITHMS = frozenset(
@@ -42,27 +40,9 @@ TOKEN_ALGORITHMS = frozenset(
 )  # fmt: skip
 
 
-def non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attr.name}: expected a number >= 0, got {value!r}")
-
-
 def _port(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"{attr.name}: expected a port number 0..65535, got {value!r}")
-
-
-def positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attr.name}: expected a number > 0, got {value!r}")
-
-
-def valid_regex(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    if value:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"{attr.name}: not a valid regular expression ({exc})") from None
 
 
 # Private ("$": no client subscribes without a subscription token) and without a namespace (so no

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..auth.tokens import ServerSubscription, TokenExpired, TokenInvalid
-from ..config import ChannelOptions
 from ..engines.base import HistoryQuery, UnrecoverablePosition
 from ..guards.sanitize import format_problem, publication_payload
 from ..protocol import messages as m
@@ -23,6 +22,7 @@ from ..protocol import permissions
 from ..protocol.channels import ResolvedChannel
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
+from ..protocol.options import ChannelOptions
 from ..system_channel import SystemSubscription
 from .subscribe import (
     apply_override,

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..auth.tokens import SubscribeClaims, TokenExpired, TokenInvalid
-from ..config import ChannelOptions
 from ..protocol import messages as m
 from ..protocol import permissions
 from ..protocol.channels import ResolvedChannel
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
+from ..protocol.options import ChannelOptions
 from .subscription import ChannelSubscription
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..config import ChannelOptions
 from ..protocol.codes import Disconnect
 from ..protocol.messages import NO_JSON, RawJSON
+from ..protocol.options import ChannelOptions
 
 if TYPE_CHECKING:
     from ..timers import Timer

@@ -26,9 +26,9 @@ from typing import Any, Final
 import markupsafe
 import nh3
 
-from ..config import ChannelOptions, PublicationHtml
 from ..protocol.codec import raw_json
 from ..protocol.messages import RawJSON
+from ..protocol.options import ChannelOptions, PublicationHtml
 
 __all__ = ["clean_html", "format_problem", "publication_payload"]
 

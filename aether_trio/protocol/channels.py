@@ -11,9 +11,9 @@ from collections.abc import Iterable
 
 import attrs
 
-from ..config import ChannelOptions, Namespace
 from .codes import ErrorCode
 from .errors import ReplyError
+from .options import ChannelOptions, Namespace
 
 __all__ = ["ChannelRules", "ResolvedChannel"]
 

@@ -6,10 +6,10 @@ decisions (rule 2) are made by the caller, which has the verified claims.
 
 from __future__ import annotations
 
-from ..config import ChannelOptions
 from .channels import ResolvedChannel
 from .codes import ErrorCode
 from .errors import ReplyError
+from .options import ChannelOptions
 
 __all__ = [
     "check_history",

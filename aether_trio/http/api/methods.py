@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from ...config import ChannelOptions
 from ...engines.base import HistoryQuery, UnrecoverablePosition
 from ...guards.sanitize import format_problem, publication_payload
 from ...protocol import messages as m
 from ...protocol.channels import ResolvedChannel
 from ...protocol.codec import raw_json, unstructure
 from ...protocol.errors import ReplyError
+from ...protocol.options import ChannelOptions
 from . import requests as rq
 from .errors import ApiError
 from .errors import ApiErrorCode as Code
