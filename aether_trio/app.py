@@ -19,6 +19,7 @@ from .admin.service import PREFIX as ADMIN_PREFIX
 from .admin.service import AdminService
 from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
+from .connection.serve import serve_connection
 from .engines.memory import MemoryBroker, MemoryPresenceManager
 from .guards.limits import request_ip, request_origins
 from .http.api.routes import METHODS, PREFIX, ServerApi
@@ -27,11 +28,12 @@ from .http.asgi import HttpApp
 from .http.ops import counted
 from .http.ops import install as install_ops
 from .http.server import serve_http
-from .listener import serve_websocket  # trio-websocket's, with TLS handshakes done first
 from .node import Node
-from .observe.monitor import Check, ResourceMonitor
+from .observe.monitor import ResourceMonitor
+from .observe.readiness import Check
 from .protocol.codes import Disconnect
 from .transport import accept, tls
+from .transport.listener import serve_websocket  # TLS handshakes done first
 
 __all__ = ["Server", "serve_forever"]
 
@@ -42,7 +44,7 @@ class Server:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.node = Node(config, MemoryBroker(), MemoryPresenceManager())
+        self.node: Node[Client] = Node(config, MemoryBroker(), MemoryPresenceManager())
         self.port = 0
         self.http_port = 0
         # wss:// when [server] names a certificate (checked at load; built again here).
@@ -62,7 +64,8 @@ class Server:
         self._stopped = trio.Event()
         # Observability: /metrics, /health, /ready, /admin/errors; the resource monitor and the
         # readiness checks only the server knows (still accepting connections, resources).
-        self.monitor = ResourceMonitor(self.node)
+        node = self.node
+        self.monitor = ResourceMonitor(node.metrics, lambda: node.config.monitor, node.outbox_bytes)
         self.node.readiness_checks += [self._accepting, *self.monitor.checks()]
         self.http_app.on_error = self.node.errors.capture
         install_ops(
@@ -132,7 +135,7 @@ class Server:
                 )
                 return
             try:
-                await Client(self.node, await accept(request, remote)).run()
+                await serve_connection(self.node, await accept(request, remote))
             finally:
                 limits.close_connection(ip)
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -79,6 +79,10 @@ class Hub:
         del self._channels[channel]
         return channel not in self._groups
 
+    def has(self, channel: str) -> bool:
+        """Whether anyone on this node receives `channel` (a subscriber or a group)."""
+        return channel in self._channels or channel in self._groups
+
     def subscribers(self, channel: str) -> list[Subscriber]:
         return list(self._channels.get(channel, {}).values())
 

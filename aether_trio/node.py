@@ -1,46 +1,62 @@
 """The Node orchestrates one server process: engines, hub, timers and the live connections.
 
-It is the broker's event handler (publications, joins and leaves arriving from the engine go to the
-hub) and the one place command handlers and, later, the HTTP API go through to publish, read
-history or presence. Configuration that may change on reload (channel rules, token keys) is held
-here and swapped atomically by `reload`. It also owns the operators' system channel: every
-connection receives it without a hub subscription of its own (see `system_channel`).
+Everything that reaches the engines or the hub goes through here: the connection layer, the server
+API and the operator commands call the node's methods, never `node.broker`, `node.presence` or
+`node.hub` (tests/test_architecture.py pins it). In particular the node owns subscriptions:
+
+    subscribe(sub)     the hub delivers to `sub` from now on; the broker is subscribed to the
+                       channel first when no one on this node was (rolled back on failure)
+    unsubscribe(sub)   synchronous: nothing is delivered to `sub` once it returns; after the last
+                       local subscriber the broker is unsubscribed lazily (broker_channels.py)
+    join / leave       presence and join/leave announcements, as the channel's options say
+
+whatever asked for the subscription: a client command, the token's server-side channels, the
+server API or the operators' system channel (whose one shared subscription is delivered by a hub
+group, see system_channel.py).
+
+It is also the broker's event handler (publications, joins and leaves arriving from the engine go
+to the hub), the registry of live connections, and the holder of what a reload swaps atomically
+(channel rules, token keys). `Node` is generic in its connection type: it needs only
+`peers.Connection`, while the layers above the connection layer see its `Client`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 import trio
 
 from ._version import __version__
 from .auth.jwks import JwksCache
 from .auth.tokens import TokenVerifier
+from .broker_channels import BrokerChannels
 from .config import Config
-from .connection.flusher import Flusher
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
+from .flusher import Flusher
 from .guards.limits import Limits
 from .hooks import NO_AUDIT, OPEN_ACCESS, AccessPolicy, Auditor
-from .hub import Hub
+from .hub import Hub, HubStatistics
 from .observe.errors import ErrorTracker
-from .observe.metrics import Metrics
-from .observe.monitor import ReadinessCheck, node_checks
+from .observe.metrics import Metrics, NodeLevels
+from .observe.readiness import Check, ReadinessCheck
+from .peers import Connection
 from .protocol.channels import ChannelRules, ResolvedChannel
 from .protocol.codes import Disconnect
 from .protocol.errors import DisconnectError
 from .protocol.messages import ClientInfo, Publication, RawJSON, StreamPosition
 from .protocol.options import ChannelOptions
-from .system_channel import SYSTEM_OPTIONS, Receivers, SystemSubscription
+from .subscriptions import SYSTEM_OPTIONS, ChannelSubscription, SystemSubscription
+from .system_channel import Receivers
 from .timers import Scheduler
-
-if TYPE_CHECKING:
-    from .connection.client import Client
 
 __all__ = ["Node", "history_options"]
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=Connection)
+AnySubscription = ChannelSubscription | SystemSubscription
 
 
 def history_options(options: ChannelOptions) -> HistoryOptions:
@@ -49,24 +65,26 @@ def history_options(options: ChannelOptions) -> HistoryOptions:
     return HistoryOptions(options.history_size, options.history_ttl, options.history_meta_ttl)
 
 
-class Node:
+class Node(Generic[C]):
     def __init__(self, config: Config, broker: Broker, presence: PresenceManager) -> None:
+        # Read by tests; the code above reaches them only through the node's methods.
         self.broker = broker
         self.presence = presence
         self.hub = Hub()
         self.scheduler = Scheduler()
         self.flusher = Flusher()  # coalesced writes of every connection (flusher.py)
-        # Observability (issue 4): this node's own metrics registry, its error tracker (also for
-        # failed timer callbacks), and the readiness checks /ready evaluates; append to them.
+        # Observability: this node's own metrics registry, its error tracker (also for failed
+        # timer callbacks and flushes), and the readiness checks /ready evaluates (append).
         self.metrics = Metrics()
         self.errors = ErrorTracker(config.monitor.error_ring_size, self.metrics)
         self.scheduler.on_error = self.errors.capture
         self.flusher.on_error = self.errors.capture
-        self.readiness_checks: list[ReadinessCheck] = node_checks(self)
-        self.metrics.watch(self)
-        self.clients: dict[str, Client] = {}
+        self._channels = BrokerChannels(broker, self.hub.has, self.errors.capture)
+        self.readiness_checks: list[ReadinessCheck] = _own_checks(self)
+        self.metrics.watch(self.levels, lambda: self.readiness_checks)
+        self.clients: dict[str, C] = {}
         # user id -> that user's connections (client id -> client), for the server API.
-        self.users: dict[str, dict[str, Client]] = {}
+        self.users: dict[str, dict[str, C]] = {}
         self.version = __version__
         # Operator controls (aether_trio.admin installs the real policy and audit log; /ready
         # reads maintenance and draining). Maintenance refuses new connections with 3001.
@@ -74,7 +92,7 @@ class Node:
         self.draining = False
         self.access: AccessPolicy = OPEN_ACCESS
         self.audit: Auditor = NO_AUDIT
-        # Rate and connection limits, the origin check ([limits], aether_trio.limits).
+        # Rate and connection limits, the origin check ([limits], aether_trio.guards.limits).
         self.limits = Limits(config, self.metrics.refused)
         # Every name the system channel has had: connections keep the name they were told about.
         self._system: dict[str, Receivers] = {}
@@ -102,16 +120,17 @@ class Node:
         if not name or name in self._system:
             return
         receivers = self._system[name] = Receivers(self.clients, SystemSubscription(name))
+        self.hub.add_group(name, receivers)
         # Before `run` there is no broker to ask yet: `run` subscribes every name.
-        if self.hub.add_group(name, receivers) and self._nursery is not None:
-            self._nursery.start_soon(self._subscribe_broker, name)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._subscribe_system_channel, name)
 
-    async def _subscribe_broker(self, channel: str) -> None:
+    async def _subscribe_system_channel(self, name: str) -> None:
         try:
-            await self.broker.subscribe(channel)
+            await self._channels.ensure(name)
         except EngineError as exc:
-            log.error("subscribing the broker to %s failed", channel, exc_info=True)
-            self.errors.capture(exc, f"broker subscribe {channel}")
+            log.error("subscribing the broker to %s failed", name, exc_info=True)
+            self.errors.capture(exc, f"broker subscribe {name}")
 
     def reload(self, config: Config) -> None:
         """Swap channel rules and keys; existing connections and subscriptions stay."""
@@ -127,18 +146,19 @@ class Node:
             await nursery.start(self.errors.supervise, "broker", self.broker.run, self)
             await nursery.start(self.errors.supervise, "scheduler", self.scheduler.run)
             await nursery.start(self.errors.supervise, "flusher", self.flusher.run)
+            await nursery.start(self.errors.supervise, "broker channels", self._channels.run)
             # Other nodes' broadcasts arrive through the broker even before anyone connects here;
             # a name a reload adds from now on is subscribed in a task of this nursery.
             self._nursery = nursery
             try:
                 for name in list(self._system):
-                    await self.broker.subscribe(name)
+                    await self._channels.ensure(name)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
 
-    def register(self, client: Client) -> None:
+    def register(self, client: C) -> None:
         self.clients[client.client_id] = client
         self.users.setdefault(client.user, {})[client.client_id] = client
         if self._idle.is_set():
@@ -146,7 +166,7 @@ class Node:
             # connect path, and would orphan an Event someone is already waiting on.
             self._idle = trio.Event()
 
-    def unregister(self, client: Client) -> None:
+    def unregister(self, client: C) -> None:
         connections = self.users.get(client.user)
         if connections is not None:
             connections.pop(client.client_id, None)
@@ -155,13 +175,9 @@ class Node:
         if self.clients.pop(client.client_id, None) is not None and not self.clients:
             self._idle.set()
 
-    def user_clients(self, user: str) -> list[Client]:
+    def user_clients(self, user: str) -> list[C]:
         """The registered (connected) connections of `user` on this node."""
         return list(self.users.get(user, {}).values())
-
-    def attach_system_channel(self, client: Client, name: str) -> None:
-        """Subscribe `client` to the system channel `name` (listed in its connect reply)."""
-        client.subscriptions[name] = self._system[name].subscription
 
     def close_all(self, disconnect: Disconnect) -> int:
         clients = list(self.clients.values())
@@ -173,6 +189,61 @@ class Node:
         """Return once no connection is registered (connections in a handshake are not counted)."""
         await self._idle.wait()
 
+    # --- subscriptions ---
+
+    def system_subscription(self, channel: str) -> SystemSubscription | None:
+        """The shared subscription if `channel` is (or was) the system channel's name."""
+        receivers = self._system.get(channel)
+        return receivers.subscription if receivers is not None else None
+
+    async def subscribe(self, sub: AnySubscription) -> None:
+        """Deliver `sub.channel` to `sub` from now on (a `ChannelSubscription` holds it back
+        until its `go_live`). When no one on this node was subscribed, the broker is subscribed
+        first; if that fails, `sub` is taken out again and `EngineError` raised. A shared system
+        subscription needs nothing: its group is in the hub while the node runs."""
+        if isinstance(sub, SystemSubscription):
+            return
+        channel = sub.channel
+        self.hub.add(channel, sub)
+        try:
+            await self._channels.ensure(channel)
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
+
+    def unsubscribe(self, sub: AnySubscription) -> None:
+        """Stop delivering to `sub`, synchronously: nothing reaches it once this returns. After
+        the node's last subscriber of the channel the broker is unsubscribed in the background."""
+        if isinstance(sub, SystemSubscription):
+            return
+        if self.hub.remove(sub.channel, sub.client_id):
+            self._channels.release(sub.channel)
+
+    async def join(self, sub: AnySubscription, info: ClientInfo) -> None:
+        """Announce a subscriber that went live: presence, then a join (as the options say)."""
+        if sub.options.presence:
+            await self.presence.add_presence(sub.channel, info)
+        if sub.options.join_leave:
+            await self.broker.publish_join(sub.channel, info)
+
+    async def leave(self, sub: AnySubscription, info: ClientInfo) -> None:
+        """Undo `join` for a subscription that is gone."""
+        if sub.options.presence:
+            await self.presence.remove_presence(sub.channel, info.client)
+        if sub.options.join_leave:
+            await self.broker.publish_leave(sub.channel, info)
+
+    def num_subscribers(self, channel: str) -> int:
+        return self.hub.num_subscribers(channel)
+
+    def channel_subscribers(self) -> dict[str, int]:
+        """Every channel with a subscriber on this node, and how many it has."""
+        hub = self.hub
+        return {channel: hub.num_subscribers(channel) for channel in hub.channels()}
+
+    def hub_statistics(self) -> HubStatistics:
+        return self.hub.statistics()
+
     # --- BrokerEventHandler ---
 
     def handle_publication(self, channel: str, pub: Publication) -> None:
@@ -182,13 +253,14 @@ class Node:
             # Per broadcast, never per subscriber: one inc(n), one observe, one latency probe.
             self.metrics.broadcast(receivers)
             first = self.hub.first_subscriber(channel)
+            client: Connection | None
             if first is not None:
                 client = self.clients.get(first.client_id)
             else:  # only the system channel's receivers, or nobody
                 system = self._system.get(channel)
                 client = system.first() if system is not None else None
             observe = self.metrics.publish_write_latency.observe
-            if client is not None and not client.outbox.probe(observe):
+            if client is not None and not client.probe_write(observe):
                 # Nothing queued: the frame was written during the fan-out itself.
                 observe(time.perf_counter() - started)
 
@@ -200,10 +272,10 @@ class Node:
         if receivers := self.hub.broadcast_leave(channel, info):
             self.metrics.join_leave("leave", receivers)
 
-    # --- operations used by command handlers (and the HTTP API) ---
+    # --- channels, publications, history, presence ---
 
     def resolve(self, channel: str) -> ResolvedChannel:
-        if channel and channel == self.config.admin.system_channel:
+        if channel and channel in self._system:
             # Fixed options whatever the channel rules say: no client may publish, no presence,
             # join/leave or history (every connection is a subscriber).
             return ResolvedChannel(
@@ -244,6 +316,9 @@ class Node:
     ) -> tuple[list[Publication], StreamPosition]:
         return await self.broker.history(channel.name, query, channel.options.history_meta_ttl)
 
+    async def remove_history(self, channel: ResolvedChannel) -> None:
+        await self.broker.remove_history(channel.name)
+
     async def recover(
         self, channel: ResolvedChannel, position: StreamPosition, limit: int
     ) -> tuple[list[Publication], StreamPosition, bool]:
@@ -260,3 +335,63 @@ class Node:
     async def stream_top(self, channel: ResolvedChannel) -> StreamPosition:
         _pubs, top = await self.history(channel, HistoryQuery(limit=0))
         return top
+
+    async def presence_of(self, channel: ResolvedChannel) -> dict[str, ClientInfo]:
+        return await self.presence.presence(channel.name)
+
+    async def presence_stats(self, channel: ResolvedChannel) -> tuple[int, int]:
+        """(clients, users) present in `channel`."""
+        return await self.presence.presence_stats(channel.name)
+
+    # --- what observability reads ---
+
+    def outbox_bytes(self) -> int:
+        return sum(client.queued_bytes for client in self.clients.values())
+
+    def levels(self) -> NodeLevels:
+        hub = self.hub.statistics()
+        history = _engine_statistics(self.broker)
+        return NodeLevels(
+            connections=len(self.clients),
+            outbox_bytes=self.outbox_bytes(),
+            hub_channels=hub.channels,
+            hub_subscriptions=hub.subscriptions,
+            history_streams=history.get("streams"),
+            history_publications=history.get("publications"),
+            presence_entries=_engine_statistics(self.presence).get("entries"),
+        )
+
+
+def _engine_statistics(engine: object) -> dict[str, int]:
+    statistics = getattr(engine, "statistics", None)
+    return statistics() if statistics is not None else {}
+
+
+def _own_checks(node: Node[C]) -> list[ReadinessCheck]:
+    """The node's own readiness checks: engines and services up, not in maintenance or drain."""
+
+    def engines() -> Check:
+        state = node.errors.services.get("broker", "not started")
+        unreachable = [
+            name
+            for name, engine in (("broker", node.broker), ("presence", node.presence))
+            # An engine with a connection (Redis) says whether it can reach its server.
+            if not getattr(engine, "reachable", True)
+        ]
+        if unreachable:
+            return Check("engines", False, f"unreachable: {', '.join(unreachable)}")
+        return Check("engines", state == "running", f"broker {state}")
+
+    def services() -> Check:
+        down = sorted(name for name, state in node.errors.services.items() if state != "running")
+        return Check("services", not down, f"down: {', '.join(down)}" if down else "all running")
+
+    def maintenance() -> Check:
+        on = node.maintenance
+        return Check("maintenance", not on, "maintenance mode" if on else "off")
+
+    def drain() -> Check:
+        on = node.draining
+        return Check("drain", not on, "draining" if on else "off")
+
+    return [engines, services, maintenance, drain]

@@ -1,10 +1,18 @@
-"""The layering of STYLE.md, proved from the source with `ast` (not by grepping), and the public
-surface pinned.
+"""The house's layering (docs/architecture.md), proved from the source with `ast` (not by
+grepping), and the public surface pinned.
 
+- no import cycles between Aether's modules, type-only imports (`if TYPE_CHECKING:`) included;
+- every module belongs to a layer and imports only from its own unit or from layers below it;
+  the infrastructure units (observe, guards, auth, engines, transport) do not import each other;
+- libraries stay in their room: wsproto in `transport/`, redis and trio_asyncio in `engines/`;
 - `aether_trio/protocol/` is sans-IO: no trio, trio_websocket, redis, prometheus_client or
-  trio_asyncio, neither directly nor through another aether_trio module it imports.
-- engines never import the hub, the hub never imports an engine.
-- only `app.py` (the composition root) imports the concrete memory engine.
+  trio_asyncio, neither directly nor through another aether_trio module it imports;
+- nothing outside `node.py` touches the node's hub, broker or presence engine;
+- engines never import the hub, the hub never imports an engine; only `app.py` (the
+  composition root) imports the concrete memory engine.
+
+Each check is a function over plain data (a graph, a source text), so the tests below also show
+that it fails on a planted cycle, a planted upward import or a planted wsproto import.
 """
 
 from __future__ import annotations
@@ -195,6 +203,207 @@ def test_only_app_imports_the_memory_engine() -> None:
         if module != memory and any(_is_within(n, memory) for n in imports_of(module))
     )
     assert importers == [f"{PACKAGE}.app"]
+
+
+# --- cycles --------------------------------------------------------------------------------------
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Aether's modules and the Aether modules each imports (type-only imports included)."""
+    return {m: {n for n in imports_of(m) if n in SOURCES and n != m} for m in SOURCES}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, list[str]]] = [(root, sorted(graph[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, todo = work[-1]
+            if todo:
+                nxt = todo.pop()
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, sorted(graph.get(nxt, ()))))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return sorted(found)
+
+
+def test_the_cycle_finder_finds_a_planted_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    # A type-only import is an import: the parser reports it, so the graph has the edge.
+    planted = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .node import Node\n"
+    assert "aether_trio.node" in imported_modules(planted, "aether_trio.hub")
+
+
+def test_there_is_no_import_cycle() -> None:
+    assert cycles(import_graph()) == []
+
+
+# --- layers ----------------------------------------------------------------------------------
+
+# Lowest first. A module may import its own unit (the first name under aether_trio: a package or a
+# top-level module) and any unit of a lower layer; "" is the package's own __init__.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("protocol", ("protocol", "_version")),
+    ("config", ("config",)),
+    # Independent of each other (see INDEPENDENT_LAYERS).
+    ("infrastructure", ("observe", "guards", "auth", "engines", "transport")),
+    # The node and what it is made of; cycles among them are caught by the cycle check.
+    (
+        "core",
+        (
+            "hub",
+            "timers",
+            "flusher",
+            "hooks",
+            "peers",
+            "subscriptions",
+            "system_channel",
+            "broker_channels",
+            "node",
+        ),
+    ),
+    ("connection", ("connection",)),
+    ("http", ("http",)),
+    ("admin", ("admin",)),
+    ("composition", ("app", "cli", "__main__", "")),
+)
+INDEPENDENT_LAYERS = frozenset({"infrastructure"})
+
+
+def unit_of(module: str) -> str:
+    return module.split(".")[1] if "." in module else ""
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    rank = {unit: n for n, (_, units) in enumerate(LAYERS) for unit in units}
+    layer = {unit: name for name, units in LAYERS for unit in units}
+    found = []
+    for module, imported in sorted(graph.items()):
+        unit = unit_of(module)
+        if unit not in rank:
+            found.append(f"{module} is in no layer (add its unit to LAYERS)")
+            continue
+        for name in sorted(imported):
+            target = unit_of(name)
+            if target == unit:
+                continue
+            if rank[target] > rank[unit]:
+                found.append(f"{module} imports {name}: {layer[target]} is above {layer[unit]}")
+            elif rank[target] == rank[unit] and layer[unit] in INDEPENDENT_LAYERS:
+                found.append(f"{module} imports {name}: {layer[unit]} units are independent")
+    return found
+
+
+def test_the_layer_check_finds_planted_violations() -> None:
+    graph = {
+        "aether_trio.node": {"aether_trio.connection.client"},  # upward
+        "aether_trio.auth.tokens": {"aether_trio.observe.logs"},  # sibling infrastructure
+        "aether_trio.connection.client": {"aether_trio.node", "aether_trio.connection.writer"},
+        "aether_trio.mystery": set(),
+    }
+    assert layer_violations(graph) == [
+        "aether_trio.auth.tokens imports aether_trio.observe.logs: infrastructure units are "
+        "independent",
+        "aether_trio.mystery is in no layer (add its unit to LAYERS)",
+        "aether_trio.node imports aether_trio.connection.client: connection is above core",
+    ]
+
+
+def test_every_module_imports_only_its_own_unit_or_layers_below() -> None:
+    assert layer_violations(import_graph()) == []
+
+
+# --- libraries in their rooms -------------------------------------------------------------------
+
+# Library -> the units that may import it.
+CONFINED = {"wsproto": ("transport",), "redis": ("engines",), "trio_asyncio": ("engines",)}
+
+
+def confinement_violations(imports: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        {
+            f"{module} imports {library}"
+            for module, names in imports.items()
+            for name in names
+            for library, units in CONFINED.items()
+            if _is_within(name, library) and unit_of(module) not in units
+        }
+    )
+
+
+def test_the_confinement_check_finds_a_planted_wsproto_import() -> None:
+    planted = imported_modules("from wsproto.events import Ping\n", "aether_trio.connection.serve")
+    imports = {"aether_trio.connection.serve": planted, "aether_trio.transport.x": {"wsproto"}}
+    assert confinement_violations(imports) == ["aether_trio.connection.serve imports wsproto"]
+
+
+def test_libraries_stay_in_their_rooms() -> None:
+    assert confinement_violations({m: imports_of(m) for m in SOURCES}) == []
+
+
+# --- the node's engines and hub -------------------------------------------------------------------
+
+NODE_INTERNALS = frozenset({"hub", "broker", "presence"})
+
+
+def node_internals_used(source: str) -> list[str]:
+    """`<...>node.hub`, `node.broker`, `self.node.presence` and the like, as `line: expression`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute) or node.attr not in NODE_INTERNALS:
+            continue
+        owner = node.value
+        if (isinstance(owner, ast.Name) and owner.id == "node") or (
+            isinstance(owner, ast.Attribute) and owner.attr == "node"
+        ):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_node_internals_check_finds_planted_uses() -> None:
+    source = "async def f(ctx, node):\n    ctx.node.hub.add()\n    await node.broker.publish()\n"
+    assert node_internals_used(source) == ["2: ctx.node.hub", "3: node.broker"]
+    assert node_internals_used("self.hub.add()\nnode.publish()\n") == []
+
+
+def test_nothing_outside_the_node_touches_its_hub_or_engines() -> None:
+    offenders = {
+        module: used
+        for module, path in SOURCES.items()
+        if module != f"{PACKAGE}.node" and (used := node_internals_used(path.read_text()))
+    }
+    assert offenders == {}
 
 
 # --- public surface ----------------------------------------------------------------------------

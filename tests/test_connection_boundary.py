@@ -9,6 +9,7 @@ import trio
 from conftest import make_config, open_raw, serve_in, token, ws_url
 from trio_websocket import ConnectionClosed
 
+from aether_trio.connection import serve
 from aether_trio.connection.client import Client
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
 from aether_trio.node import Node
@@ -19,7 +20,7 @@ from aether_trio.transport import TransportClosed
 async def test_a_crashing_connection_task_does_not_take_the_server_down(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    original = Client._read_loop
+    original = serve.read_loop
     async with trio.open_nursery() as nursery:
         server = await serve_in(nursery, make_config())
         url = ws_url(server)
@@ -28,12 +29,12 @@ async def test_a_crashing_connection_task_does_not_take_the_server_down(
             await good.command("subscribe", {"channel": "room"})
 
             # Make the next connection's reader crash.
-            monkeypatch.setattr(Client, "_read_loop", _crash_always)
+            monkeypatch.setattr(serve, "read_loop", _crash_always)
             async with open_raw(url) as bad:
                 await bad.send({"id": 1, "connect": {"token": token("2")}})
                 with trio.fail_after(5), pytest.raises(ConnectionClosed):
                     await bad.receive()
-            monkeypatch.setattr(Client, "_read_loop", original)
+            monkeypatch.setattr(serve, "read_loop", original)
 
             # The server still accepts connections and the old one still gets publications.
             async with open_raw(url) as other:
@@ -47,7 +48,7 @@ async def test_a_crashing_connection_task_does_not_take_the_server_down(
     assert any("connection task failed" in r.getMessage() for r in caplog.records)
 
 
-async def _crash_always(self: Any) -> None:
+async def _crash_always(client: Any) -> None:
     raise RuntimeError("boom inside a connection")
 
 
@@ -64,10 +65,10 @@ class _PeerGone:
         self._gone.set()
         raise TransportClosed
 
-    def send_nowait(self, messages: list[bytes], per_frame: int) -> bool:
+    def write_nowait(self, data: bytes) -> bool:
         return False
 
-    async def send(self, payload: bytes | None) -> None:
+    async def write(self, data: bytes) -> None:
         raise TransportClosed
 
     async def close(self, code: int, reason: str, wait: float) -> None:
@@ -75,7 +76,7 @@ class _PeerGone:
 
 
 async def test_closing_a_connection_whose_nursery_just_closed_is_harmless() -> None:
-    """A task woken as the peer goes away may run while `Client.run` leaves its nursery
+    """A task woken as the peer goes away may run while the connection's `run` leaves its nursery
     (trio's schedule point in `__aexit__`, the nursery already closed) or just after; which one
     depends on trio's randomised run order, so the race is run many times. A close asked for
     then, as a fan-out does for a slow subscriber, used to call `start_soon` on the closed
@@ -94,6 +95,6 @@ async def test_closing_a_connection_whose_nursery_just_closed_is_harmless() -> N
             async with trio.open_nursery() as race:
                 race.start_soon(close_when_gone, client, gone)
                 await trio.testing.wait_all_tasks_blocked()
-                await client.run()
-            assert client.outbox.close_request is not None  # the close was taken
+                await serve.run(client)
+            assert client.writer.close_request is not None  # the close was taken
         nursery.cancel_scope.cancel()

@@ -144,7 +144,7 @@ async def test_an_abusive_client_is_limited_while_a_good_one_gets_every_publicat
         async def watch_memory() -> None:
             while True:
                 clients = list(server.node.clients.values())
-                queued = sum(client.outbox.queued_bytes for client in clients)
+                queued = sum(client.queued_bytes for client in clients)
                 peak["outbox_bytes"] = max(peak["outbox_bytes"], queued)
                 peak["clients"] = max(peak["clients"], len(clients))
                 await trio.sleep(0.01)

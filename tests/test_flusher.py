@@ -1,6 +1,7 @@
-"""Coalesced writes (connection/flusher.py): what is queued for a connection during one round
-goes out in one write, frames hold at most `max_messages_in_frame` lines, order is kept, and one
-connection's failure costs the others nothing."""
+"""Coalesced writes (flusher.py): connections marked during a round are flushed once the marking
+task yields, all with the same round memo, one connection's failure costing the others nothing;
+and end to end, a burst reaches a subscriber in as few frames as `max_messages_in_frame` allows,
+in order. (What a connection writes in its flush: test_writer.py.)"""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ import pytest
 import trio
 from conftest import make_config, open_raw, serve_in, token, ws_url
 
-from aether_trio.connection.flusher import Flusher
-from aether_trio.transport import frames_for, text_frame_header
+from aether_trio.flusher import Flusher, Round
 
 
 class Recording:
     def __init__(self, name: str, log: list[str], fail: bool = False) -> None:
         self.name, self.log, self.fail = name, log, fail
+        self.rounds: list[Round] = []
 
-    def flush(self) -> None:
+    def flush(self, round: Round) -> None:
+        self.rounds.append(round)
         self.log.append(self.name)
         if self.fail:
             raise RuntimeError(f"{self.name} broke")
@@ -40,33 +42,12 @@ async def test_marked_connections_are_flushed_once_the_marking_task_yields() -> 
         await trio.testing.wait_all_tasks_blocked()
         assert log == ["a", "broken", "b"]  # the failure did not cost b its flush
         assert errors == [("broken broke", "flush")]
+        assert a.rounds[0] is broken.rounds[0] is b.rounds[0]  # one memo for the round
         flusher.mark(a)  # a new round
         await trio.testing.wait_all_tasks_blocked()
         assert log == ["a", "broken", "b", "a"]
+        assert a.rounds[1] is not a.rounds[0]  # nothing is kept from one round to the next
         nursery.cancel_scope.cancel()
-
-
-def test_frames_for_splits_into_frames_of_at_most_per_frame_lines() -> None:
-    messages = [f'{{"n":{n}}}'.encode() for n in range(5)]
-    data = frames_for(messages, 2)
-    expected = b"".join(
-        text_frame_header(len(p)) + p
-        for p in (b'{"n":0}\n{"n":1}', b'{"n":2}\n{"n":3}', b'{"n":4}')
-    )
-    assert data == expected
-    # Built once for the same message objects (the next subscriber of the same burst) ...
-    assert frames_for(list(messages), 2) is data
-    # ... and not reused for equal-length but different messages.
-    other = [*messages[:4], b'{"n":"x"}']
-    assert frames_for(other, 2) != data
-
-
-def test_frames_for_is_not_fooled_by_a_list_changed_in_place() -> None:
-    queue = [b'{"a":1}', b'{"a":2}']
-    first = frames_for(queue, 16)
-    queue[1] = b'{"a":3}'  # same list object, same length, other contents
-    assert frames_for(queue, 16) != first
-    assert frames_for(queue, 16).endswith(b'{"a":1}\n{"a":3}')
 
 
 async def _raw_frames(client: Any, lines: int) -> list[str]:

@@ -20,20 +20,15 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from aether_trio.app import Server
-from aether_trio.connection.client import Client
+from aether_trio.connection import serve
 from aether_trio.connection.handlers import HANDLERS
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
 from aether_trio.http.asgi import Request, Response
 from aether_trio.node import Node
 from aether_trio.observe.errors import ErrorTracker, no_frame_locals
 from aether_trio.observe.metrics import Metrics
-from aether_trio.observe.monitor import (
-    Check,
-    ResourceMonitor,
-    ResourceSample,
-    evaluate,
-    over_thresholds,
-)
+from aether_trio.observe.monitor import ResourceMonitor, ResourceSample, over_thresholds
+from aether_trio.observe.readiness import Check, evaluate
 from aether_trio.protocol.codec import raw_json
 from aether_trio.timers import Scheduler
 
@@ -162,7 +157,8 @@ async def test_event_loop_lag_is_measured_from_a_late_timer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     node = Node(make_config(), MemoryBroker(), MemoryPresenceManager())
-    monitor = ResourceMonitor(node)  # samples every 1 s; lag above 0.5 s is too much
+    # Samples every 1 s; lag above 0.5 s is too much.
+    monitor = ResourceMonitor(node.metrics, lambda: node.config.monitor, node.outbox_bytes)
 
     def lag_buckets() -> tuple[float | None, ...]:
         registry = node.metrics.registry
@@ -294,10 +290,10 @@ async def test_command_connection_timer_and_route_failures_land_in_the_ring(
             assert "error" not in await client.command("history", {"channel": "news"})
 
         # A connection task that crashes: that connection ends, the server stays.
-        async def crash(self: Any) -> None:
+        async def crash(client: Any) -> None:
             raise KeyError("injected connection failure")
 
-        monkeypatch.setattr(Client, "_read_loop", crash)
+        monkeypatch.setattr(serve, "read_loop", crash)
         async with open_raw(url) as doomed:
             await doomed.send({"id": 1, "connect": {"token": token("2")}})
             with trio.fail_after(5), pytest.raises(Exception):  # noqa: B017 (closed, any way)

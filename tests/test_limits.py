@@ -483,7 +483,7 @@ async def test_pongs_are_not_counted_and_tokens_come_back_at_the_rate(
         assert (await raw.command("presence_stats", {"channel": "a"}))["error"] == TOO_MANY
         await trio.sleep(10.0)
         assert "presence_stats" in await raw.command("presence_stats", {"channel": "a"})
-        assert client.outbox.close_request is None
+        assert client.writer.close_request is None
 
 
 async def test_refusals_are_forgiven_over_the_refusal_window(
@@ -503,7 +503,7 @@ async def test_refusals_are_forgiven_over_the_refusal_window(
         await trio.sleep(10.0)  # both refusals forgiven
         for _ in range(2):
             assert (await raw.command("presence_stats", {"channel": "a"}))["error"] == TOO_MANY
-        assert client.outbox.close_request is None
+        assert client.writer.close_request is None
         await raw.send({"id": 50, "presence_stats": {"channel": "a"}})
         with pytest.raises(ConnectionClosed) as closed:
             while True:

@@ -1,7 +1,7 @@
 """/metrics: a scripted session with the real centrifuge-python SDK (and one server API call), then
 every counter checked to have moved by exactly what the session did, from two real scrapes parsed
 with prometheus_client's own parser. Plus the units under it: the cheap fan-out accounting, the
-write-latency probe of the outbox, bounded labels.
+write-latency probe of the writer (its unit tests: test_writer.py), bounded labels.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import trio
 from centrifuge import (
     Client,
     ClientEventHandler,
@@ -25,7 +24,6 @@ from centrifuge import (
 from conftest import make_config, running_server, token
 from prometheus_client.parser import text_string_to_metric_families
 
-from aether_trio.connection.outbox import Outbox
 from aether_trio.hub import Hub
 from aether_trio.observe.metrics import MAX_LABEL_VALUES, Metrics
 from aether_trio.protocol.codes import Disconnect, ErrorCode
@@ -309,26 +307,3 @@ def test_hub_first_subscriber_is_the_longest_standing() -> None:
     assert hub.first_subscriber("news") is first
     hub.remove("news", "a")
     assert hub.first_subscriber("news") is second
-
-
-async def test_the_outbox_probe_reports_after_the_frame_carrying_it_was_written() -> None:
-    outbox = Outbox(1 << 20)
-    reports: list[float] = []
-    assert not outbox.probe(reports.append)  # nothing queued: nothing to time
-    for n in range(3):
-        outbox.put(b"m%d" % n)
-    assert outbox.probe(reports.append)
-    assert not outbox.probe(reports.append)  # one at a time
-    assert await outbox.next_batch(2) == [b"m0", b"m1"]
-    assert await outbox.next_batch(2) == [b"m2"]  # the probed message is in this batch
-    assert reports == []  # ... which the writer has not written yet
-    outbox.put(b"m3")
-    await outbox.next_batch(2)  # asking again means the previous batch was written
-    assert len(reports) == 1 and reports[0] >= 0
-    outbox.put(b"m4")
-    assert outbox.probe(reports.append)
-    outbox.close(3008, "slow", flush=False)  # dropped with the queue
-    with trio.fail_after(1):
-        assert await outbox.next_batch(2) == []
-    assert len(reports) == 1
-    assert outbox.queued_bytes == 0

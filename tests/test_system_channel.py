@@ -25,7 +25,7 @@ import trio
 from centrifuge import Client, ServerPublicationContext, ServerSubscribedContext
 from conftest import RawClient, make_config, open_raw, running_server, serve_in, token, ws_url
 from sdk_helpers import ClientRecorder, disconnect_all
-from test_hub_outbox import FakeSubscriber, publication
+from test_hub import FakeSubscriber, publication
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
@@ -33,7 +33,7 @@ from aether_trio.config import AdminConfig, Config
 from aether_trio.hub import Hub, HubStatistics
 from aether_trio.protocol.codec import raw_json
 from aether_trio.protocol.messages import ClientInfo
-from aether_trio.system_channel import SystemSubscription
+from aether_trio.subscriptions import SystemSubscription
 
 SYSTEM = AdminConfig().system_channel
 ADMIN_KEY = "admin-key-for-system-channel-tests"
@@ -217,14 +217,17 @@ async def test_subscribing_again_is_refused_and_unsubscribing_stops_broadcasts()
         await admin_broadcast(server, "to b only")
         assert await system_pushes(a) == []
         assert await system_pushes(b) == ["to b only"]
-        # Without a token the private channel stays closed; with one it is an ordinary
-        # subscription again, served by the hub, and a broadcast still arrives once.
+        # Without a token the private channel stays closed; with one the connection holds the
+        # shared subscription again (no hub subscription of its own), and a broadcast arrives once.
         assert (await a.command("subscribe", {"channel": SYSTEM}))["error"]["code"] == 103
         with_token = await a.command(
             "subscribe", {"channel": SYSTEM, "token": token("a", channel=SYSTEM)}
         )
         assert "subscribe" in with_token, with_token
-        assert len(server.node.hub.subscribers(SYSTEM)) == 1
+        assert server.node.hub.subscribers(SYSTEM) == []
+        assert server.node.hub.num_subscribers(SYSTEM) == 2
+        held = [c.subscriptions[SYSTEM] for c in server.node.clients.values()]
+        assert held[0] is held[1]
         await admin_broadcast(server, "both")
         assert await system_pushes(a) == ["both"]
         assert await system_pushes(b) == ["both"]

@@ -31,7 +31,8 @@ from trio_websocket import ConnectionClosed
 
 from aether_trio.config import Config
 from aether_trio.connection.client import Client
-from aether_trio.connection.outbox import CloseRequest
+from aether_trio.connection.serve import run as run_connection
+from aether_trio.connection.writer import CloseRequest
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
 from aether_trio.node import Node
 from aether_trio.protocol.codec import raw_json
@@ -167,7 +168,7 @@ class Harness:
             assert request is not None
             client = Client(self.node, WebSocketTransport(await request.accept()))
             send_client.send_nowait(client)
-            await client.run()
+            await run_connection(client)
         finally:
             await finish(ws)
 
@@ -277,7 +278,7 @@ async def test_answering_pongs_keeps_the_connection_and_pings_are_periodic(
             await raw.send({})  # pong
         gaps = [b - a for a, b in itertools.pairwise(ping_times)]
         assert gaps == pytest.approx([20] * 5)
-        assert client.outbox.close_request is None
+        assert client.writer.close_request is None
         assert await expect_open(raw) == []
 
 
@@ -332,7 +333,7 @@ async def test_pong_timeout_zero_sends_pings_without_asking_for_pongs(
         messages = await idle(raw, 100)
         assert len(messages) >= 4
         assert all(is_ping(m) for m in messages)
-        assert client.outbox.close_request is None
+        assert client.writer.close_request is None
         assert await expect_open(raw) == []
 
 
@@ -568,13 +569,13 @@ async def test_a_client_that_stops_reading_is_closed_as_slow_and_others_keep_rec
             readers.start_soon(keep_reading)
             # `slow` reads nothing from here on.
             published = 0
-            while slow_client.outbox.close_request is None:
+            while slow_client.writer.close_request is None:
                 published += 1
                 assert published < 1000, "the slow client was never closed"
                 await harness.publish("news", {"n": published, "pad": "x" * 50})
                 await trio.sleep(0.01)
-            assert slow_client.outbox.close_request == CloseRequest(3008, "slow", False)
-            assert slow_client.outbox.statistics().queued_messages == 0  # dropped, not flushed
+            assert slow_client.writer.close_request == CloseRequest(3008, "slow", False)
+            assert slow_client.writer.statistics().queued_messages == 0  # dropped, not flushed
 
             # The slow client gets the close frame once it reads again; what it got before is
             # a gap-free prefix of the stream, and it did not get everything.
@@ -590,6 +591,6 @@ async def test_a_client_that_stops_reading_is_closed_as_slow_and_others_keep_rec
                 await trio.sleep(0.01)
             await trio.sleep(1)
             assert [p["offset"] for p in received] == list(range(1, published + 1))
-            assert good_client.outbox.close_request is None
+            assert good_client.writer.close_request is None
             assert harness.node.hub.num_subscribers("news") == 1
             readers.cancel_scope.cancel()

@@ -21,7 +21,6 @@ import wsproto.connection
 from conftest import make_config, open_raw, serve_in, token, ws_url
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from aether_trio.listener import serve_websocket
 from aether_trio.transport import (
     TransportClosed,
     WebSocketTransport,
@@ -30,6 +29,7 @@ from aether_trio.transport import (
     server_connection,
     text_frame_header,
 )
+from aether_trio.transport.listener import serve_websocket
 
 
 def test_private_surface_still_exists() -> None:

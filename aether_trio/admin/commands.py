@@ -54,7 +54,7 @@ class ConfigReload(Protocol):
 
 @attrs.define
 class AdminContext:
-    node: Node
+    node: Node[Client]
     config: ConfigReload
     state: AccessState
     audit: AuditLog
@@ -88,7 +88,7 @@ async def broadcast(ctx: AdminContext, p: Params) -> Result:
     channel = ctx.node.config.admin.system_channel
     if not channel:
         raise CommandError(409, "no system channel: [admin] system_channel is empty")
-    recipients = ctx.node.hub.num_subscribers(channel)
+    recipients = ctx.node.num_subscribers(channel)
     try:
         await ctx.node.publish(ctx.node.resolve(channel), raw_json(data))
     except ReplyError as exc:  # [limits]: channel_publication_rate

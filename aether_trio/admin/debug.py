@@ -64,7 +64,7 @@ def connection_view(client: Client, now: float) -> dict[str, Any]:
         "user": client.user,
         "remote": client.transport.remote,
         "channels": sorted(client.subscriptions),
-        "outbox": attrs.asdict(client.outbox.statistics()),
+        "outbox": attrs.asdict(client.writer.statistics()),
         "last_activity": client.last_activity,
         "idle_seconds": round(now - client.last_activity, 3),
         "expire_at": client.expire_at,
@@ -73,7 +73,7 @@ def connection_view(client: Client, now: float) -> dict[str, Any]:
     }
 
 
-def find_connections(node: Node, user: str | None, channel: str | None) -> list[Client]:
+def find_connections(node: Node[Client], user: str | None, channel: str | None) -> list[Client]:
     return [
         c
         for c in node.clients.values()
@@ -81,9 +81,9 @@ def find_connections(node: Node, user: str | None, channel: str | None) -> list[
     ]
 
 
-def node_view(node: Node, started_at: float) -> dict[str, Any]:
+def node_view(node: Node[Client], started_at: float) -> dict[str, Any]:
     now = time.time()
-    hub = node.hub.statistics()
+    hub = node.hub_statistics()
     return {
         "name": node.config.server.node_name,
         "version": node.version,

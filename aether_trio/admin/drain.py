@@ -35,7 +35,7 @@ class DrainRunning(Exception):
 
 
 class Drain:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node[Client]) -> None:
         self.node = node
         self.state = "idle"  # idle | running | done | cancelled
         self.rate = 0.0

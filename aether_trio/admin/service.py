@@ -22,6 +22,7 @@ from .state import AccessState
 from .store import Store
 
 if TYPE_CHECKING:
+    from ..connection.client import Client
     from ..http.apiauth import ApiAuth
     from ..node import Node
 
@@ -29,7 +30,7 @@ __all__ = ["PREFIX", "AdminService"]
 
 
 class AdminService:
-    def __init__(self, node: Node, api_auth: ApiAuth, config: ConfigReload) -> None:
+    def __init__(self, node: Node[Client], api_auth: ApiAuth, config: ConfigReload) -> None:
         self.node = node
         self.config = config
         self.drain = Drain(node)

@@ -1,11 +1,11 @@
-"""Command handlers: one coroutine per client command, run in frame order by `Client`.
+"""Command handlers: one coroutine per client command, run in frame order by the connection's
+read loop (serve.py).
 
-Each handler validates its request, asks the node, and queues its reply through `client.reply`
-(so subscribe can release buffered publications right after its reply). Refusals are raised as
-`ReplyError` (error reply) or `DisconnectError` (close), with codes from the reference; the client
-turns them into frames. Decisions that need no I/O live in `protocol.permissions`. Subscribe and
-recovery (and the helpers every handler shares) live in `commands_subscribe`; this module holds
-the other handlers and the `HANDLERS` table.
+Each handler validates its request, asks the node, and queues its reply through `client.reply`.
+Refusals are raised as `ReplyError` (error reply) or `DisconnectError` (close), with codes from
+the reference; the read loop turns them into frames. Decisions that need no I/O live in
+`protocol.permissions`; the subscribe sequence that `connect` and `subscribe` share with the
+server API lives in `subscribe`.
 """
 
 from __future__ import annotations
@@ -23,23 +23,22 @@ from ..protocol.channels import ResolvedChannel
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
-from ..system_channel import SystemSubscription
+from ..subscriptions import ChannelSubscription
 from .subscribe import (
+    Grant,
+    Opened,
+    Request,
     apply_override,
     require_channel,
     subscribe,
-    subscribe_channel,
     ttl_seconds,
     verify_subscription_token,
 )
-from .subscription import ChannelSubscription
 
 if TYPE_CHECKING:
     from .client import Client
 
-# apply_override, subscribe_channel and ttl_seconds are re-exported: the server API imports them
-# from here.
-__all__ = ["HANDLERS", "apply_override", "subscribe_channel", "ttl_seconds"]
+__all__ = ["HANDLERS", "Handler"]
 
 Handler = Callable[["Client", int, Any], Awaitable[None]]
 
@@ -83,59 +82,70 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
     if cfg.channel_limit and len(subs) > cfg.channel_limit:
         raise DisconnectError(Disconnect.CHANNEL_LIMIT, "too many server-side channels")
     if system := node.config.admin.system_channel:  # not counted against the limit
-        subs.setdefault(system, ServerSubscription())
-    resolved = [  # 102/107; the system channel (fixed options) needs no resolving
-        (node.resolve(channel) if channel != system else None, channel, sub)
-        for channel, sub in subs.items()
+        subs.setdefault(system, ServerSubscription())  # fixed options: a token changes `data`
+    requests = [  # 102/107 for a channel of the token's that does not resolve
+        Request(
+            ch,
+            req.subs.get(channel, m.SubscribeRequest()),  # the client's recovery hints
+            Grant(
+                apply_override(ch.options, server_sub.override),
+                server_side=True,
+                chan_info=m.RawJSON(server_sub.info),
+                data=m.RawJSON(server_sub.data),
+            ),
+        )
+        for channel, server_sub in subs.items()
+        for ch in (node.resolve(channel),)
     ]
 
     client.authenticated(user, m.RawJSON(info), expire_at)
-    results: dict[str, m.SubscribeResult] = {}
-    live: list[tuple[ChannelSubscription, int]] = []
-    for ch, channel, server_sub in resolved:
-        hint = req.subs.get(channel, m.SubscribeRequest())
-        if ch is None:
-            # What a hub subscription with the system options would answer: no position, no
-            # expiry. A token listing the channel changes only `data`: its options are fixed.
-            results[channel] = m.SubscribeResult(
-                data=m.RawJSON(server_sub.data), was_recovering=hint.recover
-            )
-            continue
-        sub, result, delivered = await subscribe_channel(
-            client,
-            ch,
-            hint,
-            options=apply_override(ch.options, server_sub.override),
-            server_side=True,
-            chan_info=m.RawJSON(server_sub.info),
-            data=m.RawJSON(server_sub.data),
-            expire_at=None,
-        )
-        results[ch.name] = result
-        live.append((sub, delivered))
 
-    client.reply(
-        cmd_id,
-        "connect",
-        m.ConnectResult(
+    def reply(opened: list[Opened]) -> None:
+        result = m.ConnectResult(
             client=client.client_id,
             version=node.version,
             expires=expire_at is not None,
             ttl=ttl_seconds(expire_at),
-            subs=results or None,
+            subs={o.sub.channel: o.result for o in opened} or None,
             ping=int(cfg.ping_interval),
             pong=cfg.ping_interval > 0 and cfg.pong_timeout > 0,
-        ),
-    )
-    if system:
-        # Only now, with no checkpoint since the reply: a broadcast handled while this connect
-        # was still awaiting is not this connection's (it has no buffer to hold it back).
-        node.attach_system_channel(client, system)
-    for sub, delivered in live:
-        sub.go_live(delivered)
-    for sub, _ in live:
-        await client.announce_join(sub)
-    client.start_timers()
+        )
+        client.reply(cmd_id, "connect", result)
+
+    await subscribe(client, requests, reply)
+    client.timers.start()
+
+
+async def subscribe_command(client: Client, cmd_id: int, req: m.SubscribeRequest) -> None:
+    require_channel(req.channel)
+    if req.delta not in ("", "fossil"):
+        raise DisconnectError(Disconnect.BAD_REQUEST, f"unknown delta type {req.delta[:16]!r}")
+    node = client.node
+    ch = node.resolve(req.channel)
+    if req.channel in client.subscriptions:
+        raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
+    limit = node.config.client.channel_limit
+    if limit and client.counted_subscriptions() >= limit:
+        raise ReplyError(ErrorCode.LIMIT_EXCEEDED, "channel limit per connection reached")
+
+    grant = Grant(ch.options, server_side=False)
+    if req.token:
+        claims = await verify_subscription_token(client, req.token, req.channel)
+        grant = Grant(
+            apply_override(ch.options, claims.override), server_side=False,
+            chan_info=m.RawJSON(claims.info), data=m.RawJSON(claims.data),
+            expire_at=claims.expire_at,
+        )  # fmt: skip
+    else:
+        permissions.check_subscribe_without_token(ch, client.user, node.config.client.insecure)
+    if grant.expire_at is not None and grant.expire_at <= time.time():
+        raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
+
+    def reply(opened: list[Opened]) -> None:
+        for o in opened:
+            client.reply(cmd_id, "subscribe", o.result)
+
+    await subscribe(client, [Request(ch, req, grant)], reply)
 
 
 # --- the rest ---
@@ -143,7 +153,7 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
 
 async def unsubscribe(client: Client, cmd_id: int, req: m.UnsubscribeRequest) -> None:
     require_channel(req.channel)
-    await client.remove_subscription(req.channel, announce=True)
+    await client.unsubscribe(req.channel)
     client.reply(cmd_id, "unsubscribe", m.EmptyResult())
 
 
@@ -167,13 +177,13 @@ def _check_data_format(options: ChannelOptions, data: Any) -> None:
 
 async def presence(client: Client, cmd_id: int, req: m.PresenceRequest) -> None:
     ch = _readable_channel(client, req.channel, permissions.check_presence)
-    clients = await client.node.presence.presence(ch.name)
+    clients = await client.node.presence_of(ch)
     client.reply(cmd_id, "presence", m.PresenceResult(clients))
 
 
 async def presence_stats(client: Client, cmd_id: int, req: m.PresenceStatsRequest) -> None:
     ch = _readable_channel(client, req.channel, permissions.check_presence)
-    num_clients, num_users = await client.node.presence.presence_stats(ch.name)
+    num_clients, num_users = await client.node.presence_stats(ch)
     client.reply(cmd_id, "presence_stats", m.PresenceStatsResult(num_clients, num_users))
 
 
@@ -235,7 +245,7 @@ async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> 
     sub = client.subscriptions.get(req.channel)
     if sub is None:
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "not subscribed")
-    if isinstance(sub, SystemSubscription):
+    if not isinstance(sub, ChannelSubscription):
         # Shared by every connection: an expiry or info set here would be everyone's.
         raise ReplyError(ErrorCode.NOT_AVAILABLE, "the system channel subscription never expires")
     if not req.token:
@@ -246,7 +256,7 @@ async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> 
     sub.expire_at = claims.expire_at
     if claims.info:
         sub.chan_info = m.RawJSON(claims.info)
-    client.watch_expiry(sub)
+    client.timers.watch_subscription(sub)
     result = m.SubRefreshResult(
         expires=claims.expire_at is not None, ttl=ttl_seconds(claims.expire_at)
     )
@@ -265,7 +275,7 @@ async def send(client: Client, cmd_id: int, req: m.SendRequest) -> None:
 
 HANDLERS: dict[str, Handler] = {
     "connect": connect,
-    "subscribe": subscribe,
+    "subscribe": subscribe_command,
     "unsubscribe": unsubscribe,
     "publish": publish,
     "presence": presence,

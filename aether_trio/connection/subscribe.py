@@ -1,15 +1,25 @@
-"""The `subscribe` command and what every subscription goes through: checks, then recovery.
+"""The one sequence every subscription goes through, whoever asked for it: the `subscribe`
+command, the server-side channels of a connect (token `channels`/`subs`, the personal channel,
+the operators' system channel) and the server API's `subscribe`.
 
-`subscribe_channel` registers a buffering `ChannelSubscription` and computes its result (stream
-position, recovered publications); the `subscribe` handler, `connect` (server-side subscriptions)
-and the server API's subscribe all call it. The small helpers the other handlers share (channel
-check, token TTL, token overrides, subscription-token checks) live here too: `commands` imports
-this module, so keeping them here keeps the import one-way.
+    open_subscription   the node delivers to a new (buffering) subscription; its result is
+                        computed: stream position, recovered publications
+    subscribe           opens each requested subscription, lets the caller queue what announces
+                        them (a reply, a push), then releases each buffer (`go_live`) and announces
+                        presence and joins
+
+so ordering (the reply first, then every later publication exactly once) and recovery hold the
+same way for every origin. The system channel's one shared subscription goes the same way: it
+has no position, and a connection starts holding it only once its announcement is queued.
+
+Also here, shared by the command handlers and the server API: the channel check, token TTLs,
+token overrides and the subscription-token checks.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -21,17 +31,20 @@ from ..protocol.channels import ResolvedChannel
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
-from .subscription import ChannelSubscription
+from ..subscriptions import ChannelSubscription
 
 if TYPE_CHECKING:
     from ..auth.tokens import ChannelOverride
-    from .client import Client
+    from .client import Client, Subscription
 
 __all__ = [
+    "FLAG_REJECT_UNRECOVERED",
+    "Grant",
+    "Opened",
     "apply_override",
+    "open_subscription",
     "require_channel",
     "subscribe",
-    "subscribe_channel",
     "ttl_seconds",
     "verify_subscription_token",
 ]
@@ -63,46 +76,6 @@ def apply_override(options: ChannelOptions, override: ChannelOverride | None) ->
     return attrs.evolve(options, **changes) if changes else options
 
 
-# --- subscribe ---
-
-
-async def subscribe(client: Client, cmd_id: int, req: m.SubscribeRequest) -> None:
-    require_channel(req.channel)
-    if req.delta not in ("", "fossil"):
-        raise DisconnectError(Disconnect.BAD_REQUEST, f"unknown delta type {req.delta[:16]!r}")
-    node = client.node
-    ch = node.resolve(req.channel)
-    if req.channel in client.subscriptions:
-        raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
-    limit = node.config.client.channel_limit
-    # The system channel is not counted (as at connect).
-    taken = len(client.subscriptions) - (node.config.admin.system_channel in client.subscriptions)
-    if limit and taken >= limit:
-        raise ReplyError(ErrorCode.LIMIT_EXCEEDED, "channel limit per connection reached")
-
-    options, chan_info, data, expire_at = ch.options, m.NO_JSON, m.NO_JSON, None
-    if req.token:
-        claims = await verify_subscription_token(client, req.token, req.channel)
-        options = apply_override(options, claims.override)
-        chan_info, data, expire_at = (
-            m.RawJSON(claims.info),
-            m.RawJSON(claims.data),
-            claims.expire_at,
-        )
-    else:
-        permissions.check_subscribe_without_token(ch, client.user, node.config.client.insecure)
-    if expire_at is not None and expire_at <= time.time():
-        raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
-
-    sub, result, delivered = await subscribe_channel(
-        client, ch, req, options=options, server_side=False, chan_info=chan_info, data=data,
-        expire_at=expire_at,
-    )  # fmt: skip
-    client.reply(cmd_id, "subscribe", result)
-    sub.go_live(delivered)
-    await client.announce_join(sub)
-
-
 async def verify_subscription_token(client: Client, token: str, channel: str) -> SubscribeClaims:
     await client.node.verifier.prepare(token, subscription=True)
     try:
@@ -120,25 +93,92 @@ async def verify_subscription_token(client: Client, token: str, channel: str) ->
     return claims
 
 
-async def subscribe_channel(
-    client: Client,
-    ch: ResolvedChannel,
-    req: m.SubscribeRequest,
-    *,
-    options: ChannelOptions,
-    server_side: bool,
-    chan_info: m.RawJSON,
-    data: m.RawJSON,
-    expire_at: int | None,
-) -> tuple[ChannelSubscription, m.SubscribeResult, int]:
-    """Register a buffering subscription and compute its result (recovery included).
+@attrs.frozen
+class Grant:
+    """What a subscription gets besides the channel: its options (the channel's, perhaps with a
+    token's override) and what its origin grants (a token's info, data and expiry)."""
 
-    Returns the subscription, its result, and the offset up to which the result covers the stream;
-    the caller queues the reply, then calls `sub.go_live(offset)`.
-    """
+    options: ChannelOptions
+    server_side: bool
+    chan_info: m.RawJSON = m.NO_JSON
+    data: m.RawJSON = m.NO_JSON
+    expire_at: int | None = None
+
+
+@attrs.frozen
+class Request:
+    """One subscription to open: the resolved channel, the client's hints (recover, offset,
+    epoch, flags; an empty request for a server-side one) and the grant."""
+
+    channel: ResolvedChannel
+    hints: m.SubscribeRequest
+    grant: Grant
+
+
+class Opened:
+    """A subscription the node delivers to, whose announcement is not queued yet."""
+
+    __slots__ = ("delivered", "result", "sub")
+
+    def __init__(self, sub: Subscription, result: m.SubscribeResult, delivered: int) -> None:
+        self.sub = sub
+        self.result = result
+        # The offset up to which the result covers the stream (go_live skips what it carried).
+        self.delivered = delivered
+
+
+async def subscribe(
+    client: Client,
+    requests: Sequence[Request],
+    announce: Callable[[list[Opened]], object],
+) -> list[Opened]:
+    """Open every subscription of `requests`, call `announce` with them (it queues the reply or
+    push that announces them, synchronously), then release their buffers and announce presence
+    and joins. Returns what was announced: a subscription the connection no longer holds when
+    its turn comes (it closed meanwhile; the server API runs outside the connection's task) is
+    dropped quietly instead, since the connection's cleanup would never undo its join."""
+    opened = [await open_subscription(client, r.channel, r.hints, r.grant) for r in requests]
+    live = [o for o in opened if _still_wanted(client, o)]
+    announce(live)
+    for o in live:
+        if isinstance(o.sub, ChannelSubscription):
+            o.sub.go_live(o.delivered)
+        else:
+            # The shared system subscription: held from now on, right after the announcement.
+            client.subscriptions[o.sub.channel] = o.sub
+    node = client.node
+    for o in live:
+        await node.join(o.sub, client.info(o.sub.chan_info))
+        if client.subscriptions.get(o.sub.channel) is not o.sub:
+            # The connection's cleanup took it while the join was on its way: undo the join.
+            await node.leave(o.sub, client.info(o.sub.chan_info))
+    return live
+
+
+def _still_wanted(client: Client, opened: Opened) -> bool:
+    sub = opened.sub
+    if isinstance(sub, ChannelSubscription):
+        if client.subscriptions.get(sub.channel) is not sub:
+            return False  # the cleanup took it
+        if client.closing:
+            client.detach(sub.channel)  # never announced: nothing to leave
+            return False
+        return True
+    return not client.closing
+
+
+async def open_subscription(
+    client: Client, ch: ResolvedChannel, req: m.SubscribeRequest, grant: Grant
+) -> Opened:
+    """A subscription of `client` to `ch` that the node delivers to (holding publications back
+    until `go_live`), with its result computed (recovery included)."""
+    shared = client.node.system_subscription(ch.name)
+    if shared is not None:
+        # One object for every connection: no position, no expiry, no info of one token.
+        return Opened(shared, m.SubscribeResult(data=grant.data, was_recovering=req.recover), 0)
     node = client.node
     insecure = node.config.client.insecure
-    user = client.user
+    user, options = client.user, grant.options
     history_on = options.history_enabled
     recoverable = history_on and permissions.grant_recoverable(
         options, user, req.recoverable or req.recover, insecure
@@ -146,23 +186,27 @@ async def subscribe_channel(
     positioned = recoverable or (
         history_on and permissions.grant_positioned(options, user, req.positioned, insecure)
     )
-    push_join_leave = permissions.grant_join_leave(options, user, req.join_leave, insecure)
     sub = ChannelSubscription(
-        client, ch.name, options, push_join_leave=push_join_leave, server_side=server_side,
-        chan_info=chan_info, expire_at=expire_at,
+        client, ch.name, options,
+        push_join_leave=permissions.grant_join_leave(options, user, req.join_leave, insecure),
+        server_side=grant.server_side, max_buffer_bytes=client.writer.max_bytes,
+        chan_info=grant.chan_info, expire_at=grant.expire_at,
     )  # fmt: skip
-    await client.add_subscription(sub)
+    # Held before anything is awaited, so the connection's cleanup finds it whatever happens.
+    client.subscriptions[ch.name] = sub
     try:
+        await node.subscribe(sub)
         result, delivered = await _position(client, ch, req, recoverable, positioned)
     except BaseException:
-        await client.remove_subscription(ch.name, announce=False)
+        if client.subscriptions.get(ch.name) is sub:
+            client.detach(ch.name)
         raise
     result = attrs.evolve(
-        result, expires=expire_at is not None, ttl=ttl_seconds(expire_at), data=data,
-        was_recovering=req.recover,
+        result, expires=grant.expire_at is not None, ttl=ttl_seconds(grant.expire_at),
+        data=grant.data, was_recovering=req.recover,
     )  # fmt: skip
-    client.watch_expiry(sub)
-    return sub, result, delivered
+    client.timers.watch_subscription(sub)
+    return Opened(sub, result, delivered)
 
 
 async def _position(

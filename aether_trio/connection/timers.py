@@ -1,124 +1,131 @@
-"""A connection's timers: pings and the pong check, the stale-connection close, and the expiry
-of the connection and of its subscriptions. All run on the node's one `Scheduler` (a heap entry
-per timer, no task), and their callbacks are synchronous.
+"""A connection's timers, as a component of its `Client`: pings and the pong check, the
+stale-connection close, and the expiry of the connection and of its subscriptions.
 
-A mixin of `Client` (client.py), which owns the state used here.
+All run on the node's one `Scheduler` (a heap entry per timer, no task), and their callbacks are
+synchronous. The component keeps the connection's pending timers by name and knows its owner only
+through `TimerOwner`: what to send, when to close, and what to do with an expired subscription.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-from ..engines.base import EngineError
-from ..protocol.codec import PING_FRAME, encode_push
-from ..protocol.codes import Disconnect, Unsubscribe
-from ..protocol.messages import UnsubscribePush
+from ..protocol.codec import PING_FRAME
+from ..protocol.codes import Disconnect
+from ..subscriptions import ChannelSubscription
 
 if TYPE_CHECKING:
-    import trio
-
-    from ..node import Node
+    from ..config import ClientConfig
     from ..protocol.session import Session
-    from ..timers import Timer
-    from .subscription import ChannelSubscription
+    from ..timers import Scheduler, Timer
 
-__all__ = ["ConnectionTimers"]
+__all__ = ["ConnectionTimers", "TimerOwner"]
 
-log = logging.getLogger(__name__)
+
+class TimerOwner(Protocol):
+    @property
+    def session(self) -> Session: ...
+
+    @property
+    def expire_at(self) -> int | None: ...
+
+    def send(self, message: bytes) -> None: ...
+
+    def close(self, disconnect: Disconnect, *, flush: bool = True, detail: str = "") -> None: ...
+
+    def subscription_expired(self, sub: ChannelSubscription) -> None:
+        """`sub` was not refreshed in time (a server-side one closes the connection)."""
 
 
 class ConnectionTimers:
-    __slots__ = ()
+    __slots__ = ("_config", "_owner", "_scheduler", "_timers")
 
-    if TYPE_CHECKING:  # what Client provides
-        node: Node
-        session: Session
-        expire_at: int | None
-        subscriptions: dict[str, ChannelSubscription]
-        _timers: dict[str, Timer]
-        _nursery: trio.Nursery | None
+    def __init__(
+        self, owner: TimerOwner, scheduler: Scheduler, config: Callable[[], ClientConfig]
+    ) -> None:
+        """`config`: the node's running `[client]` section (a reload changes the delays)."""
+        self._owner = owner
+        self._scheduler = scheduler
+        self._config = config
+        self._timers: dict[str, Timer] = {}
 
-        def send(self, message: bytes) -> None: ...
+    def call_later(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        """Run `callback` in `delay` seconds unless cancelled (replaces a timer of that name)."""
+        self.cancel(name)
+        self._timers[name] = self._scheduler.call_later(delay, callback)
 
-        def close(
-            self, disconnect: Disconnect, *, flush: bool = True, detail: str = ""
-        ) -> None: ...
+    def cancel(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
 
-        def _detach(self, channel: str) -> ChannelSubscription | None: ...
+    def cancel_all(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
 
-        async def _after_detach(self, sub: ChannelSubscription, *, announce: bool) -> None: ...
+    # --- the connection ---
 
-    def start_timers(self) -> None:
-        interval = self.node.config.client.ping_interval
+    def watch_stale(self) -> None:
+        """Close with 3502 unless the connection has connected by then."""
+        self.call_later("stale", self._config().stale_close_delay, self._stale)
+
+    def start(self) -> None:
+        """After a successful connect: pings (and pong checks), the connection's expiry."""
+        self.cancel("stale")
+        interval = self._config().ping_interval
         if interval > 0:
             # The first ping at a random point of the interval spreads pings of a reconnect wave.
-            self._timers["ping"] = self.node.scheduler.call_later(
-                random.uniform(interval / 2, interval), self._ping
-            )
-        self._schedule_expiry()
+            self.call_later("ping", random.uniform(interval / 2, interval), self._ping)
+        self.schedule_expiry()
 
     def _stale(self) -> None:
-        if not self.session.is_connected:
-            self.close(Disconnect.STALE)
+        if not self._owner.session.is_connected:
+            self._owner.close(Disconnect.STALE)
 
     def _ping(self) -> None:
-        cfg = self.node.config.client
-        if not self.session.is_connected:
+        cfg, owner = self._config(), self._owner
+        if not owner.session.is_connected:
             return
-        self.send(PING_FRAME)
+        owner.send(PING_FRAME)
         if cfg.pong_timeout > 0:
-            self.session.ping_sent()
-            self._timers["pong"] = self.node.scheduler.call_later(
-                cfg.pong_timeout, self._check_pong
-            )
-        self._timers["ping"] = self.node.scheduler.call_later(cfg.ping_interval, self._ping)
+            owner.session.ping_sent()
+            self.call_later("pong", cfg.pong_timeout, self._check_pong)
+        self.call_later("ping", cfg.ping_interval, self._ping)
 
     def _check_pong(self) -> None:
-        if self.session.pong_missing:
-            self.close(Disconnect.NO_PONG)
+        if self._owner.session.pong_missing:
+            self._owner.close(Disconnect.NO_PONG)
 
-    def _schedule_expiry(self) -> None:
-        old = self._timers.pop("expire", None)
-        if old is not None:
-            old.cancel()
-        if self.expire_at is None:
+    def schedule_expiry(self) -> None:
+        """(Re)arm the connection's expiry from its `expire_at` (a refresh calls it again)."""
+        self.cancel("expire")
+        expire_at = self._owner.expire_at
+        if expire_at is None:
             return
         # A refresh cancels this timer and arms a new one, so when it fires the connection was
         # not refreshed in time (no wall-clock re-check: tests run on a virtual clock).
-        delay = self.expire_at - time.time() + self.node.config.client.expired_close_delay
-        self._timers["expire"] = self.node.scheduler.call_later(
-            max(delay, 0), lambda: self.close(Disconnect.EXPIRED)
+        delay = expire_at - time.time() + self._config().expired_close_delay
+        self.call_later("expire", max(delay, 0), lambda: self._owner.close(Disconnect.EXPIRED))
+
+    # --- subscriptions ---
+
+    def watch_subscription(self, sub: ChannelSubscription) -> None:
+        """(Re)arm the expiry of `sub`; `sub_refresh` calls it again with a new expiry."""
+        self.forget_subscription(sub)
+        if sub.expire_at is None:
+            return
+        delay = sub.expire_at - time.time() + self._config().expired_sub_close_delay
+        owner = self._owner
+        sub.expiry_timer = self._scheduler.call_later(
+            max(delay, 0), lambda: owner.subscription_expired(sub)
         )
 
-    def watch_expiry(self, sub: ChannelSubscription) -> None:
-        """(Re)arm the expiry of a subscription; `sub_refresh` calls it again with a new expiry."""
+    @staticmethod
+    def forget_subscription(sub: ChannelSubscription) -> None:
         if sub.expiry_timer is not None:
             sub.expiry_timer.cancel()
             sub.expiry_timer = None
-        if sub.expire_at is None:
-            return
-        delay = sub.expire_at - time.time() + self.node.config.client.expired_sub_close_delay
-        sub.expiry_timer = self.node.scheduler.call_later(
-            max(delay, 0), lambda: self._subscription_expired(sub)
-        )
-
-    def _subscription_expired(self, sub: ChannelSubscription) -> None:
-        if self.subscriptions.get(sub.channel) is not sub:
-            return
-        if sub.server_side:
-            self.close(Disconnect.SUBSCRIPTION_EXPIRED)
-            return
-        code = Unsubscribe.EXPIRED
-        self._detach(sub.channel)
-        self.send(encode_push(sub.channel, "unsubscribe", UnsubscribePush(code, code.reason)))
-        if self._nursery is not None:
-            self._nursery.start_soon(self._finish_unsubscribe, sub)
-
-    async def _finish_unsubscribe(self, sub: ChannelSubscription) -> None:
-        try:
-            await self._after_detach(sub, announce=True)
-        except EngineError:
-            log.warning("unsubscribing %s from %s failed", self, sub.channel, exc_info=True)

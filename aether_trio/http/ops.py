@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..observe.monitor import Check, evaluate
+from ..observe.readiness import Check, evaluate
 from .asgi import HttpApp, Request, Response, Route, json_response
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ METHOD_NOT_ALLOWED = Response(405, b"Method Not Allowed", "text/plain", (("allow
 
 
 class OpsRoutes:
-    def __init__(self, node: Node, monitor: ResourceMonitor | None = None) -> None:
+    def __init__(self, node: Node[Any], monitor: ResourceMonitor | None = None) -> None:
         self.node = node
         self.monitor = monitor
 
@@ -93,7 +93,7 @@ def _probe(checks: list[Check], good: str, bad: str) -> Response:
 
 def install(
     app: HttpApp,
-    node: Node,
+    node: Node[Any],
     monitor: ResourceMonitor | None = None,
     protect_admin: Callable[[Route], Route] | None = None,
 ) -> OpsRoutes:

@@ -10,8 +10,8 @@ Two kinds of metric:
   per subscriber. Labelled children are looked up once and cached, because `labels()` costs about
   three times an `inc`.
 - levels (connections, queued outbox bytes, history, presence, Trio tasks, readiness) are gauges
-  computed at scrape time by `NodeCollector` from `statistics()` and friends, so keeping them
-  current costs nothing between scrapes.
+  computed at scrape time by `NodeCollector` from a small view the node hands it (`NodeLevels`
+  and its readiness checks), so keeping them current costs nothing between scrapes.
 
 Labels are bounded: method, result, close or error code, namespace (configured), never a channel
 or a user. Values that come from outside the code's own tables (API method names, exception type
@@ -21,8 +21,9 @@ names) are capped at `MAX_LABEL_VALUES` distinct values; the rest are counted as
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import attrs
 import trio
 from prometheus_client import (
     CollectorRegistry,
@@ -38,12 +39,9 @@ from prometheus_client.registry import Collector
 
 from .._version import __version__
 from ..protocol.codes import Disconnect, ErrorCode
-from .monitor import evaluate
+from .readiness import ReadinessCheck, evaluate
 
-if TYPE_CHECKING:
-    from ..node import Node
-
-__all__ = ["MAX_LABEL_VALUES", "Metrics", "NodeCollector", "Outcome", "count_tasks"]
+__all__ = ["MAX_LABEL_VALUES", "Metrics", "NodeCollector", "NodeLevels", "Outcome", "count_tasks"]
 
 # `*_created` series double the exposition and nothing here uses them. (A process-wide switch of
 # prometheus_client; Aether is its only user in the server process.)
@@ -272,9 +270,11 @@ class Metrics:
 
     # --- scraping ---
 
-    def watch(self, node: Node) -> None:
-        """Add the scrape-time gauges of `node` (once per node)."""
-        self.registry.register(NodeCollector(node))
+    def watch(
+        self, levels: Callable[[], NodeLevels], checks: Callable[[], Iterable[ReadinessCheck]]
+    ) -> None:
+        """Add the scrape-time gauges: the node's `levels` and its readiness `checks` (once)."""
+        self.registry.register(NodeCollector(levels, checks))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -297,47 +297,61 @@ def count_tasks() -> int | None:
     return count
 
 
-class NodeCollector(Collector):
-    """Gauges computed when scraped, from the node's live state."""
+@attrs.frozen
+class NodeLevels:
+    """What the node's scrape-time gauges show, read at scrape time (`Metrics.watch`)."""
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    connections: int
+    outbox_bytes: int  # queued in every connection's outbox
+    hub_channels: int
+    hub_subscriptions: int
+    # From the engines' `statistics()`, where they keep count (None: they do not).
+    history_streams: int | None = None
+    history_publications: int | None = None
+    presence_entries: int | None = None
+
+
+class NodeCollector(Collector):
+    """Gauges computed when scraped, from the node's levels and readiness checks."""
+
+    def __init__(
+        self, levels: Callable[[], NodeLevels], checks: Callable[[], Iterable[ReadinessCheck]]
+    ) -> None:
+        self._levels = levels
+        self._checks = checks
 
     def describe(self) -> Iterable[Metric]:
         return ()  # computed at scrape time; nothing to register up front
 
     def collect(self) -> Iterator[Metric]:
-        node = self._node
-
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)
 
         info = GaugeMetricFamily("aether_build_info", "Aether version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
-        yield gauge("aether_connections", "Connected (authenticated) clients", len(node.clients))
+        levels = self._levels()
+        yield gauge("aether_connections", "Connected (authenticated) clients", levels.connections)
         yield gauge(
-            "aether_outbox_bytes",
-            "Bytes queued in all connections' outboxes",
-            sum(client.outbox.queued_bytes for client in node.clients.values()),
+            "aether_outbox_bytes", "Bytes queued in all connections' outboxes", levels.outbox_bytes
         )
-        hub = node.hub.statistics()
-        yield gauge("aether_hub_channels", "Channels with subscribers on this node", hub.channels)
-        yield gauge("aether_hub_subscriptions", "Subscriptions on this node", hub.subscriptions)
-        for name, doc, stats, key in (
-            ("aether_history_streams", "Channel streams kept", node.broker, "streams"),
-            ("aether_history_publications", "Publications kept", node.broker, "publications"),
-            ("aether_presence_entries", "Presence entries kept", node.presence, "entries"),
+        yield gauge(
+            "aether_hub_channels", "Channels with subscribers on this node", levels.hub_channels
+        )
+        yield gauge(
+            "aether_hub_subscriptions", "Subscriptions on this node", levels.hub_subscriptions
+        )
+        for name, doc, value in (
+            ("aether_history_streams", "Channel streams kept", levels.history_streams),
+            ("aether_history_publications", "Publications kept", levels.history_publications),
+            ("aether_presence_entries", "Presence entries kept", levels.presence_entries),
         ):
-            statistics: Callable[[], dict[str, int]] | None = getattr(stats, "statistics", None)
-            if statistics is not None:
-                value = statistics().get(key)
-                if value is not None:
-                    yield gauge(name, doc, value)
+            if value is not None:
+                yield gauge(name, doc, value)
         tasks = count_tasks()
         if tasks is not None:
             yield gauge("aether_trio_tasks", "Tasks alive in the Trio run", tasks)
-        checks = evaluate(node.readiness_checks)
+        checks = evaluate(self._checks())
         yield gauge("aether_ready", "1 if every readiness check passes", all(c.ok for c in checks))
         per_check = GaugeMetricFamily(
             "aether_readiness_check", "1 if this readiness check passes", labels=["check"]

@@ -1,14 +1,8 @@
-"""Readiness checks and the resource monitor.
-
-Readiness is a list of checks on the node (`node.readiness_checks`): plain synchronous functions
-returning a `Check`, evaluated whenever `/ready` or `/metrics` is requested. A check reads state
-that something else keeps current (an engine's connection state, a flag, the last resource sample)
-and never does I/O, so a probe is cheap and cannot hang. Anyone may append one; `evaluate` turns a
-check that raises into a failed check rather than a failed probe.
+"""The resource monitor and its readiness checks (readiness itself: readiness.py).
 
 `ResourceMonitor.run` is a service: every `[monitor] sample_interval` seconds it measures how late
 its own timer woke up (the event-loop lag: time the loop spent running other tasks), reads RSS,
-CPU and open files from /proc and the node's queued outbox bytes, and compares them with the
+CPU and open files from /proc and the connections' queued outbox bytes, and compares them with the
 `[monitor]` thresholds. Crossing one logs a warning (and coming back an info line), sets
 `aether_resource_threshold_exceeded{resource}` and fails that resource's readiness check.
 Thresholds are read from the node's current config, so a reload changes them.
@@ -20,83 +14,23 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
+from .readiness import Check, ReadinessCheck
+
 if TYPE_CHECKING:
     from ..config import MonitorConfig
-    from ..node import Node
+    from .metrics import Metrics
 
-__all__ = [
-    "RESOURCES",
-    "Check",
-    "ReadinessCheck",
-    "ResourceMonitor",
-    "ResourceSample",
-    "evaluate",
-    "node_checks",
-    "read_open_files",
-    "read_rss_bytes",
-]
+__all__ = ["RESOURCES", "ResourceMonitor", "ResourceSample", "read_open_files", "read_rss_bytes"]
 
 log = logging.getLogger(__name__)
 
 RESOURCES = ("rss", "open_files", "loop_lag", "outbox_bytes")
-
-
-@attrs.frozen
-class Check:
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-ReadinessCheck = Callable[[], Check]
-
-
-def evaluate(checks: Iterable[ReadinessCheck]) -> list[Check]:
-    results: list[Check] = []
-    for check in checks:
-        try:
-            results.append(check())
-        except Exception as exc:
-            name = getattr(check, "__name__", "check")
-            log.warning("readiness check %s raised", name, exc_info=True)
-            results.append(Check(name, False, f"check raised {type(exc).__name__}"))
-    return results
-
-
-def node_checks(node: Node) -> list[ReadinessCheck]:
-    """The node's own readiness checks: engines and services up, not in maintenance or drain."""
-
-    def engines() -> Check:
-        state = node.errors.services.get("broker", "not started")
-        unreachable = [
-            name
-            for name, engine in (("broker", node.broker), ("presence", node.presence))
-            # An engine with a connection (Redis) says whether it can reach its server.
-            if not getattr(engine, "reachable", True)
-        ]
-        if unreachable:
-            return Check("engines", False, f"unreachable: {', '.join(unreachable)}")
-        return Check("engines", state == "running", f"broker {state}")
-
-    def services() -> Check:
-        down = sorted(name for name, state in node.errors.services.items() if state != "running")
-        return Check("services", not down, f"down: {', '.join(down)}" if down else "all running")
-
-    def maintenance() -> Check:
-        on = bool(getattr(node, "maintenance", False))
-        return Check("maintenance", not on, "maintenance mode" if on else "off")
-
-    def drain() -> Check:
-        on = bool(getattr(node, "draining", False))
-        return Check("drain", not on, "draining" if on else "off")
-
-    return [engines, services, maintenance, drain]
 
 
 # --- resources ---
@@ -134,12 +68,21 @@ class ResourceSample:
 
 
 class ResourceMonitor:
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    def __init__(
+        self,
+        metrics: Metrics,
+        config: Callable[[], MonitorConfig],
+        outbox_bytes: Callable[[], int],
+    ) -> None:
+        """`config`: the running `[monitor]` section (a reload changes the thresholds);
+        `outbox_bytes`: what every connection has queued."""
+        self._metrics = metrics
+        self._config = config
+        self._outbox_bytes = outbox_bytes
         self.last: ResourceSample | None = None
         self.exceeded: dict[str, str] = {}
         self._cpu_mark = (time.monotonic(), _cpu_seconds())
-        self._gauges = {name: node.metrics.threshold_exceeded.labels(name) for name in RESOURCES}
+        self._gauges = {name: metrics.threshold_exceeded.labels(name) for name in RESOURCES}
         for gauge in self._gauges.values():
             gauge.set(0)
 
@@ -147,14 +90,13 @@ class ResourceMonitor:
         self.sample(0.0)
         task_status.started()
         while True:
-            deadline = trio.current_time() + self._node.config.monitor.sample_interval
+            deadline = trio.current_time() + self._config().sample_interval
             await trio.sleep_until(deadline)
             # The sleep ends at the first scheduling pass after the deadline; anything later is
             # time the loop spent on other tasks before it could run this one.
             self.sample(max(0.0, trio.current_time() - deadline))
 
     def sample(self, loop_lag: float) -> ResourceSample:
-        node = self._node
         now, cpu = time.monotonic(), _cpu_seconds()
         then, cpu_then = self._cpu_mark
         self._cpu_mark = (now, cpu)
@@ -166,11 +108,11 @@ class ResourceMonitor:
             cpu_seconds=cpu,
             cpu_ratio=(cpu - cpu_then) / (now - then) if now > then else 0.0,
             loop_lag_seconds=loop_lag,
-            outbox_bytes=sum(client.outbox.queued_bytes for client in node.clients.values()),
+            outbox_bytes=self._outbox_bytes(),
         )
-        node.metrics.loop_lag.observe(loop_lag)
+        self._metrics.loop_lag.observe(loop_lag)
         self.last = sample
-        self._compare(sample, node.config.monitor)
+        self._compare(sample, self._config())
         return sample
 
     def _compare(self, sample: ResourceSample, cfg: MonitorConfig) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import operator
 import struct
 
-__all__ = ["frame_for", "frames_for", "text_frame_header"]
+__all__ = ["frame_for", "frames_for", "text_frame_header", "text_frames"]
 
 
 # (payload, its frame); starts with the empty payload's frame.
@@ -49,6 +49,18 @@ def frames_for(messages: list[bytes], per_frame: int) -> bytes:
     # A copy: the caller's list may change after this (a connection's queue).
     _last_frames = (tuple(messages), frames)
     return frames
+
+
+def text_frames(messages: list[bytes], per_frame: int) -> bytes:
+    """The text frames carrying `messages`, `per_frame` newline-separated lines to a frame."""
+    if len(messages) == 1:
+        return _frame(messages[0])
+    return b"".join(
+        [
+            _frame(b"\n".join(messages[start : start + per_frame]))
+            for start in range(0, len(messages), per_frame)
+        ]
+    )
 
 
 def _frame(payload: bytes) -> bytes:

@@ -45,14 +45,15 @@ class Transport(Protocol):
 
     @property
     def has_pending(self) -> bool:
-        """Bytes of a frame `send_nowait` started are still to be written (by `send`)."""
+        """Bytes `write_nowait` started are still to be written (by the next `write`)."""
 
-    def send_nowait(self, messages: list[bytes], per_frame: int) -> bool:
-        """Write `messages` (frames of up to `per_frame` lines) without waiting, or return
-        False (nothing written)."""
+    def write_nowait(self, data: bytes) -> bool:
+        """Write `data` (whole frames) right now without waiting, or return False (nothing
+        written: the socket is full, another write is in progress, TLS, closing). What the
+        kernel does not take at once stays pending (`has_pending`) for the next `write`."""
 
-    async def send(self, payload: bytes | None) -> None:
-        """Write what is pending, then `payload` as one text frame."""
+    async def write(self, data: bytes) -> None:
+        """Write what is pending, then `data` (whole frames, may be empty); TransportClosed."""
 
     async def close(self, code: int, reason: str, wait: float) -> None:
         """Send a close frame and wait up to `wait` seconds for the peer's."""
@@ -121,6 +122,35 @@ class WebSocketTransport:
         if sent < len(frame):
             self._tail = frame[sent:]
         return True
+
+    def write_nowait(self, data: bytes) -> bool:
+        raw, ws = self._raw, self._ws
+        if (
+            raw is None
+            or self._tail
+            or ws._stream_lock.locked()
+            or ws._close_reason is not None
+            or ws._wsproto.state is not ConnectionState.OPEN
+        ):
+            return False
+        try:
+            sent = raw.send(data)
+        except OSError:
+            return False  # EAGAIN, or a broken socket that `write` will report properly
+        if sent < len(data):
+            self._tail = data[sent:]
+        return True
+
+    async def write(self, data: bytes) -> None:
+        ws = self._ws
+        if ws._close_reason is not None or ws._wsproto.state is not ConnectionState.OPEN:
+            raise TransportClosed
+        data, self._tail = self._tail + data, b""
+        async with ws._stream_lock:
+            try:
+                await ws._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise TransportClosed from None
 
     async def receive(self) -> str | bytes:
         """The next message; TransportClosed once the connection is closed.

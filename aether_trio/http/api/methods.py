@@ -28,6 +28,7 @@ from .glob import compile_glob
 from .idempotency import IdempotencyCache
 
 if TYPE_CHECKING:
+    from ...connection.client import Client
     from ...node import Node
 
 __all__ = [
@@ -51,7 +52,7 @@ Result = dict[str, Any]
 
 @attrs.define
 class ApiContext:
-    node: Node
+    node: Node[Client]
     idempotency: IdempotencyCache
     uid: str
     started: float  # time.time() at start, for `info.uptime`
@@ -161,13 +162,13 @@ def _presence_channel(ctx: ApiContext, name: str) -> ResolvedChannel:
 
 async def presence(ctx: ApiContext, req: rq.ChannelRequest) -> Result:
     ch = _presence_channel(ctx, req.channel)
-    result: Result = unstructure(m.PresenceResult(await ctx.node.presence.presence(ch.name)))
+    result: Result = unstructure(m.PresenceResult(await ctx.node.presence_of(ch)))
     return result
 
 
 async def presence_stats(ctx: ApiContext, req: rq.ChannelRequest) -> Result:
     ch = _presence_channel(ctx, req.channel)
-    num_clients, num_users = await ctx.node.presence.presence_stats(ch.name)
+    num_clients, num_users = await ctx.node.presence_stats(ch)
     return {"num_clients": num_clients, "num_users": num_users}
 
 
@@ -192,7 +193,7 @@ async def history(ctx: ApiContext, req: rq.History) -> Result:
 
 async def history_remove(ctx: ApiContext, req: rq.ChannelRequest) -> Result:
     ch = _history_channel(ctx, req.channel)
-    await ctx.node.broker.remove_history(ch.name)
+    await ctx.node.remove_history(ch)
     return {}
 
 
@@ -201,14 +202,13 @@ async def channels(ctx: ApiContext, req: rq.Channels) -> Result:
         match = compile_glob(req.pattern or "*")
     except ValueError as exc:
         raise ApiError(Code.BAD_REQUEST, f"pattern: {exc}") from None
-    hub = ctx.node.hub
-    found = {name: {"num_clients": hub.num_subscribers(name)} for name in hub.channels()}
-    return {"channels": {name: info for name, info in found.items() if match(name)}}
+    found = ctx.node.channel_subscribers()
+    return {"channels": {name: {"num_clients": n} for name, n in found.items() if match(name)}}
 
 
 async def info(ctx: ApiContext, req: rq.Info) -> Result:
     node = ctx.node
-    stats = node.hub.statistics()
+    stats = node.hub_statistics()
     return {
         "nodes": [
             {

@@ -46,6 +46,7 @@ from .methods import ApiContext, Result, error_body
 from .requests import DECODERS, Fields
 
 if TYPE_CHECKING:
+    from ...connection.client import Client
     from ...node import Node
 
 __all__ = ["METHODS", "PREFIX", "ServerApi"]
@@ -96,7 +97,7 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 class ServerApi:
-    def __init__(self, node: Node, auth: ApiAuth) -> None:
+    def __init__(self, node: Node[Client], auth: ApiAuth) -> None:
         self.auth = auth
         self.context = ApiContext(node, IdempotencyCache(), str(uuid.uuid4()), time.time())
 

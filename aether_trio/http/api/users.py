@@ -1,24 +1,26 @@
 """Server API methods acting on a user's connections: subscribe, unsubscribe, disconnect,
 refresh (reference 10.3; pushes of section 4, codes of section 7).
 
-Server-side `subscribe` goes the way a client's subscribe goes (`commands.subscribe_channel`: a
+Server-side `subscribe` goes the way every subscription goes (connection/subscribe.py: a
 buffering subscription and its result, then the `subscribe` push, `go_live`, presence and join),
 so ordering and recovery hold exactly as for clients.
 
 Concurrency hazard: a call runs in the HTTP request's task, not in the connection's, so the
-connection may close while the call awaits. After each await `subscribe` checks that the
-subscription it made is still the connection's before it announces presence or a join that the
-connection's cleanup would never remove.
+connection may close while the call awaits. The subscribe sequence checks that the subscription
+is still the connection's before it announces it, and undoes a join that raced the connection's
+cleanup.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
 
-from ...connection.handlers import apply_override, subscribe_channel, ttl_seconds
+from ...connection.subscribe import Grant, Opened, Request, apply_override, ttl_seconds
+from ...connection.subscribe import subscribe as subscribe_sequence
 from ...protocol import messages as m
 from ...protocol.codec import encode_push, raw_json
 from ...protocol.codes import Disconnect, Unsubscribe
@@ -56,29 +58,32 @@ async def subscribe(ctx: ApiContext, req: rq.Subscribe) -> Result:
         channel=ch.name, recover=since is not None,
         offset=since.offset if since else 0, epoch=since.epoch if since else "",
     )  # fmt: skip
+    grant = Grant(options, server_side=True, chan_info=chan_info, data=data, expire_at=expire_at)
     for client in _targets(ctx, req.user, req.client, req.session):
-        if client.outbox.close_request is not None or ch.name in client.subscriptions:
+        if client.closing or ch.name in client.subscriptions:
             continue  # going away, or already subscribed (this call is idempotent)
         limit = ctx.node.config.client.channel_limit
-        if limit and len(client.subscriptions) >= limit:
+        if limit and client.counted_subscriptions() >= limit:
             client.close(Disconnect.CHANNEL_LIMIT, detail="server API subscribe over the limit")
             continue
-        sub, result, delivered = await subscribe_channel(
-            client, ch, hint, options=options, server_side=True, chan_info=chan_info,
-            data=data, expire_at=expire_at,
-        )  # fmt: skip
-        if client.subscriptions.get(ch.name) is not sub:
-            continue  # the connection closed meanwhile and its cleanup took the subscription
-        push = m.SubscribePush(
-            result.recoverable, result.epoch, result.offset, result.positioned, result.data
-        )
-        client.send(encode_push(ch.name, "subscribe", push))
-        # The push carries no publications: recovered ones follow it as ordinary `pub` pushes.
-        for pub in result.publications:
-            client.send(encode_push(ch.name, "pub", pub))
-        sub.go_live(delivered)
-        await client.announce_join(sub)
+        await subscribe_sequence(client, [Request(ch, hint, grant)], _push_to(client))
     return {}
+
+
+def _push_to(client: Client) -> Callable[[list[Opened]], None]:
+    def push(opened: list[Opened]) -> None:
+        for o in opened:
+            result = o.result
+            body = m.SubscribePush(
+                result.recoverable, result.epoch, result.offset, result.positioned, result.data
+            )
+            client.send(encode_push(o.sub.channel, "subscribe", body))
+            # The push carries no publications: recovered ones follow it as ordinary `pub`
+            # pushes.
+            for pub in result.publications:
+                client.send(encode_push(o.sub.channel, "pub", pub))
+
+    return push
 
 
 async def unsubscribe(ctx: ApiContext, req: rq.Unsubscribe) -> Result:
@@ -87,10 +92,10 @@ async def unsubscribe(ctx: ApiContext, req: rq.Unsubscribe) -> Result:
     push = encode_push(ch.name, "unsubscribe", m.UnsubscribePush(code, code.reason))
     for client in _targets(ctx, req.user, req.client, req.session):
         if ch.name in client.subscriptions:
-            # No checkpoint between the push and the detach inside remove_subscription:
-            # nothing of the channel can reach the client after its unsubscribe push.
+            # No checkpoint between the push and the detach inside `unsubscribe`: nothing of
+            # the channel can reach the client after its unsubscribe push.
             client.send(push)
-            await client.remove_subscription(ch.name, announce=True)
+            await client.unsubscribe(ch.name)
     return {}
 
 

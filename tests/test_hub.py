@@ -1,4 +1,5 @@
-"""Unit tests of the fan-out path: `Hub`, `Outbox`, `ChannelSubscription`, and the `Scheduler`.
+"""Unit tests of the fan-out path: `Hub`, `ChannelSubscription`, and the `Scheduler` (the writer:
+test_writer.py).
 
 No sockets: subscribers and clients are small fakes. Timed tests use `autojump_clock`.
 """
@@ -16,12 +17,11 @@ import pytest
 import trio
 import trio.testing
 
-from aether_trio.connection.outbox import CloseRequest, Outbox, OutboxStatistics
-from aether_trio.connection.subscription import ChannelSubscription
 from aether_trio.hub import Hub, HubStatistics
 from aether_trio.protocol.codes import Disconnect
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
 from aether_trio.protocol.options import ChannelOptions
+from aether_trio.subscriptions import ChannelSubscription
 from aether_trio.timers import Scheduler
 
 # --- Hub -------------------------------------------------------------------------------------
@@ -220,107 +220,13 @@ def test_a_subscriber_leaving_during_join_delivery_does_not_break_the_loop() -> 
     assert all(len(sub.received) == 1 for sub in subs)
 
 
-# --- Outbox ----------------------------------------------------------------------------------
-
-
-def test_outbox_put_respects_the_byte_limit() -> None:
-    outbox = Outbox(max_bytes=10)
-    assert outbox.put(b"12345")
-    assert outbox.put(b"12345")  # exactly at the limit
-    assert outbox.statistics() == OutboxStatistics(2, 10, 10, False)
-    assert not outbox.put(b"1")  # would overflow: refused, not queued
-    assert outbox.statistics() == OutboxStatistics(2, 10, 10, False)
-
-
-def test_outbox_refuses_a_message_larger_than_the_limit_even_when_empty() -> None:
-    outbox = Outbox(max_bytes=4)
-    assert not outbox.put(b"12345")
-    assert outbox.statistics().queued_messages == 0
-
-
-async def test_outbox_next_batch_coalesces_up_to_max_messages_in_order() -> None:
-    outbox = Outbox(max_bytes=1000)
-    for i in range(5):
-        assert outbox.put(b"m%d" % i)
-    assert await outbox.next_batch(3) == [b"m0", b"m1", b"m2"]
-    assert outbox.statistics() == OutboxStatistics(2, 4, 1000, False)
-    assert await outbox.next_batch(3) == [b"m3", b"m4"]
-    assert outbox.statistics() == OutboxStatistics(0, 0, 1000, False)
-    # Freed bytes can be used again.
-    assert outbox.put(b"x" * 1000)
-
-
-async def test_outbox_next_batch_waits_for_a_message() -> None:
-    outbox = Outbox(max_bytes=100)
-    batches: list[list[bytes]] = []
-
-    async def writer() -> None:
-        batches.append(await outbox.next_batch(16))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        await trio.testing.wait_all_tasks_blocked()
-        assert batches == []
-        outbox.put(b"a")
-        outbox.put(b"b")  # queued before the writer runs: same batch
-    assert batches == [[b"a", b"b"]]
-
-
-async def test_outbox_close_with_flush_keeps_what_is_queued() -> None:
-    outbox = Outbox(max_bytes=100)
-    outbox.put(b"a")
-    outbox.put(b"b")
-    assert outbox.close(3001, "shutdown")
-    assert outbox.close_request == CloseRequest(3001, "shutdown", True)
-    assert outbox.statistics() == OutboxStatistics(2, 2, 100, True)
-    # Nothing new once closing, and that is not an overflow.
-    assert outbox.put(b"c")
-    assert outbox.statistics().queued_messages == 2
-    assert await outbox.next_batch(16) == [b"a", b"b"]
-    assert await outbox.next_batch(16) == []  # now: close
-
-
-async def test_outbox_close_without_flush_drops_what_is_queued() -> None:
-    outbox = Outbox(max_bytes=100)
-    outbox.put(b"a")
-    assert outbox.close(3008, "slow", flush=False)
-    assert outbox.statistics() == OutboxStatistics(0, 0, 100, True)
-    assert await outbox.next_batch(16) == []
-
-
-async def test_outbox_first_close_request_wins() -> None:
-    outbox = Outbox(max_bytes=100)
-    assert outbox.close(3012, "no pong")
-    assert not outbox.close(3008, "slow", flush=False)
-    assert outbox.close_request == CloseRequest(3012, "no pong", True)
-
-
-async def test_outbox_close_wakes_a_waiting_writer() -> None:
-    outbox = Outbox(max_bytes=100)
-    batches: list[list[bytes]] = []
-
-    async def writer() -> None:
-        batches.append(await outbox.next_batch(16))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        await trio.testing.wait_all_tasks_blocked()
-        outbox.close(3001, "shutdown")
-    assert batches == [[]]
-
-
 # --- ChannelSubscription ---------------------------------------------------------------------
-
-
-class FakeOutbox:
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
 
 
 class FakeClient:
     def __init__(self, max_bytes: int = 1000) -> None:
         self.client_id = "client-1"
-        self.outbox = FakeOutbox(max_bytes)
+        self.max_bytes = max_bytes
         self.sent: list[bytes] = []
         self.closed: list[tuple[Disconnect, bool]] = []
 
@@ -338,6 +244,7 @@ def make_subscription(client: FakeClient) -> ChannelSubscription:
         ChannelOptions(),
         push_join_leave=True,
         server_side=False,
+        max_buffer_bytes=client.max_bytes,
     )
 
 
@@ -389,7 +296,7 @@ def test_subscription_buffer_overflow_closes_the_client_as_slow() -> None:
     client = FakeClient(max_bytes=10)
     sub = make_subscription(client)
     sub.deliver(b"12345", 1)
-    sub.deliver(b"12345", 2)  # exactly the outbox limit: still fine
+    sub.deliver(b"12345", 2)  # exactly the limit: still fine
     assert client.closed == []
     sub.deliver(b"1", 3)
     assert client.closed == [(Disconnect.SLOW, False)]

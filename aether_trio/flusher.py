@@ -1,5 +1,5 @@
-"""Coalesced writes: one task writes, for every connection that has something queued, all of it
-with one `send` (several frames at once), once the tasks producing messages have yielded.
+"""Coalesced writes, the scheduling half: one task calls `flush(round)` on every connection marked
+during a scheduling round, once the tasks producing messages have yielded.
 
 A fan-out queues the push on each subscriber and marks it here, synchronously. The flusher runs
 in the next scheduling round, after the task that published has handled everything it had read
@@ -8,25 +8,39 @@ a subscriber gets one write per round instead of one per message, and the kernel
 cost, most of a delivery's CPU, is paid once per round. A lone publication costs one task switch
 more than writing it on the spot, for all its subscribers together.
 
-Connections whose socket is full, or that are closing, are written by their own writer task
-(client.py); the flusher only ever writes without waiting.
+Every flush of one round gets the same `Round`: a one-entry memo where a connection's writer
+keeps the bytes it built, so the next connection with the same messages queued (the next
+subscriber of the same channels) reuses them. It lives for one round and belongs to this task:
+nothing is cached across rounds or in a module global. What a connection does in `flush` (the
+frames, the socket, its writer task when the socket is full) is the connection layer's
+(connection/writer.py); this module knows only `Flushable`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
-__all__ = ["Flushable", "Flusher"]
+__all__ = ["Flushable", "Flusher", "Round"]
 
 log = logging.getLogger(__name__)
 
 
+class Round:
+    """What the flushes of one round share: the last (key, value) one of them built."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.value: Any = None
+
+
 class Flushable(Protocol):
-    def flush(self) -> None:
+    def flush(self, round: Round) -> None:
         """Write what is queued without waiting (or hand it to the connection's writer)."""
 
 
@@ -41,7 +55,7 @@ class Flusher:
 
     def mark(self, connection: Flushable) -> None:
         """Have `connection.flush()` called in the next round; the caller marks each connection
-        once per round (see Client.send)."""
+        once per round (see connection/writer.py)."""
         self._marked.append(connection)
         if len(self._marked) == 1:
             self._wakeup.set()
@@ -54,12 +68,13 @@ class Flusher:
             self._flush_marked()
 
     def _flush_marked(self) -> None:
-        # Its own frame: while the task waits, nothing of the last round (a closed connection)
-        # stays referenced by its locals.
+        # Its own frame: while the task waits, nothing of the last round (a closed connection,
+        # the round's memo) stays referenced by its locals.
         marked, self._marked = self._marked, []
+        shared = Round()
         for connection in marked:
             try:
-                connection.flush()
+                connection.flush(shared)
             except Exception as exc:
                 # One connection's failure must not cost the others their writes (nor restart
                 # this task and lose the round).

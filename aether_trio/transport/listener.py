@@ -28,7 +28,7 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
-from .transport import finish, receive_request, server_connection
+from .connection import finish, receive_request, server_connection
 
 __all__ = ["serve_websocket"]
 

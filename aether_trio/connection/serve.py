@@ -1,0 +1,164 @@
+"""The life of one connection: read frames, handle their commands in order, clean up.
+
+Theory of operation. `serve_connection` makes the `Client` and runs it in a nursery of its own.
+The connection's task reads (it is the connection's only reader, until the transport is closed,
+also while closing: the peer's close frame and pongs arrive only through it): frames are decoded
+and their commands handled strictly in order, each handler queueing its reply. Writing is the
+writer's (writer.py): the node's flusher writes what is queued once this task yields, or the
+writer task does once a write had to wait or a close was asked for; the writer task ends the
+nursery after the close handshake. Cleanup (unregister, unsubscribe, presence, leave) runs
+shielded and time-limited after the nursery, whatever ended it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from logging import DEBUG
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..engines.base import EngineError
+from ..observe.logs import client_id_var
+from ..protocol.codec import Command, decode_frame, encode_error
+from ..protocol.codes import Disconnect, ErrorCode
+from ..protocol.errors import DisconnectError, ReplyError
+from ..transport import PEER_PROTOCOL_ERRORS, TransportClosed
+from .client import Client
+from .handlers import HANDLERS
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from ..transport import Transport
+
+__all__ = ["CLEANUP_SECONDS", "run", "serve_connection"]
+
+log = logging.getLogger(__name__)
+
+CLEANUP_SECONDS = 5.0
+
+
+async def serve_connection(node: Node[Client], transport: Transport) -> None:
+    """Serve one accepted WebSocket until it is closed, then clean up after it."""
+    await run(Client(node, transport))
+
+
+async def run(client: Client) -> None:
+    client_id_var.set(client.client_id)  # every log line of this task and its children
+    client.timers.watch_stale()
+    try:
+        async with trio.open_nursery() as nursery:
+            client.attach(nursery)
+            try:
+                await read_loop(client)
+                if not client.closing:
+                    # The peer went away: nothing more to write.
+                    nursery.cancel_scope.cancel()
+            finally:
+                # Nothing may be started once the body is done: the nursery closes as soon as
+                # its tasks end, and a publication arriving between that and the end of
+                # `async with` would fail its whole fan-out on `start_soon`. A writer task that
+                # is needed has started already; otherwise the connection is gone anyway.
+                client.attach(None)
+    finally:
+        request = client.writer.close_request
+        client.node.metrics.disconnected(request.code if request is not None else None)
+        client.session.close()
+        client.timers.cancel_all()
+        with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+            await _cleanup(client)
+
+
+async def _cleanup(client: Client) -> None:
+    client.node.unregister(client)
+    for channel in list(client.subscriptions):
+        try:
+            await client.unsubscribe(channel)
+        except EngineError:
+            log.warning("cleanup of %s in %s failed", client.client_id, channel, exc_info=True)
+
+
+async def read_loop(client: Client) -> None:
+    # Until the transport is closed, also while closing: the peer's close frame (and its
+    # pongs) arrive only through `receive`, which is this connection's only reader.
+    transport = client.transport
+    while True:
+        try:
+            frame = await transport.receive()
+            client.last_activity = time.time()
+        except TransportClosed as exc:
+            if exc.code in PEER_PROTOCOL_ERRORS:
+                log.info("closing %s: %d (WebSocket protocol error)", client, exc.code)
+            return
+        if client.closing or client.connect_failed:
+            continue  # closing, or the SDK closes after a connect error: nothing is handled
+        await _handle_frame(client, frame)
+        # An idle connection waits in `receive`: nothing of the last frame (or, in
+        # `_handle_frame`, its commands) stays referenced meanwhile.
+        del frame
+
+
+async def _handle_frame(client: Client, frame: str | bytes) -> None:
+    try:
+        if isinstance(frame, bytes):
+            raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, "binary frame on JSON")
+        for command in decode_frame(frame, client.node.config.limits.max_json_depth):
+            if client.closing or client.connect_failed:
+                break
+            if client.session.check(command) and not _rate_limited(client, command):
+                await _dispatch(client, command)
+    except DisconnectError as exc:
+        client.close(exc.disconnect, detail=exc.detail)
+
+
+def _rate_limited(client: Client, command: Command) -> bool:
+    """Whether the command limits refused `command`: answered 111 (not logged: a flood would
+    flood the log), or the connection closed with 3013 (logged once)."""
+    verdict = client.limiter.command(command.method, client.user or client.client_id)
+    if verdict is None:
+        return False
+    if isinstance(verdict, ErrorCode):
+        if command.id:  # `send` has no id and gets no reply
+            client.send(encode_error(command.id, verdict))
+    else:
+        client.close(verdict, detail="kept sending over the command rate limit")
+    return True
+
+
+async def _dispatch(client: Client, command: Command) -> None:
+    started = time.perf_counter()
+    outcome: ErrorCode | Disconnect | str = "cancelled"
+    node = client.node
+    try:
+        await HANDLERS[command.method](client, command.id, command.request)
+        outcome = "ok"
+    except ReplyError as exc:
+        outcome = exc.code
+        log.info("%s %s refused for %s: %s", command.method, int(exc.code), client, exc.detail)
+        _fail(client, command, exc.code)
+    except DisconnectError as exc:
+        outcome = exc.disconnect
+        raise
+    except trio.Cancelled:
+        raise
+    except Exception as exc:
+        outcome = "internal"
+        log.exception("%s failed for %s", command.method, client)
+        node.errors.capture(exc, f"command {command.method}")
+        _fail(client, command, ErrorCode.INTERNAL)
+    finally:
+        node.metrics.command(command.method, outcome, time.perf_counter() - started)
+
+
+def _fail(client: Client, command: Command, code: ErrorCode) -> None:
+    client.send(encode_error(command.id, code))
+    if command.method == "connect":
+        # Stop handling commands; give the client time to close, then drop it.
+        client.connect_failed = True
+        client.timers.call_later(
+            "connect_failed",
+            client.node.config.server.close_wait_seconds,
+            # Already logged as the refused connect: this close is routine.
+            lambda: client.close_with(3501, Disconnect.BAD_REQUEST.reason, level=DEBUG),
+        )

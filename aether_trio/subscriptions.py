@@ -1,0 +1,117 @@
+"""The two kinds of subscription a connection holds, siblings behind `peers.Subscription`.
+
+`ChannelSubscription`: one connection's subscription to one channel, what the hub delivers to.
+It starts *buffering*: it is in the hub before the stream position is read, so nothing published
+in between is missed, but what arrives is held back. Once the subscribe (or connect) reply is
+queued, `go_live` releases the buffer, skipping publications the reply already carried (offset <=
+the position it reported), so a client sees the reply first, then every later publication once.
+
+`SystemSubscription`: the operators' system channel (system_channel.py), one object shared by
+every connection that holds it. It never buffers and is never in the hub: the hub's group for its
+channel delivers to the connections holding it, and a connection starts holding it only once the
+reply that lists it is queued.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .protocol.codes import Disconnect
+from .protocol.messages import NO_JSON, RawJSON
+from .protocol.options import ChannelOptions
+
+if TYPE_CHECKING:
+    from .peers import Connection
+    from .timers import Timer
+
+__all__ = ["SYSTEM_OPTIONS", "ChannelSubscription", "SystemSubscription"]
+
+# The system channel's options whatever the channel rules say: no client may publish, no presence,
+# join/leave or history (every connection is a subscriber), so a publication has no offset and a
+# subscription no position; nothing here is per connection.
+SYSTEM_OPTIONS = ChannelOptions()
+
+
+class ChannelSubscription:
+    __slots__ = (
+        "_buffer",
+        "_buffered_bytes",
+        "chan_info",
+        "channel",
+        "connection",
+        "expire_at",
+        "expiry_timer",
+        "max_buffer_bytes",
+        "options",
+        "push_join_leave",
+        "server_side",
+    )
+
+    shared = False
+
+    def __init__(
+        self,
+        connection: Connection,
+        channel: str,
+        options: ChannelOptions,
+        *,
+        push_join_leave: bool,
+        server_side: bool,
+        max_buffer_bytes: int,
+        chan_info: RawJSON = NO_JSON,
+        expire_at: int | None = None,
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.options = options
+        self.push_join_leave = push_join_leave
+        self.server_side = server_side
+        self.chan_info = chan_info
+        self.expire_at = expire_at
+        # Armed by the connection's timers while `expire_at` is set (sub_refresh re-arms it).
+        self.expiry_timer: Timer | None = None
+        # Held back until `go_live`: more than this is a client that cannot keep up (3008).
+        self.max_buffer_bytes = max_buffer_bytes
+        self._buffer: list[tuple[bytes, int]] | None = []
+        self._buffered_bytes = 0
+
+    @property
+    def client_id(self) -> str:
+        return self.connection.client_id
+
+    def deliver(self, message: bytes, offset: int) -> None:
+        """The hub's call: queue `message` on the connection, or hold it while buffering."""
+        buffer = self._buffer
+        if buffer is None:
+            self.connection.send(message)
+            return
+        self._buffered_bytes += len(message)
+        if self._buffered_bytes > self.max_buffer_bytes:
+            self.connection.close(Disconnect.SLOW, flush=False)
+            return
+        buffer.append((message, offset))
+
+    def go_live(self, delivered_offset: int) -> None:
+        """The reply is queued and covered the stream up to `delivered_offset`: release what was
+        held back that it did not carry, and deliver directly from now on."""
+        buffer, self._buffer = self._buffer, None
+        for message, offset in buffer or ():
+            if offset and offset <= delivered_offset:
+                continue  # already in the reply's recovered publications
+            self.connection.send(message)
+
+
+class SystemSubscription:
+    """The one subscription object of a system channel name, held by every subscribed
+    connection: a server-side subscription without expiry, info or a position."""
+
+    __slots__ = ("channel",)
+
+    shared = True
+    options = SYSTEM_OPTIONS
+    server_side = True
+    chan_info = NO_JSON
+    expire_at = None
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
