@@ -26,9 +26,13 @@ check-config *args:
 token *args:
     {{bin}}/aether token "$@"
 
-# run the whole test suite (fails when a test fails or none ran)
+# run the whole test suite with branch coverage (fails when a test fails, none ran, or coverage
+# is below the floor in pyproject.toml); `.venv/bin/pytest` alone runs without coverage
 test *args:
-    {{bin}}/pytest "$@"
+    {{bin}}/pytest --cov --cov-report=term "$@"
+
+# everything CI checks: lint, then the whole test suite with coverage
+check: lint test
 
 # benchmark Aether against its peers (~2 min; ops/bench/README.md), e.g. `just bench --smoke`
 bench *args:
