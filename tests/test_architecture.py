@@ -406,6 +406,33 @@ def test_nothing_outside_the_node_touches_its_hub_or_engines() -> None:
     assert offenders == {}
 
 
+# --- the map of the house ----------------------------------------------------------------------
+
+ARCHITECTURE_DOC = PACKAGE_DIR.parent / "docs" / "architecture.md"
+
+
+def test_the_architecture_doc_names_every_unit_and_only_files_that_exist() -> None:
+    import re
+
+    text = ARCHITECTURE_DOC.read_text()
+    for _, units in LAYERS:
+        for unit in units:
+            if unit and unit != "__main__":
+                path = PACKAGE_DIR / unit
+                name = f"{unit}/" if path.is_dir() else f"{unit}.py"
+                assert f"`{name}`" in text, f"docs/architecture.md does not place {name}"
+    # Every `dir/file.py` or `file.py` it names exists (under aether_trio/, or tests/).
+    named = set(re.findall(r"`((?:[a-z_]+/)*[a-z_]+\.py)", text))
+    missing = sorted(
+        name
+        for name in named
+        if not (PACKAGE_DIR / name).exists()
+        and not (PACKAGE_DIR.parent / name).exists()
+        and not list(PACKAGE_DIR.rglob(name))
+    )
+    assert missing == []
+
+
 # --- public surface ----------------------------------------------------------------------------
 
 
