@@ -1,7 +1,8 @@
-"""The shared JSON decoding (`protocol.decoding`); no server, pure functions.
+"""The shared JSON decoding (`protocol.decoding`) and the server API's request bodies decoded
+through it; no server, pure functions (the operator commands' parameters: tests/test_admin.py).
 
 What is pinned: exact JSON types (a string is not a number, `true` is not 1, 1.0 is not an
-integer), integer ranges, `null` as absent, unknown keys ignored or refused, and
+integer), integer ranges, `null` as absent, unknown keys ignored (API) or refused (admin), and
 error paths naming list indices and nested objects the way the config's errors do.
 """
 
@@ -10,8 +11,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import attrs
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from aether_trio.auth.tokens import ChannelOverride
+from aether_trio.http.api import requests as rq
+from aether_trio.http.api.errors import BadRequestBody
 from aether_trio.protocol.decoding import (
     DecodeError,
     Decoder,
@@ -20,6 +27,9 @@ from aether_trio.protocol.decoding import (
     loads_object,
     strict_converter,
 )
+from aether_trio.protocol.messages import StreamPosition
+
+PROPERTIES = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 
 # --- the shared helper, on classes of its own ---
 
@@ -50,6 +60,10 @@ class Tree:
 
 LENIENT = Decoder(strict_converter(forbid_extra_keys=False), Tree)
 STRICT = Decoder(strict_converter(forbid_extra_keys=True), Tree)
+
+
+def decode(method: str, body: Any) -> Any:
+    return rq.decode_request(method, orjson.dumps(body))
 
 
 def refusal(decoder: Decoder[Any], raw: Any) -> tuple[str, str]:
@@ -140,3 +154,160 @@ def test_text_spellings_only_with_from_text() -> None:
     assert refusal(text, {"ratio": "inf"}) == ("ratio", "expected a finite number, got inf")
     assert refusal(text, {"on": "yes"}) == ("on", "expected true or false, got a string")
     assert refusal(LENIENT, {"small": "3"})[0] == "small"
+
+
+# --- the converters refuse booleans and floats for integers (property) ---
+
+NOT_AN_INTEGER = st.one_of(
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),  # orjson writes those as null
+    st.integers().map(float),  # 3.0 is still not an integer
+    st.text(max_size=5),
+    st.lists(st.integers(min_value=-(2**63), max_value=2**63), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.booleans(), max_size=2),
+)
+
+# Every integer field of the server API with its range, and one of the operator commands.
+INTEGER_FIELDS = [
+    ("history", lambda v: {"limit": v}, "limit", -(2**31), 2**31 - 1),
+    ("history", lambda v: {"since": {"offset": v}}, "since.offset", 0, 2**64 - 1),
+    ("subscribe", lambda v: {"expire_at": v}, "expire_at", -(2**63), 2**63 - 1),
+    ("subscribe", lambda v: {"recover_since": {"offset": v}}, "recover_since.offset", 0, 2**64 - 1),
+    ("refresh", lambda v: {"expire_at": v}, "expire_at", -(2**63), 2**63 - 1),
+    ("disconnect", lambda v: {"disconnect": {"code": v}}, "disconnect.code", 0, 2**32 - 1),
+]
+
+
+@PROPERTIES
+@given(st.sampled_from(INTEGER_FIELDS), NOT_AN_INTEGER)
+def test_api_integers_refuse_everything_but_integers(field: Any, value: Any) -> None:
+    method, body, path, _lo, _hi = field
+    with pytest.raises(BadRequestBody) as info:
+        decode(method, body(value))
+    assert info.value.field == path
+    assert info.value.detail.startswith("expected an integer, got ")
+
+
+@PROPERTIES
+@given(
+    st.sampled_from(INTEGER_FIELDS),
+    st.one_of(
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),  # what JSON numbers orjson reads
+        st.sampled_from([-(2**63), -(2**31) - 1, -(2**31), -1, 0, 2**31, 2**32, 2**63, 2**64 - 1]),
+    ),
+)
+def test_api_integers_accept_exactly_their_range(field: Any, value: int) -> None:
+    method, body, path, lo, hi = field
+    if lo <= value <= hi:
+        decode(method, body(value))
+    else:
+        with pytest.raises(BadRequestBody) as info:
+            decode(method, body(value))
+        assert (info.value.field, info.value.detail) == (path, f"expected {lo}..{hi}")
+
+
+# --- the server API's request bodies ---
+
+
+def test_api_bodies_decode_into_the_request_classes() -> None:
+    publish = decode(
+        "publish",
+        {"channel": "c", "data": {"a": None}, "tags": {"k": "v"}, "idempotency_key": "i",
+         "skip_history": True, "b64data": None, "unknown": [1]},
+    )  # fmt: skip
+    assert publish == rq.Publish("c", rq.PublishOptions({"a": None}, "", True, {"k": "v"}, "i"))
+    assert decode("broadcast", {"channels": ["a", "b"], "data": 1}) == rq.Broadcast(
+        ("a", "b"), rq.PublishOptions(data=1)
+    )
+    override = {"presence": {"value": True}, "join_leave": {}, "force_recovery": None}
+    subscribe = decode(
+        "subscribe",
+        {"user": "u", "channel": "c", "recover_since": {"offset": 3, "epoch": "e"},
+         "override": override, "expire_at": 0, "info": [1]},
+    )  # fmt: skip
+    assert subscribe.recover_since == StreamPosition(3, "e")
+    assert subscribe.override == ChannelOverride(presence=True, join_leave=False)
+    assert subscribe.info == [1] and subscribe.data is None
+    assert decode("subscribe", {"override": None}).override is None
+    assert decode("disconnect", {"user": "u", "whitelist": ["x"]}) == rq.Disconnect(
+        "u", "", "", ("x",), 0, ""
+    )
+    custom = decode("disconnect", {"disconnect": {"code": 4000, "reason": "bye"}})
+    assert (custom.code, custom.reason) == (4000, "bye")
+    assert decode("history", {"channel": "c", "limit": -1, "since": {}, "reverse": True}) == (
+        rq.History("c", -1, StreamPosition(0, ""), True)
+    )
+    assert rq.decode_request("info", b"") == rq.Info()
+    assert decode("channels", {"pattern": None}) == rq.Channels("")
+
+
+def test_override_flags_match_the_token_claims() -> None:
+    names = [f.name for f in attrs.fields(ChannelOverride)]
+    assert [f.name for f in attrs.fields(rq._Override)] == names
+    every = decode("subscribe", {"override": {n: {"value": True} for n in names}}).override
+    assert every == ChannelOverride(**dict.fromkeys(names, True))
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "field"),
+    [
+        ("publish", {"channel": ["x"]}, "channel"),
+        ("publish", {"channel": "c", "tags": {"ok": "1", "x": 2}}, "tags.x"),
+        ("publish", {"channel": "c", "tags": ["x"]}, "tags"),
+        ("publish", {"channel": "c", "idempotency_key": 1}, "idempotency_key"),
+        ("broadcast", {"channels": ["a", None]}, "channels[1]"),
+        ("broadcast", {"channels": "a"}, "channels"),
+        ("subscribe", {"override": {"presence": True}}, "override.presence"),
+        ("subscribe", {"override": {"join_leave": {"value": "yes"}}}, "override.join_leave.value"),
+        ("subscribe", {"recover_since": {"offset": 1, "epoch": 5}}, "recover_since.epoch"),
+        ("subscribe", {"recover_since": []}, "recover_since"),
+        ("subscribe", {"b64info": True}, "b64info"),
+        ("disconnect", {"disconnect": {"code": 3000, "reason": 1}}, "disconnect.reason"),
+        ("disconnect", {"disconnect": "3000"}, "disconnect"),
+        ("disconnect", {"whitelist": [1]}, "whitelist[0]"),
+        ("refresh", {"expired": 0}, "expired"),
+        ("history", {"limit": "10"}, "limit"),
+        ("history", {"since": {"offset": 2.5}}, "since.offset"),
+        ("history", {"reverse": "true"}, "reverse"),
+        ("channels", {"pattern": 1}, "pattern"),
+    ],
+)
+def test_api_refusals_name_the_path(method: str, body: Any, field: str) -> None:
+    with pytest.raises(BadRequestBody) as info:
+        decode(method, body)
+    assert info.value.field == field
+
+
+def test_batch_commands_in_upstream_order_with_nested_paths() -> None:
+    batch = rq.decode_batch(
+        orjson.dumps(
+            {"commands": [
+                {"publish": {"channel": "a"}, "broadcast": {"channels": ["b"]}},
+                {"history": None, "presence": {"channel": "p"}},
+                {"rpc": {"method": "x"}},
+                {},
+                {"info": {}},
+            ], "parallel": True}
+        )
+    )  # fmt: skip
+    assert batch.parallel is True
+    assert [c.method for c in batch.commands] == ["publish", "presence", "", "", "info"]
+    assert batch.commands[1].request == rq.ChannelRequest("p")
+    assert rq.decode_batch(b"{}") == rq.Batch((), False)
+    for body, field in (
+        ({"commands": [{}, {}, {"publish": {"channel": "c", "tags": {"x": 1}}}]},
+         "commands[2].publish.tags.x"),
+        ({"commands": [{"disconnect": {"whitelist": ["a", 2]}}]},
+         "commands[0].disconnect.whitelist[1]"),
+        ({"commands": [{"subscribe": {"override": {"presence": {"value": 1}}}}]},
+         "commands[0].subscribe.override.presence.value"),
+        ({"commands": [{"history": {"since": {"offset": -1}}}]},
+         "commands[0].history.since.offset"),
+        ({"commands": [{"publish": []}]}, "commands[0].publish"),
+        ({"commands": [None]}, "commands[0]"),
+        ({"commands": {"publish": {}}}, "commands"),
+        ({"parallel": 1}, "parallel"),
+    ):  # fmt: skip
+        with pytest.raises(BadRequestBody) as info:
+            rq.decode_batch(orjson.dumps(body))
+        assert info.value.field == field, body
