@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aether_trio.admin import params
 from aether_trio.auth.tokens import ChannelOverride
 from aether_trio.http.api import requests as rq
 from aether_trio.http.api.errors import BadRequestBody
@@ -204,6 +205,15 @@ def test_api_integers_accept_exactly_their_range(field: Any, value: int) -> None
         with pytest.raises(BadRequestBody) as info:
             decode(method, body(value))
         assert (info.value.field, info.value.detail) == (path, f"expected {lo}..{hi}")
+
+
+@PROPERTIES
+@given(st.one_of(NOT_AN_INTEGER, st.floats()))
+def test_admin_integers_refuse_everything_but_integers(value: Any) -> None:
+    with pytest.raises(params.BadParams) as info:
+        params.decode(params.TasksParams, {"max_tasks": value})
+    assert info.value.field == "max_tasks"
+    assert info.value.message.startswith("expected an integer, got ")
 
 
 # --- the server API's request bodies ---
