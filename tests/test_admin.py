@@ -1,6 +1,7 @@
 """Operator commands against a live server, each observed from the outside: real
 centrifuge-python clients (asyncio, in a sync test with `asyncio.run`), HTTP calls with httpx and
-the `aether admin` CLI as a subprocess. Every wait is bounded."""
+the `aether admin` CLI as a subprocess. Every wait is bounded. At the end, without a server: every
+command's parameters (unknown fields, wrong types, GET spellings) and the drain's pacing."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import logging
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
+import attrs
 import httpx
 import orjson
 import pytest
@@ -33,6 +37,8 @@ from sdk_helpers import ClientRecorder, disconnect_all
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from aether_trio.admin import params
+from aether_trio.admin.commands import COMMANDS
 from aether_trio.admin.drain import Drain, DrainRunning
 
 ADMIN_KEY = "admin-key-for-tests"
@@ -356,6 +362,37 @@ def test_bad_requests_are_refused_whole_and_the_server_keeps_serving(tmp_path: P
     run(tmp_path, scenario)
 
 
+def test_every_command_refuses_unknown_fields_and_wrong_types_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    async def scenario(s: Session) -> None:
+        client, _ = await s.connected(token("alice"))
+        for name in sorted(VALID):
+            response = await s.call("POST", name, {**VALID[name], "zz": 1}, ADMIN_KEY)
+            assert response.status_code == 400, (name, response.text)
+            assert response.json() == {"error": "unknown field", "field": "zz"}
+        for name, field, value in wrong_types():
+            response = await s.call("POST", name, {**VALID[name], field: value}, ADMIN_KEY)
+            assert (response.status_code, response.json()["field"]) == (400, field), name
+        # GET: parameters from the query string, numbers spelled as text.
+        tree = (await s.call("GET", "tasks", {"max_tasks": "2"}, ADMIN_KEY)).json()
+        assert tree["shown"] == 2
+        for command, query, field in (
+            ("tasks", {"max_tasks": "two"}, "max_tasks"),
+            ("connections", {"limit": "0"}, "limit"),
+            ("node", {"verbose": "true"}, "verbose"),
+        ):
+            response = await s.call("GET", command, query, ADMIN_KEY)
+            assert (response.status_code, response.json()["field"]) == (400, field)
+        node = await s.admin("node")
+        assert (node["access"], node["maintenance"], node["drain"]["state"]) == (
+            {"bans": 0, "revoked_tokens": 0, "token_cutoffs": 0}, False, "idle"
+        )  # fmt: skip
+        assert client.state == ClientState.CONNECTED
+
+    run(tmp_path, scenario)
+
+
 # --- configuration, logging and debugging views ---
 
 
@@ -519,3 +556,85 @@ async def test_drain_cancel_stops_it(autojump_clock: Any) -> None:
         assert await drain.cancel() and not await drain.cancel()
     assert (drain.state, drain.status()["closed"], node.draining) == ("cancelled", 3, False)
     assert node.maintenance is False
+
+
+# --- parameters, without a server: one attrs class per command ---
+
+VALID: dict[str, dict[str, Any]] = {
+    "broadcast": {"data": {"n": 1}},
+    "maintenance": {"enabled": False},
+    "drain": {"rate": 5, "maintenance": False},
+    "drain_cancel": {},
+    "drain_status": {},
+    "ban": {"user": "u", "duration": 60, "reason": "r"},
+    "unban": {"user": "u"},
+    "bans": {},
+    "revoke_token": {"jti": "j", "expire_at": 2e9},
+    "invalidate_user_tokens": {"user": "u", "before": 5},
+    "reload": {},
+    "log_level": {"level": "INFO"},
+    "node": {},
+    "tasks": {"max_tasks": 5},
+    "connection": {"client": "c"},
+    "connections": {"user": "u", "channel": "c", "limit": 5},
+}
+# A value of the wrong JSON type for each parameter type.
+WRONG = {str: 5, bool: "true", int: 1.5, float: "1", Any: None}
+
+
+def wrong_types() -> list[tuple[str, str, Any]]:
+    cases = []
+    for name, command in sorted(COMMANDS.items()):
+        for field in attrs.fields(attrs.resolve_types(command.params)):
+            # `float | None` -> float: what a value must be when given
+            kind = next((t for t in typing.get_args(field.type) if t is not NoneType), field.type)
+            cases.append((name, field.name, WRONG[kind]))
+    return cases
+
+
+def test_every_command_has_valid_parameters_in_the_table() -> None:
+    assert sorted(VALID) == sorted(COMMANDS)
+    for name, raw in VALID.items():
+        assert attrs.has(type(params.decode(COMMANDS[name].params, raw)))
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_refuses_an_unknown_field(name: str) -> None:
+    with pytest.raises(params.BadParams) as info:
+        params.decode(COMMANDS[name].params, {**VALID[name], "zz_unknown": 1})
+    assert (info.value.field, info.value.message) == ("zz_unknown", "unknown field")
+    with pytest.raises(params.BadParams) as info:
+        params.decode(COMMANDS[name].params, {"zz_unknown": "1"}, from_query=True)
+    assert info.value.field in ("zz_unknown", *VALID[name])  # a required one may come first
+
+
+@pytest.mark.parametrize(("name", "field", "value"), wrong_types())
+def test_every_command_refuses_a_wrong_type(name: str, field: str, value: Any) -> None:
+    with pytest.raises(params.BadParams) as info:
+        params.decode(COMMANDS[name].params, {**VALID[name], field: value})
+    assert info.value.field == field
+    expected = "is required" if value is None else "expected "
+    assert info.value.message.startswith(expected), info.value.message
+
+
+def test_get_parameters_are_spelled_as_text() -> None:
+    def query(cls: type, **values: str) -> Any:
+        raw = params.read_query({k: [v] for k, v in values.items()})
+        return params.decode(cls, raw, from_query=True)
+
+    assert query(params.TasksParams, max_tasks="3").max_tasks == 3
+    assert query(params.ConnectionsParams, limit="2", user="7").user == "7"  # text stays text
+    assert query(params.DrainParams, rate="0.5", maintenance="false") == params.DrainParams(
+        0.5, False
+    )
+    assert query(params.InvalidateParams, user="u", before="12").before == 12
+    for cls, values, field in (
+        (params.TasksParams, {"max_tasks": "many"}, "max_tasks"),
+        (params.TasksParams, {"max_tasks": "0"}, "max_tasks"),
+        (params.DrainParams, {"maintenance": "1"}, "maintenance"),
+        (params.DrainParams, {"rate": "-1"}, "rate"),
+        (params.NoParams, {"x": ""}, "x"),
+    ):
+        with pytest.raises(params.BadParams) as info:
+            query(cls, **values)
+        assert info.value.field == field

@@ -658,6 +658,31 @@ def test_keys_roles_and_http_errors() -> None:
         assert (reply.status_code, reply.json()["field"]) == (400, "whitelist[1]")
         reply = post(srv, "subscribe", {"user": "42", "channel": "x", "override": {"presence": 1}})
         assert (reply.status_code, reply.json()["field"]) == (400, "override.presence")
+        # Paths through arrays and nested objects, down into a batch's commands.
+        for method, body, field in (
+            ("history", {"channel": "news", "limit": "10"}, "limit"),
+            ("history", {"channel": "news", "limit": True}, "limit"),
+            ("subscribe", {"user": "42", "recover_since": {"offset": 1.5}}, "recover_since.offset"),
+            ("disconnect", {"user": "42", "disconnect": {"code": "3000"}}, "disconnect.code"),
+            ("broadcast", {"channels": ["a", "b", 3], "data": 1}, "channels[2]"),
+            (
+                "batch",
+                {"commands": [{"info": {}}, {"rpc": {}}, {"publish": {"tags": {"x": 1}}}]},
+                "commands[2].publish.tags.x",
+            ),
+            (
+                "batch",
+                {"commands": [{"subscribe": {"override": {"join_leave": {"value": "no"}}}}]},
+                "commands[0].subscribe.override.join_leave.value",
+            ),
+        ):
+            reply = post(srv, method, body)
+            assert reply.status_code == 400, (method, body)
+            assert reply.json() == {
+                "code": 107, "message": "bad request", "field": field,
+                "detail": reply.json()["detail"],
+            }  # fmt: skip
+            assert reply.json()["detail"].startswith("expected ")
 
         big = post(srv, "publish", content=b'{"channel": "news", "data": "' + b"x" * 5000 + b'"}')
         assert big.status_code == 413

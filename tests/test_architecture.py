@@ -9,7 +9,9 @@ grepping), and the public surface pinned.
   trio_asyncio, neither directly nor through another aether_trio module it imports;
 - nothing outside `node.py` touches the node's hub, broker or presence engine;
 - engines never import the hub, the hub never imports an engine; only `app.py` (the
-  composition root) imports the concrete memory engine.
+  composition root) imports the concrete memory engine;
+- one way to decode JSON input: `http/` and `admin/` hand request bodies to their decoders, which
+  go through `protocol.decoding` (the only place a body is parsed); they parse no body themselves.
 
 Each check is a function over plain data (a graph, a source text), so the tests below also show
 that it fails on a planted cycle, a planted upward import or a planted wsproto import.
@@ -533,3 +535,141 @@ def test_importing_the_protocol_layer_loads_no_io_library_at_runtime() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+# --- one way to decode JSON input --------------------------------------------------------------
+
+DECODING = f"{PACKAGE}.protocol.decoding"
+# Where http/ and admin/ parse JSON themselves, and why none of it is a request body.
+OTHER_JSON = {
+    (f"{PACKAGE}.http.api.methods", "_b64_json"): "b64data/b64info, inside an already decoded body",
+    (f"{PACKAGE}.http.api.users", "_close_reason"): "checks that a close reason is not JSON",
+    (f"{PACKAGE}.admin.chain", "jsonable"): "audit entries: a JSON round trip",
+    (f"{PACKAGE}.admin.chain", "_check"): "audit entries read back from the store",
+    (f"{PACKAGE}.admin.cli", "call"): "the CLI reading the server's answer",
+    (f"{PACKAGE}.admin.cli", "_http_error"): "the CLI reading the server's error answer",
+    (f"{PACKAGE}.admin.cli", "_body"): "the CLI's --data argument",
+    (f"{PACKAGE}.admin.cli", "cmd_audit"): "the CLI printing audit entries",
+}
+# What a route hands `request.body` to; each decodes through DECODING.
+BODY_DECODERS = {
+    "decode_request": f"{PACKAGE}.http.api.requests",
+    "decode_batch": f"{PACKAGE}.http.api.requests",
+    "read_body": f"{PACKAGE}.admin.params",
+}
+JSON_PARSERS = {("orjson", "loads"), ("json", "loads"), ("json", "load")}
+
+
+def _calls_by_function(tree: ast.AST) -> list[tuple[str, ast.Call]]:
+    """Every call in `tree` with the name of the function it is in ("" at module level)."""
+    found: list[tuple[str, ast.Call]] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                visit(child, child.name)
+                continue
+            if isinstance(child, ast.Call):
+                found.append((function, child))
+            visit(child, function)
+
+    visit(tree, "")
+    return found
+
+
+def json_parsing_functions(source: str) -> set[str]:
+    """Functions of `source` that parse JSON text (`orjson.loads(...)`, `json.loads(...)`, or
+    a `loads` imported from either)."""
+    tree = ast.parse(source)
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module in ("orjson", "json")
+        for alias in node.names
+        if alias.name in ("loads", "load")
+    }
+    functions = set()
+    for function, call in _calls_by_function(tree):
+        target = call.func
+        if (
+            isinstance(target, ast.Attribute)
+            and isinstance(target.value, ast.Name)
+            and (target.value.id, target.attr) in JSON_PARSERS
+        ) or (isinstance(target, ast.Name) and target.id in imported):
+            functions.add(function)
+    return functions
+
+
+def body_reads(source: str) -> list[str]:
+    """How each `<x>.body` of `source` is used, where `x` is a request: the name of the function
+    it is passed to directly, or "" when it is used any other way."""
+    tree = ast.parse(source)
+    as_argument = {
+        id(arg): call.func.id if isinstance(call.func, ast.Name) else ""
+        for _function, call in _calls_by_function(tree)
+        for arg in call.args
+    }
+    return [
+        as_argument.get(id(node), "")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "body"
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("request", "req")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "parsing", "reads"),
+    [
+        ("def f(request):\n    return orjson.loads(request.body)\n", {"f"}, [""]),
+        ("from orjson import loads as l\ndef g(x):\n    return l(x)\n", {"g"}, []),
+        (
+            "async def h(request):\n    return decode_request('m', request.body)\n",
+            set(),
+            ["decode_request"],
+        ),
+        ("def k(request):\n    body = request.body\n    return read_body(body)\n", set(), [""]),
+        ("x = json.loads('1')\n", {""}, []),
+    ],
+)
+def test_json_and_body_finders(source: str, parsing: set[str], reads: list[str]) -> None:
+    assert json_parsing_functions(source) == parsing
+    assert body_reads(source) == reads
+
+
+HTTP_AND_ADMIN = sorted(
+    m for m in SOURCES if _is_within(m, f"{PACKAGE}.http") or _is_within(m, f"{PACKAGE}.admin")
+)
+
+
+@pytest.mark.parametrize("module", HTTP_AND_ADMIN)
+def test_http_and_admin_parse_no_request_body_themselves(module: str) -> None:
+    # Request bodies are parsed in one place, `protocol.decoding.loads_object`, and decoded by a
+    # cattrs converter; anything else parsing JSON here must be listed with its reason.
+    parsing = {(module, f) for f in json_parsing_functions(SOURCES[module].read_text())}
+    assert sorted(parsing - OTHER_JSON.keys()) == []
+
+
+@pytest.mark.parametrize("module", HTTP_AND_ADMIN)
+def test_request_bodies_go_straight_to_a_decoder(module: str) -> None:
+    reads = body_reads(SOURCES[module].read_text())
+    assert [r for r in reads if r not in BODY_DECODERS] == []
+
+
+def test_the_body_decoders_decode_through_the_shared_module() -> None:
+    assert body_reads(SOURCES[f"{PACKAGE}.admin.routes"].read_text()) == ["read_body"]
+    assert sorted(body_reads(SOURCES[f"{PACKAGE}.http.api.routes"].read_text())) == [
+        "decode_batch", "decode_request"
+    ]  # fmt: skip
+    for name, module in BODY_DECODERS.items():
+        tree = ast.parse(SOURCES[module].read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == name for n in tree.body), name
+        assert DECODING in imports_of(module)
+    # ...where the body is parsed exactly once.
+    source = SOURCES[DECODING].read_text()
+    assert json_parsing_functions(source) == {"loads_object"}
+    assert sum(
+        isinstance(c.func, ast.Attribute) and c.func.attr == "loads"
+        for _f, c in _calls_by_function(ast.parse(source))
+    ) == 1  # fmt: skip

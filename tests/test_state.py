@@ -14,8 +14,8 @@ import pytest
 from centrifuge import Client, ClientEventHandler, ClientState, DisconnectedContext
 from conftest import make_config, running_server, token
 
-from aether_trio.admin import chain
-from aether_trio.admin.params import BadParams, Params
+from aether_trio.admin import chain, params
+from aether_trio.admin.params import BadParams
 from aether_trio.admin.state import AccessState
 from aether_trio.admin.store import Database, Store, database_path
 from aether_trio.config import ConfigError, parse_config
@@ -120,31 +120,47 @@ async def test_access_state_checks_bans_revocations_and_cutoffs(tmp_path: Path) 
 
 
 def test_params_name_the_field_and_refuse_unknown_ones() -> None:
-    def error(body: bytes, read: Any) -> tuple[str, str]:
+    def error(body: bytes, cls: type) -> tuple[str, str]:
         with pytest.raises(BadParams) as exc:
-            params = Params.from_body(body)
-            read(params)
-            params.done()
+            params.decode(cls, params.read_body(body))
         return exc.value.field, exc.value.message
 
-    assert error(b"{", lambda p: None) == ("", "the body is not valid JSON")
-    assert error(b"[1]", lambda p: None) == ("", "the body must be a JSON object")
-    assert error(b"{}", lambda p: p.text("user")) == ("user", "is required")
-    assert error(b'{"user": 1}', lambda p: p.text("user")) == (
+    # One wording for a body that is not a JSON object, shared with the server API.
+    assert error(b"{", params.NoParams) == ("", "malformed JSON")
+    assert error(b"[1]", params.NoParams) == ("", "the body must be a JSON object, got an array")
+    assert error(b"{}", params.UserParams) == ("user", "is required")
+    assert error(b'{"user": null}', params.UserParams) == ("user", "is required")
+    assert error(b'{"user": 1}', params.UserParams) == (
         "user", "expected a string, got an integer"
     )  # fmt: skip
-    assert error(b'{"user": ""}', lambda p: p.text("user")) == ("user", "must not be empty")
-    assert error(b'{"d": -1}', lambda p: p.number("d", None, positive=True))[0] == "d"
-    assert error(b'{"d": true}', lambda p: p.number("d", None))[0] == "d"
-    assert error(b'{"on": 1}', lambda p: p.flag("on")) == (
-        "on",
+    assert error(b'{"user": ""}', params.UserParams) == ("user", "must not be empty")
+    assert error(b'{"user": "%s"}' % (b"x" * 1025), params.UserParams) == (
+        "user", "longer than 1024 characters"
+    )  # fmt: skip
+    assert error(b'{"user": "a", "duration": -1}', params.BanParams) == (
+        "duration", "expected a number > 0, got -1.0"
+    )  # fmt: skip
+    assert error(b'{"user": "a", "duration": true}', params.BanParams)[0] == "duration"
+    assert error(b'{"enabled": 1}', params.MaintenanceParams) == (
+        "enabled",
         "expected true or false, got an integer",
     )
-    assert error(b'{"n": 1.5}', lambda p: p.integer("n", 1))[0] == "n"
-    assert error(b'{"a": 1, "zz": 2}', lambda p: p.integer("a")) == ("zz", "unknown field")
-    query = Params.from_query({"limit": ["5"], "on": ["true"], "rate": ["2.5"]})
-    assert (query.integer("limit"), query.flag("on"), query.number("rate")) == (5, True, 2.5)
-    assert Params.from_body(b"").raw == {}
+    assert error(b'{"max_tasks": 1.5}', params.TasksParams)[0] == "max_tasks"
+    assert error(b'{"max_tasks": 0}', params.TasksParams) == (
+        "max_tasks", "expected an integer >= 1, got 0"
+    )  # fmt: skip
+    assert error(b'{"max_tasks": 1, "zz": 2}', params.TasksParams) == ("zz", "unknown field")
+    assert error(b'{"level": "loud"}', params.LogLevelParams)[0] == "level"
+    query = params.read_query({"limit": ["9", "5"], "user": ["u"]})
+    assert params.decode(params.ConnectionsParams, query, from_query=True) == (
+        params.ConnectionsParams(user="u", channel=None, limit=5)
+    )
+    on = params.decode(params.MaintenanceParams, {"enabled": "true"}, from_query=True)
+    rate = params.decode(params.DrainParams, {"rate": "2.5"}, from_query=True).rate
+    assert (on.enabled, rate) == (True, 2.5)
+    assert params.read_body(b"") == params.read_body(b" \n") == {}
+    defaults = params.decode(params.DrainParams, {})
+    assert (defaults.rate, defaults.maintenance) == (None, True)
 
 
 # --- surviving a restart, seen by the SDK ---

@@ -8,6 +8,7 @@
     state.py     `AccessState`: bans and revocations in memory (O(1) checks), written through
     drain.py     `Drain`: closes connections gradually for rolling deploys
     debug.py     task tree, connection and node views (plain JSON-able dicts)
+    params.py    one attrs class per command's parameters, decoded by a strict cattrs converter
     commands.py  the operator commands: parameter checks, then the change, then the audit entry
     routes.py    `POST /api/admin/<command>`: API-key auth (admin role), JSON in and out
     service.py   `AdminService`: owns the store, the writer and the drain task

@@ -1,7 +1,7 @@
 """The operator commands: `async def name(ctx, params) -> result` (a JSON-able dict).
 
-Each command reads and checks all of its parameters and calls `params.done()` before it changes
-anything (`BadParams` -> 400), then applies the change as a whole. `CommandError` carries any
+Each command receives its parameters decoded and checked (`params`: one attrs class per command,
+a refusal is `BadParams` -> 400), then applies the change as a whole. `CommandError` carries any
 other refusal with its HTTP status. Close codes (see README, "Operator commands and audit"):
 ban 3507 "permission denied" (terminal), revoked or invalidated token 3500 "invalid token"
 (terminal), drain 3011 "force reconnect"; maintenance refuses new connects with 3001 "shutdown".
@@ -11,19 +11,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import attrs
 import trio
 
 from ..config import ConfigError, load_config
-from ..observe.logs import LEVELS, set_log_level
+from ..observe.logs import set_log_level
 from ..protocol.codec import raw_json
 from ..protocol.codes import Disconnect
 from ..protocol.errors import ReplyError
 from . import debug
 from .drain import Drain, DrainRunning
-from .params import BadParams, Params
+from .params import (
+    BanParams,
+    BroadcastParams,
+    ConnectionParams,
+    ConnectionsParams,
+    DrainParams,
+    InvalidateParams,
+    LogLevelParams,
+    MaintenanceParams,
+    NoParams,
+    RevokeTokenParams,
+    TasksParams,
+    UserParams,
+)
 
 if TYPE_CHECKING:
     from ..connection.client import Client
@@ -64,13 +77,14 @@ class AdminContext:
 
 
 Result = dict[str, Any]
-Handler = Callable[[AdminContext, Params], Awaitable[Result]]
+P = TypeVar("P")
 
 
 @attrs.frozen
-class Command:
-    run: Handler
+class Command(Generic[P]):
+    run: Callable[[AdminContext, P], Awaitable[Result]]
     changes_state: bool
+    params: type[P]  # what `run` takes, decoded from the request by `params.decode`
 
 
 def _close(clients: list[Client], disconnect: Disconnect, detail: str) -> int:
@@ -82,9 +96,8 @@ def _close(clients: list[Client], disconnect: Disconnect, detail: str) -> int:
 # --- system channel, maintenance, drain ---
 
 
-async def broadcast(ctx: AdminContext, p: Params) -> Result:
-    data = p.json("data")
-    p.done()
+async def broadcast(ctx: AdminContext, p: BroadcastParams) -> Result:
+    data = p.data
     channel = ctx.node.config.admin.system_channel
     if not channel:
         raise CommandError(409, "no system channel: [admin] system_channel is empty")
@@ -96,31 +109,27 @@ async def broadcast(ctx: AdminContext, p: Params) -> Result:
     return {"channel": channel, "recipients": recipients}
 
 
-async def maintenance(ctx: AdminContext, p: Params) -> Result:
-    enabled = p.flag("enabled")
-    p.done()
+async def maintenance(ctx: AdminContext, p: MaintenanceParams) -> Result:
+    enabled = p.enabled
     ctx.node.maintenance = enabled
     return {"maintenance": enabled, "clients": len(ctx.node.clients)}
 
 
-async def drain(ctx: AdminContext, p: Params) -> Result:
-    rate = p.number("rate", ctx.node.config.admin.drain_rate, positive=True)
-    with_maintenance = p.flag("maintenance", True)
-    p.done()
+async def drain(ctx: AdminContext, p: DrainParams) -> Result:
+    rate = ctx.node.config.admin.drain_rate if p.rate is None else p.rate
+    with_maintenance = p.maintenance
     try:
         return ctx.drain.start(ctx.nursery, rate, maintenance=with_maintenance)
     except DrainRunning as exc:
         raise CommandError(409, str(exc)) from None
 
 
-async def drain_cancel(ctx: AdminContext, p: Params) -> Result:
-    p.done()
+async def drain_cancel(ctx: AdminContext, p: NoParams) -> Result:
     cancelled = await ctx.drain.cancel()
     return {"cancelled": cancelled, **ctx.drain.status()}
 
 
-async def drain_status(ctx: AdminContext, p: Params) -> Result:
-    p.done()
+async def drain_status(ctx: AdminContext, p: NoParams) -> Result:
     return ctx.drain.status()
 
 
@@ -131,44 +140,33 @@ def _ban_view(user: str, expire_at: float | None, reason: str) -> Result:
     return {"user": user, "expire_at": expire_at, "reason": reason}
 
 
-async def ban(ctx: AdminContext, p: Params) -> Result:
-    user = p.text("user")
-    duration = p.number("duration", None, positive=True)
-    reason = p.text("reason", "")
-    p.done()
+async def ban(ctx: AdminContext, p: BanParams) -> Result:
+    user, duration, reason = p.user, p.duration, p.reason or ""
     expire_at = time.time() + duration if duration is not None else None
     await ctx.state.ban(user, expire_at, reason)
     closed = _close(ctx.node.user_clients(user), Disconnect.PERMISSION_DENIED, "banned")
     return {**_ban_view(user, expire_at, reason), "disconnected": closed}
 
 
-async def unban(ctx: AdminContext, p: Params) -> Result:
-    user = p.text("user")
-    p.done()
+async def unban(ctx: AdminContext, p: UserParams) -> Result:
+    user = p.user
     return {"user": user, "removed": await ctx.state.unban(user)}
 
 
-async def bans(ctx: AdminContext, p: Params) -> Result:
-    p.done()
+async def bans(ctx: AdminContext, p: NoParams) -> Result:
     return {"bans": [_ban_view(b.user, b.expire_at, b.reason) for b in ctx.state.bans()]}
 
 
-async def revoke_token(ctx: AdminContext, p: Params) -> Result:
-    jti = p.text("jti")
-    expire_at = p.number("expire_at", None, positive=True)
-    p.done()
+async def revoke_token(ctx: AdminContext, p: RevokeTokenParams) -> Result:
+    jti, expire_at = p.jti, p.expire_at
     await ctx.state.revoke(jti, expire_at)
     holders = [c for c in ctx.node.clients.values() if c.token_id == jti]
     return {"jti": jti, "expire_at": expire_at,
             "disconnected": _close(holders, Disconnect.INVALID_TOKEN, "token revoked")}  # fmt: skip
 
 
-async def invalidate_user_tokens(ctx: AdminContext, p: Params) -> Result:
-    user = p.text("user")
-    # Default: every token issued up to now, the current second included (`iat` is whole
-    # seconds, so a token of this very second cannot be told apart from an older one).
-    before = p.integer("before", int(time.time()) + 1, minimum=1)
-    p.done()
+async def invalidate_user_tokens(ctx: AdminContext, p: InvalidateParams) -> Result:
+    user, before = p.user, p.before  # default `before`: every token issued up to now
     await ctx.state.set_cutoff(user, before)
     old = [c for c in ctx.node.user_clients(user) if c.issued_at is None or c.issued_at < before]
     return {"user": user, "before": before,
@@ -178,8 +176,7 @@ async def invalidate_user_tokens(ctx: AdminContext, p: Params) -> Result:
 # --- configuration and logging ---
 
 
-async def reload(ctx: AdminContext, p: Params) -> Result:
-    p.done()
+async def reload(ctx: AdminContext, p: NoParams) -> Result:
     path = ctx.config.config_path
     if path is None:
         raise CommandError(409, "the server runs on the embedded defaults: no file to reload")
@@ -192,11 +189,8 @@ async def reload(ctx: AdminContext, p: Params) -> Result:
     return {"reloaded": True, "path": str(path)}
 
 
-async def log_level(ctx: AdminContext, p: Params) -> Result:
-    level = p.text("level").lower()
-    p.done()
-    if level not in LEVELS:
-        raise BadParams("level", f"expected one of {', '.join(LEVELS)}")
+async def log_level(ctx: AdminContext, p: LogLevelParams) -> Result:
+    level = p.level.lower()  # one of LEVELS, in any case
     set_log_level(level)  # the root logger, as [log] level sets it at start
     return {"level": level}
 
@@ -204,8 +198,7 @@ async def log_level(ctx: AdminContext, p: Params) -> Result:
 # --- debugging views ---
 
 
-async def node(ctx: AdminContext, p: Params) -> Result:
-    p.done()
+async def node(ctx: AdminContext, p: NoParams) -> Result:
     return {
         **debug.node_view(ctx.node, ctx.started_at),
         "access": ctx.state.counts(),
@@ -214,47 +207,42 @@ async def node(ctx: AdminContext, p: Params) -> Result:
     }
 
 
-async def tasks(ctx: AdminContext, p: Params) -> Result:
-    max_tasks = p.integer("max_tasks", 1000, minimum=1)
-    p.done()
+async def tasks(ctx: AdminContext, p: TasksParams) -> Result:
+    max_tasks = p.max_tasks
     return debug.task_tree(max_tasks)
 
 
-async def connection(ctx: AdminContext, p: Params) -> Result:
-    client_id = p.text("client")
-    p.done()
+async def connection(ctx: AdminContext, p: ConnectionParams) -> Result:
+    client_id = p.client
     client = ctx.node.clients.get(client_id)
     if client is None:
         raise CommandError(404, f"no connection {client_id!r} on this node")
     return debug.connection_view(client, time.time())
 
 
-async def connections(ctx: AdminContext, p: Params) -> Result:
-    user = p.text("user", None)
-    channel = p.text("channel", None)
-    limit = p.integer("limit", 100, minimum=1)
-    p.done()
+async def connections(ctx: AdminContext, p: ConnectionsParams) -> Result:
+    user, channel, limit = p.user, p.channel, p.limit
     found = debug.find_connections(ctx.node, user, channel)
     now = time.time()
     return {"total": len(found),
             "connections": [debug.connection_summary(c, now) for c in found[:limit]]}  # fmt: skip
 
 
-COMMANDS: dict[str, Command] = {
-    "broadcast": Command(broadcast, True),
-    "maintenance": Command(maintenance, True),
-    "drain": Command(drain, True),
-    "drain_cancel": Command(drain_cancel, True),
-    "drain_status": Command(drain_status, False),
-    "ban": Command(ban, True),
-    "unban": Command(unban, True),
-    "bans": Command(bans, False),
-    "revoke_token": Command(revoke_token, True),
-    "invalidate_user_tokens": Command(invalidate_user_tokens, True),
-    "reload": Command(reload, True),
-    "log_level": Command(log_level, True),
-    "node": Command(node, False),
-    "tasks": Command(tasks, False),
-    "connection": Command(connection, False),
-    "connections": Command(connections, False),
+COMMANDS: dict[str, Command[Any]] = {
+    "broadcast": Command(broadcast, True, BroadcastParams),
+    "maintenance": Command(maintenance, True, MaintenanceParams),
+    "drain": Command(drain, True, DrainParams),
+    "drain_cancel": Command(drain_cancel, True, NoParams),
+    "drain_status": Command(drain_status, False, NoParams),
+    "ban": Command(ban, True, BanParams),
+    "unban": Command(unban, True, UserParams),
+    "bans": Command(bans, False, NoParams),
+    "revoke_token": Command(revoke_token, True, RevokeTokenParams),
+    "invalidate_user_tokens": Command(invalidate_user_tokens, True, InvalidateParams),
+    "reload": Command(reload, True, NoParams),
+    "log_level": Command(log_level, True, LogLevelParams),
+    "node": Command(node, False, NoParams),
+    "tasks": Command(tasks, False, TasksParams),
+    "connection": Command(connection, False, ConnectionParams),
+    "connections": Command(connections, False, ConnectionsParams),
 }

@@ -1,20 +1,47 @@
-"""Typed access to an operator command's JSON parameters; every refusal names its field.
+"""The operator commands' parameters: one frozen attrs class per command, decoded by a strict
+cattrs converter (`protocol.decoding`, like the server API's request bodies).
 
-A command reads all of its parameters, then calls `done()` (which refuses unknown fields) before
-it changes anything: a request is either refused as a whole (400) or applied as a whole.
-Parameters of a GET come from the query string, where numbers and booleans are spelled as text.
+A class holds the command's parameters with their defaults and validators; decoding refuses
+unknown fields, wrong types and invalid values with `BadParams` naming the field, so a command
+receives its parameters whole and checked, before it changes anything. A JSON `null` counts as
+absent. Parameters of a GET come from the query string, where numbers and booleans are spelled
+as text ("3", "2.5", "true", "false").
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+import time
+from typing import Any, Final, TypeVar
 
-import orjson
+import attrs
+from attrs.validators import optional
 
-__all__ = ["BadParams", "Params"]
+from ..observe.logs import LEVELS
+from ..protocol.decoding import DecodeError, Decoder, loads_object, strict_converter
 
-_MISSING: Any = object()
+__all__ = [
+    "MAX_TEXT",
+    "BadParams",
+    "BanParams",
+    "BroadcastParams",
+    "ConnectionParams",
+    "ConnectionsParams",
+    "DrainParams",
+    "InvalidateParams",
+    "LogLevelParams",
+    "MaintenanceParams",
+    "NoParams",
+    "RevokeTokenParams",
+    "TasksParams",
+    "UserParams",
+    "decode",
+    "read_body",
+    "read_query",
+]
+
+P = TypeVar("P")
+
+MAX_TEXT: Final = 1024
 
 
 class BadParams(Exception):
@@ -26,100 +53,139 @@ class BadParams(Exception):
         self.message = message
 
 
-class Params:
-    def __init__(self, data: dict[str, Any], *, from_query: bool = False) -> None:
-        self._data = data
-        self._seen: set[str] = set()
-        self._from_query = from_query
+# --- validators: the message starts with the field's name, as `protocol.decoding` expects ---
 
-    @property
-    def raw(self) -> dict[str, Any]:
-        """The parameters as received."""
-        return self._data
 
-    @classmethod
-    def from_body(cls, body: bytes) -> Params:
-        if not body.strip():
-            return cls({})
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise BadParams("", "the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise BadParams("", "the body must be a JSON object")
-        return cls(data)
+def _text(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name}: must not be empty")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"{attribute.name}: longer than {MAX_TEXT} characters")
 
-    @classmethod
-    def from_query(cls, query: dict[str, list[str]]) -> Params:
-        return cls({key: values[-1] for key, values in query.items()}, from_query=True)
 
-    def _get(self, name: str, default: Any) -> Any:
-        self._seen.add(name)
-        value = self._data.get(name)
-        if value is None:
-            if default is _MISSING:
-                raise BadParams(name, "is required")
-            return default
-        return value
+def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name}: expected a number > 0, got {value!r}")
 
-    def text(self, name: str, default: Any = _MISSING, *, max_length: int = 1024) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        if not isinstance(value, str):
-            raise BadParams(name, f"expected a string, got {_kind(value)}")
-        if not value:
-            raise BadParams(name, "must not be empty")
-        if len(value) > max_length:
-            raise BadParams(name, f"longer than {max_length} characters")
-        return value
 
-    def number(self, name: str, default: Any = _MISSING, *, positive: bool = False) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        if self._from_query and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise BadParams(name, f"expected a number, got {value!r}") from None
-        if type(value) not in (int, float) or not math.isfinite(value):
-            raise BadParams(name, f"expected a number, got {_kind(value)}")
-        if positive and value <= 0:
-            raise BadParams(name, f"expected a number > 0, got {value!r}")
-        return float(value)
-
-    def integer(self, name: str, default: Any = _MISSING, *, minimum: int = 0) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        if self._from_query and isinstance(value, str):
-            value = int(value) if value.lstrip("-").isdigit() else value
-        if type(value) is not int:
-            raise BadParams(name, f"expected an integer, got {_kind(value)}")
+def _at_least(minimum: int) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
         if value < minimum:
-            raise BadParams(name, f"expected an integer >= {minimum}, got {value}")
-        return value
+            raise ValueError(f"{attribute.name}: expected an integer >= {minimum}, got {value}")
 
-    def flag(self, name: str, default: Any = _MISSING) -> Any:
-        value = self._get(name, default)
-        if self._from_query and isinstance(value, str) and value in ("true", "false"):
-            value = value == "true"
-        if type(value) is not bool:
-            raise BadParams(name, f"expected true or false, got {_kind(value)}")
-        return value
-
-    def json(self, name: str) -> Any:
-        """Any JSON value but null."""
-        return self._get(name, _MISSING)
-
-    def done(self) -> None:
-        unknown = sorted(set(self._data) - self._seen)
-        if unknown:
-            raise BadParams(unknown[0], "unknown field")
+    return check
 
 
-def _kind(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "an array", dict: "an object"}  # fmt: skip
-    return names.get(type(value), type(value).__name__)
+def _log_level(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value.lower() not in LEVELS:
+        raise ValueError(f"{attribute.name}: expected one of {', '.join(LEVELS)}")
+
+
+def _next_second() -> int:
+    # Every token issued up to now, the current second included (`iat` is whole seconds, so a
+    # token of this very second cannot be told apart from an older one).
+    return int(time.time()) + 1
+
+
+# --- one class per command ---
+
+
+@attrs.frozen
+class NoParams:
+    """drain_cancel, drain_status, bans, reload, node: no parameters (any is refused)."""
+
+
+@attrs.frozen
+class BroadcastParams:
+    data: Any  # any JSON value but null
+
+
+@attrs.frozen
+class MaintenanceParams:
+    enabled: bool
+
+
+@attrs.frozen
+class DrainParams:
+    rate: float | None = attrs.field(default=None, validator=optional(_positive))  # None: config
+    maintenance: bool = True
+
+
+@attrs.frozen
+class BanParams:
+    user: str = attrs.field(validator=_text)
+    duration: float | None = attrs.field(default=None, validator=optional(_positive))
+    reason: str | None = attrs.field(default=None, validator=optional(_text))
+
+
+@attrs.frozen
+class UserParams:
+    """unban."""
+
+    user: str = attrs.field(validator=_text)
+
+
+@attrs.frozen
+class RevokeTokenParams:
+    jti: str = attrs.field(validator=_text)
+    expire_at: float | None = attrs.field(default=None, validator=optional(_positive))
+
+
+@attrs.frozen
+class InvalidateParams:
+    user: str = attrs.field(validator=_text)
+    before: int = attrs.field(factory=_next_second, validator=_at_least(1))
+
+
+@attrs.frozen
+class LogLevelParams:
+    level: str = attrs.field(validator=[_text, _log_level])
+
+
+@attrs.frozen
+class TasksParams:
+    max_tasks: int = attrs.field(default=1000, validator=_at_least(1))
+
+
+@attrs.frozen
+class ConnectionParams:
+    client: str = attrs.field(validator=_text)
+
+
+@attrs.frozen
+class ConnectionsParams:
+    user: str | None = attrs.field(default=None, validator=optional(_text))
+    channel: str | None = attrs.field(default=None, validator=optional(_text))
+    limit: int = attrs.field(default=100, validator=_at_least(1))
+
+
+# --- decoding ---
+
+_BODY: Final = strict_converter(forbid_extra_keys=True)
+_QUERY: Final = strict_converter(forbid_extra_keys=True, from_text=True)
+_decoders: dict[tuple[type, bool], Decoder[Any]] = {}
+
+
+def read_body(body: bytes) -> dict[str, Any]:
+    """A POST's parameters as received: a JSON object (an empty body is `{}`)."""
+    try:
+        return loads_object(body)
+    except DecodeError as exc:
+        raise BadParams(exc.field, exc.message) from None
+
+
+def read_query(query: dict[str, list[str]]) -> dict[str, Any]:
+    """A GET's parameters as received: the last value of each query parameter."""
+    return {key: values[-1] for key, values in query.items()}
+
+
+def decode(cls: type[P], raw: dict[str, Any], *, from_query: bool = False) -> P:
+    """`raw` (from `read_body`, or `read_query` with `from_query`) as a command's parameters."""
+    decoder = _decoders.get((cls, from_query))
+    if decoder is None:
+        decoder = _decoders[cls, from_query] = Decoder(_QUERY if from_query else _BODY, cls)
+    try:
+        params: P = decoder(raw)
+    except DecodeError as exc:
+        raise BadParams(exc.field, exc.message) from None
+    return params

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..http.apiauth import ApiAuth, ApiAuthError
 from ..http.asgi import Request, Response, json_response
 from .commands import COMMANDS, CommandError
-from .params import BadParams, Params
+from .params import BadParams, decode, read_body, read_query
 
 if TYPE_CHECKING:
     from .commands import AdminContext
@@ -78,14 +78,13 @@ class AdminRoutes:
         self, ctx: AdminContext, name: str, request: Request
     ) -> tuple[int, dict[str, Any], dict[str, Any]]:
         """(status, result body, parameters as received for the audit log)."""
+        command = COMMANDS[name]
+        from_query = request.method == "GET"
         raw: dict[str, Any] = {}
         try:
-            if request.method == "GET":
-                params = Params.from_query(request.query)
-            else:
-                params = Params.from_body(request.body)
-            raw = params.raw
-            return 200, await COMMANDS[name].run(ctx, params), raw
+            raw = read_query(request.query) if from_query else read_body(request.body)
+            params = decode(command.params, raw, from_query=from_query)
+            return 200, await command.run(ctx, params), raw
         except BadParams as exc:
             field = {"field": exc.field} if exc.field else {}
             return 400, {"error": exc.message, **field}, raw

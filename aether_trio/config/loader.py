@@ -10,7 +10,6 @@ Secrets may be given inline or as `*_file` paths so the TOML itself can be commi
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 import typing
 from pathlib import Path
@@ -18,9 +17,15 @@ from typing import Any, Literal
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 from cattrs.gen import make_dict_structure_fn
 
+from ..protocol.decoding import error_paths
 from ..protocol.options import Namespace
 from .channels import ChannelConfig
 from .sections import (
@@ -140,7 +145,7 @@ def _strict_converter() -> cattrs.Converter:
             try:
                 namespaces.append(structure_table(item, item_type))
             except Exception as exc:
-                exc.add_note(f"Structuring namespaces @ index {index}")
+                exc.add_note(IterableValidationNote(f"@ index {index}", index, item_type))
                 errors.append(exc)
         if errors:
             raise IterableValidationError("invalid namespaces", errors, tuple)
@@ -158,42 +163,6 @@ def _strict_converter() -> cattrs.Converter:
 _CONVERTER = _strict_converter()
 
 
-def _flatten_errors(exc: BaseException, path: str) -> list[str]:
-    """Turn cattrs' nested exception groups into `key.path: what went wrong` lines."""
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return [
-            f"{path}{'.' if path else ''}{key}: unknown key" for key in sorted(exc.extra_fields)
-        ]
-    if isinstance(exc, ClassValidationError | IterableValidationError):
-        lines: list[str] = []
-        for sub in exc.exceptions:
-            note = next((n for n in getattr(sub, "__notes__", []) if isinstance(n, str)), "")
-            lines.extend(_flatten_errors(sub, _child_path(path, note)))
-        return lines
-    if isinstance(exc, BaseExceptionGroup):
-        return [line for sub in exc.exceptions for line in _flatten_errors(sub, path)]
-    message = str(exc)
-    if isinstance(exc, KeyError):
-        message = "missing required key"
-    if isinstance(exc, ValueError) and ":" in message and not isinstance(exc, TypeError):
-        # Validators name their attribute first ("history_size: expected ..."): keep the full path.
-        attr, _, rest = message.partition(":")
-        if all(part.isidentifier() for part in attr.split(".")) and not path.endswith(attr):
-            return [f"{path}{'.' if path else ''}{attr}:{rest}"]
-    return [f"{path or '<root>'}: {message}"]
-
-
-def _child_path(path: str, note: str) -> str:
-    # cattrs notes look like "Structuring class Config @ attribute server" or "... @ index 2".
-    match = re.search(r"@ attribute (\w+)", note)
-    if match:
-        return f"{path}{'.' if path else ''}{match.group(1)}"
-    match = re.search(r"@ index (\d+)", note)
-    if match:
-        return f"{path}[{match.group(1)}]"
-    return path
-
-
 def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
     """Structure already-parsed TOML into a `Config`, resolving secret files relative to `base`."""
     try:
@@ -206,9 +175,8 @@ def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
             api=_resolve_api(config.api, base),
         )
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
-        raise ConfigError(
-            "invalid configuration:\n  " + "\n  ".join(_flatten_errors(exc, ""))
-        ) from None
+        lines = [f"{path or '<root>'}: {message}" for path, message in error_paths(exc)]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid configuration:\n  {exc}") from None
 

@@ -1,25 +1,45 @@
 """Request bodies of the server HTTP API, decoded into frozen attrs classes.
 
-Decoding checks types only, like upstream's typed JSON decoder: unknown keys are ignored and a JSON
-`null` counts as absent, but a value of the wrong type (a string `limit`, a number `channel`)
-raises `BadRequestBody` naming the field's path (`since.offset`, `commands[2].publish.tags.x`).
-Whether the values make sense (an empty channel, bad base64, an unknown namespace) is the method's
-business and becomes an `ApiError` result, as upstream does.
+One cattrs converter owns the wire format (`protocol.decoding.strict_converter`, orjson parsing the
+body). Decoding checks types only, like upstream's typed JSON decoder: unknown keys are ignored and
+a JSON `null` counts as absent, but a value of the wrong type (a string `limit`, a number
+`channel`, `true` for an integer, an integer out of its range) raises `BadRequestBody` naming the
+field's path (`since.offset`, `whitelist[1]`, `commands[2].publish.tags.x`). Whether the values
+make sense (an empty channel, bad base64, an unknown namespace) is the method's business and
+becomes an `ApiError` result, as upstream does.
+
+Where the JSON differs from the request class (publish options sit beside `channel`, `override`
+wraps each flag as `{"value": bool}`, `disconnect` nests `{code, reason}`), a private wire class
+mirrors the JSON and is turned into the request class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Final, Protocol
 
 import attrs
+import cattrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.gen import make_dict_structure_fn, override
 
 from ...auth.tokens import ChannelOverride
+from ...protocol.decoding import (
+    DecodeError,
+    Decoder,
+    IntRange,
+    json_kind,
+    object_hook,
+    strict_converter,
+)
 from ...protocol.messages import StreamPosition
 from .errors import BadRequestBody
 
 __all__ = [
-    "DECODERS",
+    "BATCH_ORDER",
+    "REQUESTS",
+    "Batch",
+    "BatchCommand",
     "Broadcast",
     "ChannelRequest",
     "Channels",
@@ -27,83 +47,18 @@ __all__ = [
     "History",
     "Info",
     "Publish",
+    "PublishOptions",
     "Refresh",
     "Subscribe",
     "Unsubscribe",
+    "decode_batch",
+    "decode_request",
 ]
 
-INT64 = (-(2**63), 2**63 - 1)
-UINT64 = (0, 2**64 - 1)
-INT32 = (-(2**31), 2**31 - 1)
-UINT32 = (0, 2**32 - 1)
-
-
-class Fields:
-    """Typed access to one JSON object; every error names the field's full path."""
-
-    def __init__(self, raw: Any, path: str) -> None:
-        if type(raw) is not dict:
-            raise BadRequestBody(path, f"expected an object, got {_kind(raw)}")
-        self.raw: dict[str, Any] = raw
-        self.path = path
-
-    def _where(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def _get(self, name: str, kind: type | tuple[type, ...], label: str) -> Any:
-        value = self.raw.get(name)
-        if value is not None and not _is(value, kind):
-            raise BadRequestBody(self._where(name), f"expected {label}, got {_kind(value)}")
-        return value
-
-    def text(self, name: str) -> str:
-        value: str | None = self._get(name, str, "a string")
-        return value or ""
-
-    def flag(self, name: str) -> bool:
-        return bool(self._get(name, bool, "true or false"))
-
-    def integer(self, name: str, bounds: tuple[int, int] = INT64) -> int:
-        value: int | None = self._get(name, int, "an integer")
-        if value is not None and not bounds[0] <= value <= bounds[1]:
-            raise BadRequestBody(self._where(name), f"expected {bounds[0]}..{bounds[1]}")
-        return value or 0
-
-    def value(self, name: str) -> Any:
-        """Any JSON value (None when absent or null)."""
-        return self.raw.get(name)
-
-    def texts(self, name: str) -> tuple[str, ...]:
-        values: list[Any] = self._get(name, list, "an array of strings") or []
-        for index, value in enumerate(values):
-            if type(value) is not str:
-                raise BadRequestBody(f"{self._where(name)}[{index}]", "expected a string")
-        return tuple(values)
-
-    def text_map(self, name: str) -> dict[str, str]:
-        values: dict[str, Any] = self._get(name, dict, "an object of strings") or {}
-        for key, value in values.items():
-            if type(value) is not str:
-                raise BadRequestBody(f"{self._where(name)}.{key}", "expected a string")
-        return dict(values)
-
-    def nested(self, name: str) -> Fields | None:
-        value = self.raw.get(name)
-        return None if value is None else Fields(value, self._where(name))
-
-    def nested_list(self, name: str) -> list[Fields]:
-        values: list[Any] = self._get(name, list, "an array of objects") or []
-        return [Fields(value, f"{self._where(name)}[{i}]") for i, value in enumerate(values)]
-
-
-def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
-    # Exact types: JSON true is not the integer 1, and 1.0 is not an integer here.
-    return type(value) in (kind if isinstance(kind, tuple) else (kind,))
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    return names.get(type(value), "a number" if isinstance(value, int | float) else "null")
+INT64: Final = IntRange(-(2**63), 2**63 - 1)  # any integer field not given another range
+UINT64: Final = IntRange(0, 2**64 - 1)
+INT32: Final = IntRange(-(2**31), 2**31 - 1)
+UINT32: Final = IntRange(0, 2**32 - 1)
 
 
 # --- requests ---
@@ -111,11 +66,11 @@ def _kind(value: Any) -> str:
 
 @attrs.frozen
 class PublishOptions:
-    data: Any
-    b64data: str
-    skip_history: bool
-    tags: dict[str, str]
-    idempotency_key: str
+    data: Any = None
+    b64data: str = ""
+    skip_history: bool = False
+    tags: dict[str, str] = attrs.Factory(dict)
+    idempotency_key: str = ""
 
 
 @attrs.frozen
@@ -132,25 +87,25 @@ class Broadcast:
 
 @attrs.frozen
 class Subscribe:
-    user: str
-    channel: str
-    client: str
-    session: str
-    info: Any
-    b64info: str
-    data: Any
-    b64data: str
-    expire_at: int
-    recover_since: StreamPosition | None
-    override: ChannelOverride | None
+    user: str = ""
+    channel: str = ""
+    client: str = ""
+    session: str = ""
+    info: Any = None
+    b64info: str = ""
+    data: Any = None
+    b64data: str = ""
+    expire_at: int = 0
+    recover_since: StreamPosition | None = None
+    override: ChannelOverride | None = None
 
 
 @attrs.frozen
 class Unsubscribe:
-    user: str
-    channel: str
-    client: str
-    session: str
+    user: str = ""
+    channel: str = ""
+    client: str = ""
+    session: str = ""
 
 
 @attrs.frozen
@@ -165,32 +120,32 @@ class Disconnect:
 
 @attrs.frozen
 class Refresh:
-    user: str
-    client: str
-    session: str
-    expired: bool
-    expire_at: int
-    info: Any
+    user: str = ""
+    client: str = ""
+    session: str = ""
+    expired: bool = False
+    expire_at: int = 0
+    info: Any = None
 
 
 @attrs.frozen
 class ChannelRequest:
     """presence, presence_stats and history_remove."""
 
-    channel: str
+    channel: str = ""
 
 
 @attrs.frozen
 class History:
-    channel: str
-    limit: int
-    since: StreamPosition | None
-    reverse: bool
+    channel: str = ""
+    limit: Annotated[int, INT32] = 0
+    since: StreamPosition | None = None
+    reverse: bool = False
 
 
 @attrs.frozen
 class Channels:
-    pattern: str
+    pattern: str = ""
 
 
 @attrs.frozen
@@ -198,64 +153,183 @@ class Info:
     pass
 
 
-def _publish_options(f: Fields) -> PublishOptions:
-    return PublishOptions(
-        f.value("data"), f.text("b64data"), f.flag("skip_history"), f.text_map("tags"),
-        f.text("idempotency_key"),
-    )  # fmt: skip
-
-
-def _position(f: Fields, name: str) -> StreamPosition | None:
-    pos = f.nested(name)
-    return None if pos is None else StreamPosition(pos.integer("offset", UINT64), pos.text("epoch"))
-
-
-def _override(f: Fields) -> ChannelOverride | None:
-    override = f.nested("override")
-    if override is None:
-        return None
-    flags: dict[str, bool] = {}
-    for field in attrs.fields(ChannelOverride):
-        value = override.nested(field.name)  # {"value": bool}, like protobuf's BoolValue
-        if value is not None:
-            flags[field.name] = value.flag("value")
-    return ChannelOverride(**flags)
-
-
-def _target(f: Fields) -> tuple[str, str, str]:
-    return f.text("user"), f.text("client"), f.text("session")
-
-
-def _subscribe(f: Fields) -> Subscribe:
-    return Subscribe(
-        f.text("user"), f.text("channel"), f.text("client"), f.text("session"), f.value("info"),
-        f.text("b64info"), f.value("data"), f.text("b64data"), f.integer("expire_at"),
-        _position(f, "recover_since"), _override(f),
-    )  # fmt: skip
-
-
-def _disconnect(f: Fields) -> Disconnect:
-    custom = f.nested("disconnect")
-    code, reason = (custom.integer("code", UINT32), custom.text("reason")) if custom else (0, "")
-    return Disconnect(*_target(f), f.texts("whitelist"), code, reason)
-
-
-DECODERS: dict[str, Callable[[Fields], Any]] = {
-    "publish": lambda f: Publish(f.text("channel"), _publish_options(f)),
-    "broadcast": lambda f: Broadcast(f.texts("channels"), _publish_options(f)),
-    "subscribe": _subscribe,
-    "unsubscribe": lambda f: Unsubscribe(f.text("user"), f.text("channel"), *_target(f)[1:]),
-    "disconnect": _disconnect,
-    "refresh": lambda f: Refresh(
-        *_target(f), f.flag("expired"), f.integer("expire_at"), f.value("info")
-    ),
-    "presence": lambda f: ChannelRequest(f.text("channel")),
-    "presence_stats": lambda f: ChannelRequest(f.text("channel")),
-    "history": lambda f: History(
-        f.text("channel"), f.integer("limit", INT32), _position(f, "since"), f.flag("reverse")
-    ),
-    "history_remove": lambda f: ChannelRequest(f.text("channel")),
-    "channels": lambda f: Channels(f.text("pattern")),
-    "info": lambda f: Info(),
+REQUESTS: Final[dict[str, type]] = {
+    "publish": Publish,
+    "broadcast": Broadcast,
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "disconnect": Disconnect,
+    "refresh": Refresh,
+    "presence": ChannelRequest,
+    "presence_stats": ChannelRequest,
+    "history": History,
+    "history_remove": ChannelRequest,
+    "channels": Channels,
+    "info": Info,
 }
-"""Method name -> decoder of its body (a `Fields` over the JSON object)."""
+"""Method name -> the class its body decodes into."""
+
+# Upstream's order: a batch command carrying several method keys is the first of these.
+BATCH_ORDER: Final = (
+    "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "history", "history_remove",
+    "presence", "presence_stats", "info", "refresh", "channels",
+)  # fmt: skip
+
+
+@attrs.frozen
+class BatchCommand:
+    method: str  # a key of REQUESTS; "": the command carries none of them (error 104)
+    request: Any = None
+
+
+@attrs.frozen
+class Batch:
+    commands: tuple[BatchCommand, ...] = ()
+    parallel: bool = False
+
+
+# --- the JSON shapes that differ from the request classes ---
+# A wire object lives for one decode: mutable on purpose, as keyword construction of a frozen
+# class (what cattrs' generated code does) costs twice as much, on the publish path.
+
+
+class _Wire(Protocol):
+    def request(self) -> Any: ...
+
+
+@attrs.define
+class _PublishBody:
+    channel: str = ""
+    data: Any = None
+    b64data: str = ""
+    skip_history: bool = False
+    tags: dict[str, str] = attrs.Factory(dict)
+    idempotency_key: str = ""
+
+    def request(self) -> Publish:
+        return Publish(self.channel, _options(self))
+
+
+@attrs.define
+class _BroadcastBody:
+    channels: tuple[str, ...] = ()
+    data: Any = None
+    b64data: str = ""
+    skip_history: bool = False
+    tags: dict[str, str] = attrs.Factory(dict)
+    idempotency_key: str = ""
+
+    def request(self) -> Broadcast:
+        return Broadcast(self.channels, _options(self))
+
+
+def _options(body: _PublishBody | _BroadcastBody) -> PublishOptions:
+    return PublishOptions(
+        body.data, body.b64data, body.skip_history, body.tags, body.idempotency_key
+    )
+
+
+@attrs.define
+class _CustomDisconnect:
+    code: Annotated[int, UINT32] = 0
+    reason: str = ""
+
+
+@attrs.define
+class _DisconnectBody:
+    user: str = ""
+    client: str = ""
+    session: str = ""
+    whitelist: tuple[str, ...] = ()
+    disconnect: _CustomDisconnect | None = None
+
+    def request(self) -> Disconnect:
+        custom = self.disconnect or _CustomDisconnect()
+        return Disconnect(
+            self.user, self.client, self.session, self.whitelist, custom.code, custom.reason
+        )
+
+
+@attrs.define
+class _BoolValue:
+    """protobuf's BoolValue, as `override` spells each flag: `{"value": true}`."""
+
+    value: bool = False
+
+
+@attrs.define
+class _Override:
+    """`override`: the flags of ChannelOverride, each an optional `{"value": bool}`."""
+
+    presence: _BoolValue | None = None
+    join_leave: _BoolValue | None = None
+    force_push_join_leave: _BoolValue | None = None
+    force_recovery: _BoolValue | None = None
+    force_positioning: _BoolValue | None = None
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = strict_converter(forbid_extra_keys=False)  # SDKs and `cent` add keys freely
+    conv.register_structure_hook(int, conv.get_structure_hook(Annotated[int, INT64]))
+    uint64 = conv.get_structure_hook(Annotated[int, UINT64])
+    position = make_dict_structure_fn(StreamPosition, conv, offset=override(struct_hook=uint64))
+    conv.register_structure_hook(StreamPosition, object_hook(position))
+
+    def via(wire_cls: type[_Wire]) -> Callable[[Any, Any], Any]:
+        structure_wire = conv.get_structure_hook(wire_cls)
+        return lambda value, _t: structure_wire(value, wire_cls).request()
+
+    conv.register_structure_hook(Publish, via(_PublishBody))
+    conv.register_structure_hook(Broadcast, via(_BroadcastBody))
+    conv.register_structure_hook(Disconnect, via(_DisconnectBody))
+
+    def structure_override(value: Any, _t: Any) -> ChannelOverride:
+        flags = attrs.asdict(conv.structure(value, _Override), recurse=False)
+        return ChannelOverride(**{k: v.value for k, v in flags.items() if v is not None})
+
+    conv.register_structure_hook(ChannelOverride, structure_override)
+
+    requests: dict[str, Callable[[Any, Any], Any]] = {}
+
+    def structure_command(value: Any, _t: Any) -> BatchCommand:
+        if type(value) is not dict:
+            raise TypeError(f"expected an object, got {json_kind(value)}")
+        # A null method value means absent, as with upstream's decoder.
+        method = next((name for name in BATCH_ORDER if value.get(name) is not None), "")
+        if not method:
+            return BatchCommand("")
+        cls = REQUESTS[method]
+        if method not in requests:
+            requests[method] = conv.get_structure_hook(cls)
+        try:
+            return BatchCommand(method, requests[method](value[method], cls))
+        except Exception as exc:
+            exc.add_note(AttributeValidationNote(f"@ attribute {method}", method, cls))
+            raise ClassValidationError("invalid batch command", [exc], BatchCommand) from None
+
+    conv.register_structure_hook(BatchCommand, structure_command)
+    return conv
+
+
+_CONVERTER: Final = _make_converter()
+_DECODERS: Final[dict[str, Decoder[Any]]] = {
+    method: Decoder(_CONVERTER, cls) for method, cls in REQUESTS.items()
+}
+_BATCH: Final = Decoder(_CONVERTER, Batch)
+
+
+def decode_request(method: str, body: bytes) -> Any:
+    """The body of a call to `method` (a key of REQUESTS) as its request class."""
+    try:
+        return _DECODERS[method].json(body)
+    except DecodeError as exc:
+        raise BadRequestBody(exc.field, exc.message) from None
+
+
+def decode_batch(body: bytes) -> Batch:
+    """The body of a `batch` call: every command decoded, or BadRequestBody for the first bad
+    one (`commands[2].publish.tags.x`)."""
+    try:
+        return _BATCH.json(body)
+    except DecodeError as exc:
+        raise BadRequestBody(exc.field, exc.message) from None

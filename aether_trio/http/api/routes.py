@@ -43,7 +43,7 @@ from . import users as api_users
 from .errors import ApiError, ApiErrorCode, BadRequestBody
 from .idempotency import IdempotencyCache
 from .methods import ApiContext, Result, error_body
-from .requests import DECODERS, Fields
+from .requests import BatchCommand, decode_batch, decode_request
 
 if TYPE_CHECKING:
     from ...connection.client import Client
@@ -73,11 +73,6 @@ METHODS: dict[str, tuple[Role, Runner]] = {
 }
 """Each method's role (`admin` covers all) and implementation; `batch` checks each command's."""
 
-# Upstream's order: a batch command carrying several method keys is the first of these.
-BATCH_ORDER = (
-    "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "history", "history_remove",
-    "presence", "presence_stats", "info", "refresh", "channels",
-)  # fmt: skip
 # Commands of one parallel batch running at once.
 BATCH_CONCURRENCY = 64
 
@@ -88,8 +83,6 @@ STATE_CHANGING = frozenset(
 
 _EMPTY_404 = Response(404, b"", "text/plain")
 _EMPTY_405 = Response(405, b"", "text/plain", (("allow", "POST"),))
-
-Decoded = tuple[str, Any] | None  # (method, request); None: no known method key (error 104)
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -121,17 +114,14 @@ class ServerApi:
             )
             return exc.response
         try:
-            body = Fields(orjson.loads(request.body or b"{}"), "")
             if method == "batch":
-                commands, parallel = _decode_batch(body)
+                batch = decode_batch(request.body)
             else:
-                decoded = DECODERS[method](body)
-        except orjson.JSONDecodeError:
-            return _bad_request(request, BadRequestBody("", "malformed JSON"))
+                decoded = decode_request(method, request.body)
         except BadRequestBody as exc:
             return _bad_request(request, exc)
         if method == "batch":
-            replies = await self._batch(commands, parallel, key)
+            replies = await self._batch(batch.commands, batch.parallel, key)
             return _json({"replies": replies})
         try:
             result = await self._run(method, decoded, key.name)
@@ -173,15 +163,15 @@ class ServerApi:
         )
 
     async def _batch(
-        self, commands: list[Decoded], parallel: bool, key: ApiKey
+        self, commands: tuple[BatchCommand, ...], parallel: bool, key: ApiKey
     ) -> list[dict[str, Any]]:
         replies: list[dict[str, Any]] = [{} for _ in commands]
 
-        async def run(index: int, command: Decoded) -> None:
-            if command is None:
+        async def run(index: int, command: BatchCommand) -> None:
+            method, req = command.method, command.request
+            if not method:  # no known method key
                 replies[index] = {"error": error_body(ApiErrorCode.NOT_FOUND)}
                 return
-            method, req = command
             if not has_role(key, METHODS[method][0]):
                 replies[index] = {"error": error_body(ApiErrorCode.PERMISSION_DENIED)}
                 return
@@ -196,7 +186,7 @@ class ServerApi:
             return replies
         limiter = trio.CapacityLimiter(BATCH_CONCURRENCY)
 
-        async def run_limited(index: int, command: Decoded) -> None:
+        async def run_limited(index: int, command: BatchCommand) -> None:
             async with limiter:
                 await run(index, command)
 
@@ -204,19 +194,6 @@ class ServerApi:
             for index, command in enumerate(commands):
                 nursery.start_soon(run_limited, index, command)
         return replies
-
-
-def _decode_batch(body: Fields) -> tuple[list[Decoded], bool]:
-    commands: list[Decoded] = []
-    for command in body.nested_list("commands"):
-        method = next((name for name in BATCH_ORDER if command.raw.get(name) is not None), None)
-        if method is None:
-            commands.append(None)
-            continue
-        inner = command.nested(method)
-        assert inner is not None
-        commands.append((method, DECODERS[method](inner)))
-    return commands, body.flag("parallel")
 
 
 def _transport_mode(request: Request, configured: str) -> bool:
