@@ -13,7 +13,6 @@ import signal
 import ssl
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest
 
 from . import tls
 from .admin.service import PREFIX as ADMIN_PREFIX
@@ -28,11 +27,10 @@ from .http.ops import counted
 from .http.ops import install as install_ops
 from .http.server import serve_http
 from .limits import request_ip, request_origins
-from .listener import serve_websocket  # trio-websocket's, with TLS handshakes done first
 from .monitor import Check, ResourceMonitor
 from .node import Node
 from .protocol.codes import Disconnect
-from .transport import accept
+from .transport import HandshakeRequest, TransportClosed, serve_websocket
 
 __all__ = ["Server", "serve_forever"]
 
@@ -112,7 +110,7 @@ class Server:
                 task_status=task_status,
             )
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _handle(self, request: HandshakeRequest) -> None:
         """The connection boundary: whatever goes wrong in one connection ends that connection
         only (logged with its traceback here), never the listener or the other connections."""
         try:
@@ -122,8 +120,7 @@ class Server:
                 return
             # Origin, connection and handshake-rate limits; DEBUG only: a flood of refusals
             # must not flood the log (aether_refusals_total counts them).
-            remote = request.remote  # a getpeername call: read once
-            ip, limits = request_ip(remote), self.node.limits
+            ip, limits = request_ip(request.remote), self.node.limits
             refusal = limits.open_connection(ip, request_origins(request.headers))
             if refusal is not None:
                 log.debug("handshake from %s refused: %d %s", ip, refusal.status, refusal.reason)
@@ -132,10 +129,10 @@ class Server:
                 )
                 return
             try:
-                await Client(self.node, await accept(request, remote)).run()
+                await Client(self.node, await request.accept()).run()
             finally:
                 limits.close_connection(ip)
-        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        except* (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away during the handshake or the last write
         except* Exception as group:
             for exc in group.exceptions:

@@ -35,12 +35,7 @@ from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
 from aether_trio.node import Node
 from aether_trio.outbox import CloseRequest
 from aether_trio.protocol.codec import raw_json
-from aether_trio.transport import (
-    WebSocketTransport,
-    finish,
-    receive_request,
-    server_connection,
-)
+from aether_trio.transport import read_request
 
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
@@ -161,15 +156,16 @@ class Harness:
     async def _serve(
         self, stream: trio.abc.Stream, send_client: trio.MemorySendChannel[Client]
     ) -> None:
-        ws = server_connection(stream, max_message_size=self.node.config.server.max_message_size)
         try:
-            request = await receive_request(ws)
+            request = await read_request(
+                stream, max_message_size=self.node.config.server.max_message_size
+            )
             assert request is not None
-            client = Client(self.node, WebSocketTransport(await request.accept()))
+            client = Client(self.node, await request.accept())
             send_client.send_nowait(client)
             await client.run()
         finally:
-            await finish(ws)
+            await stream.aclose()
 
     async def publish(self, channel: str, data: Any) -> None:
         await self.node.publish(self.node.resolve(channel), raw_json(data))

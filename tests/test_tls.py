@@ -174,7 +174,7 @@ async def test_tls_1_1_client_is_refused(
     cert_files: tuple[Path, Path],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="aether_trio.listener")
+    caplog.set_level(logging.DEBUG, logger="aether_trio.transport.listener")
     server = await serve_in(nursery, tls_config(*cert_files))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TLSVersion.TLSv1_1 itself

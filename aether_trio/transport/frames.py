@@ -1,12 +1,13 @@
-"""WebSocket text frames built by hand: a server frame is unmasked, so it is a few header bytes
-in front of the payload, and the same bytes can go to every subscriber."""
+"""WebSocket data frames built by hand: a server frame is unmasked, so it is a few header bytes
+in front of the payload, and the same bytes can go to every subscriber. (Control frames, which are
+rare, are wsproto's: `WebSocketTransport` asks its `Connection` for them.)"""
 
 from __future__ import annotations
 
 import operator
 import struct
 
-__all__ = ["frame_for", "frames_for", "text_frame_header"]
+__all__ = ["binary_frame", "frame_for", "frames_for", "text_frame_header"]
 
 
 # (payload, its frame); starts with the empty payload's frame.
@@ -55,10 +56,20 @@ def _frame(payload: bytes) -> bytes:
     return text_frame_header(len(payload)) + payload
 
 
+def binary_frame(payload: bytes) -> bytes:
+    """The binary frame of `payload` (not cached: nothing of Aether's protocol is binary)."""
+    return _header(0x82, len(payload)) + payload
+
+
 def text_frame_header(length: int) -> bytes:
     """RFC 6455 5.2 header of a final, unmasked text frame carrying `length` bytes."""
+    return _header(0x81, length)
+
+
+def _header(first: int, length: int) -> bytes:
+    # `first`: FIN + opcode; the second byte's mask bit stays 0 (a server's frames are unmasked).
     if length < 126:
-        return bytes((0x81, length))
+        return bytes((first, length))
     if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)

@@ -1,0 +1,125 @@
+"""The public WebSocket listener: `trio.serve_listeners`, one task per accepted connection.
+
+Each connection's task (`serve_connection`) completes the TLS handshake first, within
+`connect_timeout`: a peer that fails it (a plain `ws://` client on the `wss://` port, a TLS 1.1
+client, a scanner) is disconnected at once, and the failure is one DEBUG line (a flood of them must
+not flood the log). Then it reads the upgrade request, again within `connect_timeout`, runs the
+handler with it, and returns; `serve_listeners` closes the stream. The handler's WebSocket is read
+by this same task (websocket.py): no reader task, no channel, no nursery per connection.
+
+`serve_connection` is also the last-resort boundary of a connection: nothing that fails inside
+it reaches the listener's nursery (which would end every connection); it is logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .handshake import HandshakeRequest, peer_of, read_request
+
+__all__ = ["Listening", "serve_connection", "serve_websocket"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[HandshakeRequest], Awaitable[None]]
+
+
+@attrs.frozen
+class Listening:
+    """What `serve_websocket` reports once it accepts connections."""
+
+    listeners: list[trio.abc.Listener[Any]]
+    port: int
+
+
+async def serve_websocket(
+    handler: Handler,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    handler_nursery: trio.Nursery,
+    max_message_size: int,
+    connect_timeout: float,
+    task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve WebSockets on `host`:`port` (TLS with `ssl_context`) until cancelled, each
+    connection in a task of `handler_nursery`; reports `Listening` (its `port`) through
+    `task_status`. `connect_timeout` bounds the TLS handshake and, separately, the upgrade
+    request."""
+    listeners: list[Any]
+    if ssl_context is None:
+        listeners = list(await trio.open_tcp_listeners(port, host=host))
+    else:
+        # https_compatible: no close_notify exchange on close, as browsers and servers do.
+        listeners = list(
+            await trio.open_ssl_over_tcp_listeners(
+                port, ssl_context, host=host, https_compatible=True
+            )
+        )
+    serve = functools.partial(
+        serve_connection,
+        handler=handler,
+        max_message_size=max_message_size,
+        connect_timeout=connect_timeout,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                trio.serve_listeners, serve, listeners, handler_nursery=handler_nursery
+            )
+        )
+        task_status.started(Listening(listeners, _port(listeners[0])))
+
+
+async def serve_connection(
+    stream: trio.abc.Stream,
+    *,
+    handler: Handler,
+    max_message_size: int,
+    connect_timeout: float,
+) -> None:
+    """One connection, from the TLS handshake (for an `SSLStream`) to the handler's return. The
+    caller closes `stream` afterwards (`serve_listeners` does)."""
+    try:
+        if isinstance(stream, trio.SSLStream) and not await _tls_handshake(stream, connect_timeout):
+            return
+        request = None
+        with trio.move_on_after(connect_timeout):
+            request = await read_request(stream, max_message_size=max_message_size)
+        if request is not None:
+            await handler(request)
+    except* Exception as group:
+        # The last-resort boundary. Failures of Aether's handler are caught (and tracked) in
+        # Server._handle already; what arrives here failed outside it.
+        for exc in group.exceptions:
+            log.error("WebSocket connection task failed", exc_info=exc)
+
+
+async def _tls_handshake(stream: trio.SSLStream[Any], seconds: float) -> bool:
+    failure = "timed out"
+    with trio.move_on_after(seconds):
+        try:
+            await stream.do_handshake()
+            return True
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            failure = cause.reason if isinstance(cause, ssl.SSLError) else repr(cause)
+    log.debug("TLS handshake with %s failed: %s", peer_of(stream), failure)
+    await trio.aclose_forcefully(stream)  # https_compatible: closes the socket, no alert wait
+    return False
+
+
+def _port(listener: trio.abc.Listener[Any]) -> int:
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    assert isinstance(listener, trio.SocketListener)
+    port: int = listener.socket.getsockname()[1]
+    return port
