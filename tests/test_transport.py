@@ -9,7 +9,9 @@ import ast
 import base64
 import contextlib
 import functools
+import inspect
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,8 +21,10 @@ import pytest
 import trio
 import trio_websocket
 import wsproto
+import wsproto.connection
 from conftest import make_config, open_raw, serve_in, token, ws_url
 from trio_websocket import open_websocket_url
+from wsproto.events import CloseConnection
 
 from aether_trio.transport import (
     HandshakeRequest,
@@ -31,6 +35,7 @@ from aether_trio.transport import (
     text_frame_header,
 )
 from aether_trio.transport.sockets import kernel_socket
+from aether_trio.transport.websocket import EventQueue
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "aether_trio"
 
@@ -38,6 +43,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "aether_trio"
 # (aether_trio/transport/__init__.py says why), each pinned by a test below.
 PRIVATE_NAMES = {
     "transport/sockets.py": {"_sock"},
+    "transport/websocket.py": {"_events"},
 }
 
 
@@ -95,6 +101,20 @@ def test_the_server_never_imports_trio_websocket() -> None:
 def test_wsproto_is_in_the_pinned_range() -> None:
     major, minor, *_ = (int(part) for part in wsproto.__version__.split("."))
     assert (1, 3) <= (major, minor) < (1, 4), wsproto.__version__  # pyproject's range
+
+
+def test_wsprotos_event_queue_is_used_only_as_a_list_can_stand_in_for() -> None:
+    """wsproto's `Connection._events` deque is replaced by a list (websocket.py: 760 B an idle
+    connection does not need), so wsproto must use it only through append, truth and popleft."""
+    source = inspect.getsource(wsproto.connection.Connection)
+    uses = set(re.findall(r"self\._events\b(\.\w+)?", source))
+    assert uses == {"", ".append", ".popleft"}, uses
+    queue = EventQueue()
+    connection = wsproto.connection.Connection(wsproto.ConnectionType.SERVER)
+    connection._events = queue  # type: ignore[assignment]
+    connection.receive_data(None)
+    assert list(connection.events()) == [CloseConnection(code=1006)]
+    assert queue == []
 
 
 async def test_the_kernel_socket_is_the_one_trio_reads_writes_and_closes() -> None:

@@ -12,13 +12,18 @@ memory channel, which costs every connection a task, a nursery and a channel (id
 connect CPU: see README "Performance"), and staying on its hot path meant reaching into ~25
 private names of it, wsproto and trio. Its public client API is still what the tests use.
 
-What reaches below a library's public API, each a measured win (ops/bench/PROFILE.md) pinned by
-tests/test_transport.py (version ranges in pyproject):
+What reaches below a library's public API: two names, each a measured win (ops/bench/PROFILE.md)
+pinned by tests/test_transport.py (which also checks that these are the only ones; version ranges
+in pyproject):
 - `sockets.py`: the kernel socket under a `trio.SocketStream` (`stream.socket._sock`): reads are
-  a non-blocking `recv` between Trio's checkpoints instead of `receive_some`'s coroutine layers,
-  and fan-out writes one synchronous `send` (`write_nowait`);
-- `websocket.py`: wsproto's `Connection._events` deque is replaced by a list (an empty deque is
-  760 B per connection; wsproto queues at most a close event there).
+  a non-blocking `recv` between Trio's checkpoints instead of `receive_some`'s coroutine layers
+  (an idle connection keeps fewer frames suspended), fan-out writes one synchronous `send`
+  (`write_nowait`), and a write that waits knows how much went out (a cancelled one leaves the
+  rest of its frame to the next write, never a cut frame);
+- `websocket.py`: wsproto's `Connection._events` deque is replaced by a list (wsproto queues at
+  most one close event there; an empty deque is 760 B, about 0.7 KiB per idle connection).
+Everything else is public: wsproto's `H11Handshake`, `Connection` (`receive_data`, `events()`,
+`send()`, `state`) and events; `trio.serve_listeners` and the `open_*_listeners`.
 """
 
 from .frames import binary_frame, frame_for, frames_for, text_frame_header

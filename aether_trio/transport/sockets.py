@@ -1,13 +1,15 @@
-"""Reading and writing a connection's stream, with the kernel socket reached directly where the
-stream is a plain `trio.SocketStream`.
+"""Reading a connection's stream, with the kernel socket reached directly where the stream is a
+plain `trio.SocketStream`.
 
 This module holds the transport's only private name: `trio.SocketStream.socket` is public, but
-the standard `socket.socket` under that Trio socket is `_sock`. Two measured wins need it
-(ops/bench/PROFILE.md): a read is a non-blocking `recv` between the checkpoints Trio would take
-(instead of `receive_some`'s three coroutine layers, which an idle connection keeps suspended and
-every read passes through), and fan-out writes with one synchronous `send` when the kernel has room
-(`WebSocketTransport.write_nowait`). tests/test_transport.py pins what is relied on: the object is
-the socket Trio reads and writes, non-blocking, and closed (fileno -1) when Trio closes it.
+the standard `socket.socket` under that Trio socket is `_sock`. The measured wins that need it
+(ops/bench/PROFILE.md): a read is a non-blocking `recv` between the checkpoints Trio would take,
+instead of `receive_some`'s three coroutine layers, which an idle connection keeps suspended and
+every read passes through; fan-out writes are one synchronous `send` when the kernel has room
+(`WebSocketTransport.write_nowait`), and a write that has to wait keeps count of what went out,
+so a cancelled one leaves the rest of its frame to the next write instead of a cut frame.
+tests/test_transport.py pins what is relied on: the object is the socket Trio reads and writes,
+non-blocking, and closed (fileno -1) when Trio closes it.
 
 The socket object is used, never a cached file descriptor: once another task closes the stream,
 the number may belong to another connection, while the closed object fails with EBADF.

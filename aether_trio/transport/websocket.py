@@ -45,6 +45,15 @@ CLOSED = ConnectionState.CLOSED
 REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 
 
+class EventQueue(list[Event]):
+    """What wsproto's `Connection` needs of its event deque: append, truth, popleft."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Event:
+        return self.pop(0)
+
+
 class TransportClosed(Exception):
     """The connection is gone; nothing more can be read or written."""
 
@@ -104,7 +113,10 @@ class WebSocketTransport:
         remote: str = "?",
     ) -> None:
         self._stream = stream
-        # wsproto's frame-level protocol state (the handshake's objects are not kept).
+        # wsproto's frame-level protocol state (the handshake's objects are not kept). Its event
+        # queue holds at most the close event of `receive_data(None)`: a list does, where an
+        # empty deque is 760 B per connection (tests/test_transport.py pins how it is used).
+        connection._events = EventQueue()  # type: ignore[assignment]
         self._conn = connection
         self._max_message_size = max_message_size
         # Read once: after the socket is closed getpeername() fails, and log lines still need it.
@@ -175,7 +187,8 @@ class WebSocketTransport:
     async def _write(self, data: bytes | Event) -> None:
         """Every write that may wait, under the lock, the pending tail first: data frames
         (bytes; TransportClosed unless open), or a control frame (an event wsproto turns into
-        bytes when the lock is ours, if the state by then allows it: else it is dropped)."""
+        bytes when the lock is ours, if the state by then allows it: else it is dropped).
+        TransportClosed if the connection is gone."""
         lock = self._lock
         if lock is None:
             lock = self._lock = trio.StrictFIFOLock()
@@ -193,6 +206,8 @@ class WebSocketTransport:
                 if self._tail:
                     data, self._tail = self._tail + data, b""
                 await self._send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise TransportClosed from None
         finally:
             self._writers -= 1
 
@@ -223,14 +238,6 @@ class WebSocketTransport:
             if view:
                 self._tail = bytes(view)
             raise
-
-    async def _write_control(self, event: Event) -> None:
-        """A control frame, if the state allows it; TransportClosed if it could not be
-        written."""
-        try:
-            await self._write(event)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise TransportClosed from None
 
     # --- reading ---
 
@@ -301,14 +308,16 @@ class WebSocketTransport:
         conn = self._conn
         if isinstance(event, Ping):
             if conn.state is OPEN:  # no pong once a close frame is out
-                await self._write_answer(event.response())
+                # If it cannot be written, the connection is gone: the next read says so.
+                with contextlib.suppress(TransportClosed):
+                    await self._write(event.response())
         elif isinstance(event, CloseConnection):
             state = conn.state
             if state is REMOTE_CLOSING:
                 # The peer's close: answer it (wsproto echoes the code), report it.
                 closed = TransportClosed(event.code, event.reason or "")
                 with contextlib.suppress(TransportClosed):
-                    await self._write_answer(event.response())
+                    await self._write(event.response())
                 raise self._finish(closed)
             if state is CLOSED:
                 # The peer's answer to our close.
@@ -317,18 +326,12 @@ class WebSocketTransport:
             # LOCAL_CLOSING): the peer is told the code only, not the parser's message.
             await self._fail(event.code)
 
-    async def _write_answer(self, event: Event) -> None:
-        try:
-            await self._write_control(event)
-        except TransportClosed:
-            raise self._finish(TransportClosed(1006)) from None
-
     async def _fail(self, code: int) -> None:
         """The peer broke the protocol: send our close frame with `code` (unless one is out
         already) and stop reading."""
         if self._conn.state is OPEN:
             with contextlib.suppress(TransportClosed):
-                await self._write_control(CloseConnection(code=code))
+                await self._write(CloseConnection(code=code))
         raise self._finish(TransportClosed(code))
 
     def _finish(self, closed: TransportClosed) -> TransportClosed:
@@ -351,7 +354,7 @@ class WebSocketTransport:
             if self._closed is None and self._conn.state is OPEN:
                 self._closing = TransportClosed(code, reason)
                 try:
-                    await self._write_control(CloseConnection(code=code, reason=reason))
+                    await self._write(CloseConnection(code=code, reason=reason))
                 except TransportClosed:
                     return
             if self._closed is None:
