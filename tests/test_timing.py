@@ -1,12 +1,13 @@
 """Per-connection timers end to end, on the virtual clock and without sockets.
 
-The harness runs the real `Node` and `Client` over trio-websocket wrapped around in-memory byte
-streams, so `autojump_clock` can skip every wait: pings, pong checks, the stale close, connection
-and subscription expiry, and the slow-reader close. Tokens are checked against the wall clock
-(`time.time()`) while timers run on the Trio clock, so a token minted with
-`exp = int(time.time()) + N` fires its timer about N (+ the configured delay) Trio-seconds later.
-The slow-reader test needs back-pressure, which `memory_stream_pair` does not give (its buffers
-are unbounded), so it runs over `bounded_stream_pair`, a pipe with a socket-like bounded buffer.
+The harness runs the real `Node` and `Client` over in-memory byte streams (the server side on
+Aether's transport, the test client trio-websocket's), so `autojump_clock` can skip every wait:
+pings, pong checks, the stale close, connection and subscription expiry, and the slow-reader
+close. Tokens are checked against the wall clock (`time.time()`) while timers run on the Trio
+clock, so a token minted with `exp = int(time.time()) + N` fires its timer about N (+ the
+configured delay) Trio-seconds later. The slow-reader test needs back-pressure, which
+`memory_stream_pair` does not give (its buffers are unbounded), so it runs over
+`bounded_stream_pair`, a pipe with a socket-like bounded buffer.
 """
 
 from __future__ import annotations
