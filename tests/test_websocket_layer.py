@@ -551,6 +551,26 @@ async def test_a_write_cancelled_halfway_is_finished_before_the_close_frame() ->
                 await peer.send(close.response())
 
 
+async def test_a_cancelled_write_that_sent_nothing_of_its_own_keeps_only_the_owed_tail() -> None:
+    """Cancelled before any byte of its own frames went out, a write drops them but keeps the
+    tail it was finishing: the peer gets the earlier frame whole, then the close frame."""
+    async with opened(stream_pair=_socket_stream_pair) as (transport, peer):
+        big = b"z" * 200_000
+        assert transport.write_nowait(binary_frame(big))
+        assert transport.has_pending  # the kernel took part of it
+        with trio.move_on_after(0.2):
+            await transport.send(b'{"never":"sent"}')  # the socket is full: nothing goes out
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(closed_with, transport)
+            nursery.start_soon(transport.close, 3008, "slow", 10)
+            with trio.fail_after(10):
+                assert await _message(peer) == big
+                close = await peer.next_event()
+                assert isinstance(close, CloseConnection), close
+                assert close.code == 3008
+                await peer.send(close.response())
+
+
 async def _rest_of(peer: Peer, first: Event) -> str:
     assert isinstance(first, TextMessage), first
     parts = [first.data]

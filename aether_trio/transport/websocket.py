@@ -203,18 +203,20 @@ class WebSocketTransport:
                         data = self._conn.send(data)
                     except LocalProtocolError:
                         return  # e.g. a pong or a second close once our close frame is out
-                if self._tail:
-                    data, self._tail = self._tail + data, b""
-                await self._send_all(data)
+                owed = self._tail
+                if owed:
+                    data, self._tail = owed + data, b""
+                await self._send_all(data, len(owed))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed from None
         finally:
             self._writers -= 1
 
-    async def _send_all(self, data: bytes) -> None:
-        """The stream's `send_all`; on the kernel socket, with what a cancellation leaves
-        unsent kept as the tail, so that the next write (the close frame of a connection
-        dropped while its write waited) finishes the frame instead of cutting it."""
+    async def _send_all(self, data: bytes, owed: int) -> None:
+        """The stream's `send_all`; on the kernel socket, a cancellation keeps what is needed
+        to finish the frames under way as the tail (the first `owed` bytes are an earlier
+        write's tail; frames not started are dropped), so that the next write (the close frame
+        of a connection dropped while its write waited) does not follow a cut frame."""
         raw = self._raw
         if raw is None:
             await self._stream.send_all(data)
@@ -235,8 +237,10 @@ class WebSocketTransport:
         except OSError as exc:  # the peer is gone, or the socket was closed
             raise trio.BrokenResourceError from exc
         except BaseException:  # cancelled
-            if view:
-                self._tail = bytes(view)
+            sent = len(data) - len(view)
+            rest = view if sent > owed else view[: owed - sent]
+            if rest:
+                self._tail = bytes(rest)
             raise
 
     # --- reading ---
