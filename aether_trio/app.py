@@ -13,7 +13,6 @@ import signal
 import ssl
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest
 
 from .admin.service import PREFIX as ADMIN_PREFIX
 from .admin.service import AdminService
@@ -32,8 +31,7 @@ from .node import Node
 from .observe.monitor import ResourceMonitor
 from .observe.readiness import Check
 from .protocol.codes import Disconnect
-from .transport import accept, tls
-from .transport.listener import serve_websocket  # TLS handshakes done first
+from .transport import HandshakeRequest, TransportClosed, serve_websocket, tls
 
 __all__ = ["Server", "serve_forever"]
 
@@ -115,7 +113,7 @@ class Server:
                 task_status=task_status,
             )
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _handle(self, request: HandshakeRequest) -> None:
         """The connection boundary: whatever goes wrong in one connection ends that connection
         only (logged with its traceback here), never the listener or the other connections."""
         try:
@@ -125,8 +123,7 @@ class Server:
                 return
             # Origin, connection and handshake-rate limits; DEBUG only: a flood of refusals
             # must not flood the log (aether_refusals_total counts them).
-            remote = request.remote  # a getpeername call: read once
-            ip, limits = request_ip(remote), self.node.limits
+            ip, limits = request_ip(request.remote), self.node.limits
             refusal = limits.open_connection(ip, request_origins(request.headers))
             if refusal is not None:
                 log.debug("handshake from %s refused: %d %s", ip, refusal.status, refusal.reason)
@@ -135,10 +132,10 @@ class Server:
                 )
                 return
             try:
-                await serve_connection(self.node, await accept(request, remote))
+                await serve_connection(self.node, await request.accept())
             finally:
                 limits.close_connection(ip)
-        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        except* (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away during the handshake or the last write
         except* Exception as group:
             for exc in group.exceptions:

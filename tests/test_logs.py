@@ -206,7 +206,7 @@ def test_tokens_keys_and_payloads_never_reach_the_log() -> None:
         assert httpx.post(f"{base}/api/publish", headers={"X-API-Key": "wrong"}).status_code == 401
     output = stream.getvalue()
     lines = [orjson.loads(line) for line in output.splitlines()]
-    assert len(lines) > 10  # the scan is over a real log
+    assert len(lines) >= 5  # the scan is over a real log (connects, refusal, audit, API)
     assert any(line.get("client") for line in lines)  # connection lines name their client
     for secret in (good_token, bad_token, payload_marker, api_marker, API_KEY, SECRET):
         assert secret not in output

@@ -1,12 +1,13 @@
 """Per-connection timers end to end, on the virtual clock and without sockets.
 
-The harness runs the real `Node` and `Client` over trio-websocket wrapped around in-memory byte
-streams, so `autojump_clock` can skip every wait: pings, pong checks, the stale close, connection
-and subscription expiry, and the slow-reader close. Tokens are checked against the wall clock
-(`time.time()`) while timers run on the Trio clock, so a token minted with
-`exp = int(time.time()) + N` fires its timer about N (+ the configured delay) Trio-seconds later.
-The slow-reader test needs back-pressure, which `memory_stream_pair` does not give (its buffers
-are unbounded), so it runs over `bounded_stream_pair`, a pipe with a socket-like bounded buffer.
+The harness runs the real `Node` and `Client` over in-memory byte streams (the server side on
+Aether's transport, the test client trio-websocket's), so `autojump_clock` can skip every wait:
+pings, pong checks, the stale close, connection and subscription expiry, and the slow-reader
+close. Tokens are checked against the wall clock (`time.time()`) while timers run on the Trio
+clock, so a token minted with `exp = int(time.time()) + N` fires its timer about N (+ the
+configured delay) Trio-seconds later. The slow-reader test needs back-pressure, which
+`memory_stream_pair` does not give (its buffers are unbounded), so it runs over
+`bounded_stream_pair`, a pipe with a socket-like bounded buffer.
 """
 
 from __future__ import annotations
@@ -36,12 +37,7 @@ from aether_trio.connection.writer import CloseRequest
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
 from aether_trio.node import Node
 from aether_trio.protocol.codec import raw_json
-from aether_trio.transport import (
-    WebSocketTransport,
-    finish,
-    receive_request,
-    server_connection,
-)
+from aether_trio.transport import read_request
 
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
@@ -162,15 +158,16 @@ class Harness:
     async def _serve(
         self, stream: trio.abc.Stream, send_client: trio.MemorySendChannel[Client]
     ) -> None:
-        ws = server_connection(stream, max_message_size=self.node.config.server.max_message_size)
         try:
-            request = await receive_request(ws)
+            request = await read_request(
+                stream, max_message_size=self.node.config.server.max_message_size
+            )
             assert request is not None
-            client = Client(self.node, WebSocketTransport(await request.accept()))
+            client = Client(self.node, await request.accept())
             send_client.send_nowait(client)
             await run_connection(client)
         finally:
-            await finish(ws)
+            await stream.aclose()
 
     async def publish(self, channel: str, data: Any) -> None:
         await self.node.publish(self.node.resolve(channel), raw_json(data))

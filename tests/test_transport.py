@@ -1,68 +1,143 @@
-"""Pins what aether_trio/transport relies on below trio-websocket's public API: hand-built
-frames are valid for a standard client at every length class, stay intact while trio-websocket
-writes its own frames (pongs) concurrently, the connection's own task does the reading (no
-reader task), and the private attributes it uses still exist."""
+"""The owned WebSocket layer (aether_trio/transport) over real sockets: hand-built frames are
+valid for a standard client (trio-websocket's) at every length class and stay intact while the
+layer writes its own frames (pongs) concurrently, the connection's own task does the reading (no
+reader task), and the private names it relies on still mean what they meant."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import contextlib
 import functools
 import inspect
 import os
 import re
+import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio_websocket
+import wsproto
 import wsproto.connection
 from conftest import make_config, open_raw, serve_in, token, ws_url
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import open_websocket_url
+from wsproto.events import CloseConnection
 
 from aether_trio.transport import (
+    HandshakeRequest,
     TransportClosed,
     WebSocketTransport,
-    finish,
-    receive_request,
-    server_connection,
+    read_request,
+    serve_websocket,
     text_frame_header,
+    text_frames,
 )
-from aether_trio.transport.listener import serve_websocket
+from aether_trio.transport.sockets import kernel_socket
+from aether_trio.transport.websocket import EventQueue
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "aether_trio"
+
+# Every private name of another library the server uses, by file: each a measured shortcut
+# (aether_trio/transport/__init__.py says why), each pinned by a test below.
+PRIVATE_NAMES = {
+    "transport/sockets.py": {"_sock"},
+    "transport/websocket.py": {"_events"},
+}
 
 
-def test_private_surface_still_exists() -> None:
-    """If trio-websocket renames these, this fails before anything subtle does."""
-    assert trio_websocket.__version__.startswith("0.12.")
-    names = WebSocketConnection.__init__.__code__.co_names
-    for name in (
-        "_stream",
-        "_stream_lock",
-        "_wsproto",
-        "_close_reason",
-        "_reader_running",
-        "_receive_buffer_size",
-        "_send_channel",
-        "_recv_channel",
-        "_connection_proposal",
-    ):
-        assert name in names, name
-    for method in (
-        "_handle_close_connection_event",
-        "_handle_message_event",
-        "_handle_ping_event",
-        "_handle_pong_event",
-        "_abort_web_socket",
-        "_close_stream",
-        "_send",
-    ):
-        assert hasattr(WebSocketConnection, method), method
-    # wsproto's frame-level connection: its event queue is replaced by a list (see transport/),
-    # so it must be used only through append, truth and popleft.
+def _private_parts(module: str) -> set[str]:
+    return {p for p in module.split(".") if p.startswith("_") and not p.startswith("__")}
+
+
+def _private_names(path: Path) -> set[str]:
+    """`x._name` where x is not self/cls, and `from a._b import c` / `import a._b`."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+        ):
+            found.add(node.attr)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.update(_private_parts(node.module))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                found.update(_private_parts(alias.name))
+    return found
+
+
+def test_the_private_names_the_server_uses_are_the_listed_ones() -> None:
+    used = {
+        str(path.relative_to(PACKAGE_DIR)): names
+        for path in sorted(PACKAGE_DIR.joinpath("transport").glob("*.py"))
+        if (names := _private_names(path))
+    }
+    assert used == PRIVATE_NAMES
+
+
+def test_the_server_never_imports_trio_websocket() -> None:
+    offenders = [
+        str(path.relative_to(PACKAGE_DIR))
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if any(
+            (
+                isinstance(node, ast.Import)
+                and any(a.name.startswith("trio_websocket") for a in node.names)
+            )
+            or (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("trio_websocket")
+            )
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    ]
+    assert offenders == []
+
+
+def test_wsproto_is_in_the_pinned_range() -> None:
+    major, minor, *_ = (int(part) for part in wsproto.__version__.split("."))
+    assert (1, 3) <= (major, minor) < (1, 4), wsproto.__version__  # pyproject's range
+
+
+def test_wsprotos_event_queue_is_used_only_as_a_list_can_stand_in_for() -> None:
+    """wsproto's `Connection._events` deque is replaced by a list (websocket.py: 760 B an idle
+    connection does not need), so wsproto must use it only through append, truth and popleft."""
     source = inspect.getsource(wsproto.connection.Connection)
     uses = set(re.findall(r"self\._events\b(\.\w+)?", source))
     assert uses == {"", ".append", ".popleft"}, uses
+    queue = EventQueue()
+    connection = wsproto.connection.Connection(wsproto.ConnectionType.SERVER)
+    connection._events = queue  # type: ignore[assignment]
+    connection.receive_data(None)
+    assert list(connection.events()) == [CloseConnection(code=1006)]
+    assert queue == []
+
+
+async def test_the_kernel_socket_is_the_one_trio_reads_writes_and_closes() -> None:
+    """`trio.SocketStream.socket._sock` (sockets.py): the standard socket Trio wraps. If Trio
+    changes that, reads and `write_nowait` would go to the wrong object or a closed one."""
+    a, b = trio.socket.socketpair()
+    stream, other = trio.SocketStream(a), trio.SocketStream(b)
+    raw = kernel_socket(stream)
+    assert isinstance(raw, socket.socket)
+    assert raw.fileno() == stream.socket.fileno()
+    assert raw.getblocking() is False  # non-blocking, as Trio keeps it
+    assert raw.send(b"through the kernel socket") == 25
+    assert await other.receive_some() == b"through the kernel socket"
+    await other.send_all(b"back")
+    await trio.lowlevel.wait_readable(raw)
+    assert raw.recv(10) == b"back"
+    await stream.aclose()
+    assert raw.fileno() == -1  # closed with the Trio socket: never a stale descriptor
+    with pytest.raises(OSError):
+        raw.send(b"x")
+    await other.aclose()
+    assert kernel_socket(trio.testing.memory_stream_pair()[0]) is None
 
 
 async def _serve(handler: Any, nursery: trio.Nursery) -> Any:
@@ -108,16 +183,16 @@ def test_text_frame_header(length: int, header: bytes) -> None:
 async def _serve_and_send(payloads: list[bytes], pings: int, nowait: bool = False) -> list[str]:
     received: list[str] = []
 
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        transport = WebSocketTransport(await request.accept())
+    async def handler(request: HandshakeRequest) -> None:
+        transport = await request.accept()
         async with trio.open_nursery() as reading:
             reading.start_soon(_read_until_closed, transport)
             for payload in payloads:
                 # The fast path where the socket takes it, the writer's otherwise, as Client does.
-                if not (nowait and transport.send_nowait([payload], 16)):
-                    await transport.send(payload)
+                if not (nowait and transport.write_nowait(text_frames([payload], 16))):
+                    await transport.write(text_frames([payload], 16))
                 elif transport.has_pending:
-                    await transport.send(None)
+                    await transport.write(b"")
                 await trio.lowlevel.checkpoint()  # let the reader answer pings between
             await transport.close(1000, "done", 5)
 
@@ -127,7 +202,7 @@ async def _serve_and_send(payloads: list[bytes], pings: int, nowait: bool = Fals
         async with open_websocket_url(url, max_message_size=1 << 20) as ws:
 
             async def ping_a_lot() -> None:
-                # trio-websocket answers each with a pong frame under the same stream lock.
+                # The server answers each with a pong frame: under the same lock as its sends.
                 with contextlib.suppress(trio_websocket.ConnectionClosed):
                     for n in range(pings):
                         await ws.ping(n.to_bytes(4, "big"))
@@ -147,7 +222,7 @@ async def test_frames_of_every_length_class_arrive_intact() -> None:
     assert [r.encode() for r in received] == payloads
 
 
-async def test_frames_interleave_safely_with_trio_websocket_own_writes() -> None:
+async def test_frames_interleave_safely_with_the_layers_own_writes() -> None:
     payloads = [f'{{"n":{n}}}'.encode() * 50 for n in range(300)]
     received = await _serve_and_send(payloads, pings=200)
     assert [r.encode() for r in received] == payloads
@@ -157,13 +232,13 @@ async def test_send_after_close_raises_transport_closed() -> None:
     outcome: list[str] = []
     done = trio.Event()
 
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        transport = WebSocketTransport(await request.accept())
+    async def handler(request: HandshakeRequest) -> None:
+        transport = await request.accept()
         async with trio.open_nursery() as reading:
             reading.start_soon(_read_until_closed, transport)
             await transport.close(3001, "shutdown", 5)
         try:
-            await transport.send(b"{}")
+            await transport.write(text_frames([b"{}"], 16))
         except TransportClosed:
             outcome.append("closed")
         done.set()
@@ -188,20 +263,22 @@ async def test_frames_interleave_safely_with_pongs_on_both_paths(nowait: bool) -
 
 
 async def test_a_partial_nowait_write_is_finished_by_send_before_anything_else() -> None:
-    """Fill the socket so send_nowait writes only part of a frame; the remainder must go out
+    """Fill the socket so write_nowait writes only part of a frame; the remainder must go out
     first, then later frames, all intact."""
     big = b"a" * 200_000
     results: list[str] = []
     filled = trio.Event()
 
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        transport = WebSocketTransport(await request.accept())
+    async def handler(request: HandshakeRequest) -> None:
+        transport = await request.accept()
         frames = 0
-        while transport.send_nowait([big], 16) and not transport.has_pending:
+        while transport.write_nowait(text_frames([big], 16)) and not transport.has_pending:
             frames += 1
         results.append(f"nowait-frames={frames} pending={transport.has_pending}")
         filled.set()
-        await transport.send(b'{"after":true}')  # writes the tail first, then this frame
+        await transport.write(
+            text_frames([b'{"after":true}'], 16)
+        )  # writes the tail first, then this frame
         async with trio.open_nursery() as reading:
             reading.start_soon(_read_until_closed, transport)
             await transport.close(1000, "done", 5)
@@ -241,9 +318,9 @@ def _masked(opcode: int, payload: bytes) -> bytes:
 async def test_frames_while_the_server_closes_do_not_take_the_server_down(
     while_closing: bytes,
 ) -> None:
-    """trio-websocket 0.12 answers a ping (pong) or an oversized message (close 1009) even while
-    our close frame is out, where wsproto refuses to send either, and the error escaped into the
-    listener's nursery: one client could stop the whole server."""
+    """A ping (pong) or an oversized message (close 1009) while our close frame is out: wsproto
+    refuses to send either (trio-websocket 0.12 tried, and the error escaped into the listener's
+    nursery: one client could stop the whole server). Nothing is answered."""
     async with trio.open_nursery() as nursery:
         server = await serve_in(nursery, make_config({"server": {"max_message_size": 500}}))
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)
@@ -271,21 +348,21 @@ async def test_frames_while_the_server_closes_do_not_take_the_server_down(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_failure_inside_trio_websocket_ends_only_that_connection(
+async def test_a_failure_inside_the_transport_ends_only_that_connection(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An unexpected error in trio-websocket's own event handling (here: its pong handler, run
-    by the connection's task) ends that connection only, never the listener."""
+    """An unexpected error in the layer's own event handling (here: its control-frame handler,
+    run by the connection's task on a pong) ends that connection only, never the listener."""
 
-    async def broken_pong_handler(self: Any, event: Any) -> None:
-        raise RuntimeError("injected failure inside trio-websocket")
+    async def broken_control(self: Any, event: Any) -> None:
+        raise RuntimeError("injected failure inside the transport")
 
     async with trio.open_nursery() as nursery:
         server = await serve_in(nursery, make_config())
         async with open_raw(ws_url(server)) as bystander:
             await bystander.connect(token("1"))
             await bystander.command("subscribe", {"channel": "room"})
-            monkeypatch.setattr(WebSocketConnection, "_handle_pong_event", broken_pong_handler)
+            monkeypatch.setattr(WebSocketTransport, "_control", broken_control)
             async with open_raw(ws_url(server)) as victim:
                 await victim.connect(token("2"))
                 with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed):
@@ -300,7 +377,7 @@ async def test_a_failure_inside_trio_websocket_ends_only_that_connection(
             assert push["push"]["pub"]["data"] == {"still": "up"}
         nursery.cancel_scope.cancel()
     assert "connection task failed" in caplog.text
-    assert "injected failure inside trio-websocket" in caplog.text
+    assert "injected failure inside the transport" in caplog.text
 
 
 def _recording_server(
@@ -313,20 +390,19 @@ def _recording_server(
     served = trio.Event()
 
     async def serve(stream: trio.abc.Stream) -> None:
-        ws = server_connection(stream, max_message_size=max_message_size)
         try:
-            request = await receive_request(ws)
+            request = await read_request(stream, max_message_size=max_message_size)
             assert request is not None
             got.append(request.path)
-            transport = WebSocketTransport(await request.accept())
-            got.append(type(ws._wsproto).__name__)  # the h11 handshake state is gone
+            transport = await request.accept()
+            got.append(type(transport._conn).__name__)  # the h11 handshake state is gone
             try:
                 while True:
                     got.append(await transport.receive())
             except TransportClosed as exc:
                 got.append(exc.code)
         finally:
-            await finish(ws)
+            await stream.aclose()
             served.set()
 
     return serve, got, served
@@ -383,11 +459,10 @@ async def test_a_request_that_is_not_an_upgrade_gets_400_and_no_connection() -> 
     results: list[Any] = []
 
     async def serve(stream: trio.abc.Stream) -> None:
-        ws = server_connection(stream, max_message_size=10)
         try:
-            results.append(await receive_request(ws))
+            results.append(await read_request(stream, max_message_size=10))
         finally:
-            await finish(ws)
+            await stream.aclose()
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, serve, 0)

@@ -89,8 +89,8 @@ class LimitsStatistics:
 
 
 def request_ip(remote: Any) -> str:
-    """The peer address of a trio-websocket request (`request.remote`): an `Endpoint`, or a
-    string for streams that are not sockets (tests)."""
+    """The peer address of a WebSocket handshake request (`request.remote`): an `Endpoint`, or
+    a string for streams that are not sockets (tests)."""
     address = getattr(remote, "address", None)
     return str(address) if address is not None else str(remote)
 

@@ -1,49 +1,50 @@
-"""The WebSocket glue: trio-websocket underneath, no protocol logic.
+"""The WebSocket layer: an owned server side on wsproto's sans-IO API, no protocol logic.
 
-`Transport` is the small surface a `Client` needs; `WebSocketTransport` implements it on a
-trio-websocket connection. JSON-protocol frames are text frames.
+`Transport` is the small surface a `Client` needs; `WebSocketTransport` implements it. The
+listener (`serve_websocket`, `listener.py`) is `trio.serve_listeners` with one task per
+connection: TLS handshake, upgrade request (`handshake.py`: wsproto's `H11Handshake`, with the
+application's accept/reject), then the application's handler, which reads the WebSocket in that
+same task (`websocket.py`: wsproto's frame-level `Connection`; no reader task, memory channel or
+nursery per connection). JSON-protocol frames are text frames, built by hand (`frames.py`) by
+the connection's writer.
 
-One task per connection. trio-websocket runs a reader task per connection that feeds a memory
-channel; here the connection's own task reads instead (`connection.py`: `receive_request`, then
-`WebSocketTransport.receive` pulls bytes and hands wsproto's events to trio-websocket's own event
-handlers: pings, close handshakes, message assembly and its size limit stay trio-websocket's).
-That saves a task, a nursery and a channel per connection (connect cost and idle memory: see
-ops/bench/PROFILE.md). The consequence: a connection reads only while its owner is in `receive`,
-so the owner keeps calling it until `TransportClosed`, also while closing (the peer's close frame
-arrives through it).
+Why not trio-websocket on the server side: it runs a reader task per connection that feeds a
+memory channel, which costs every connection a task, a nursery and a channel (idle memory,
+connect CPU: see README "Performance"), and staying on its hot path meant reaching into ~25
+private names of it, wsproto and trio. Its public client API is still what the tests use.
 
-What reaches below trio-websocket's public API lives in this package alone, pinned by
-tests/test_transport.py and tests/test_bad_input.py (the version range is pinned in pyproject):
-- the reader above, and the handshake state (wsproto's h11 connection) dropped once accepted;
-- `send` writes hand-built frames to the stream under the connection's own stream lock (the hot
-  path: no wsproto framing, no str round trip);
-- when the peer breaks the WebSocket protocol (invalid UTF-8 in a text frame: 1007; a malformed
-  frame: 1002), wsproto reports a close while the connection is still open and trio-websocket
-  0.12 drops the TCP connection without the close frame RFC 6455 7.1.7 asks for; we send it;
-- a frame wsproto refuses in the current state (a pong or a 1009 while we are closing) is
-  dropped instead of failing the connection's task.
+What reaches below a library's public API: two names, each a measured win (ops/bench/PROFILE.md)
+pinned by tests/test_transport.py (which also checks that these are the only ones; version ranges
+in pyproject):
+- `sockets.py`: the kernel socket under a `trio.SocketStream` (`stream.socket._sock`): reads are
+  a non-blocking `recv` between Trio's checkpoints instead of `receive_some`'s coroutine layers
+  (an idle connection keeps fewer frames suspended), fan-out writes one synchronous `send`
+  (`write_nowait`), and a write that waits knows how much went out (a cancelled one leaves the
+  rest of its frame to the next write, never a cut frame);
+- `websocket.py`: wsproto's `Connection._events` deque is replaced by a list (wsproto queues at
+  most one close event there; an empty deque is 760 B, about 0.7 KiB per idle connection).
+Everything else is public: wsproto's `H11Handshake`, `Connection` (`receive_data`, `events()`,
+`send()`, `state`) and events; `trio.serve_listeners` and the `open_*_listeners`.
 """
 
-from .connection import finish, receive_request, server_connection
-from .frames import frame_for, frames_for, text_frame_header
-from .websocket import (
-    PEER_PROTOCOL_ERRORS,
-    Transport,
-    TransportClosed,
-    WebSocketTransport,
-    accept,
-)
+from .frames import binary_frame, text_frame_header, text_frames
+from .handshake import Endpoint, HandshakeRequest, peer_of, read_request
+from .listener import Listening, serve_connection, serve_websocket
+from .websocket import PEER_PROTOCOL_ERRORS, Transport, TransportClosed, WebSocketTransport
 
 __all__ = [
     "PEER_PROTOCOL_ERRORS",
+    "Endpoint",
+    "HandshakeRequest",
+    "Listening",
     "Transport",
     "TransportClosed",
     "WebSocketTransport",
-    "accept",
-    "finish",
-    "frame_for",
-    "frames_for",
-    "receive_request",
-    "server_connection",
+    "binary_frame",
+    "peer_of",
+    "read_request",
+    "serve_connection",
+    "serve_websocket",
     "text_frame_header",
+    "text_frames",
 ]

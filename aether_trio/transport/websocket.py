@@ -1,9 +1,22 @@
-"""`Transport`, the small surface a `Client` needs, and its implementation on a trio-websocket
-connection from `connection.py`. JSON-protocol frames are text frames.
+"""`Transport`, the small surface a `Client` needs, and `WebSocketTransport`, an accepted WebSocket
+on a Trio stream with wsproto's frame-level `Connection` as its protocol state.
 
-`send` writes hand-built frames to the stream under the connection's own stream lock (the hot
-path: no wsproto framing, no str round trip); `send_nowait` writes without waiting on the raw
-socket when it has room.
+Theory of operation. The connection's own task reads (`receive`): bytes from the stream go into
+wsproto (`receive_data`), its events come out (`events()`) and are acted on here. Messages are
+assembled up to `max_message_size` (over it: close 1009); a ping is answered with a pong; the
+peer's close frame is answered and reported as `TransportClosed(code, reason)`; wsproto's verdict
+on bytes that break the protocol (invalid UTF-8: 1007, a malformed frame: 1002) is sent to the
+peer as the close frame RFC 6455 7.1.7 asks for. So the connection reads only while its owner is
+in `receive`, and the owner keeps calling it until `TransportClosed`, also while closing (the
+peer's close frame arrives through it).
+
+Writes: data frames are built by hand (`frames.py`: no wsproto framing on the hot path, no str
+round trip), control frames by wsproto. `write_nowait` writes with one synchronous `send` on the
+kernel socket when nothing else is being written (the fan-out path); what the kernel does not
+take stays as a tail that the next write sends first. Every other write (`write`, pongs, close
+frames) takes the connection's lock, so frames never interleave. wsproto's state decides what
+may be sent: nothing but a close answer once a close is under way, so a ping or an oversized
+message arriving while our close frame is out is simply not answered.
 """
 
 from __future__ import annotations
@@ -14,18 +27,30 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
-from wsproto import WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import Event
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import CloseConnection, Event, Message, Ping, TextMessage
+from wsproto.utilities import LocalProtocolError
 
-from .connection import ACCEPTED, EVENT_HANDLERS, EventQueue, Inbox, read
-from .frames import frame_for, frames_for
+from .sockets import kernel_socket, receive_some
 
-__all__ = ["PEER_PROTOCOL_ERRORS", "Transport", "TransportClosed", "WebSocketTransport", "accept"]
+__all__ = ["PEER_PROTOCOL_ERRORS", "Transport", "TransportClosed", "WebSocketTransport"]
 
-# Close codes trio-websocket/wsproto use when the *peer* sent something unacceptable.
+# Close codes sent when the *peer* sent something unacceptable: a malformed frame, invalid UTF-8,
+# a message over the size limit.
 PEER_PROTOCOL_ERRORS = frozenset({1002, 1007, 1009})
+
+OPEN = ConnectionState.OPEN
+CLOSED = ConnectionState.CLOSED
+REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
+
+
+class EventQueue(list[Event]):
+    """What wsproto's `Connection` needs of its event deque: append, truth, popleft."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Event:
+        return self.pop(0)
 
 
 class TransportClosed(Exception):
@@ -60,78 +85,77 @@ class Transport(Protocol):
 
 
 class WebSocketTransport:
-    __slots__ = ("_events", "_inbox", "_raw", "_tail", "_ws", "remote")
+    """An accepted server-side WebSocket (made by `HandshakeRequest.accept`)."""
 
-    def __init__(self, ws: WebSocketConnection, remote: Any = None) -> None:
-        """`ws`: an accepted connection from `server_connection` + `receive_request`; `remote`:
-        its `remote` if the caller has it already (each reading is a getpeername call)."""
-        self._ws = ws
-        inbox = ws._send_channel
-        assert isinstance(inbox, Inbox), "not a connection from server_connection()"
-        self._inbox: Inbox = inbox
-        # wsproto's events not handled yet (a generator over what was read).
-        self._events: Iterator[Event] | None = None
-        # The upgrade is done: keep only wsproto's frame-level connection, not the h11
-        # connection and handshake objects wsproto would keep for the connection's life.
-        handshaking = ws._wsproto
-        if isinstance(handshaking, WSConnection) and handshaking.connection is not None:
-            connection = ws._wsproto = handshaking.connection
-            # wsproto queues at most a close event there: a list does (an empty deque is 760 B).
-            connection._events = EventQueue()
+    __slots__ = (
+        "_closed",
+        "_closing",
+        "_conn",
+        "_done",
+        "_events",
+        "_lock",
+        "_max_message_size",
+        "_parts",
+        "_raw",
+        "_size",
+        "_stream",
+        "_tail",
+        "_writers",
+        "remote",
+    )
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        connection: Connection,
+        *,
+        max_message_size: int,
+        remote: str = "?",
+    ) -> None:
+        self._stream = stream
+        # wsproto's frame-level protocol state (the handshake's objects are not kept). Its event
+        # queue holds at most the close event of `receive_data(None)`: a list does, where an
+        # empty deque is 760 B per connection (tests/test_transport.py pins how it is used).
+        connection._events = EventQueue()  # type: ignore[assignment]
+        self._conn = connection
+        self._max_message_size = max_message_size
         # Read once: after the socket is closed getpeername() fails, and log lines still need it.
-        if remote is None:
-            remote = ws.remote
-        self.remote = remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
-        # The kernel socket (non-blocking, as Trio keeps it) for `send_nowait`; None under TLS,
-        # where every write goes through the stream.
-        stream = ws._stream
-        self._raw: socket.socket | None = None
-        if isinstance(stream, trio.SocketStream):
-            self._raw = stream.socket._sock
-        # What the kernel did not take of a frame written by `send_nowait`: it goes out first.
-        self._tail: bytes = b""
+        self.remote = remote
+        # The kernel socket for reads and writes; None under TLS (everything goes through the
+        # stream).
+        self._raw: socket.socket | None = kernel_socket(stream)
+        # What the kernel did not take of a `write_nowait`: it goes out before anything else.
+        self._tail = b""
+        # Writes under way or waiting for the lock (made at the first of them: most connections
+        # never need it).
+        self._writers = 0
+        self._lock: trio.StrictFIFOLock | None = None
+        # wsproto's events not handled yet (a generator over what was read), and the parts and
+        # size of a fragmented message.
+        self._events: Iterator[Event] | None = None
+        self._parts: list[Any] | None = None
+        self._size = 0
+        # Set once: our close frame's code and reason; how the reading ended; an Event for
+        # `close` to wait on, made by `close` only.
+        self._closing: TransportClosed | None = None
+        self._closed: TransportClosed | None = None
+        self._done: trio.Event | None = None
+
+    # --- writing ---
 
     @property
     def has_pending(self) -> bool:
         return bool(self._tail)
 
-    def send_nowait(self, messages: list[bytes], per_frame: int) -> bool:
-        """Write `messages` right now, in one `send`, if the socket takes them without waiting:
-        text frames of up to `per_frame` newline-separated messages each.
-
-        The fast path of fan-out (the node's flusher calls it): most sockets have room, and a
-        synchronous write spares a task wake-up per connection. False means nothing was written
-        (the socket is full, another write is in progress, TLS, closing): the caller's writer
-        sends them. A partial write keeps the rest as `has_pending`, which the next `send`
-        writes first.
-        """
-        raw, ws = self._raw, self._ws
-        if (
-            raw is None
-            or self._tail
-            or ws._stream_lock.locked()
-            or ws._close_reason is not None
-            or ws._wsproto.state is not ConnectionState.OPEN
-        ):
-            return False
-        frame = frames_for(messages, per_frame)
-        try:
-            sent = raw.send(frame)
-        except OSError:
-            return False  # EAGAIN, or a broken socket that `send` will report properly
-        if sent < len(frame):
-            self._tail = frame[sent:]
-        return True
-
     def write_nowait(self, data: bytes) -> bool:
-        raw, ws = self._raw, self._ws
-        if (
-            raw is None
-            or self._tail
-            or ws._stream_lock.locked()
-            or ws._close_reason is not None
-            or ws._wsproto.state is not ConnectionState.OPEN
-        ):
+        """Write `data` (whole frames) right now, with one `send` on the kernel socket, if
+        nothing else is being written and the connection is open: the fast path of fan-out (the
+        node's flusher, through the connection's writer), where a synchronous write spares a
+        task wake-up per connection. False means nothing was written (TLS, a write under way or
+        pending, closing, the socket full or broken). What the kernel does not take is kept
+        (`has_pending`) and written first by the next write."""
+        raw = self._raw
+        if raw is None or self._tail or self._writers or self._conn.state is not OPEN:
             return False
         try:
             sent = raw.send(data)
@@ -142,85 +166,190 @@ class WebSocketTransport:
         return True
 
     async def write(self, data: bytes) -> None:
-        ws = self._ws
-        if ws._close_reason is not None or ws._wsproto.state is not ConnectionState.OPEN:
+        """Write what is pending, then `data` (whole frames); TransportClosed once the
+        connection is closing or gone."""
+        if self._conn.state is not OPEN:
             raise TransportClosed
-        data, self._tail = self._tail + data, b""
-        async with ws._stream_lock:
-            try:
-                await ws._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise TransportClosed from None
+        await self._write(data)
+
+    async def _write(self, data: bytes | Event) -> None:
+        """Every write that may wait, under the lock, the pending tail first: data frames
+        (bytes; TransportClosed unless open), or a control frame (an event wsproto turns into
+        bytes when the lock is ours, if the state by then allows it: else it is dropped).
+        TransportClosed if the connection is gone."""
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = trio.StrictFIFOLock()
+        self._writers += 1
+        try:
+            async with lock:
+                if isinstance(data, bytes):
+                    if self._conn.state is not OPEN:
+                        raise TransportClosed
+                else:
+                    try:
+                        data = self._conn.send(data)
+                    except LocalProtocolError:
+                        return  # e.g. a pong or a second close once our close frame is out
+                owed = self._tail
+                if owed:
+                    data, self._tail = owed + data, b""
+                await self._send_all(data, len(owed))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise TransportClosed from None
+        finally:
+            self._writers -= 1
+
+    async def _send_all(self, data: bytes, owed: int) -> None:
+        """The stream's `send_all`; on the kernel socket, a cancellation keeps what is needed
+        to finish the frames under way as the tail (the first `owed` bytes are an earlier
+        write's tail; frames not started are dropped), so that the next write (the close frame
+        of a connection dropped while its write waited) does not follow a cut frame."""
+        raw = self._raw
+        if raw is None:
+            await self._stream.send_all(data)
+            return
+        view = memoryview(data)
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
+            while view:
+                try:
+                    view = view[raw.send(view) :]
+                    continue
+                except BlockingIOError:
+                    waited = True  # not waited for in the except block (it would keep it alive)
+                await trio.lowlevel.wait_writable(raw)
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        except OSError as exc:  # the peer is gone, or the socket was closed
+            raise trio.BrokenResourceError from exc
+        except BaseException:  # cancelled
+            sent = len(data) - len(view)
+            rest = view if sent > owed else view[: owed - sent]
+            if rest:
+                self._tail = bytes(rest)
+            raise
+
+    # --- reading ---
 
     async def receive(self) -> str | bytes:
-        """The next message; TransportClosed once the connection is closed.
-
-        trio-websocket's reader loop, run by the caller: events already parsed are handled
-        first, then more bytes are read. Several messages from one read come out one per call
-        without reading again (and without a checkpoint in between: a burst is handled in one
-        go, bounded by the read size)."""
-        ws, inbox = self._ws, self._inbox
+        """The next message (str for text, bytes for binary); TransportClosed once the
+        connection is closed. Several messages from one read come out one per call without
+        reading again (and without a checkpoint in between: a burst is handled in one go,
+        bounded by the read size)."""
         while True:
-            if self._events is not None:
-                for event in self._events:
-                    handler = EVENT_HANDLERS.get(type(event))
-                    if handler is None:
-                        continue  # nothing a server acts on after the upgrade
-                    try:
-                        await getattr(ws, handler)(event)
-                    except ConnectionClosed:
-                        ws._reader_running = False
-                        break
-                    message = inbox.message
-                    if message is not None:
-                        inbox.message = None
-                        return message
+            events = self._events
+            if events is not None:
+                for event in events:
+                    if isinstance(event, Message):
+                        message = self._assemble(event)
+                        if message is not None:
+                            return message
+                        if self._size > self._max_message_size:
+                            await self._fail(1009)
+                    else:
+                        await self._control(event)
                 self._events = None
-            if not ws._reader_running:
-                raise closed_error(ws)
-            await read(ws)
-            self._events = ws._wsproto.events()
-
-    async def send(self, payload: bytes | None) -> None:
-        """Send what `send_nowait` left pending, then `payload` (UTF-8 JSON lines, None for
-        nothing) as one text frame.
-
-        The frame is built here rather than by wsproto: a server frame is unmasked, so the header
-        is a few bytes in front of the payload, and the bytes go out as they are (no decode to
-        str and encode back). The write takes trio-websocket's stream lock, the same lock its
-        own writes (pongs, close frames) take, so frames never interleave.
-        """
-        ws = self._ws
-        if ws._close_reason is not None or ws._wsproto.state is not ConnectionState.OPEN:
-            raise TransportClosed
-        frame = self._tail
-        if payload is not None:
-            frame += frame_for(payload)
-        self._tail = b""
-        async with ws._stream_lock:
+            if self._closed is not None:
+                raise self._closed
             try:
-                await ws._stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise TransportClosed from None
+                data = await receive_some(self._stream, self._raw)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
+            if not data:
+                # TCP closed before the WebSocket (or a read failed): abnormal closure.
+                raise self._finish(TransportClosed(1006))
+            conn = self._conn
+            conn.receive_data(data)
+            self._events = conn.events()
+
+    def _assemble(self, event: Message[Any]) -> str | bytes | None:
+        """The message `event` completes, or None (more to come, over the size limit: then
+        `_size` says so, or dropped: nothing is handed over while a close is under way)."""
+        if self._conn.state is not OPEN:
+            self._parts = None
+            self._size = 0
+            return None
+        data: str | bytes = event.data
+        if isinstance(data, str):
+            size = len(data) if data.isascii() else len(data.encode())
+        else:
+            size = len(data)
+        size += self._size
+        if size > self._max_message_size:
+            self._parts = None
+            self._size = size
+            return None
+        parts = self._parts
+        if not event.message_finished:
+            if parts is None:
+                parts = self._parts = []
+            parts.append(data)
+            self._size = size
+            return None
+        if parts is None:
+            return data
+        parts.append(data)
+        self._parts = None
+        self._size = 0
+        return "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)
+
+    async def _control(self, event: Event) -> None:
+        """Ping, pong or close; raises TransportClosed once reading is over."""
+        conn = self._conn
+        if isinstance(event, Ping):
+            if conn.state is OPEN:  # no pong once a close frame is out
+                # If it cannot be written, the connection is gone: the next read says so.
+                with contextlib.suppress(TransportClosed):
+                    await self._write(event.response())
+        elif isinstance(event, CloseConnection):
+            state = conn.state
+            if state is REMOTE_CLOSING:
+                # The peer's close: answer it (wsproto echoes the code), report it.
+                closed = TransportClosed(event.code, event.reason or "")
+                with contextlib.suppress(TransportClosed):
+                    await self._write(event.response())
+                raise self._finish(closed)
+            if state is CLOSED:
+                # The peer's answer to our close.
+                raise self._finish(self._closing or TransportClosed(event.code, event.reason or ""))
+            # Not a close frame but wsproto's verdict on the peer's bytes (still OPEN or
+            # LOCAL_CLOSING): the peer is told the code only, not the parser's message.
+            await self._fail(event.code)
+
+    async def _fail(self, code: int) -> None:
+        """The peer broke the protocol: send our close frame with `code` (unless one is out
+        already) and stop reading."""
+        if self._conn.state is OPEN:
+            with contextlib.suppress(TransportClosed):
+                await self._write(CloseConnection(code=code))
+        raise self._finish(TransportClosed(code))
+
+    def _finish(self, closed: TransportClosed) -> TransportClosed:
+        """Reading is over: remember how, let go of what was being read, wake `close`."""
+        self._closed = closed
+        self._events = None
+        self._parts = None
+        if self._conn.state is not CLOSED:
+            self._conn.receive_data(None)  # wsproto: the connection is gone (no more sends)
+        if self._done is not None:
+            self._done.set()
+        return closed
+
+    # --- closing ---
 
     async def close(self, code: int, reason: str, wait: float) -> None:
+        """Send a close frame with `code` and `reason`, then wait up to `wait` seconds for the
+        peer's (which the connection's reader, in `receive`, sees)."""
         with trio.move_on_after(wait):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._ws.aclose(code, reason)
-
-
-async def accept(request: WebSocketRequest, remote: Any = None) -> WebSocketTransport:
-    """Accept the upgrade and let go of the request's contents: the request object stays
-    referenced by the frames that handled it, and its headers and lists would otherwise live as
-    long as the connection (it reads as an empty request from here on). `remote`:
-    `request.remote`, if the caller has read it."""
-    ws = await request.accept()
-    request._event = ACCEPTED
-    return WebSocketTransport(ws, remote)
-
-
-def closed_error(ws: WebSocketConnection) -> TransportClosed:
-    reason = ws._close_reason
-    if reason is None:
-        return TransportClosed()
-    return TransportClosed(reason.code, reason.reason or "")
+            if self._closed is None and self._conn.state is OPEN:
+                self._closing = TransportClosed(code, reason)
+                try:
+                    await self._write(CloseConnection(code=code, reason=reason))
+                except TransportClosed:
+                    return
+            if self._closed is None:
+                if self._done is None:
+                    self._done = trio.Event()
+                await self._done.wait()

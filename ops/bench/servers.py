@@ -32,7 +32,7 @@ NODE_DIR = PEERS / "node"
 
 # name -> (load generator protocol, what it is)
 SERVERS: dict[str, tuple[str, str]] = {
-    "aether": ("centrifuge", "Aether (Trio, trio-websocket), Centrifugo protocol v2 JSON"),
+    "aether": ("centrifuge", "Aether (Trio, wsproto), Centrifugo protocol v2 JSON"),
     "websockets": ("plain", "minimal broadcast server on `websockets` (asyncio)"),
     "socketio-py": ("socketio", "python-socketio (ASGI) on uvicorn"),
     "socketio-node": ("socketio", "Socket.IO's Node.js server (npm socket.io)"),
