@@ -192,6 +192,17 @@ class RawClient:
             self.pending.extend(await self._read_lines())
         return self.pending.pop(0)
 
+    async def read_until_closed(self) -> None:
+        """Read (and drop) messages until the server closes: raises trio-websocket's
+        `ConnectionClosed`, which carries the close frame."""
+        while True:
+            await self.receive()
+
+    async def send_then_read_until_closed(self, *messages: dict[str, Any]) -> None:
+        """For a server that may close before the send arrives: either way, `ConnectionClosed`."""
+        await self.send(*messages)
+        await self.read_until_closed()
+
     async def _read_lines(self) -> list[dict[str, Any]]:
         frame = await self.ws.get_message()
         return [orjson.loads(line) for line in frame.split("\n")]

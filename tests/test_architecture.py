@@ -453,7 +453,8 @@ def load_module(module: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         module, path, submodule_search_locations=[str(path.parent)]
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     fresh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fresh)
     return fresh

@@ -98,7 +98,9 @@ def test_verify_names_an_edited_entry() -> None:
     seq, text, digest = log[2]
     log[2] = (seq, text.replace('"n":3', '"n":4'), digest)
     broken = chain.verify(log, None).broken
-    assert broken is not None and broken.seq == 3 and "hash" in broken.problem
+    assert broken is not None
+    assert broken.seq == 3
+    assert "hash" in broken.problem
 
 
 def test_verify_names_the_next_entry_when_an_edit_was_rehashed() -> None:
@@ -107,17 +109,24 @@ def test_verify_names_the_next_entry_when_an_edit_was_rehashed() -> None:
     text = text.replace('"n":2', '"n":7')
     log[1] = (seq, text, chain.digest(text.encode()))
     broken = chain.verify(log, None).broken
-    assert broken is not None and broken.seq == 3 and "prev" in broken.problem
+    assert broken is not None
+    assert broken.seq == 3
+    assert "prev" in broken.problem
 
 
 def test_verify_names_a_deleted_entry_and_a_truncated_tail() -> None:
     log = build_chain(5)
     broken = chain.verify(log[:1] + log[2:], None).broken
-    assert broken is not None and broken.seq == 2 and "missing" in broken.problem
+    assert broken is not None
+    assert broken.seq == 2
+    assert "missing" in broken.problem
     broken = chain.verify(log[1:], None).broken
-    assert broken is not None and broken.seq == 1
+    assert broken is not None
+    assert broken.seq == 1
     broken = chain.verify(log[:3], (5, log[4][2])).broken
-    assert broken is not None and broken.seq == 4 and "truncated" in broken.problem
+    assert broken is not None
+    assert broken.seq == 4
+    assert "truncated" in broken.problem
 
 
 def test_verify_refuses_non_canonical_text_even_with_a_matching_hash() -> None:
@@ -126,16 +135,21 @@ def test_verify_refuses_non_canonical_text_even_with_a_matching_hash() -> None:
     spaced = text.replace(",", ", ")
     log[1] = (seq, spaced, chain.digest(spaced.encode()))
     broken = chain.verify(log, None).broken
-    assert broken is not None and broken.seq == 2 and "canonical" in broken.problem
+    assert broken is not None
+    assert broken.seq == 2
+    assert "canonical" in broken.problem
 
 
 def test_redact_removes_secrets_at_any_depth_and_shrinks_large_values() -> None:
     params = {"token": "eyJ.a.b", "user": "42", "nested": {"api_key": "k", "ok": [1]},
               "list": [{"Password": "x"}], "data": "x" * 5000}  # fmt: skip
     out = chain.redact(params)
-    assert out["token"] == "[redacted]" and out["nested"] == {"api_key": "[redacted]", "ok": [1]}
-    assert out["list"] == [{"Password": "[redacted]"}] and out["user"] == "42"
-    assert out["data"]["omitted_bytes"] == 5002 and len(out["data"]["sha256"]) == 64
+    assert out["token"] == "[redacted]"
+    assert out["nested"] == {"api_key": "[redacted]", "ok": [1]}
+    assert out["list"] == [{"Password": "[redacted]"}]
+    assert out["user"] == "42"
+    assert out["data"]["omitted_bytes"] == 5002
+    assert len(out["data"]["sha256"]) == 64
 
 
 # --- AuditLog with a real store ---
@@ -155,7 +169,8 @@ async def test_record_flush_persists_a_verifiable_chain_across_reopen(tmp_path: 
     found = entries(tmp_path)
     assert [e["seq"] for e in found] == [1, 2, 3, 4]
     assert found[0]["params"] == {"channel": "a", "b64data": "x"}
-    assert found[1]["ok"] is False and found[3]["params"] == {"user": "1"}
+    assert found[1]["ok"] is False
+    assert found[3]["params"] == {"user": "1"}
     assert chain.verify(rows(tmp_path), (4, rows(tmp_path)[-1][2])).broken is None
 
 
@@ -194,7 +209,8 @@ async def test_record_never_raises_and_the_queue_is_bounded(tmp_path: Path) -> N
     await store.aclose()
     found = entries(tmp_path)
     assert [e["action"] for e in found] == ["a", "b"]
-    assert found[0]["params"] == {"n": str(10**30)} and found[1]["params"]["obj"].startswith("<")
+    assert found[0]["params"] == {"n": str(10**30)}
+    assert found[1]["params"]["obj"].startswith("<")
     assert chain.verify(rows(tmp_path), None).broken is None
 
 
@@ -262,7 +278,8 @@ def test_live_server_audits_commands_and_failures_and_cli_detects_tampering(
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith(f"audit log OK: {len(found)} entries, head ")
     tail = cli("audit", "tail", "-n", "2", "-c", str(config))
-    assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 2
+    assert tail.returncode == 0
+    assert len(tail.stdout.splitlines()) == 2
     assert tail.stdout.splitlines()[0].startswith(f"#{len(found) - 1} ")
     as_json = cli("audit", "tail", "-n", "1", "--json", "-c", str(config))
     assert orjson.loads(as_json.stdout)["seq"] == len(found)
@@ -284,12 +301,14 @@ def test_live_server_audits_commands_and_failures_and_cli_detects_tampering(
     with sqlite3.connect(path) as conn:
         conn.execute("DELETE FROM audit WHERE seq >= 3")
     truncated = cli("audit", "verify", "--data-dir", str(data))
-    assert truncated.returncode == 1 and "truncated" in truncated.stdout
+    assert truncated.returncode == 1
+    assert "truncated" in truncated.stdout
 
 
 def test_audit_cli_without_a_database_exits_2(tmp_path: Path) -> None:
     result = cli("audit", "verify", "--data-dir", str(tmp_path / "nothing"))
-    assert result.returncode == 2 and "no database" in result.stderr
+    assert result.returncode == 2
+    assert "no database" in result.stderr
 
 
 def test_auth_failure_sampling_can_be_off(tmp_path: Path) -> None:

@@ -72,7 +72,8 @@ def rows(doc: dict[str, Any], scenario: str, server: str) -> list[dict[str, Any]
 
 
 def ordered_latency(lat: dict[str, Any] | None) -> None:
-    assert lat is not None and lat["samples"] > 0
+    assert lat is not None
+    assert lat["samples"] > 0
     assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
 
 
@@ -99,7 +100,8 @@ def test_fanout_rows_are_sane(smoke: dict[str, Any], scenario: str) -> None:
             assert row["server_cpu_us_per_delivery"] >= 0
             assert row["loadgen_cpu_s"] >= 0
             ordered_latency(row["latency_ms"])
-            assert not row["setup_failures"] and not row["server_closes"], row
+            assert not row["setup_failures"], row
+            assert not row["server_closes"], row
 
 
 def test_aether_publishes_through_the_api_when_it_answers(smoke: dict[str, Any]) -> None:
@@ -111,7 +113,8 @@ def test_aether_publishes_through_the_api_when_it_answers(smoke: dict[str, Any])
 
 def test_many_channels(smoke: dict[str, Any]) -> None:
     own, shared = rows(smoke, "many_channels", "aether")
-    assert own["phase"] == "own channels" and shared["phase"] == "shared channels"
+    assert own["phase"] == "own channels"
+    assert shared["phase"] == "shared channels"
     assert own["subscriptions"] == own["connections"] * (1 + own["shared_channels"])
     for row in (own, shared):
         assert row["delivered"] == row["expected"] > 0
@@ -131,7 +134,8 @@ def test_idle_memory(smoke: dict[str, Any]) -> None:
     for server in servers():
         (row,) = rows(smoke, "idle", server)
         assert row["connected"] == row["connections"] > 0
-        assert row["rss_before_bytes"] > 0 and row["rss_after_bytes"] > 0
+        assert row["rss_before_bytes"] > 0
+        assert row["rss_after_bytes"] > 0
         # A tiny run may see RSS move either way: only its presence is checked.
         assert isinstance(row["rss_per_conn_bytes"], int)
 
@@ -139,8 +143,11 @@ def test_idle_memory(smoke: dict[str, Any]) -> None:
 def test_report_records_the_machine_and_ratios(smoke: dict[str, Any]) -> None:
     assert len(smoke["aether_code"]) == 12  # fingerprint of the source snapshot under test
     machine = smoke["machine"]
-    assert machine["cpu_model"] and machine["cores"] >= 1 and machine["python"]
-    assert machine["python_packages"]["trio"] and machine["python_packages"]["websockets"]
+    assert machine["cpu_model"]
+    assert machine["cores"] >= 1
+    assert machine["python"]
+    assert machine["python_packages"]["trio"]
+    assert machine["python_packages"]["websockets"]
     peers = [s for s in servers() if s != "aether"]
     assert smoke["peers"] == peers
     ratio = next(r for r in smoke["ratios"] if r["metric"] == "deliveries_per_s")

@@ -87,7 +87,8 @@ def test_config_toml_spot_checks() -> None:
     chat = config.channel.namespaces[0]
     assert chat.history_enabled
     assert (chat.history_size, chat.history_ttl) == (500, 3600.0)
-    assert chat.allow_user_limited_channels and chat.force_recovery
+    assert chat.allow_user_limited_channels
+    assert chat.force_recovery
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8000)
     assert config.engine.type == "memory"
 

@@ -33,8 +33,9 @@ async def test_a_crashing_connection_task_does_not_take_the_server_down(
             async with open_raw(url) as bad:
                 # The server may drop it before the client's send (the crash is immediate).
                 with trio.fail_after(5), pytest.raises(ConnectionClosed):
-                    await bad.send({"id": 1, "connect": {"token": token("2")}})
-                    await bad.receive()
+                    await bad.send_then_read_until_closed(
+                        {"id": 1, "connect": {"token": token("2")}}
+                    )
             monkeypatch.setattr(serve, "read_loop", original)
 
             # The server still accepts connections and the old one still gets publications.

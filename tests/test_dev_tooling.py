@@ -44,6 +44,7 @@ def test_the_pre_commit_hooks_are_valid_and_local() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     text = config.read_text()
-    assert "repo: local" in text and "https://" not in text  # nothing fetched from the network
+    assert "repo: local" in text
+    assert "https://" not in text
     for tool in ("ruff", "mypy"):
         assert f"entry: .venv/bin/{tool}" in text

@@ -216,7 +216,8 @@ async def test_meta_ttl_expiry_starts_a_new_epoch_and_restarts_offsets(
     await engines.elapse(601)
     fresh = await engines.broker.publish("news", pub(4), options)
     assert fresh.offset == 1
-    assert fresh.epoch and fresh.epoch != positions[0].epoch
+    assert fresh.epoch
+    assert fresh.epoch != positions[0].epoch
     offsets, top = await read(engines, "news", meta_ttl=600.0)
     assert offsets == [1]
     assert top == fresh
@@ -231,7 +232,8 @@ async def test_meta_ttl_expiry_seen_by_a_read_gives_an_empty_stream_with_a_new_e
     offsets, top = await read(engines, "news", meta_ttl=600.0)
     assert offsets == []
     assert top.offset == 0
-    assert top.epoch and top.epoch != first.epoch
+    assert top.epoch
+    assert top.epoch != first.epoch
 
 
 async def test_stream_top_survives_until_meta_ttl(

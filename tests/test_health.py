@@ -18,6 +18,7 @@ import trio.testing
 from conftest import make_config, open_raw, running_server, serve_in, token, ws_url
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
+from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
 from aether_trio.connection import serve
@@ -101,7 +102,8 @@ def test_ready_flips_with_maintenance_and_drain_and_back() -> None:
         # Drain state, set directly on the node.
         srv.call(setattr, srv.server.node, "draining", True)
         status, checks, _gauge = ready()
-        assert status == 503 and not checks["drain"]
+        assert status == 503
+        assert not checks["drain"]
         srv.call(setattr, srv.server.node, "draining", False)
         assert ready()[0] == 200
 
@@ -140,7 +142,8 @@ async def test_a_resource_over_its_threshold_warns_fails_ready_and_sets_the_metr
         assert sample_value(server, "aether_resource_threshold_exceeded", resource="rss") == 1
         assert sample_value(server, "aether_resource_threshold_exceeded", resource="loop_lag") == 0
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1 and "rss" in warnings[0].getMessage()
+        assert len(warnings) == 1
+        assert "rss" in warnings[0].getMessage()
 
         # Thresholds follow the running config: lifted by a reload, cleared at the next sample.
         server.node.reload(make_config({**NO_HTTP, "monitor": {"rss_max_bytes": 0}}))
@@ -238,7 +241,8 @@ async def test_a_failing_service_is_reported_and_restarted_without_taking_the_se
         )  # fmt: skip
         assert sample_value(server, "aether_errors_total", kind="RuntimeError") == 1
         logged = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert logged and logged[0].exc_info is not None  # with its traceback
+        assert logged
+        assert logged[0].exc_info is not None
 
         await trio.sleep(0.1)  # restarted after the first backoff
         assert node.errors.services["broker"] == "running"
@@ -296,9 +300,10 @@ async def test_command_connection_timer_and_route_failures_land_in_the_ring(
         monkeypatch.setattr(serve, "read_loop", crash)
         async with open_raw(url) as doomed:
             # Closed, any way: maybe before the send already (the crash is immediate).
-            with trio.fail_after(5), pytest.raises(Exception):  # noqa: B017
-                await doomed.send({"id": 1, "connect": {"token": token("2")}})
-                await doomed.receive()
+            with trio.fail_after(5), pytest.raises(ConnectionClosed):
+                await doomed.send_then_read_until_closed(
+                    {"id": 1, "connect": {"token": token("2")}}
+                )
         monkeypatch.undo()
 
         # A timer callback and an HTTP route that raise.

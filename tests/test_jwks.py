@@ -78,7 +78,8 @@ async def test_unknown_kids_refresh_at_a_bounded_rate(
     endpoint = FakeEndpoint({"keys": [_jwk(rsa_key.public_key(), "k1")]})
     cache = JwksCache("https://idp.example/jwks", min_refresh_interval=10, fetch=endpoint)
     await cache.ensure("k1")
-    assert endpoint.calls == 1 and cache.get("k1") is not None
+    assert endpoint.calls == 1
+    assert cache.get("k1") is not None
     for n in range(50):  # a flood of made-up kids
         await cache.ensure(f"made-up-{n}")
     assert endpoint.calls == 1
@@ -98,13 +99,15 @@ async def test_cached_keys_serve_while_the_endpoint_is_down(
     endpoint.down = True
     await trio.sleep(61)
     await cache.ensure("k1")  # stale: tries, fails, keeps the keys
-    assert endpoint.calls == 2 and cache.failures == 1
+    assert endpoint.calls == 2
+    assert cache.failures == 1
     assert cache.get("k1") is not None
     endpoint.down = False
     endpoint.data = {"keys": [_jwk(rsa_key.public_key(), "k2")]}
     await trio.sleep(61)
     await cache.ensure("k2")
-    assert cache.get("k2") is not None and cache.get("k1") is None
+    assert cache.get("k2") is not None
+    assert cache.get("k1") is None
 
 
 @pytest.fixture

@@ -82,8 +82,7 @@ async def test_sigterm_closes_clients_with_shutdown_and_exits(config_file: Path)
             assert "connect" in reply
             server.process.send_signal(signal.SIGTERM)
             with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await client.receive()
+                await client.read_until_closed()
             assert closed.value.reason.code == 3001
             assert closed.value.reason.reason == "shutdown"
         with trio.fail_after(5):

@@ -157,7 +157,8 @@ def test_handshake_refusals_in_order_origin_node_address_rate() -> None:
     # A slot is free, but both tokens of its burst are spent: refused until 1/0.5 s later.
     refusal = limits.open_connection("10.0.0.1")
     assert refusal == Refusal(429, "rate_limited", 2)
-    assert refusal is not None and refusal.headers == [(b"Retry-After", b"2")]
+    assert refusal is not None
+    assert refusal.headers == [(b"Retry-After", b"2")]
     clock.now = 2.0
     assert limits.open_connection("10.0.0.1") is None
     # Node: 2 open from 10.0.0.1, 1 from 10.0.0.2 = 3 = max_connections.
@@ -181,10 +182,12 @@ def test_retry_after_is_the_whole_seconds_until_the_next_token() -> None:
     )
     assert limits.open_connection(IP) is None
     refusal = limits.open_connection(IP)
-    assert refusal is not None and refusal.retry_after == math.ceil(1 / 0.3) == 4
+    assert refusal is not None
+    assert refusal.retry_after == math.ceil(1 / 0.3) == 4
     clock.now = 3.0  # 0.9 tokens: 0.33 s to go, still announced as a whole second
     refusal = limits.open_connection(IP)
-    assert refusal is not None and refusal.retry_after == 1
+    assert refusal is not None
+    assert refusal.retry_after == 1
 
 
 def test_a_connection_without_origin_is_always_allowed_and_several_origins_must_all_be() -> None:
@@ -506,8 +509,7 @@ async def test_refusals_are_forgiven_over_the_refusal_window(
         assert client.writer.close_request is None
         await raw.send({"id": 50, "presence_stats": {"channel": "a"}})
         with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                await raw.receive()
+            await raw.read_until_closed()
         assert (closed.value.reason.code, closed.value.reason.reason) == (3013, "too many requests")
 
 

@@ -65,7 +65,8 @@ def test_json_lines_carry_time_level_logger_message_and_context() -> None:
     assert (line["level"], line["logger"], line["message"]) == (
         "warning", "aether_trio.test", "hello world"
     )  # fmt: skip
-    assert line["time"].endswith("+00:00") and "T" in line["time"]
+    assert line["time"].endswith("+00:00")
+    assert "T" in line["time"]
 
     def in_a_connection() -> dict[str, Any]:
         client_id_var.set("c-1")
@@ -106,7 +107,8 @@ def test_anything_like_a_jwt_is_redacted() -> None:
     tok = token("42")
     formatter = logs.JsonFormatter()
     line = orjson.loads(formatter.format(record("got %s", tok)))
-    assert tok not in line["message"] and "<redacted jwt>" in line["message"]
+    assert tok not in line["message"]
+    assert "<redacted jwt>" in line["message"]
     assert logs.redact("no token here") == "no token here"
 
 
@@ -117,7 +119,8 @@ def test_level_is_set_by_config_and_changeable_at_runtime() -> None:
     log.info("hidden")
     set_log_level("debug")
     log.debug("shown")
-    assert "hidden" not in stream.getvalue() and "shown" in stream.getvalue()
+    assert "hidden" not in stream.getvalue()
+    assert "shown" in stream.getvalue()
     with pytest.raises(ValueError, match="unknown log level"):
         set_log_level("verbose")
     # A second setup replaces the handler instead of adding one.
@@ -244,6 +247,7 @@ async def test_aether_serve_logs_in_the_configured_format(tmp_path: Path, fmt: s
     first = output.decode().splitlines()[0]
     if fmt == "json":
         line = orjson.loads(first)
-        assert line["logger"] == "aether_trio" and line["message"].startswith("aether ")
+        assert line["logger"] == "aether_trio"
+        assert line["message"].startswith("aether ")
     else:
         assert " INFO aether_trio: aether " in first

@@ -206,7 +206,8 @@ async def test_a_channel_used_again_before_the_retry_is_not_unsubscribed(
 async def test_the_shared_system_subscription_never_touches_the_hub_or_the_broker() -> None:
     async with running_node() as (node, broker):
         system = node.system_subscription(node.config.admin.system_channel)
-        assert system is not None and system.shared
+        assert system is not None
+        assert system.shared
         before = node.num_subscribers(system.channel)
         await node.subscribe(system)
         node.unsubscribe(system)

@@ -27,13 +27,14 @@ def test_bucket_cost_and_clock_going_backwards() -> None:
 
 @pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-1, 5), (1, 0.5)])
 def test_bucket_rejects_nonsense(rate: float, burst: float) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rate > 0 and burst >= 1"):
         TokenBucket(rate, burst, 0.0)
 
 
 def test_keyed_buckets_are_independent_and_bounded() -> None:
     buckets = KeyedBuckets(rate=1, burst=2, max_keys=3)
-    assert buckets.take("a", 0) and buckets.take("a", 0)
+    assert buckets.take("a", 0)
+    assert buckets.take("a", 0)
     assert not buckets.take("a", 0)
     assert buckets.take("b", 0)
     assert buckets.retry_after("a") == pytest.approx(1.0)

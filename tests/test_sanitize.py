@@ -334,7 +334,8 @@ async def test_clients_only_ever_see_table_texts(
     for item in seen:
         if isinstance(item, tuple):
             code, reason = item
-            assert reason in CLOSE_REASONS and reason == Disconnect(code).reason, item
+            assert reason in CLOSE_REASONS, item
+            assert reason == Disconnect(code).reason, item
         else:
             assert set(item) <= {"code", "message", "temporary"}, item
             assert item["message"] == ErrorCode(item["code"]).message, item
@@ -376,7 +377,8 @@ def test_error_replies_are_built_from_the_code_table_only() -> None:
     # `encode_error(id, code)` writes `code.message`; nothing else builds an "error" reply, and no
     # handler passes a detail to it.
     for where, call in _calls("encode_error"):
-        assert len(call.args) == 2 and not call.keywords, f"{where}:{call.lineno}"
+        assert len(call.args) == 2, f"{where}:{call.lineno}"
+        assert not call.keywords, f"{where}:{call.lineno}"
     for code in ErrorCode:
         sent = orjson.loads(encode_error(7, code))
         assert sent["error"]["message"] == code.message

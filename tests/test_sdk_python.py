@@ -222,9 +222,11 @@ def test_connected_context_has_uuid_client_id_and_version() -> None:
             client, rec = await clients.connected("42")
             ctx: ConnectedContext = await rec.one("connected")
             parsed = uuid.UUID(ctx.client)
-            assert str(parsed) == ctx.client and parsed.version == 4
+            assert str(parsed) == ctx.client
+            assert parsed.version == 4
             assert ctx.client == client.client_id
-            assert isinstance(ctx.version, str) and ctx.version
+            assert isinstance(ctx.version, str)
+            assert ctx.version
             assert [c.code for c in rec.of("connecting")] == [0]  # only "connect called"
 
             _other, other_rec = await clients.connected("43")
@@ -453,7 +455,8 @@ def test_history_limit_since_reverse() -> None:
             at_top = await client.history(
                 channel, limit=-1, since=StreamPosition(offset=10, epoch=epoch)
             )
-            assert at_top.publications == [] and at_top.offset == 10
+            assert at_top.publications == []
+            assert at_top.offset == 10
 
             with pytest.raises(ReplyError) as exc:
                 await client.history(channel, limit=1, since=StreamPosition(5, "not-the-epoch"))
@@ -464,7 +467,9 @@ def test_history_limit_since_reverse() -> None:
 
             # A channel never published to: empty stream with an epoch of its own.
             empty = await client.history("chat:empty", limit=-1)
-            assert empty.publications == [] and empty.offset == 0 and empty.epoch
+            assert empty.publications == []
+            assert empty.offset == 0
+            assert empty.epoch
 
     run(namespaces(CHAT), scenario)
 
@@ -619,9 +624,12 @@ def test_recovery_after_reconnect() -> None:
             bob, _ = await clients.connected("43")
             _, rec = await subscribed(alice, channel)
             first: SubscribedContext = rec.of("subscribed")[0]
-            assert first.recoverable and first.positioned
-            assert first.stream_position.offset == 0 and first.stream_position.epoch
-            assert not first.was_recovering and not first.recovered
+            assert first.recoverable
+            assert first.positioned
+            assert first.stream_position.offset == 0
+            assert first.stream_position.epoch
+            assert not first.was_recovering
+            assert not first.recovered
 
             await publish_all(bob, channel, [{"n": 1}, {"n": 2}])
             await rec.wait("publication", count=2)
@@ -676,7 +684,8 @@ def test_recovery_after_server_forced_reconnect_and_server_publications() -> Non
             assert alice.client_id != old_id
 
             again: SubscribedContext = (await rec.wait("subscribed", count=2))[1]
-            assert again.was_recovering and again.recovered
+            assert again.was_recovering
+            assert again.recovered
             await rec.wait("publication", count=5)
             await asyncio.sleep(0.2)
             assert rec.offsets() == [1, 2, 3, 4, 5]
@@ -701,7 +710,8 @@ def test_recovery_after_unsubscribe_and_resubscribe() -> None:
             await publish_all(bob, channel, [{"n": n} for n in range(3, 6)])
             await sub.subscribe()
             again: SubscribedContext = (await rec.wait("subscribed", count=2))[1]
-            assert again.was_recovering and again.recovered
+            assert again.was_recovering
+            assert again.recovered
             await rec.wait("publication", count=5)
             await asyncio.sleep(0.2)
             assert rec.offsets() == [1, 2, 3, 4, 5]
@@ -716,24 +726,30 @@ def test_recoverable_on_request_when_allowed() -> None:
             alice, _ = await clients.connected("42")
             _, plain = await subscribed(alice, "updates-plain")
             ctx: SubscribedContext = plain.of("subscribed")[0]
-            assert not ctx.recoverable and not ctx.positioned and ctx.stream_position is None
+            assert not ctx.recoverable
+            assert not ctx.positioned
+            assert ctx.stream_position is None
 
             _, asked = await subscribed(alice, "updates", recoverable=True)
             ctx = asked.of("subscribed")[0]
-            assert ctx.recoverable and ctx.positioned
+            assert ctx.recoverable
+            assert ctx.positioned
             await alice.publish("updates", {"n": 1})
             await asked.wait("publication", count=1)
             await alice.disconnect()
             await server_publish(srv, "updates", {"n": 2})
             await alice.connect()
             again: SubscribedContext = (await asked.wait("subscribed", count=2))[1]
-            assert again.was_recovering and again.recovered
+            assert again.was_recovering
+            assert again.recovered
             await asked.wait("publication", count=2)
             assert asked.offsets() == [1, 2]
 
             _, positioned = await subscribed(alice, "positioned", positioned=True)
             ctx = positioned.of("subscribed")[0]
-            assert ctx.positioned and not ctx.recoverable and ctx.stream_position.epoch
+            assert ctx.positioned
+            assert not ctx.recoverable
+            assert ctx.stream_position.epoch
 
     run(None, scenario)
 
@@ -823,7 +839,8 @@ def test_unrecoverable_position_with_get_state_112_then_state_reloaded() -> None
             _, rec = await subscribed(alice, channel, get_state=get_state)
             assert len(state_calls) == 1
             first: SubscribedContext = rec.of("subscribed")[0]
-            assert first.was_recovering and first.recovered  # from the loaded position 0
+            assert first.was_recovering
+            assert first.recovered
 
             await bob.publish(channel, {"n": 1})
             await rec.wait("publication", count=1)
@@ -835,7 +852,8 @@ def test_unrecoverable_position_with_get_state_112_then_state_reloaded() -> None
             again: SubscribedContext = (await rec.wait("subscribed", count=2))[1]
             assert len(state_calls) == 2
             assert state_calls[1].offset == 6
-            assert again.recovered and again.stream_position.offset == 6
+            assert again.recovered
+            assert again.stream_position.offset == 6
             assert rec.offsets() == [1]
 
     run(namespaces(SMALL), scenario)
@@ -860,7 +878,8 @@ def test_connection_token_refresh_keeps_connection_past_expiry() -> None:
             assert client.state == ClientState.CONNECTED
             assert client.client_id == client_id
             assert [c.code for c in rec.of("connecting")] == [0]
-            assert not rec.of("disconnected") and not rec.of("error")
+            assert not rec.of("disconnected")
+            assert not rec.of("error")
             server_exp = await on_server(srv, lambda node: node.clients[client_id].expire_at)
             assert server_exp > first_exp
             await client.publish("news", {"still": "connected"})
@@ -1141,7 +1160,8 @@ def test_server_side_subscription_from_token_channels() -> None:
             pubs = await rec.wait("publication", lambda c: c.channel == "news", count=2)
             assert [p.pub.data for p in pubs] == [{"headline": 1}, {"headline": 2}]
             assert pubs[0].pub.info.user == "43"
-            assert pubs[0].pub.offset == 1 and pubs[1].pub.offset == 2
+            assert pubs[0].pub.offset == 1
+            assert pubs[1].pub.offset == 2
 
             # Join/leave of a forced namespace reach server-side subscribers too.
             await subscribed(bob, "chat:lobby")
@@ -1205,7 +1225,8 @@ def test_server_side_subscription_recovery_on_reconnect() -> None:
             channel = "rec:server"
             client, rec = await clients.connected("42", channels=[channel])
             first: ServerSubscribedContext = await rec.one("subscribed")
-            assert first.recoverable and first.stream_position.epoch
+            assert first.recoverable
+            assert first.stream_position.epoch
             for n in (1, 2):
                 await server_publish(srv, channel, {"n": n})
             await rec.wait("publication", count=2)
@@ -1216,7 +1237,8 @@ def test_server_side_subscription_recovery_on_reconnect() -> None:
             await client.connect()
             mine = await rec.wait("subscribed", lambda c: c.channel == channel, count=2)
             again: ServerSubscribedContext = mine[1]
-            assert again.was_recovering and again.recovered
+            assert again.was_recovering
+            assert again.recovered
             await rec.wait("publication", count=5)
             await asyncio.sleep(0.2)
             assert [p.pub.offset for p in rec.of("publication")] == [1, 2, 3, 4, 5]

@@ -55,7 +55,8 @@ def test_every_bad_input_row_names_a_test_and_an_answer() -> None:
     for cells in BAD_INPUT_ROWS:
         assert len(cells) == 3, cells
         what, answer, tests = cells
-        assert what and answer, cells
+        assert what, cells
+        assert answer, cells
         assert TEST_ID.findall(tests), f"no test named for {what!r}"
 
 

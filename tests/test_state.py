@@ -106,13 +106,15 @@ async def test_access_state_checks_bans_revocations_and_cutoffs(tmp_path: Path) 
     assert refused("3", "", None) == Disconnect.INVALID_TOKEN  # no iat: counts as old
     assert refused("3", "", 1000) is None
     assert [b.user for b in state.bans()] == ["1"]
-    assert await state.unban("1") and not await state.unban("1")
+    assert await state.unban("1")
+    assert not await state.unban("1")
     assert refused("1", "", None) is None
 
     reloaded = AccessState(store)
     await reloaded.load()
     assert reloaded.counts() == {"bans": 0, "revoked_tokens": 1, "token_cutoffs": 1}
-    assert reloaded.cutoff("3") == 1000 and reloaded.is_revoked("jti-x")
+    assert reloaded.cutoff("3") == 1000
+    assert reloaded.is_revoked("jti-x")
     await store.aclose()
 
 

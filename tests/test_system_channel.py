@@ -78,7 +78,8 @@ def test_a_group_counts_as_subscribers_and_keeps_its_channel_subscribed() -> Non
     assert sorted(hub.channels()) == sorted([SYSTEM, "news"])
     assert hub.statistics() == HubStatistics(channels=2, subscriptions=5)
     assert hub.remove(SYSTEM, "a") is False
-    assert hub.subscribers(SYSTEM) == [] and hub.first_subscriber(SYSTEM) is None
+    assert hub.subscribers(SYSTEM) == []
+    assert hub.first_subscriber(SYSTEM) is None
     assert hub.remove("news", "a") is True
 
 
@@ -92,10 +93,12 @@ def test_a_publication_is_encoded_once_for_the_group_and_the_subscribers(
     hub.add(SYSTEM, sub)
     assert hub.broadcast_publication(SYSTEM, publication(offset=0)) == 6
     assert encode_calls == [(SYSTEM, "pub")]
-    assert len(group.received) == 1 and group.received[0] is sub.received[0][0]
+    assert len(group.received) == 1
+    assert group.received[0] is sub.received[0][0]
     # Join and leave are for subscribers that asked for them, never for the group.
     hub.broadcast_join(SYSTEM, ClientInfo("u", "c"))
-    assert len(group.received) == 1 and len(sub.received) == 2
+    assert len(group.received) == 1
+    assert len(sub.received) == 2
 
 
 def test_a_channel_without_group_or_subscriber_costs_no_encoding(
@@ -160,7 +163,8 @@ async def test_connect_lists_the_channel_and_the_hub_holds_no_subscription_for_i
         assert node.hub.num_subscribers(SYSTEM) == 2
         assert node.hub.statistics() == HubStatistics(channels=1, subscriptions=2)
         held = [c.subscriptions[SYSTEM] for c in node.clients.values()]
-        assert isinstance(held[0], SystemSubscription) and held[0] is held[1]  # one for all
+        assert isinstance(held[0], SystemSubscription)
+        assert held[0] is held[1]
 
         response = await admin_broadcast(server, {"n": 1})
         assert response.json() == {"channel": SYSTEM, "recipients": 2}
@@ -352,7 +356,8 @@ def test_broadcasts_reach_every_sdk_client_in_order() -> None:
                     await client.ready(timeout=WAIT)
                 for rec in recorders:
                     subscribed: ServerSubscribedContext = await rec.one("subscribed")
-                    assert subscribed.channel == SYSTEM and not subscribed.recoverable
+                    assert subscribed.channel == SYSTEM
+                    assert not subscribed.recoverable
                 async with httpx.AsyncClient(base_url=base, headers=headers, timeout=WAIT) as http:
                     for n in range(3):
                         response = await http.post("broadcast", json={"data": {"n": n}})

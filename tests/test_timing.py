@@ -122,6 +122,11 @@ class WsClient:
             return self.stash.pop(0)
         return await self._read()
 
+    async def read_until_closed(self) -> None:
+        """Read (and drop) messages until the server closes (`ConnectionClosed`)."""
+        while True:
+            await self.receive()
+
     async def command(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         cmd_id = self.next_id
         self.next_id += 1

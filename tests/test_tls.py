@@ -309,7 +309,7 @@ def bad_files(ca: trustme.CA, tmp_path: Path) -> Iterator[Path]:
     )
     (tmp_path / "encrypted-key.pem").write_bytes(encrypted)
     (tmp_path / "garbage.pem").write_text("hello\n")
-    yield tmp_path
+    return tmp_path
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,7 @@ async def test_the_kernel_socket_is_the_one_trio_reads_writes_and_closes() -> No
     assert raw.recv(10) == b"back"
     await stream.aclose()
     assert raw.fileno() == -1  # closed with the Trio socket: never a stale descriptor
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Bad file descriptor"):
         raw.send(b"x")
     await other.aclose()
     assert kernel_socket(trio.testing.memory_stream_pair()[0]) is None
@@ -365,9 +365,9 @@ async def test_a_failure_inside_the_transport_ends_only_that_connection(
             monkeypatch.setattr(WebSocketTransport, "_control", broken_control)
             async with open_raw(ws_url(server)) as victim:
                 await victim.connect(token("2"))
+                await victim.ws.pong(b"boom")  # unsolicited: the server's handler fails
                 with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed):
-                    await victim.ws.pong(b"boom")  # unsolicited: the server's handler fails
-                    await victim.receive()
+                    await victim.read_until_closed()
             monkeypatch.undo()
             async with open_raw(ws_url(server)) as other:
                 await other.connect(token("3"))

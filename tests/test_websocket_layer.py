@@ -121,10 +121,14 @@ def masked(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) 
     return header + key + payload
 
 
+async def _read_until_closed(transport: WebSocketTransport) -> None:
+    while True:
+        await transport.receive()
+
+
 async def closed_with(transport: WebSocketTransport) -> TransportClosed:
     with pytest.raises(TransportClosed) as info:
-        while True:
-            await transport.receive()
+        await _read_until_closed(transport)
     return info.value
 
 

@@ -200,7 +200,8 @@ async def test_what_the_socket_did_not_take_is_finished_by_the_writer_task() -> 
         writer.send(b"hello")
         await trio.testing.wait_all_tasks_blocked()
     assert b"".join(transport.written) == frames(b"hello")
-    assert len(transport.written) == 2 and not transport.has_pending
+    assert len(transport.written) == 2
+    assert not transport.has_pending
 
 
 async def test_a_probe_reports_once_the_write_carrying_it_is_done() -> None:
@@ -213,7 +214,8 @@ async def test_a_probe_reports_once_the_write_carrying_it_is_done() -> None:
         assert not writer.probe(seconds.append)  # one at a time
         assert seconds == []
         await trio.testing.wait_all_tasks_blocked()
-    assert len(seconds) == 1 and seconds[0] >= 0
+    assert len(seconds) == 1
+    assert seconds[0] >= 0
 
 
 async def test_a_probe_on_the_writer_task_waits_for_the_batch_that_carries_it() -> None:
@@ -231,7 +233,8 @@ async def test_a_probe_on_the_writer_task_waits_for_the_batch_that_carries_it() 
         transport.blocked.set()
         await trio.testing.wait_all_tasks_blocked()
         assert transport.written == [frames(b"m0"), frames(b"m1\nm2"), frames(b"m3")]
-        assert len(reports) == 1 and reports[0] >= 0
+        assert len(reports) == 1
+        assert reports[0] >= 0
         writer.send(b"m4")
         transport.blocked = trio.Event()
         await trio.testing.wait_all_tasks_blocked()
