@@ -22,7 +22,16 @@ import httpx
 import orjson
 import pytest
 import trio
-from conftest import RawClient, make_config, open_raw, serve_in, token, ws_url
+from conftest import (
+    RawClient,
+    close_reason,
+    get_text,
+    make_config,
+    open_raw,
+    serve_in,
+    token,
+    ws_url,
+)
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
@@ -284,12 +293,13 @@ async def _exchange(server: Server, frames: list[str], connect: bool) -> list[An
         try:
             with trio.move_on_after(0.3):
                 while True:
-                    for line in (await client.ws.get_message()).split("\n"):
+                    for line in (await get_text(client.ws)).split("\n"):
                         message = orjson.loads(line)
                         if "error" in message:
                             seen.append(message["error"])
         except ConnectionClosed as exc:
-            seen.append((exc.reason.code, exc.reason.reason))
+            close = close_reason(exc)
+            seen.append((close.code, close.reason))
     return seen
 
 

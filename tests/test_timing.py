@@ -27,7 +27,7 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-from conftest import make_config, token
+from conftest import close_reason, get_text, make_config, token
 from trio_websocket import ConnectionClosed
 
 from aether_trio.config import Config
@@ -113,7 +113,7 @@ class WsClient:
 
     async def _read(self) -> dict[str, Any]:
         if not self._lines:
-            frame = await self.ws.get_message()
+            frame = await get_text(self.ws)
             self._lines.extend(orjson.loads(line) for line in frame.split("\n"))
         return self._lines.popleft()
 
@@ -217,7 +217,8 @@ async def read_until_closed(raw: WsClient) -> Closed:
         while True:
             messages.append(await raw.receive())
     except ConnectionClosed as exc:
-        return Closed(exc.reason.code, exc.reason.reason, trio.current_time(), messages)
+        close = close_reason(exc)
+        return Closed(close.code, close.reason, trio.current_time(), messages)
 
 
 async def expect_open(raw: WsClient) -> list[dict[str, Any]]:

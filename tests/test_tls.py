@@ -19,7 +19,7 @@ import pytest
 import trio
 import trustme
 from centrifuge import Client, PublicationContext, SubscriptionEventHandler
-from conftest import make_config, running_server, serve_in, token
+from conftest import get_text, make_config, running_server, serve_in, token
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
     Encoding,
@@ -80,8 +80,7 @@ async def wss_connect_reply(server: Server, context: ssl.SSLContext) -> str:
     with trio.fail_after(WAIT):
         async with open_websocket_url(wss_url(server), ssl_context=context) as ws:
             await ws.send_message(f'{{"id":1,"connect":{{"token":"{token("42")}"}}}}')
-            reply: str = await ws.get_message()
-            return reply
+            return await get_text(ws)
 
 
 async def tls_handshake(server: Server, context: ssl.SSLContext) -> str:
