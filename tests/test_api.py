@@ -30,9 +30,12 @@ from cent import (
     HistoryRemoveRequest,
     HistoryRequest,
     InfoRequest,
+    InfoResult,
     PresenceRequest,
     PresenceStatsRequest,
+    PresenceStatsResult,
     PublishRequest,
+    PublishResult,
     RefreshRequest,
     StreamPosition,
     SubscribeRequest,
@@ -49,6 +52,7 @@ from conftest import RunningServer, make_config, running_server, token
 from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.config import ConfigError, parse_config
+from aether_trio.connection.client import Client as ServerClient
 from aether_trio.http.api.glob import compile_glob
 from aether_trio.http.api.idempotency import IdempotencyCache
 from aether_trio.http.apiauth import presented_key
@@ -178,7 +182,7 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
-async def on_node(srv: RunningServer, fn: Callable[[Node], Any]) -> Any:
+async def on_node(srv: RunningServer, fn: Callable[[Node[ServerClient]], Any]) -> Any:
     return await asyncio.to_thread(srv.call, fn, srv.server.node)
 
 
@@ -609,6 +613,9 @@ def test_batch_through_cent_when_every_command_succeeds() -> None:
         )
         result = api(srv).batch(batch)
         published, stats, info = result.replies
+        assert isinstance(published, PublishResult)
+        assert isinstance(stats, PresenceStatsResult)
+        assert isinstance(info, InfoResult)
         assert published.offset == 1
         assert (stats.num_clients, stats.num_users) == (0, 0)
         assert info.nodes[0].uid
@@ -650,6 +657,7 @@ def test_keys_roles_and_http_errors() -> None:
         malformed = post(srv, "publish", content=b'{"channel": ')
         assert malformed.status_code == 400
         assert malformed.json()["detail"] == "malformed JSON"
+        body: object  # JSON of any shape, for both loops below
         for body, field in (
             ([1, 2], None),
             ({"channel": 1, "data": {}}, "channel"),

@@ -245,6 +245,7 @@ async def test_publication_data_format_is_enforced_for_clients_and_the_api(
     server: Server,
 ) -> None:
     bad_request = {"code": 107, "message": "bad request"}
+    body: Any  # request bodies of several shapes, for the three loops below
     async with subscriber(server) as client:
         for channel, body in [
             ("obj:x", {"data": [1, 2]}),
@@ -267,10 +268,12 @@ async def test_publication_data_format_is_enforced_for_clients_and_the_api(
         {"channel": "json:x", "b64data": not_json},
         {"channel": "keep:x", "b64data": not_json},
     ]:
-        reply = await api_post(server, "publish", body)
-        assert (reply.status_code, reply.json()) == (200, {"error": bad_request}), body
-        reply = await api_post(server, "publish", body, **{"X-Centrifugo-Error-Mode": "transport"})
-        assert (reply.status_code, reply.json()) == (400, bad_request), body
+        response = await api_post(server, "publish", body)
+        assert (response.status_code, response.json()) == (200, {"error": bad_request}), body
+        response = await api_post(
+            server, "publish", body, **{"X-Centrifugo-Error-Mode": "transport"}
+        )
+        assert (response.status_code, response.json()) == (400, bad_request), body
     for body in [{"channel": "obj:x", "data": {}}, {"channel": "json:x", "data": [1]}]:
         assert "result" in (await api_post(server, "publish", body)).json(), body
 

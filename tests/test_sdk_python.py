@@ -43,6 +43,7 @@ from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.auth.tokens import mint_token
 from aether_trio.config import AdminConfig
+from aether_trio.connection.client import Client as ServerClient
 from aether_trio.node import Node
 from aether_trio.protocol.codec import raw_json
 from aether_trio.protocol.codes import Disconnect
@@ -195,13 +196,14 @@ async def server_publish(srv: RunningServer, channel: str, data: Any) -> ServerP
     return await asyncio.to_thread(srv.acall, publish)
 
 
-async def on_server(srv: RunningServer, fn: Callable[[Node], Any]) -> Any:
+async def on_server(srv: RunningServer, fn: Callable[[Node[ServerClient]], Any]) -> Any:
     """Evaluate `fn(node)` inside the server's Trio thread."""
     return await asyncio.to_thread(srv.call, fn, srv.server.node)
 
 
 async def num_subscribers(srv: RunningServer, channel: str) -> int:
-    return await on_server(srv, lambda node: node.hub.num_subscribers(channel))
+    count: int = await on_server(srv, lambda node: node.hub.num_subscribers(channel))
+    return count
 
 
 async def publish_all(client: Client, channel: str, items: list[Any]) -> None:
@@ -210,7 +212,8 @@ async def publish_all(client: Client, channel: str, items: list[Any]) -> None:
 
 
 def reply_error(exc: pytest.ExceptionInfo[ReplyError]) -> int:
-    return exc.value.code
+    code: int = exc.value.code
+    return code
 
 
 # --- 1. connect ---

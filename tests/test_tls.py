@@ -11,7 +11,6 @@ import asyncio
 import logging
 import ssl
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +296,7 @@ def test_tls_paths_are_relative_to_the_config_file(
 
 
 @pytest.fixture
-def bad_files(ca: trustme.CA, tmp_path: Path) -> Iterator[Path]:
+def bad_files(ca: trustme.CA, tmp_path: Path) -> Path:
     """tmp_path with cert.pem/key.pem (a good pair) and the broken variants the cases use."""
     write_cert(ca, tmp_path)
     other = ca.issue_cert("127.0.0.1")

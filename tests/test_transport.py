@@ -412,7 +412,9 @@ def _count_tasks() -> int:
     def count(task: trio.lowlevel.Task) -> int:
         return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
 
-    return count(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # None only outside a Trio run
+    return count(root)
 
 
 async def test_one_task_per_connection_reads_messages_pings_and_the_close() -> None:
