@@ -15,9 +15,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 import attrs
 import orjson
@@ -30,6 +30,9 @@ from aether_trio.app import Server
 from aether_trio.auth.tokens import mint_token
 from aether_trio.config import Config, parse_config
 from aether_trio.protocol.codec import encode_push
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
@@ -102,11 +105,11 @@ class RunningServer:
     url: str
     trio_token: trio.lowlevel.TrioToken
 
-    def call(self, fn: Any, *args: Any) -> Any:
+    def call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run a sync function inside the server's Trio thread (e.g. a node method)."""
         return trio.from_thread.run_sync(fn, *args, trio_token=self.trio_token)
 
-    def acall(self, fn: Any, *args: Any) -> Any:
+    def acall(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         """Run an async function inside the server's Trio thread."""
         return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
 
@@ -229,7 +232,7 @@ class RawClient:
         return await self.command("connect", body)
 
 
-def open_raw(url: str) -> Any:
+def open_raw(url: str) -> _RawContext:
     """`async with open_raw(url) as client:` a RawClient over a real WebSocket."""
     return _RawContext(url)
 

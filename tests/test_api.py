@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cent
 import httpx
@@ -59,6 +59,8 @@ from aether_trio.http.apiauth import presented_key
 from aether_trio.http.asgi import Request, Response
 from aether_trio.node import Node
 from aether_trio.protocol.messages import StreamPosition as ServerPosition
+
+T = TypeVar("T")
 
 WAIT = 5.0  # longest single wait for an expected event
 SCENARIO_LIMIT = 40.0  # a whole SDK scenario
@@ -182,7 +184,7 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
-async def on_node(srv: RunningServer, fn: Callable[[Node[ServerClient]], Any]) -> Any:
+async def on_node(srv: RunningServer, fn: Callable[[Node[ServerClient]], T]) -> T:
     return await asyncio.to_thread(srv.call, fn, srv.server.node)
 
 
