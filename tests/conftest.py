@@ -15,20 +15,24 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 import attrs
 import orjson
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from aether_trio import hub as hub_module
 from aether_trio.app import Server
 from aether_trio.auth.tokens import mint_token
 from aether_trio.config import Config, parse_config
+from aether_trio.protocol.codec import encode_push
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
@@ -101,11 +105,11 @@ class RunningServer:
     url: str
     trio_token: trio.lowlevel.TrioToken
 
-    def call(self, fn: Any, *args: Any) -> Any:
+    def call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run a sync function inside the server's Trio thread (e.g. a node method)."""
         return trio.from_thread.run_sync(fn, *args, trio_token=self.trio_token)
 
-    def acall(self, fn: Any, *args: Any) -> Any:
+    def acall(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         """Run an async function inside the server's Trio thread."""
         return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
 
@@ -158,6 +162,21 @@ def ws_url(server: Server) -> str:
     return f"ws://127.0.0.1:{server.port}{server.config.server.websocket_path}"
 
 
+async def get_text(ws: WebSocketConnection) -> str:
+    """The next message, which must be text: the server sends its JSON frames as text frames
+    (trio-websocket types a message `str | bytes`)."""
+    message = await ws.get_message()
+    assert isinstance(message, str), message
+    return message
+
+
+def close_reason(closed: ConnectionClosed) -> CloseReason:
+    """The close code and reason the server sent. trio-websocket types `ConnectionClosed.reason`
+    optional; the tests that read it expect the server's close frame."""
+    assert closed.reason is not None, "closed without a close reason"
+    return closed.reason
+
+
 class RawClient:
     """A bare protocol client for tests: send JSON commands, read decoded lines."""
 
@@ -204,7 +223,7 @@ class RawClient:
         await self.read_until_closed()
 
     async def _read_lines(self) -> list[dict[str, Any]]:
-        frame = await self.ws.get_message()
+        frame = await get_text(self.ws)
         return [orjson.loads(line) for line in frame.split("\n")]
 
     async def connect(self, tok: str | None = None, **body: Any) -> dict[str, Any]:
@@ -213,7 +232,7 @@ class RawClient:
         return await self.command("connect", body)
 
 
-def open_raw(url: str) -> Any:
+def open_raw(url: str) -> _RawContext:
     """`async with open_raw(url) as client:` a RawClient over a real WebSocket."""
     return _RawContext(url)
 
@@ -240,11 +259,10 @@ def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Count calls of the hub's encoder (a publication must be encoded once, whatever the
     fan-out)."""
     calls: list[tuple[str, str]] = []
-    real = hub_module.encode_push
 
     def counting(channel: str, kind: str, body: Any) -> bytes:
         calls.append((channel, kind))
-        return real(channel, kind, body)
+        return encode_push(channel, kind, body)
 
     monkeypatch.setattr(hub_module, "encode_push", counting)
     return calls

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import NoneType
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import httpx
@@ -40,6 +40,8 @@ from websockets.exceptions import ConnectionClosed
 from aether_trio.admin import params
 from aether_trio.admin.commands import COMMANDS
 from aether_trio.admin.drain import Drain, DrainRunning
+from aether_trio.connection.client import Client as ServerClient
+from aether_trio.node import Node
 
 ADMIN_KEY = "admin-key-for-tests"
 PUBLISHER_KEY = "publisher-key-for-tests"
@@ -543,6 +545,12 @@ class FakeNode:
         self.clients = {f"c{i}": FakeClient(self, f"c{i}") for i in range(count)}
 
 
+def fake_drain(node: FakeNode) -> Drain:
+    # A Drain reads and sets only these of its node: `maintenance`, `draining`, and `clients`
+    # (their `client_id` and `close`).
+    return Drain(cast(Node[ServerClient], node))
+
+
 async def test_drain_paces_its_closes_and_owns_node_draining(autojump_clock: Any) -> None:
     for rate, count, expected in (
         (2.0, 5, [0.0, 0.5, 1.0, 1.5, 2.0]),
@@ -550,7 +558,7 @@ async def test_drain_paces_its_closes_and_owns_node_draining(autojump_clock: Any
     ):
         node = FakeNode(count)
         clients = list(node.clients.values())
-        drain = Drain(node)
+        drain = fake_drain(node)
         start = trio.current_time()
         async with trio.open_nursery() as nursery:
             status = drain.start(nursery, rate, maintenance=True)
@@ -565,7 +573,7 @@ async def test_drain_paces_its_closes_and_owns_node_draining(autojump_clock: Any
 
 async def test_drain_cancel_stops_it(autojump_clock: Any) -> None:
     node = FakeNode(10)
-    drain = Drain(node)
+    drain = fake_drain(node)
     async with trio.open_nursery() as nursery:
         drain.start(nursery, 1.0, maintenance=False)
         with pytest.raises(DrainRunning):

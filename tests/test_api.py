@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cent
 import httpx
@@ -30,9 +30,12 @@ from cent import (
     HistoryRemoveRequest,
     HistoryRequest,
     InfoRequest,
+    InfoResult,
     PresenceRequest,
     PresenceStatsRequest,
+    PresenceStatsResult,
     PublishRequest,
+    PublishResult,
     RefreshRequest,
     StreamPosition,
     SubscribeRequest,
@@ -49,12 +52,15 @@ from conftest import RunningServer, make_config, running_server, token
 from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.config import ConfigError, parse_config
+from aether_trio.connection.client import Client as ServerClient
 from aether_trio.http.api.glob import compile_glob
 from aether_trio.http.api.idempotency import IdempotencyCache
 from aether_trio.http.apiauth import presented_key
 from aether_trio.http.asgi import Request, Response
 from aether_trio.node import Node
 from aether_trio.protocol.messages import StreamPosition as ServerPosition
+
+T = TypeVar("T")
 
 WAIT = 5.0  # longest single wait for an expected event
 SCENARIO_LIMIT = 40.0  # a whole SDK scenario
@@ -178,7 +184,7 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
-async def on_node(srv: RunningServer, fn: Callable[[Node], Any]) -> Any:
+async def on_node(srv: RunningServer, fn: Callable[[Node[ServerClient]], T]) -> T:
     return await asyncio.to_thread(srv.call, fn, srv.server.node)
 
 
@@ -609,6 +615,9 @@ def test_batch_through_cent_when_every_command_succeeds() -> None:
         )
         result = api(srv).batch(batch)
         published, stats, info = result.replies
+        assert isinstance(published, PublishResult)
+        assert isinstance(stats, PresenceStatsResult)
+        assert isinstance(info, InfoResult)
         assert published.offset == 1
         assert (stats.num_clients, stats.num_users) == (0, 0)
         assert info.nodes[0].uid
@@ -650,6 +659,7 @@ def test_keys_roles_and_http_errors() -> None:
         malformed = post(srv, "publish", content=b'{"channel": ')
         assert malformed.status_code == 400
         assert malformed.json()["detail"] == "malformed JSON"
+        body: object  # JSON of any shape, for both loops below
         for body, field in (
             ([1, 2], None),
             ({"channel": 1, "data": {}}, "channel"),

@@ -234,7 +234,8 @@ async def _bad_token_connect(url: str) -> int:
     try:
         async with asyncio.timeout(5):
             await events.changed.wait()
-        return events.disconnected[0].code
+        code: int = events.disconnected[0].code
+        return code
     finally:
         await client.disconnect()
         current = asyncio.current_task()

@@ -153,7 +153,7 @@ def hs_token(
 
 # --- strategies ----------------------------------------------------------------------------------
 
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=8)
 ALGS = st.sampled_from(
     [*HS, *HS, *HS, "RS256", "ES256", "none", "None", "", "hs256", "HS256 ", "PS256"]
 )

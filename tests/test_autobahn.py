@@ -92,7 +92,7 @@ async def reference_echo(stream: trio.abc.Stream) -> None:
         while ws.state is not ConnectionState.CLOSED:
             data = await stream.receive_some(65536)
             try:
-                ws.receive_data(data or None)
+                ws.receive_data(bytes(data) if data else None)
             except RemoteProtocolError:
                 return
             out = b""

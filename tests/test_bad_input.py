@@ -20,7 +20,17 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from conftest import SECRET, RawClient, make_config, open_raw, serve_in, token, ws_url
+from conftest import (
+    SECRET,
+    RawClient,
+    close_reason,
+    get_text,
+    make_config,
+    open_raw,
+    serve_in,
+    token,
+    ws_url,
+)
 from trio_websocket import CloseReason, ConnectionClosed
 
 from aether_trio.app import Server
@@ -113,9 +123,9 @@ async def closed_by_server(client: RawClient) -> tuple[CloseReason, list[str]]:
     with trio.fail_after(STEP):
         while True:
             try:
-                frames.append(await client.ws.get_message())
+                frames.append(await get_text(client.ws))
             except ConnectionClosed as exc:
-                return exc.reason, frames
+                return close_reason(exc), frames
 
 
 def assert_closed_with(close: CloseReason, frames: list[str], code: int) -> None:

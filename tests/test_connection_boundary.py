@@ -83,7 +83,7 @@ async def test_closing_a_connection_whose_nursery_just_closed_is_harmless() -> N
     depends on trio's randomised run order, so the race is run many times. A close asked for
     then, as a fan-out does for a slow subscriber, used to call `start_soon` on the closed
     nursery, and the RuntimeError aborted the whole fan-out."""
-    node = Node(make_config(), MemoryBroker(), MemoryPresenceManager())
+    node: Node[Client] = Node(make_config(), MemoryBroker(), MemoryPresenceManager())
 
     async def close_when_gone(client: Client, gone: trio.Event) -> None:
         await gone.wait()  # woken at the client task's next schedule point

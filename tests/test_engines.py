@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import attrs
 import pytest
@@ -449,19 +450,19 @@ async def test_presence_result_is_a_snapshot(engines: Engines) -> None:
 # --- Node.recover (8.3) ----------------------------------------------------------------------
 
 
-def make_node(engines: Engines, history_size: int = 100) -> Node:
+def make_node(engines: Engines, history_size: int = 100) -> Node[Any]:
     config = make_config({"channel": {"without_namespace": {"history_size": history_size}}})
     # The node is not run: its broker already delivers to the test's recording handler.
     return Node(config, engines.broker, engines.presence)
 
 
-async def node_publish(node: Node, channel: str, count: int) -> list[StreamPosition]:
+async def node_publish(node: Node[Any], channel: str, count: int) -> list[StreamPosition]:
     ch = node.resolve(channel)
     return [await node.publish(ch, RawJSON(b'{"n":%d}' % n)) for n in range(1, count + 1)]
 
 
 async def recover(
-    node: Node, channel: str, offset: int, epoch: str, limit: int = 300
+    node: Node[Any], channel: str, offset: int, epoch: str, limit: int = 300
 ) -> tuple[list[int], StreamPosition, bool]:
     pubs, top, recovered = await node.recover(
         node.resolve(channel), StreamPosition(offset, epoch), limit

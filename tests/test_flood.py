@@ -15,7 +15,16 @@ from contextlib import asynccontextmanager
 import orjson
 import pytest
 import trio
-from conftest import RawClient, make_config, open_raw, serve_in, token, ws_url
+from conftest import (
+    RawClient,
+    close_reason,
+    get_text,
+    make_config,
+    open_raw,
+    serve_in,
+    token,
+    ws_url,
+)
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
@@ -90,14 +99,15 @@ class Abuser:
                 nursery.start_soon(self._send_forever, client, frame_size)
                 try:
                     while True:
-                        for line in (await client.ws.get_message()).split("\n"):
+                        for line in (await get_text(client.ws)).split("\n"):
                             reply = orjson.loads(line)
                             if reply.get("error", {}).get("code") == 111:
                                 self.refused += 1
                             elif "presence_stats" in reply:
                                 self.answered += 1
                 except ConnectionClosed as exc:
-                    self.closes.append((exc.reason.code, exc.reason.reason))
+                    close = close_reason(exc)
+                    self.closes.append((close.code, close.reason))
                 nursery.cancel_scope.cancel()
 
     @staticmethod

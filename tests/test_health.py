@@ -18,6 +18,7 @@ import trio.testing
 from conftest import make_config, open_raw, running_server, serve_in, token, ws_url
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
+from sentry_sdk.types import Event
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
@@ -159,7 +160,7 @@ async def test_a_resource_over_its_threshold_warns_fails_ready_and_sets_the_metr
 async def test_event_loop_lag_is_measured_from_a_late_timer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    node = Node(make_config(), MemoryBroker(), MemoryPresenceManager())
+    node: Node[Any] = Node(make_config(), MemoryBroker(), MemoryPresenceManager())
     # Samples every 1 s; lag above 0.5 s is too much.
     monitor = ResourceMonitor(node.metrics, lambda: node.config.monitor, node.outbox_bytes)
 
@@ -365,12 +366,15 @@ def test_an_exception_group_counts_each_of_its_errors() -> None:
 
 
 async def test_timer_failures_reach_the_hook(autojump_clock: trio.testing.MockClock) -> None:
+    def fail() -> None:
+        raise ZeroDivisionError
+
     seen: list[tuple[str, str]] = []
     scheduler = Scheduler()
     scheduler.on_error = lambda exc, where: seen.append((type(exc).__name__, where))
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
-        scheduler.call_later(1, lambda: 1 / 0)  # type: ignore[func-returns-value]
+        scheduler.call_later(1, fail)
         await trio.sleep(2)
         nursery.cancel_scope.cancel()
     assert seen == [("ZeroDivisionError", "timer callback")]
@@ -390,7 +394,7 @@ class CapturingTransport(Transport):
         CapturingTransport.envelopes.append(envelope)
 
 
-def _events() -> list[dict[str, Any]]:
+def _events() -> list[Event]:
     return [e for env in CapturingTransport.envelopes if (e := env.get_event()) is not None]
 
 

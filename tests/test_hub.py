@@ -6,6 +6,7 @@ No sockets: subscribers and clients are small fakes. Timed tests use `autojump_c
 
 from __future__ import annotations
 
+import functools
 import gc
 import inspect
 import logging
@@ -396,7 +397,9 @@ async def test_scheduler_drops_cancelled_timers_long_before_their_deadline(
     fired: list[int] = []
     async with trio.open_nursery() as nursery:
         scheduler = await run_scheduler(nursery)
-        live = [scheduler.call_later(100 + n, lambda n=n: fired.append(n)) for n in range(300)]
+        live = [
+            scheduler.call_later(100 + n, functools.partial(fired.append, n)) for n in range(300)
+        ]
         doomed = [scheduler.call_later(10_000, lambda: fired.append(-1)) for _ in range(1000)]
         for timer in doomed:
             timer.cancel()
@@ -452,11 +455,12 @@ async def test_scheduler_callbacks_can_reschedule(autojump_clock: trio.testing.M
                 scheduler.call_later(2, tick)
 
         scheduler.call_later(2, tick)
+
         # A zero delay scheduled from a callback runs in the same round, without a clock jump.
-        scheduler.call_later(
-            0,
-            lambda: scheduler.call_later(0, lambda: immediate.append(trio.current_time() - start)),
-        )
+        def schedule_immediately() -> None:
+            scheduler.call_later(0, lambda: immediate.append(trio.current_time() - start))
+
+        scheduler.call_later(0, schedule_immediately)
         await trio.sleep(20)
         assert ticks == [2, 4, 6, 8]
         assert immediate == [0]

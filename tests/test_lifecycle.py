@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import SECRET, open_raw, token
+from conftest import SECRET, close_reason, open_raw, token
 from trio_websocket import ConnectionClosed
 
 CONFIG = f"""
@@ -83,8 +83,9 @@ async def test_sigterm_closes_clients_with_shutdown_and_exits(config_file: Path)
             server.process.send_signal(signal.SIGTERM)
             with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
                 await client.read_until_closed()
-            assert closed.value.reason.code == 3001
-            assert closed.value.reason.reason == "shutdown"
+            close = close_reason(closed.value)
+            assert close.code == 3001
+            assert close.reason == "shutdown"
         with trio.fail_after(5):
             code = await server.process.wait()
         assert code == 0

@@ -20,7 +20,16 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from conftest import RawClient, make_config, open_raw, serve_in, token, ws_url
+from conftest import (
+    RawClient,
+    close_reason,
+    get_text,
+    make_config,
+    open_raw,
+    serve_in,
+    token,
+    ws_url,
+)
 from test_timing import open_harness
 from trio_websocket import ConnectionClosed
 
@@ -313,9 +322,10 @@ async def closed_by_server(client: RawClient) -> tuple[int, str | None, list[str
     with trio.fail_after(STEP):
         while True:
             try:
-                frames.append(await client.ws.get_message())
+                frames.append(await get_text(client.ws))
             except ConnectionClosed as exc:
-                return exc.reason.code, exc.reason.reason, frames
+                close = close_reason(exc)
+                return close.code, close.reason, frames
 
 
 @attrs.frozen
@@ -510,7 +520,8 @@ async def test_refusals_are_forgiven_over_the_refusal_window(
         await raw.send({"id": 50, "presence_stats": {"channel": "a"}})
         with pytest.raises(ConnectionClosed) as closed:
             await raw.read_until_closed()
-        assert (closed.value.reason.code, closed.value.reason.reason) == (3013, "too many requests")
+        close = close_reason(closed.value)
+        assert (close.code, close.reason) == (3013, "too many requests")
 
 
 # --- connections ------------------------------------------------------------------------------

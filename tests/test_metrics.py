@@ -287,7 +287,7 @@ def test_a_broadcast_costs_one_metric_update_whatever_its_fan_out(
     from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
     from aether_trio.node import Node
 
-    node = Node(make_config(), MemoryBroker(), MemoryPresenceManager())
+    node: Node[Any] = Node(make_config(), MemoryBroker(), MemoryPresenceManager())
     calls: list[int] = []
     monkeypatch.setattr(node.metrics, "broadcast", calls.append)
     subscribers = [_Subscriber(str(n)) for n in range(1000)]

@@ -302,7 +302,8 @@ def test_grant_positioned_and_recoverable(
     granted: bool,
 ) -> None:
     names = {"force": force, "allow": allow}
-    opts = ChannelOptions(**options, **{names[flag]: True for flag in flags})
+    switches: dict[str, Any] = {names[flag]: True for flag in flags}
+    opts = ChannelOptions(**options, **switches)
     assert grant(opts, user, asked, insecure) is granted
 
 
@@ -317,7 +318,8 @@ def test_grant_positioned_and_recoverable(
 def test_position_grants_do_not_use_each_others_switches(
     grant: Any, other_force: str, other_allow: str
 ) -> None:
-    opts = ChannelOptions(**{other_force: True, other_allow: True})
+    switches: dict[str, Any] = {other_force: True, other_allow: True}
+    opts = ChannelOptions(**switches)
     assert grant(opts, USER, True, False) is False
 
 

@@ -66,7 +66,8 @@ def test_connect_is_allowed_first_and_state_moves_only_on_connected() -> None:
     assert session.state is SessionState.AWAITING_CONNECT
     assert not session.is_connected
     session.connected("client-uuid", "42")
-    assert session.state is SessionState.CONNECTED
+    # mypy keeps `session.state` narrowed to AWAITING_CONNECT across the call that changes it.
+    assert session.state is SessionState.CONNECTED  # type: ignore[comparison-overlap]
     assert session.is_connected
     assert (session.client_id, session.user) == ("client-uuid", "42")
 

@@ -22,7 +22,16 @@ import httpx
 import orjson
 import pytest
 import trio
-from conftest import RawClient, make_config, open_raw, serve_in, token, ws_url
+from conftest import (
+    RawClient,
+    close_reason,
+    get_text,
+    make_config,
+    open_raw,
+    serve_in,
+    token,
+    ws_url,
+)
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
@@ -236,6 +245,7 @@ async def test_publication_data_format_is_enforced_for_clients_and_the_api(
     server: Server,
 ) -> None:
     bad_request = {"code": 107, "message": "bad request"}
+    body: Any  # request bodies of several shapes, for the three loops below
     async with subscriber(server) as client:
         for channel, body in [
             ("obj:x", {"data": [1, 2]}),
@@ -258,10 +268,12 @@ async def test_publication_data_format_is_enforced_for_clients_and_the_api(
         {"channel": "json:x", "b64data": not_json},
         {"channel": "keep:x", "b64data": not_json},
     ]:
-        reply = await api_post(server, "publish", body)
-        assert (reply.status_code, reply.json()) == (200, {"error": bad_request}), body
-        reply = await api_post(server, "publish", body, **{"X-Centrifugo-Error-Mode": "transport"})
-        assert (reply.status_code, reply.json()) == (400, bad_request), body
+        response = await api_post(server, "publish", body)
+        assert (response.status_code, response.json()) == (200, {"error": bad_request}), body
+        response = await api_post(
+            server, "publish", body, **{"X-Centrifugo-Error-Mode": "transport"}
+        )
+        assert (response.status_code, response.json()) == (400, bad_request), body
     for body in [{"channel": "obj:x", "data": {}}, {"channel": "json:x", "data": [1]}]:
         assert "result" in (await api_post(server, "publish", body)).json(), body
 
@@ -284,12 +296,13 @@ async def _exchange(server: Server, frames: list[str], connect: bool) -> list[An
         try:
             with trio.move_on_after(0.3):
                 while True:
-                    for line in (await client.ws.get_message()).split("\n"):
+                    for line in (await get_text(client.ws)).split("\n"):
                         message = orjson.loads(line)
                         if "error" in message:
                             seen.append(message["error"])
         except ConnectionClosed as exc:
-            seen.append((exc.reason.code, exc.reason.reason))
+            close = close_reason(exc)
+            seen.append((close.code, close.reason))
     return seen
 
 

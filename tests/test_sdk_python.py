@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 import pytest
@@ -43,10 +43,13 @@ from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.auth.tokens import mint_token
 from aether_trio.config import AdminConfig
+from aether_trio.connection.client import Client as ServerClient
 from aether_trio.node import Node
 from aether_trio.protocol.codec import raw_json
 from aether_trio.protocol.codes import Disconnect
 from aether_trio.protocol.messages import StreamPosition as ServerPosition
+
+T = TypeVar("T")
 
 WAIT = 5.0  # longest single wait for an expected event
 SCENARIO_LIMIT = 40.0  # a whole scenario
@@ -195,7 +198,7 @@ async def server_publish(srv: RunningServer, channel: str, data: Any) -> ServerP
     return await asyncio.to_thread(srv.acall, publish)
 
 
-async def on_server(srv: RunningServer, fn: Callable[[Node], Any]) -> Any:
+async def on_server(srv: RunningServer, fn: Callable[[Node[ServerClient]], T]) -> T:
     """Evaluate `fn(node)` inside the server's Trio thread."""
     return await asyncio.to_thread(srv.call, fn, srv.server.node)
 
@@ -210,7 +213,8 @@ async def publish_all(client: Client, channel: str, items: list[Any]) -> None:
 
 
 def reply_error(exc: pytest.ExceptionInfo[ReplyError]) -> int:
-    return exc.value.code
+    code: int = exc.value.code
+    return code
 
 
 # --- 1. connect ---
@@ -881,6 +885,7 @@ def test_connection_token_refresh_keeps_connection_past_expiry() -> None:
             assert not rec.of("disconnected")
             assert not rec.of("error")
             server_exp = await on_server(srv, lambda node: node.clients[client_id].expire_at)
+            assert server_exp is not None
             assert server_exp > first_exp
             await client.publish("news", {"still": "connected"})
             await sub_rec.one("publication")
@@ -1089,6 +1094,7 @@ def test_subscription_token_refresh_keeps_subscription() -> None:
             server_exp = await on_server(
                 srv, lambda node: node.clients[client_id].subscriptions[channel].expire_at
             )
+            assert server_exp is not None
             assert server_exp > first_exp
             await client.publish(channel, {"still": "here"})
             assert (await sub_rec.one("publication")).pub.data == {"still": "here"}

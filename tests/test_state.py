@@ -60,7 +60,14 @@ def test_database_keeps_bans_revocations_and_cutoffs_across_reopen(tmp_path: Pat
 def test_two_writers_extend_one_audit_chain(tmp_path: Path) -> None:
     path = database_path(tmp_path)
     first, second = Database.open(path), Database.open(path)
-    draft = {"ts": "t", "actor": "a", "action": "x", "params": {}, "result": None, "ok": True}
+    draft: dict[str, Any] = {
+        "ts": "t",
+        "actor": "a",
+        "action": "x",
+        "params": {},
+        "result": None,
+        "ok": True,
+    }
     assert first.append_audit([draft, draft])[0] == 2
     assert second.append_audit([draft])[0] == 3  # reads the head the first one wrote
     assert first.append_audit([draft])[0] == 4
@@ -201,9 +208,9 @@ async def outcome(url: str, tok: str) -> tuple[str, int]:
         await client.disconnect()
         # Let the SDK finish its close handshakes and background tasks (no unclosed sockets).
         current = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not current]
-        if pending:
-            await asyncio.wait(pending, timeout=2.0)
+        background = [t for t in asyncio.all_tasks() if t is not current]
+        if background:
+            await asyncio.wait(background, timeout=2.0)
 
 
 def admin(srv: Any, command: str, body: dict[str, Any]) -> dict[str, Any]:

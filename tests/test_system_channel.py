@@ -23,7 +23,16 @@ import httpx
 import pytest
 import trio
 from centrifuge import Client, ServerPublicationContext, ServerSubscribedContext
-from conftest import RawClient, make_config, open_raw, running_server, serve_in, token, ws_url
+from conftest import (
+    RawClient,
+    close_reason,
+    make_config,
+    open_raw,
+    running_server,
+    serve_in,
+    token,
+    ws_url,
+)
 from sdk_helpers import ClientRecorder, disconnect_all
 from test_hub import FakeSubscriber, publication
 from trio_websocket import ConnectionClosed
@@ -201,7 +210,7 @@ async def test_the_channel_limit_does_not_count_it() -> None:
             await over.send({"id": 1, "connect": {"token": token("c", channels=["x", "y", "z"])}})
             with pytest.raises(ConnectionClosed) as closed:
                 await over.receive()
-            assert closed.value.reason.code == 3505
+            assert close_reason(closed.value).code == 3505
 
 
 async def test_subscribing_again_is_refused_and_unsubscribing_stops_broadcasts() -> None:

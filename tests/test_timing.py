@@ -19,7 +19,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import orjson
@@ -27,7 +27,7 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-from conftest import make_config, token
+from conftest import close_reason, get_text, make_config, token
 from trio_websocket import ConnectionClosed
 
 from aether_trio.config import Config
@@ -113,7 +113,7 @@ class WsClient:
 
     async def _read(self) -> dict[str, Any]:
         if not self._lines:
-            frame = await self.ws.get_message()
+            frame = await get_text(self.ws)
             self._lines.extend(orjson.loads(line) for line in frame.split("\n"))
         return self._lines.popleft()
 
@@ -143,7 +143,7 @@ class WsClient:
 
 @attrs.define
 class Harness:
-    node: Node
+    node: Node[Client]
     nursery: trio.Nursery
 
     async def connect_ws(
@@ -154,8 +154,13 @@ class Harness:
         server_stream, client_stream = pair()
         send_client, receive_client = trio.open_memory_channel[Client](1)
         self.nursery.start_soon(self._serve, server_stream, send_client)
+        # trio-websocket annotates the stream as a socket (or TLS over one); it only sends and
+        # receives on it, and the test's is an in-memory stream pair.
         ws = await trio_websocket.wrap_client_stream(
-            self.nursery, client_stream, "localhost", self.node.config.server.websocket_path
+            self.nursery,
+            cast(trio.SocketStream, client_stream),
+            "localhost",
+            self.node.config.server.websocket_path,
         )
         client = await receive_client.receive()
         return WsClient(ws), client
@@ -181,7 +186,7 @@ class Harness:
 @asynccontextmanager
 async def open_harness(config: Config) -> AsyncIterator[Harness]:
     """A node wired as `app.py` does (memory engines), running until the block ends."""
-    node = Node(config, MemoryBroker(), MemoryPresenceManager())
+    node: Node[Client] = Node(config, MemoryBroker(), MemoryPresenceManager())
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         yield Harness(node, nursery)
@@ -217,7 +222,8 @@ async def read_until_closed(raw: WsClient) -> Closed:
         while True:
             messages.append(await raw.receive())
     except ConnectionClosed as exc:
-        return Closed(exc.reason.code, exc.reason.reason, trio.current_time(), messages)
+        close = close_reason(exc)
+        return Closed(close.code, close.reason, trio.current_time(), messages)
 
 
 async def expect_open(raw: WsClient) -> list[dict[str, Any]]:

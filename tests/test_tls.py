@@ -11,7 +11,6 @@ import asyncio
 import logging
 import ssl
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 import trio
 import trustme
 from centrifuge import Client, PublicationContext, SubscriptionEventHandler
-from conftest import make_config, running_server, serve_in, token
+from conftest import get_text, make_config, running_server, serve_in, token
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
     Encoding,
@@ -80,8 +79,7 @@ async def wss_connect_reply(server: Server, context: ssl.SSLContext) -> str:
     with trio.fail_after(WAIT):
         async with open_websocket_url(wss_url(server), ssl_context=context) as ws:
             await ws.send_message(f'{{"id":1,"connect":{{"token":"{token("42")}"}}}}')
-            reply: str = await ws.get_message()
-            return reply
+            return await get_text(ws)
 
 
 async def tls_handshake(server: Server, context: ssl.SSLContext) -> str:
@@ -298,7 +296,7 @@ def test_tls_paths_are_relative_to_the_config_file(
 
 
 @pytest.fixture
-def bad_files(ca: trustme.CA, tmp_path: Path) -> Iterator[Path]:
+def bad_files(ca: trustme.CA, tmp_path: Path) -> Path:
     """tmp_path with cert.pem/key.pem (a good pair) and the broken variants the cases use."""
     write_cert(ca, tmp_path)
     other = ca.issue_cert("127.0.0.1")

@@ -69,7 +69,7 @@ class Peer:
                 self.eof = True
                 self.ws.receive_data(None)
             else:
-                self.ws.receive_data(data)
+                self.ws.receive_data(bytes(data))
             self.pending.extend(self.ws.events())
         return self.pending.pop(0)
 
