@@ -66,10 +66,12 @@ class FakeTransport:
 
 
 class Closes:
+    """The writer's owner: records the close requests it is told about."""
+
     def __init__(self) -> None:
         self.seen: list[tuple[CloseRequest, str]] = []
 
-    def __call__(self, request: CloseRequest, detail: str, level: int) -> None:
+    def writer_closing(self, request: CloseRequest, detail: str, level: int) -> None:
         self.seen.append((request, detail))
 
 
@@ -84,7 +86,7 @@ def make_writer(
         max_bytes=max_bytes,
         per_frame=per_frame,
         close_wait=1.0,
-        on_close=closes,
+        owner=closes,
     )
     return writer, closes
 

@@ -28,6 +28,7 @@ from .writer import CloseRequest, Writer
 if TYPE_CHECKING:
     import trio
 
+    from ..config import ClientConfig
     from ..node import Node
     from ..transport import Transport
 
@@ -84,9 +85,9 @@ class Client:
             max_bytes=cfg.client.outbox_max_bytes,
             per_frame=cfg.client.max_messages_in_frame,
             close_wait=cfg.server.close_wait_seconds,
-            on_close=self._closing,
+            owner=self,
         )
-        self.timers = ConnectionTimers(self, node.scheduler, lambda: node.config.client)
+        self.timers = ConnectionTimers(self, node.scheduler)
         # Where tasks of this connection start (the subscription-expiry cleanup); None once
         # the connection's nursery is closing.
         self._nursery: trio.Nursery | None = None
@@ -130,11 +131,16 @@ class Client:
         logged."""
         self.writer.close(code, reason, flush=flush, detail=detail, level=level)
 
-    def _closing(self, request: CloseRequest, detail: str, level: int) -> None:
-        # The one log line per closed connection.
+    def writer_closing(self, request: CloseRequest, detail: str, level: int) -> None:
+        """The writer took a close request: the one log line per closed connection."""
         log.log(level, "closing %s: %d %s%s", self, request.code, request.reason,
                 f" ({detail})" * bool(detail))  # fmt: skip
         self.session.close()
+
+    @property
+    def client_config(self) -> ClientConfig:
+        """The node's running `[client]` section (the timers read it when they fire)."""
+        return self.node.config.client
 
     # --- connection state, used by the command handlers and the server API ---
 

@@ -30,6 +30,10 @@ class TimerOwner(Protocol):
     def session(self) -> Session: ...
 
     @property
+    def client_config(self) -> ClientConfig:
+        """The node's running `[client]` section (a reload changes the delays)."""
+
+    @property
     def expire_at(self) -> int | None: ...
 
     def send(self, message: bytes) -> None: ...
@@ -41,16 +45,17 @@ class TimerOwner(Protocol):
 
 
 class ConnectionTimers:
-    __slots__ = ("_config", "_owner", "_scheduler", "_timers")
+    # Two references and a dict: an idle connection pays for nothing else here (no callbacks
+    # bound per connection: the owner is asked).
+    __slots__ = ("_owner", "_scheduler", "_timers")
 
-    def __init__(
-        self, owner: TimerOwner, scheduler: Scheduler, config: Callable[[], ClientConfig]
-    ) -> None:
-        """`config`: the node's running `[client]` section (a reload changes the delays)."""
+    def __init__(self, owner: TimerOwner, scheduler: Scheduler) -> None:
         self._owner = owner
         self._scheduler = scheduler
-        self._config = config
         self._timers: dict[str, Timer] = {}
+
+    def _config(self) -> ClientConfig:
+        return self._owner.client_config
 
     def call_later(self, name: str, delay: float, callback: Callable[[], None]) -> None:
         """Run `callback` in `delay` seconds unless cancelled (replaces a timer of that name)."""

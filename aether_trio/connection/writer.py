@@ -30,7 +30,7 @@ import logging
 import operator
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..flusher import Flusher, Round
     from ..transport import Transport
 
-__all__ = ["CloseRequest", "Writer", "WriterStatistics"]
+__all__ = ["CloseRequest", "Writer", "WriterOwner", "WriterStatistics"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ class CloseRequest:
     code: int
     reason: str
     flush: bool  # send what is queued first (not for 3008: the client cannot keep up anyway)
+
+
+class WriterOwner(Protocol):
+    def writer_closing(self, request: CloseRequest, detail: str, level: int) -> None:
+        """A close request was taken (the owner writes the one log line of the close)."""
 
 
 @attrs.frozen
@@ -71,7 +76,7 @@ class Writer:
         "_kicked",
         "_marked",
         "_nursery",
-        "_on_close",
+        "_owner",
         "_probe",
         "_queue",
         "_send_scope",
@@ -91,15 +96,14 @@ class Writer:
         max_bytes: int,
         per_frame: int,
         close_wait: float,
-        on_close: Callable[[CloseRequest, str, int], None],
+        owner: WriterOwner,
     ) -> None:
-        """`on_close(request, detail, level)`: a close request was taken (the owner logs it)."""
         self.transport = transport
         self.max_bytes = max_bytes
         self.per_frame = per_frame
         self._flusher = flusher
         self._close_wait = close_wait
-        self._on_close = on_close
+        self._owner = owner
         # A list, not a deque: batches are taken from the front (a slice), and an idle
         # connection's empty list is 56 bytes where an empty deque is 760.
         self._queue: list[bytes] = []
@@ -158,7 +162,7 @@ class Writer:
             self._probe = None
             if self._send_scope is not None:
                 self._send_scope.cancel()
-        self._on_close(request, detail, level)
+        self._owner.writer_closing(request, detail, level)
         self._wake()
         self._start_task()  # it sends the close frame
         return True
