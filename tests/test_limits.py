@@ -43,8 +43,9 @@ from aether_trio.guards.limits import (
     request_origins,
 )
 from aether_trio.protocol.channels import ResolvedChannel
-from aether_trio.protocol.codec import decode_frame, nesting_exceeds
+from aether_trio.protocol.codec import decode_frame
 from aether_trio.protocol.codes import Disconnect, ErrorCode
+from aether_trio.protocol.decoding import nesting_exceeds
 from aether_trio.protocol.errors import DisconnectError, ReplyError
 
 STEP = 5.0  # longest single wait for an expected event

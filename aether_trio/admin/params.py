@@ -17,7 +17,7 @@ import attrs
 from attrs.validators import optional
 
 from ..observe.logs import LEVELS
-from ..protocol.decoding import DecodeError, Decoder, loads_object, strict_converter
+from ..protocol.decoding import DecodeError, Decoder, JsonValue, loads_object, strict_converter
 
 __all__ = [
     "MAX_TEXT",
@@ -68,12 +68,23 @@ def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> 
         raise ValueError(f"{attribute.name}: expected a number > 0, got {value!r}")
 
 
-def _at_least(minimum: int) -> Any:
+def _between(minimum: int, maximum: int) -> Any:
+    """An integer in `minimum..maximum`: the upper bound keeps a crafted number (2**63) from
+    reaching SQLite's 64-bit integers or a loop's range as an internal error."""
+
     def check(_instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
         if value < minimum:
             raise ValueError(f"{attribute.name}: expected an integer >= {minimum}, got {value}")
+        if value > maximum:
+            raise ValueError(f"{attribute.name}: expected an integer <= {maximum}, got {value}")
 
     return check
+
+
+# The end of year 9999 in seconds since 1970: the latest time a parameter may name.
+MAX_TIME: Final = 253_402_300_799
+# The most tasks or connections a debugging view lists.
+MAX_LISTED: Final = 1_000_000
 
 
 def _log_level(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -97,7 +108,7 @@ class NoParams:
 
 @attrs.frozen
 class BroadcastParams:
-    data: Any  # any JSON value but null
+    data: JsonValue  # any JSON value but null
 
 
 @attrs.frozen
@@ -134,7 +145,7 @@ class RevokeTokenParams:
 @attrs.frozen
 class InvalidateParams:
     user: str = attrs.field(validator=_text)
-    before: int = attrs.field(factory=_next_second, validator=_at_least(1))
+    before: int = attrs.field(factory=_next_second, validator=_between(1, MAX_TIME))
 
 
 @attrs.frozen
@@ -144,7 +155,7 @@ class LogLevelParams:
 
 @attrs.frozen
 class TasksParams:
-    max_tasks: int = attrs.field(default=1000, validator=_at_least(1))
+    max_tasks: int = attrs.field(default=1000, validator=_between(1, MAX_LISTED))
 
 
 @attrs.frozen
@@ -156,7 +167,7 @@ class ConnectionParams:
 class ConnectionsParams:
     user: str | None = attrs.field(default=None, validator=optional(_text))
     channel: str | None = attrs.field(default=None, validator=optional(_text))
-    limit: int = attrs.field(default=100, validator=_at_least(1))
+    limit: int = attrs.field(default=100, validator=_between(1, MAX_LISTED))
 
 
 # --- decoding ---

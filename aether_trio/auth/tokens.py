@@ -105,8 +105,8 @@ def _decode(
     for name in ("sub", "iss", "jti"):
         _get(claims, name, str, "")
     for name in ("exp", "nbf", "iat"):
-        if name in claims and type(claims[name]) not in (int, float):
-            raise TokenInvalid(f"claim {name!r} must be a number")
+        if name in claims:
+            _time_claim(claims, name, (int, float))
     aud = claims.get("aud", [])
     audiences = [aud] if isinstance(aud, str) else aud
     if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
@@ -116,6 +116,22 @@ def _decode(
     if config.issuer and claims.get("iss") != config.issuer:
         raise TokenInvalid("issuer mismatch")
     return claims
+
+
+# Latest and earliest times a claim may name, in seconds since 1970: the end of year 9999 (as
+# Python's datetime and Go's time both can). A time beyond that is not a date but a crafted number:
+# it would overflow the 64-bit integers of a reply (a `ttl`), so it is refused as invalid here.
+MAX_TIME = 253_402_300_799
+
+
+def _time_claim(claims: Mapping[str, Any], name: str, kinds: tuple[type, ...]) -> Any:
+    value = claims[name]
+    if type(value) not in kinds:
+        noun = "an integer" if kinds == (int,) else "a number"
+        raise TokenInvalid(f"claim {name!r} must be {noun}")
+    if not -MAX_TIME <= value <= MAX_TIME:
+        raise TokenInvalid(f"claim {name!r} is out of range")
+    return value
 
 
 def _check_time(claims: Mapping[str, Any], leeway: float, now: float | None) -> None:
@@ -128,9 +144,7 @@ def _check_time(claims: Mapping[str, Any], leeway: float, now: float | None) -> 
 
 def _expire_at(claims: Mapping[str, Any]) -> int | None:
     if "expire_at" in claims:
-        value = claims["expire_at"]
-        if type(value) is not int:
-            raise TokenInvalid("claim 'expire_at' must be an integer")
+        value: int = _time_claim(claims, "expire_at", (int,))
         return value if value > 0 else None  # 0 (Centrifugo: <= 0) = never expires
     return int(claims["exp"]) if "exp" in claims else None
 

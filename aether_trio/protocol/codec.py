@@ -19,6 +19,7 @@ from cattrs.preconf.orjson import make_converter
 
 from . import messages as m
 from .codes import Disconnect, ErrorCode
+from .decoding import nesting_exceeds
 from .errors import DisconnectError
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "encode_error",
     "encode_push",
     "encode_reply",
-    "nesting_exceeds",
     "raw_json",
 ]
 
@@ -160,23 +160,6 @@ def _decode_command(line: str | bytes, max_depth: int) -> Command:
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         raise DisconnectError(Disconnect.BAD_REQUEST, f"invalid {method} fields: {exc}") from None
     return Command(command_id, method, request)
-
-
-def nesting_exceeds(value: Any, limit: int) -> bool:
-    """Whether objects and arrays in `value` nest deeper than `limit` (`value` itself counting 1
-    if it is one). Iterative: no recursion, however deep the input."""
-    kind = type(value)
-    if kind is not dict and kind is not list:
-        return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        container, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in container.values() if type(container) is dict else container:
-            if type(child) is dict or type(child) is list:
-                stack.append((child, depth + 1))
-    return False
 
 
 def encode_reply(command_id: int, method: str, result: Any) -> bytes:

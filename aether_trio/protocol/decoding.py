@@ -36,12 +36,16 @@ from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.orjson import make_converter
 
 __all__ = [
+    "JSON_VALUE_MAX_DEPTH",
     "DecodeError",
     "Decoder",
     "IntRange",
+    "JsonValue",
+    "MaxDepth",
     "error_paths",
     "json_kind",
     "loads_object",
+    "nesting_exceeds",
     "object_hook",
     "strict_converter",
 ]
@@ -57,6 +61,38 @@ class DecodeError(ValueError):
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.message = message
+
+
+@attrs.frozen
+class MaxDepth:
+    """`Annotated[Any, MaxDepth(n)]`: any JSON value whose objects and arrays nest at most `n`
+    deep (the value itself counting 1 when it is one)."""
+
+    levels: int
+
+
+# The deepest JSON value a request may carry (publication data, info): orjson refuses to encode
+# more than 254 levels, and whatever walks a payload later (sanitizing, re-encoding) stays far
+# from any limit. Deeper input is the caller's mistake: a 400 naming the field.
+JSON_VALUE_MAX_DEPTH: Final = 128
+JsonValue = Annotated[Any, MaxDepth(JSON_VALUE_MAX_DEPTH)]
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in `value` nest deeper than `limit` (`value` itself counting 1
+    if it is one). Iterative: no recursion, however deep the input."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in container.values() if type(container) is dict else container:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 @attrs.frozen
@@ -126,6 +162,19 @@ def strict_converter(*, forbid_extra_keys: bool, from_text: bool = False) -> cat
     def int_range_hook(t: Any) -> Callable[[Any, Any], int]:
         bounds: IntRange = typing.get_args(t)[1]
         return _ranged(structure_int, bounds)
+
+    def is_max_depth(t: Any) -> bool:
+        return typing.get_origin(t) is Annotated and isinstance(typing.get_args(t)[1], MaxDepth)
+
+    def max_depth_hook(t: Any) -> Callable[[Any, Any], Any]:
+        levels = typing.get_args(t)[1].levels
+
+        def structure_json(value: Any, _t: Any) -> Any:
+            if nesting_exceeds(value, levels):
+                raise ValueError(f"nested deeper than {levels} levels")
+            return value
+
+        return structure_json
 
     def is_homogeneous_tuple(t: Any) -> bool:
         args = typing.get_args(t)
@@ -200,6 +249,7 @@ def strict_converter(*, forbid_extra_keys: bool, from_text: bool = False) -> cat
     conv.register_structure_hook(int, structure_int)
     conv.register_structure_hook(float, structure_float)
     conv.register_structure_hook_factory(is_int_range, int_range_hook)
+    conv.register_structure_hook_factory(is_max_depth, max_depth_hook)
     conv.register_structure_hook_factory(is_homogeneous_tuple, tuple_hook)
     conv.register_structure_hook_factory(is_str_dict, dict_hook)
     conv.register_structure_hook_factory(attrs.has, attrs_hook)

@@ -28,6 +28,7 @@ from ...protocol.decoding import (
     DecodeError,
     Decoder,
     IntRange,
+    JsonValue,
     json_kind,
     object_hook,
     strict_converter,
@@ -66,7 +67,7 @@ UINT32: Final = IntRange(0, 2**32 - 1)
 
 @attrs.frozen
 class PublishOptions:
-    data: Any = None
+    data: JsonValue = None
     b64data: str = ""
     skip_history: bool = False
     tags: dict[str, str] = attrs.Factory(dict)
@@ -91,9 +92,9 @@ class Subscribe:
     channel: str = ""
     client: str = ""
     session: str = ""
-    info: Any = None
+    info: JsonValue = None
     b64info: str = ""
-    data: Any = None
+    data: JsonValue = None
     b64data: str = ""
     expire_at: int = 0
     recover_since: StreamPosition | None = None
@@ -125,7 +126,7 @@ class Refresh:
     session: str = ""
     expired: bool = False
     expire_at: int = 0
-    info: Any = None
+    info: JsonValue = None
 
 
 @attrs.frozen
@@ -200,7 +201,7 @@ class _Wire(Protocol):
 @attrs.define
 class _PublishBody:
     channel: str = ""
-    data: Any = None
+    data: JsonValue = None
     b64data: str = ""
     skip_history: bool = False
     tags: dict[str, str] = attrs.Factory(dict)
@@ -213,7 +214,7 @@ class _PublishBody:
 @attrs.define
 class _BroadcastBody:
     channels: tuple[str, ...] = ()
-    data: Any = None
+    data: JsonValue = None
     b64data: str = ""
     skip_history: bool = False
     tags: dict[str, str] = attrs.Factory(dict)

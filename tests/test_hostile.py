@@ -1,0 +1,183 @@
+"""What a hostile tester found (issue 14): inputs that reached error 100, work that stalled the
+loop, a subscription a failed subscribe left behind. Each answer must be the protocol's answer for
+bad input, never 100 and never a traceback in the log, and a bystander keeps being served.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from conftest import SECRET, close_reason, make_config, open_raw, serve_in, ws_url
+from test_bad_input import Bystander, bystander, closed_by_server, open_connected
+from trio_websocket import ConnectionClosed
+
+from aether_trio.app import Server
+
+__all__ = ["bystander"]  # the fixture, used here by name
+
+API_KEY = "hostile-api-key-0123456789"
+STEP = 5.0
+FAR = 10**20  # seconds: far beyond any date, and beyond a 64-bit integer
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> Server:
+    keys = [{"name": "all", "key": API_KEY, "roles": ["admin"]}]
+    config = make_config(
+        {
+            "api": {"keys": keys},
+            "channel": {
+                "namespaces": [
+                    {"name": "clean", "publication_html": "escape"},
+                    {"name": "kept", "history_size": 10, "history_ttl": 60},
+                ]
+            },
+        }
+    )
+    return await serve_in(nursery, config)
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+async def api(server: Server, method: str, body: Any) -> httpx.Response:
+    url = f"http://127.0.0.1:{server.http_port}/api/{method}"
+    async with httpx.AsyncClient(timeout=STEP) as http:
+        return await http.post(url, json=body, headers={"X-API-Key": API_KEY})
+
+
+def raw_token(claims_json: str) -> str:
+    """An HS256 token over claims written as JSON text (numbers any JSON encoder would refuse)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b'{"alg":"HS256","typ":"JWT"}'
+    signed = f"{b64(header)}.{b64(claims_json.encode())}"
+    signature = hmac.new(SECRET.encode(), signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{b64(signature)}"
+
+
+def claims_with(claim: str, value: str, **extra: str) -> str:
+    """Claims as JSON text: a user, an hour of validity, then `claim` set to the literal `value`."""
+    fields = {"sub": '"42"', "exp": str(int(time.time()) + 3600), **extra, claim: value}
+    return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+
+
+def nested(levels: int) -> Any:
+    value: Any = "deep"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+# --- 3. numbers far out of range in tokens ------------------------------------------------------
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat", "expire_at"])
+@pytest.mark.parametrize("value", [str(FAR), "1e20", f"-{FAR}", "1e300"])
+async def test_a_connection_token_time_out_of_range_is_an_invalid_token(
+    server: Server, bystander: Bystander, caplog: pytest.LogCaptureFixture, claim: str, value: str
+) -> None:
+    async with open_raw(ws_url(server)) as client:
+        await client.send({"id": 1, "connect": {"token": raw_token(claims_with(claim, value))}})
+        close, frames = await closed_by_server(client)
+    assert frames == []
+    assert (close.code, close.reason) == (3500, "invalid token")
+    no_tracebacks(caplog)
+    await bystander.assert_still_served()
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+async def test_a_subscription_token_time_out_of_range_is_refused_with_103(
+    server: Server, caplog: pytest.LogCaptureFixture, claim: str
+) -> None:
+    sub_token = raw_token(claims_with(claim, str(FAR), channel='"kept:x"'))
+    async with open_connected(ws_url(server)) as client:
+        reply = await client.command("subscribe", {"channel": "kept:x", "token": sub_token})
+        assert reply["error"]["code"] == 103, reply
+        assert "subscribe" in await client.command("subscribe", {"channel": "news"})
+    no_tracebacks(caplog)
+
+
+async def test_a_refresh_token_time_out_of_range_is_an_invalid_token(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_connected(ws_url(server)) as client:
+        await client.send({"id": 9, "refresh": {"token": raw_token(claims_with("exp", "1e20"))}})
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.read_until_closed()
+    reason = close_reason(closed.value)
+    assert (reason.code, reason.reason) == (3500, "invalid token")
+    no_tracebacks(caplog)
+
+
+# --- 3. deep nesting through the server API ------------------------------------------------------
+
+
+@pytest.mark.parametrize("channel", ["news", "clean:room"])
+async def test_api_data_nested_too_deep_is_a_400_naming_the_field(
+    server: Server, bystander: Bystander, caplog: pytest.LogCaptureFixture, channel: str
+) -> None:
+    response = await api(server, "publish", {"channel": channel, "data": nested(300)})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "data"
+    assert "nested deeper than" in response.json()["detail"]
+    # Deep but within the limit: published (and escaped in the `clean` namespace).
+    response = await api(server, "publish", {"channel": channel, "data": nested(100)})
+    assert "result" in response.json(), response.text
+    no_tracebacks(caplog)
+    await bystander.assert_still_served()
+
+
+async def test_api_batch_with_data_nested_too_deep_names_the_command(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    commands = [
+        {"publish": {"channel": "news", "data": {}}},
+        {"broadcast": {"channels": ["news"], "data": nested(300)}},
+    ]
+    response = await api(server, "batch", {"commands": commands})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "commands[1].broadcast.data"
+    no_tracebacks(caplog)
+
+
+async def test_api_info_nested_too_deep_is_a_400(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"user": "42", "channel": "news", "info": nested(300)}
+    response = await api(server, "subscribe", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "info"
+    no_tracebacks(caplog)
+
+
+# --- 3. huge numbers in operator parameters ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "body", "field"),
+    [
+        ("invalidate_user_tokens", {"user": "1", "before": 2**63}, "before"),
+        ("tasks", {"max_tasks": 2**63}, "max_tasks"),
+        ("connections", {"limit": 2**63}, "limit"),
+    ],
+)
+async def test_an_operator_integer_out_of_range_is_a_400_naming_it(
+    server: Server, caplog: pytest.LogCaptureFixture, command: str, body: Any, field: str
+) -> None:
+    response = await api(server, f"admin/{command}", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+    no_tracebacks(caplog)
