@@ -20,6 +20,9 @@ from test_bad_input import Bystander, bystander, closed_by_server, open_connecte
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
+from aether_trio.connection import client as client_module
+from aether_trio.engines.base import EngineError
+from aether_trio.protocol.codec import raw_json
 
 __all__ = ["bystander"]  # the fixture, used here by name
 
@@ -37,7 +40,18 @@ async def server(nursery: trio.Nursery) -> Server:
             "channel": {
                 "namespaces": [
                     {"name": "clean", "publication_html": "escape"},
-                    {"name": "kept", "history_size": 10, "history_ttl": 60},
+                    {
+                        "name": "kept",
+                        "history_size": 10,
+                        "history_ttl": 60,
+                        "allow_subscribe_for_client": True,
+                    },
+                    {
+                        "name": "present",
+                        "presence": True,
+                        "allow_subscribe_for_client": True,
+                        "allow_presence_for_subscriber": True,
+                    },
                 ]
             },
         }
@@ -181,3 +195,64 @@ async def test_an_operator_integer_out_of_range_is_a_400_naming_it(
     assert response.status_code == 400, response.text
     assert response.json()["field"] == field
     no_tracebacks(caplog)
+
+
+# --- 2. a failed subscribe leaves nothing behind -----------------------------------------------
+
+
+async def test_a_subscribe_whose_reply_fails_leaves_no_subscription_behind(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = client_module.encode_reply
+    failures = []
+
+    def failing_once(cmd_id: int, method: str, result: Any) -> bytes:
+        if method == "subscribe" and not failures:
+            failures.append(method)
+            raise OverflowError("injected: the reply cannot be encoded")
+        return real(cmd_id, method, result)
+
+    monkeypatch.setattr(client_module, "encode_reply", failing_once)
+    node = server.node
+    async with open_connected(ws_url(server)) as client:
+        reply = await client.command("subscribe", {"channel": "kept:room"})
+        assert reply["error"]["code"] == 100
+        [connection] = node.clients.values()
+        assert "kept:room" not in connection.subscriptions
+        assert node.num_subscribers("kept:room") == 0
+        # The SDK's retry is a fresh subscribe, not 105 "already subscribed".
+        assert "subscribe" in await client.command("subscribe", {"channel": "kept:room"})
+        await node.publish(node.resolve("kept:room"), raw_json({"n": 1}))
+        push = await client.receive()
+        assert push["push"]["pub"]["data"] == {"n": 1}
+
+
+async def test_a_join_that_fails_after_the_reply_makes_the_client_resubscribe(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = server.node
+    real = node.presence.add_presence
+    failures = []
+
+    async def failing_once(channel: str, info: Any) -> None:
+        if not failures:
+            failures.append(channel)
+            raise EngineError("injected: presence is unreachable")
+        await real(channel, info)
+
+    monkeypatch.setattr(node.presence, "add_presence", failing_once)
+    async with open_connected(ws_url(server)) as client:
+        assert "subscribe" in await client.command("subscribe", {"channel": "present:room"})
+        push = await client.receive()
+        assert push == {
+            "push": {
+                "channel": "present:room",
+                "unsubscribe": {"code": 2500, "reason": "insufficient state"},
+            }
+        }
+        [connection] = node.clients.values()
+        assert "present:room" not in connection.subscriptions
+        assert "subscribe" in await client.command("subscribe", {"channel": "present:room"})
+        stats = await client.command("presence_stats", {"channel": "present:room"})
+        assert stats["presence_stats"] == {"num_clients": 1, "num_users": 1}
+    assert "join of" in caplog.text  # a warning, not an error: the engine failed, not we

@@ -18,6 +18,7 @@ token overrides and the subscription-token checks.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -25,10 +26,12 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..auth.tokens import SubscribeClaims, TokenExpired, TokenInvalid
+from ..engines.base import EngineError
 from ..protocol import messages as m
 from ..protocol import permissions
 from ..protocol.channels import ResolvedChannel
-from ..protocol.codes import Disconnect, ErrorCode
+from ..protocol.codec import encode_push
+from ..protocol.codes import Disconnect, ErrorCode, Unsubscribe
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
 from ..subscriptions import ChannelSubscription
@@ -48,6 +51,8 @@ __all__ = [
     "ttl_seconds",
     "verify_subscription_token",
 ]
+
+log = logging.getLogger(__name__)
 
 # Bit of SubscribeRequest.flag asking for error 112 instead of `recovered: false`.
 FLAG_REJECT_UNRECOVERED = 2
@@ -137,9 +142,19 @@ async def subscribe(
     and joins. Returns what was announced: a subscription the connection no longer holds when
     its turn comes (it closed meanwhile; the server API runs outside the connection's task) is
     dropped quietly instead, since the connection's cleanup would never undo its join."""
-    opened = [await open_subscription(client, r.channel, r.hints, r.grant) for r in requests]
-    live = [o for o in opened if _still_wanted(client, o)]
-    announce(live)
+    opened: list[Opened] = []
+    try:
+        for r in requests:
+            opened.append(await open_subscription(client, r.channel, r.hints, r.grant))
+        live = [o for o in opened if _still_wanted(client, o)]
+        announce(live)
+    except BaseException:
+        # Nothing announced them (a later subscription failed, or the reply could not be
+        # encoded): take every one back, or it would buffer unseen and the client's retry would
+        # get 105 "already subscribed".
+        for o in opened:
+            _take_back(client, o)
+        raise
     for o in live:
         if isinstance(o.sub, ChannelSubscription):
             o.sub.go_live(o.delivered)
@@ -148,11 +163,32 @@ async def subscribe(
             client.subscriptions[o.sub.channel] = o.sub
     node = client.node
     for o in live:
-        await node.join(o.sub, client.info(o.sub.chan_info))
+        try:
+            await node.join(o.sub, client.info(o.sub.chan_info))
+        except EngineError:
+            # Announced, but without its presence or join: tell the client to subscribe again
+            # (2500 makes the SDK resubscribe), which redoes the whole sequence.
+            log.warning("join of %s in %s failed", client, o.sub.channel, exc_info=True)
+            _unsubscribe_insufficient(client, o.sub)
+            continue
         if client.subscriptions.get(o.sub.channel) is not o.sub:
             # The connection's cleanup took it while the join was on its way: undo the join.
             await node.leave(o.sub, client.info(o.sub.chan_info))
     return live
+
+
+def _take_back(client: Client, opened: Opened) -> None:
+    """Undo `open_subscription` for a subscription that was never announced (so never joined)."""
+    if client.subscriptions.get(opened.sub.channel) is opened.sub:
+        client.detach(opened.sub.channel)
+
+
+def _unsubscribe_insufficient(client: Client, sub: Subscription) -> None:
+    if client.subscriptions.get(sub.channel) is not sub:
+        return
+    client.detach(sub.channel)
+    code = Unsubscribe.INSUFFICIENT_STATE
+    client.send(encode_push(sub.channel, "unsubscribe", m.UnsubscribePush(code, code.reason)))
 
 
 def _still_wanted(client: Client, opened: Opened) -> bool:
