@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed
 from aether_trio.app import Server
 from aether_trio.connection import client as client_module
 from aether_trio.engines.base import EngineError
-from aether_trio.protocol.codec import raw_json
+from aether_trio.protocol.codec import encode_reply, raw_json
 
 __all__ = ["bystander"]  # the fixture, used here by name
 
@@ -203,14 +203,13 @@ async def test_an_operator_integer_out_of_range_is_a_400_naming_it(
 async def test_a_subscribe_whose_reply_fails_leaves_no_subscription_behind(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = client_module.encode_reply
-    failures = []
+    failures: list[str] = []
 
     def failing_once(cmd_id: int, method: str, result: Any) -> bytes:
         if method == "subscribe" and not failures:
             failures.append(method)
             raise OverflowError("injected: the reply cannot be encoded")
-        return real(cmd_id, method, result)
+        return encode_reply(cmd_id, method, result)
 
     monkeypatch.setattr(client_module, "encode_reply", failing_once)
     node = server.node
@@ -232,7 +231,7 @@ async def test_a_join_that_fails_after_the_reply_makes_the_client_resubscribe(
 ) -> None:
     node = server.node
     real = node.presence.add_presence
-    failures = []
+    failures: list[str] = []
 
     async def failing_once(channel: str, info: Any) -> None:
         if not failures:
