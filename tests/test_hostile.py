@@ -8,7 +8,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
+import re
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -16,12 +20,15 @@ import httpx
 import pytest
 import trio
 from conftest import SECRET, close_reason, make_config, open_raw, serve_in, ws_url
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_bad_input import Bystander, bystander, closed_by_server, open_connected
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
 from aether_trio.connection import client as client_module
 from aether_trio.engines.base import EngineError
+from aether_trio.http.api.glob import compile_glob
 from aether_trio.protocol.codec import encode_reply, raw_json
 
 __all__ = ["bystander"]  # the fixture, used here by name
@@ -255,3 +262,108 @@ async def test_a_join_that_fails_after_the_reply_makes_the_client_resubscribe(
         stats = await client.command("presence_stats", {"channel": "present:room"})
         assert stats["presence_stats"] == {"num_clients": 1, "num_users": 1}
     assert "join of" in caplog.text  # a warning, not an error: the engine failed, not we
+
+
+# --- 4. work that stalls the event loop ----------------------------------------------------------
+
+
+async def test_a_large_sequential_batch_lets_other_tasks_run(server: Server) -> None:
+    """While a batch of publishes runs, another task gets to run between every 16 of them: each
+    publish records how often a canary task has run so far. (Trio runs the tasks of a scheduling
+    round in random order, so one canary run may fall before and the next after two stretches of
+    16: at most 32 publishes see the same count. Without the checkpoints, all 1,000 do.)"""
+    node = server.node
+    canary = [0]
+    seen: list[int] = []
+    real_publish = node.broker.publish
+
+    async def publish(channel: str, pub: Any, history: Any) -> Any:
+        seen.append(canary[0])
+        return await real_publish(channel, pub, history)
+
+    node.broker.publish = publish  # type: ignore[method-assign]
+    done = trio.Event()
+
+    async def run_canary() -> None:
+        while not done.is_set():
+            canary[0] += 1
+            await trio.lowlevel.checkpoint()
+
+    commands = [{"publish": {"channel": "news", "data": {"n": n}}} for n in range(1000)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_canary)
+        response = await api(server, "batch", {"commands": commands})
+        done.set()
+    assert response.status_code == 200
+    assert len(seen) == 1000
+    longest = max(len(list(run)) for _, run in itertools.groupby(seen))
+    assert longest <= 32, longest
+
+
+async def test_a_batch_over_the_limit_is_refused_whole(server: Server) -> None:
+    commands = [{"publish": {"channel": "news", "data": {}}}] * 1001
+    response = await api(server, "batch", {"commands": commands})
+    assert response.status_code == 400
+    assert response.json()["field"] == "commands"
+    assert "1000" in response.json()["detail"]
+
+
+async def test_a_backtracking_channels_pattern_is_answered_at_once(server: Server) -> None:
+    """`*a*a*a*a*a*a*a*b` against long names of `a`s: a backtracking regex takes years (holding
+    the GIL, so no timeout inside this process could stop it): the matcher runs in a child
+    process here only so that such a regression fails instead of hanging."""
+    code = (
+        "from aether_trio.http.api.glob import compile_glob\n"
+        "match = compile_glob('*a*a*a*a*a*a*a*b')\n"
+        "print([match('a' * 3000), match('a' * 3000 + 'b')])\n"
+    )
+    result = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+    )
+    assert result.stdout.strip() == "[False, True]"
+
+    response = await api(server, "channels", {"pattern": "*a*a*a*a*a*a*a*b"})
+    assert response.json() == {"result": {"channels": {}}}
+    assert (await api(server, "channels", {"pattern": "x" * 257})).json()["error"]["code"] == 107
+    too_many = "{a,b}" * 7  # 128 alternatives
+    assert (await api(server, "channels", {"pattern": too_many})).json()["error"]["code"] == 107
+
+
+def _reference_glob(pattern: str) -> re.Pattern[str]:
+    """The glob as a plain (backtracking) regular expression: slow, but obviously right."""
+    out, i, depth = [], 0, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "{":
+            depth += 1
+            out.append("(?:")
+        elif char == "," and depth:
+            out.append("|")
+        elif char == "}" and depth:
+            depth -= 1
+            out.append(")")
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+@given(
+    pattern=st.lists(
+        st.sampled_from(["a", "b", ":", "*", "?", "{a,b*}", "{,a}", "[ab]"]), max_size=7
+    ).map("".join),
+    name=st.text(alphabet="ab:", max_size=10),
+)
+@settings(max_examples=400, deadline=None, derandomize=True)
+def test_the_linear_glob_agrees_with_a_plain_regex(pattern: str, name: str) -> None:
+    reference = _reference_glob(pattern.replace("[ab]", "\x00")).pattern.replace(
+        re.escape("\x00"), "[ab]"
+    )
+    expected = re.fullmatch(reference, name, re.DOTALL) is not None
+    assert compile_glob(pattern)(name) is expected, (pattern, name)

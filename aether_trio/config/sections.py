@@ -271,6 +271,9 @@ class ApiConfig:
 
     keys: tuple[ApiKey, ...] = ()
     error_mode: Literal["result", "transport"] = "result"
+    # Commands one `batch` request may carry (more: 400): a batch runs in one task, and its size
+    # bounds how long one request may keep the server busy.
+    max_batch_commands: int = attrs.field(default=1000, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         names = [key.name for key in self.keys]

@@ -75,6 +75,8 @@ METHODS: dict[str, tuple[Role, Runner]] = {
 
 # Commands of one parallel batch running at once.
 BATCH_CONCURRENCY = 64
+# A sequential batch lets other tasks run after this many commands.
+BATCH_YIELD_EVERY = 16
 
 # Methods whose calls change state: each is written to the audit log with its outcome.
 STATE_CHANGING = frozenset(
@@ -116,6 +118,10 @@ class ServerApi:
         try:
             if method == "batch":
                 batch = decode_batch(request.body)
+                most = self.context.node.config.api.max_batch_commands
+                if len(batch.commands) > most:
+                    detail = f"at most {most} commands in one batch ([api] max_batch_commands)"
+                    raise BadRequestBody("commands", detail)
             else:
                 decoded = decode_request(method, request.body)
         except BadRequestBody as exc:
@@ -183,6 +189,10 @@ class ServerApi:
         if not parallel:
             for index, command in enumerate(commands):
                 await run(index, command)
+                if index % BATCH_YIELD_EVERY == BATCH_YIELD_EVERY - 1:
+                    # Commands that never wait (publishes on the memory engine) would otherwise
+                    # keep every other task of the server waiting for the whole batch.
+                    await trio.lowlevel.checkpoint()
             return replies
         limiter = trio.CapacityLimiter(BATCH_CONCURRENCY)
 
