@@ -28,6 +28,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from aether_trio.protocol.codes import WebSocketClose
 from aether_trio.transport import (
     HandshakeRequest,
     TransportClosed,
@@ -446,7 +447,8 @@ async def test_a_protocol_error_sends_the_close_frame_rfc_6455_asks_for(
         close = await peer.next_event()
         assert isinstance(close, CloseConnection)
         assert close.code == code
-        assert close.reason == ""  # the code only, not the parser's message
+        # The code table's text, never the parser's message.
+        assert close.reason == WebSocketClose(code).reason
 
 
 async def test_the_peer_vanishing_mid_frame_is_an_abnormal_closure() -> None:

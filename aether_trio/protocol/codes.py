@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Disconnect", "ErrorCode", "Unsubscribe"]
+__all__ = ["Disconnect", "ErrorCode", "Unsubscribe", "WebSocketClose"]
 
 
 class ErrorCode(enum.IntEnum):
@@ -138,4 +138,24 @@ _UNSUBSCRIBE_REASONS = {
     Unsubscribe.SERVER: "server unsubscribe",
     Unsubscribe.INSUFFICIENT_STATE: "insufficient state",
     Unsubscribe.EXPIRED: "subscription expired",
+}
+
+
+class WebSocketClose(enum.IntEnum):
+    """WebSocket close codes (RFC 6455 7.4.1) sent when the peer broke the WebSocket protocol
+    itself; their reasons are RFC 6455's names, never a parser's message."""
+
+    PROTOCOL_ERROR = 1002
+    INVALID_PAYLOAD = 1007
+    MESSAGE_TOO_BIG = 1009
+
+    @property
+    def reason(self) -> str:
+        return _WEBSOCKET_REASONS[self]
+
+
+_WEBSOCKET_REASONS = {
+    WebSocketClose.PROTOCOL_ERROR: "protocol error",
+    WebSocketClose.INVALID_PAYLOAD: "invalid frame payload data",
+    WebSocketClose.MESSAGE_TOO_BIG: "message too big",
 }

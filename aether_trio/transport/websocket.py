@@ -31,13 +31,14 @@ from wsproto.connection import Connection, ConnectionState
 from wsproto.events import CloseConnection, Event, Message, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from ..protocol.codes import WebSocketClose
 from .sockets import kernel_socket, receive_some
 
 __all__ = ["PEER_PROTOCOL_ERRORS", "Transport", "TransportClosed", "WebSocketTransport"]
 
 # Close codes sent when the *peer* sent something unacceptable: a malformed frame, invalid UTF-8,
 # a message over the size limit.
-PEER_PROTOCOL_ERRORS = frozenset({1002, 1007, 1009})
+PEER_PROTOCOL_ERRORS = frozenset(int(code) for code in WebSocketClose)
 
 OPEN = ConnectionState.OPEN
 CLOSED = ConnectionState.CLOSED
@@ -247,7 +248,7 @@ class WebSocketTransport:
                         if message is not None:
                             return message
                         if self._size > self._max_message_size:
-                            await self._fail(1009)
+                            await self._fail(WebSocketClose.MESSAGE_TOO_BIG)
                     else:
                         await self._control(event)
                 self._events = None
@@ -319,12 +320,13 @@ class WebSocketTransport:
             await self._fail(event.code)
 
     async def _fail(self, code: int) -> None:
-        """The peer broke the protocol: send our close frame with `code` (unless one is out
-        already) and stop reading."""
+        """The peer broke the protocol: send our close frame with `code` and the code table's
+        reason (unless one is out already) and stop reading."""
+        reason = WebSocketClose(code).reason if code in PEER_PROTOCOL_ERRORS else ""
         if self._conn.state is OPEN:
             with contextlib.suppress(TransportClosed):
-                await self._write(CloseConnection(code=code))
-        raise self._finish(TransportClosed(code))
+                await self._write(CloseConnection(code=code, reason=reason))
+        raise self._finish(TransportClosed(code, reason))
 
     def _finish(self, closed: TransportClosed) -> TransportClosed:
         """Reading is over: remember how, let go of what was being read, wake `close`."""
