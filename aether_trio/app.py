@@ -110,6 +110,7 @@ class Server:
                 handler_nursery=connections,
                 max_message_size=cfg.max_message_size,
                 connect_timeout=cfg.handshake_timeout,
+                on_failure=self.node.metrics.handshake_failed,
                 task_status=task_status,
             )
 
@@ -136,7 +137,8 @@ class Server:
             finally:
                 limits.close_connection(ip)
         except* (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer went away during the handshake or the last write
+            # The peer went away before its refusal or its 101 was out: a normal peer event.
+            self.node.metrics.handshake_failed("peer_gone")
         except* Exception as group:
             for exc in group.exceptions:
                 log.error("connection task failed", exc_info=exc)

@@ -10,19 +10,23 @@ import hashlib
 import hmac
 import itertools
 import logging
+import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
-from conftest import SECRET, close_reason, make_config, open_raw, serve_in, ws_url
+from conftest import SECRET, close_reason, make_config, open_raw, serve_in, token, ws_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_bad_input import Bystander, bystander, closed_by_server, open_connected
+from test_bad_input import Bystander, RawSocket, bystander, closed_by_server, open_connected
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
@@ -367,3 +371,62 @@ def test_the_linear_glob_agrees_with_a_plain_regex(pattern: str, name: str) -> N
     )
     expected = re.fullmatch(reference, name, re.DOTALL) is not None
     assert compile_glob(pattern)(name) is expected, (pattern, name)
+
+
+# --- 7. the upgrade path -----------------------------------------------------------------------
+
+
+async def test_a_command_sent_in_the_same_write_as_the_upgrade_is_handled(server: Server) -> None:
+    """centrifuge-js-like clients may write `connect` right behind the request, before the 101."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    command = orjson.dumps({"id": 1, "connect": {"token": token("42")}})
+    mask = os.urandom(4)
+    frame = bytes([0x81, 0x80 | 126]) + len(command).to_bytes(2, "big") + mask
+    frame += bytes(b ^ mask[i % 4] for i, b in enumerate(command))
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    sock = RawSocket(stream)
+    try:
+        await stream.send_all(request + frame)
+        with trio.fail_after(STEP):
+            head = await sock._read_until(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            opcode, payload = await sock.read_frame()
+        assert opcode == 0x1
+        assert "connect" in orjson.loads(payload), payload
+    finally:
+        await stream.aclose()
+
+
+async def test_a_reset_right_after_the_upgrade_request_is_counted_not_logged(
+    server: Server, bystander: Bystander, caplog: pytest.LogCaptureFixture
+) -> None:
+    def peer_disconnects() -> float:
+        """Counted as a handshake the peer left (the reset came before our 101 went out) or as
+        a connection the peer closed (after it)."""
+        registry = server.node.metrics.registry
+        gone = registry.get_sample_value("aether_handshake_failures_total", {"reason": "peer_gone"})
+        left = registry.get_sample_value("aether_disconnects_total", {"code": "peer"})
+        return (gone or 0.0) + (left or 0.0)
+
+    before = peer_disconnects()
+    for _ in range(5):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(
+            b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        sock.close()  # with SO_LINGER 0: a TCP reset
+    for _ in range(500):  # the resets arrive through the kernel: poll, up to 5 s
+        if peer_disconnects() >= before + 5:
+            break
+        await trio.sleep(0.01)
+    assert peer_disconnects() == before + 5
+    await bystander.assert_still_served()
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []

@@ -27,6 +27,7 @@ from trio_websocket import open_websocket_url
 from wsproto.events import CloseConnection
 
 from aether_trio.transport import (
+    HandshakeFailed,
     HandshakeRequest,
     TransportClosed,
     WebSocketTransport,
@@ -463,6 +464,8 @@ async def test_a_request_that_is_not_an_upgrade_gets_400_and_no_connection() -> 
     async def serve(stream: trio.abc.Stream) -> None:
         try:
             results.append(await read_request(stream, max_message_size=10))
+        except HandshakeFailed as failed:
+            results.append(failed.reason)
         finally:
             await stream.aclose()
 
@@ -478,4 +481,4 @@ async def test_a_request_that_is_not_an_upgrade_gets_400_and_no_connection() -> 
         await stream.aclose()
         nursery.cancel_scope.cancel()
     assert answer.startswith(b"HTTP/1.1 400"), answer
-    assert results == [None]
+    assert results == ["bad_request"]

@@ -30,6 +30,7 @@ from wsproto.events import (
 
 from aether_trio.protocol.codes import WebSocketClose
 from aether_trio.transport import (
+    HandshakeFailed,
     HandshakeRequest,
     TransportClosed,
     WebSocketTransport,
@@ -197,7 +198,11 @@ async def test_a_rejection_has_the_status_headers_and_body(
 async def _answer_to(request: bytes) -> tuple[bytes, Any]:
     client_stream, server_stream = trio.testing.memory_stream_pair()
     await client_stream.send_all(request)
-    result = await read_request(server_stream, max_message_size=LIMIT)
+    result: Any
+    try:
+        result = await read_request(server_stream, max_message_size=LIMIT)
+    except HandshakeFailed as failed:
+        result = failed.reason
     await server_stream.aclose()
     answer = b""
     while chunk := await client_stream.receive_some():
@@ -221,7 +226,7 @@ async def _answer_to(request: bytes) -> tuple[bytes, Any]:
 async def test_a_broken_upgrade_request_gets_400_and_no_request(request_bytes: bytes) -> None:
     answer, result = await _answer_to(request_bytes)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
-    assert result is None
+    assert result == "bad_request"
 
 
 async def test_another_websocket_version_gets_426() -> None:
@@ -231,21 +236,23 @@ async def test_another_websocket_version_gets_426() -> None:
     )
     assert answer.startswith(b"HTTP/1.1 426 "), answer
     assert b"sec-websocket-version: 13" in answer.lower()
-    assert result is None
+    assert result == "bad_request"
 
 
-async def test_headers_over_h11s_16_kib_get_400() -> None:
-    big = b"X-Big: " + b"a" * 17000 + b"\r\n"
+@pytest.mark.parametrize("size", [17_000, 30_000])
+async def test_a_head_over_16_kib_gets_431(size: int) -> None:
+    big = b"X-Big: " + b"a" * size + b"\r\n"
     answer, result = await _answer_to(b"GET / HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
-    assert answer.startswith(b"HTTP/1.1 400 "), answer
-    assert result is None
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert result == "too_large"
 
 
 async def test_a_peer_gone_before_the_request_is_no_request() -> None:
     client_stream, server_stream = trio.testing.memory_stream_pair()
     await client_stream.send_all(b"GET / HTTP/1.1\r\n")
     await client_stream.aclose()
-    assert await read_request(server_stream, max_message_size=LIMIT) is None
+    with pytest.raises(HandshakeFailed, match="peer_gone"):
+        await read_request(server_stream, max_message_size=LIMIT)
 
 
 # --- messages ---

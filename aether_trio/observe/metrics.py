@@ -171,6 +171,12 @@ class Metrics:
             "origin, too_large)",
             ["reason"],
         )
+        self.handshake_failures = counter(
+            "aether_handshake_failures",
+            "WebSocket handshakes that did not complete, by reason (peer_gone, bad_request, "
+            "too_large, timeout, tls)",
+            ["reason"],
+        )
         self.loop_lag = histogram(
             "aether_event_loop_lag_seconds",
             "How late the monitor's timer woke up (time the event loop was busy elsewhere)",
@@ -255,6 +261,10 @@ class Metrics:
     def refused(self, reason: str) -> None:
         """A limit refused something; `reason` is one of guards.limits.REFUSAL_REASONS."""
         self._capped_child(self.refusals, reason).inc()
+
+    def handshake_failed(self, reason: str) -> None:
+        """A handshake did not complete; `reason` is one of transport.HANDSHAKE_FAILURES."""
+        self._capped_child(self.handshake_failures, reason).inc()
 
     def _capped_child(self, metric: Any, first: str, *rest: str) -> Any:
         """The child for labels (first, *rest), where `first` comes from outside the code."""

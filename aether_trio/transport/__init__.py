@@ -28,13 +28,22 @@ Everything else is public: wsproto's `H11Handshake`, `Connection` (`receive_data
 """
 
 from .frames import binary_frame, text_frame_header, text_frames
-from .handshake import Endpoint, HandshakeRequest, peer_of, read_request
+from .handshake import (
+    HANDSHAKE_FAILURES,
+    Endpoint,
+    HandshakeFailed,
+    HandshakeRequest,
+    peer_of,
+    read_request,
+)
 from .listener import Listening, serve_connection, serve_websocket
 from .websocket import PEER_PROTOCOL_ERRORS, Transport, TransportClosed, WebSocketTransport
 
 __all__ = [
+    "HANDSHAKE_FAILURES",
     "PEER_PROTOCOL_ERRORS",
     "Endpoint",
+    "HandshakeFailed",
     "HandshakeRequest",
     "Listening",
     "Transport",

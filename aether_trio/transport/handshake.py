@@ -6,14 +6,20 @@ Only wsproto's frame-level `Connection` outlives the upgrade: the `H11Handshake`
 connection and the request's headers are let go on accept (they would otherwise live as long as
 the connection: idle memory).
 
-h11 bounds the request (16 KiB of headers); a request that is not a valid upgrade, or is over
-that bound, gets wsproto's answer (400, or 426 for another WebSocket version) and no request.
+A request head over `MAX_HEAD` (16 KiB) gets 431, counted here: h11's own bound applies to an
+incomplete head only, so a 30 KiB head arriving in two reads passed it. A request that is not a
+valid upgrade gets wsproto's answer (400, or 426 for another WebSocket version) and no request.
+
+Bytes a client sends right behind its request, before it has seen the 101 (a `connect` command in
+the same write), are WebSocket data: they are handed to the accepted transport, which reads them
+first. (wsproto's server-side handshake does not pass them on to its `Connection`.)
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
+import re
+from typing import Final, NamedTuple
 
 import trio
 from wsproto import ConnectionType
@@ -26,7 +32,39 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from .sockets import kernel_socket, receive_some
 from .websocket import TransportClosed, WebSocketTransport
 
-__all__ = ["Endpoint", "HandshakeRequest", "peer_of", "read_request"]
+__all__ = [
+    "HANDSHAKE_FAILURES",
+    "MAX_HEAD",
+    "Endpoint",
+    "HandshakeFailed",
+    "HandshakeRequest",
+    "peer_of",
+    "read_request",
+]
+
+# Why a handshake may not complete (the listener counts them; none is an error of the server's):
+# the peer went away (EOF, a reset), sent something that is not an upgrade (400/426), a head over
+# MAX_HEAD (431), not all of it within the handshake timeout, or failed the TLS handshake.
+HANDSHAKE_FAILURES: Final = ("peer_gone", "bad_request", "too_large", "timeout", "tls")
+
+
+class HandshakeFailed(Exception):
+    """The upgrade request did not arrive whole and valid; `reason` is in HANDSHAKE_FAILURES (the
+    answer, if any, has been sent)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# The most bytes a request head may take, its final blank line included.
+MAX_HEAD: Final = 16 * 1024
+# Where a head ends: a blank line, as h11 finds it (a bare LF counts as a line end).
+_END_OF_HEAD: Final = re.compile(rb"\n\r?\n")
+_TOO_LARGE: Final = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+)
 
 
 class Endpoint(NamedTuple):
@@ -59,7 +97,15 @@ class HandshakeRequest:
     wsproto gives them; Host, Sec-WebSocket-Extensions and -Protocol are not among them),
     `remote`. Answer it once, with `reject` or `accept`."""
 
-    __slots__ = ("_handshake", "_max_message_size", "_stream", "headers", "path", "remote")
+    __slots__ = (
+        "_handshake",
+        "_max_message_size",
+        "_stream",
+        "_trailing",
+        "headers",
+        "path",
+        "remote",
+    )
 
     def __init__(
         self,
@@ -69,8 +115,11 @@ class HandshakeRequest:
         *,
         remote: Endpoint | str,
         max_message_size: int,
+        trailing: bytes = b"",
     ) -> None:
         self._stream = stream
+        # What the client sent after its request: WebSocket data, if the request is accepted.
+        self._trailing = trailing
         self._handshake: H11Handshake | None = handshake
         self._max_message_size = max_message_size
         self.path = request.target
@@ -116,7 +165,9 @@ class HandshakeRequest:
             connection,
             max_message_size=self._max_message_size,
             remote=str(self.remote),
+            received=self._trailing,
         )
+        self._trailing = b""
         # The 101 fits in any fresh socket's buffer: one synchronous send (under TLS, the
         # stream's write).
         if not transport.write_nowait(data):
@@ -124,34 +175,42 @@ class HandshakeRequest:
         return transport
 
 
-async def read_request(
-    stream: trio.abc.Stream, *, max_message_size: int
-) -> HandshakeRequest | None:
-    """Read the upgrade request (the caller bounds the time); None if the peer went away or sent
-    something that is not one (then wsproto's 400 has been sent). `max_message_size` is for the
-    WebSocket if the request is accepted."""
+async def read_request(stream: trio.abc.Stream, *, max_message_size: int) -> HandshakeRequest:
+    """Read the upgrade request (the caller bounds the time); `HandshakeFailed` if the peer went
+    away or sent something that is not one (then the answer, 400 or 431, has been sent).
+    `max_message_size` is for the WebSocket if the request is accepted."""
     handshake = H11Handshake(ConnectionType.SERVER)
     raw = kernel_socket(stream)
+    # Everything read so far (at most MAX_HEAD plus one read while the head is incomplete): to
+    # measure the head, and to find what follows it.
+    received = bytearray()
     while True:
         try:
             data = await receive_some(stream, raw)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return None
+            raise HandshakeFailed("peer_gone") from None
         if not data:
-            return None
+            raise HandshakeFailed("peer_gone")
+        received += data
+        end = _END_OF_HEAD.search(received)
+        if (end is None and len(received) > MAX_HEAD) or (end is not None and end.end() > MAX_HEAD):
+            await _send_quietly(stream, _TOO_LARGE)
+            raise HandshakeFailed("too_large")
         try:
             handshake.receive_data(data)
         except RemoteProtocolError as err:
             await _refuse(stream, handshake, err)
-            return None
+            raise HandshakeFailed("bad_request") from None
         for event in handshake.events():
             if isinstance(event, Request):
+                assert end is not None  # h11 saw the head end too
                 return HandshakeRequest(
                     stream,
                     handshake,
                     event,
                     remote=peer_of(stream),
                     max_message_size=max_message_size,
+                    trailing=bytes(received[end.end() :]),
                 )
 
 
@@ -163,6 +222,10 @@ async def _refuse(
     if not isinstance(hint, RejectConnection):
         return
     with contextlib.suppress(LocalProtocolError):
-        data = handshake.send(hint)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(data)
+        await _send_quietly(stream, handshake.send(hint))
+
+
+async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
+    """An answer before the socket closes; a peer gone meanwhile is no error."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)

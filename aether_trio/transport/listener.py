@@ -22,13 +22,15 @@ from typing import Any
 import attrs
 import trio
 
-from .handshake import HandshakeRequest, peer_of, read_request
+from .handshake import HandshakeFailed, HandshakeRequest, peer_of, read_request
 
 __all__ = ["Listening", "serve_connection", "serve_websocket"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[HandshakeRequest], Awaitable[None]]
+# Told why a handshake did not complete (a reason of HANDSHAKE_FAILURES): counted, not logged.
+FailureCounter = Callable[[str], object]
 
 
 @attrs.frozen
@@ -48,6 +50,7 @@ async def serve_websocket(
     handler_nursery: trio.Nursery,
     max_message_size: int,
     connect_timeout: float,
+    on_failure: FailureCounter | None = None,
     task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSockets on `host`:`port` (TLS with `ssl_context`) until cancelled, each
@@ -69,6 +72,7 @@ async def serve_websocket(
         handler=handler,
         max_message_size=max_message_size,
         connect_timeout=connect_timeout,
+        on_failure=on_failure,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(
@@ -85,17 +89,26 @@ async def serve_connection(
     handler: Handler,
     max_message_size: int,
     connect_timeout: float,
+    on_failure: FailureCounter | None = None,
 ) -> None:
     """One connection, from the TLS handshake (for an `SSLStream`) to the handler's return. The
     caller closes `stream` afterwards (`serve_listeners` does)."""
+    count = on_failure or _ignore
     try:
         if isinstance(stream, trio.SSLStream) and not await _tls_handshake(stream, connect_timeout):
+            count("tls")
             return
         request = None
         with trio.move_on_after(connect_timeout):
-            request = await read_request(stream, max_message_size=max_message_size)
-        if request is not None:
-            await handler(request)
+            try:
+                request = await read_request(stream, max_message_size=max_message_size)
+            except HandshakeFailed as failed:
+                count(failed.reason)
+                return
+        if request is None:
+            count("timeout")
+            return
+        await handler(request)
     except* Exception as group:
         # The last-resort boundary. Failures of Aether's handler are caught (and tracked) in
         # Server._handle already; what arrives here failed outside it.
@@ -115,6 +128,10 @@ async def _tls_handshake(stream: trio.SSLStream[Any], seconds: float) -> bool:
     log.debug("TLS handshake with %s failed: %s", peer_of(stream), failure)
     await trio.aclose_forcefully(stream)  # https_compatible: closes the socket, no alert wait
     return False
+
+
+def _ignore(reason: str) -> None:
+    pass
 
 
 def _port(listener: trio.abc.Listener[Any]) -> int:

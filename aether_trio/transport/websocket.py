@@ -112,7 +112,10 @@ class WebSocketTransport:
         *,
         max_message_size: int,
         remote: str = "?",
+        received: bytes = b"",
     ) -> None:
+        """`received`: bytes already read from `stream` that belong to the WebSocket (sent right
+        behind the upgrade request); `receive` handles them before reading."""
         self._stream = stream
         # wsproto's frame-level protocol state (the handshake's objects are not kept). Its event
         # queue holds at most the close event of `receive_data(None)`: a list does, where an
@@ -141,6 +144,9 @@ class WebSocketTransport:
         self._closing: TransportClosed | None = None
         self._closed: TransportClosed | None = None
         self._done: trio.Event | None = None
+        if received:
+            connection.receive_data(received)
+            self._events = connection.events()
 
     # --- writing ---
 
