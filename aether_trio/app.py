@@ -7,6 +7,7 @@ readiness through `task_status`, which is how tests start a server on port 0.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -47,7 +48,7 @@ class Server:
         self.http_port = 0
         # wss:// when [server] names a certificate (checked at load; built again here).
         self.ssl_context = _ssl_context(config.server)
-        self.http_app = HttpApp(config.http.max_body_size)
+        self.http_app = HttpApp(config.http.max_body_size, config.http.read_timeout)
         # API keys are read from the node's running config on each request (SIGHUP included).
         self.api_auth = ApiAuth(lambda: self.node.config.api.keys)
         api_route = ServerApi(self.node, self.api_auth).handle
@@ -81,7 +82,10 @@ class Server:
             if self.config.http.enabled:
                 http = self.config.http
                 self.http_port = await services.start(
-                    serve_http, self.http_app, http.host, http.port
+                    functools.partial(serve_http, read_timeout=http.read_timeout),
+                    self.http_app,
+                    http.host,
+                    http.port,
                 )
             async with trio.open_nursery() as connections:
                 listener = await connections.start(self._listen, connections)

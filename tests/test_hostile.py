@@ -430,3 +430,34 @@ async def test_a_reset_right_after_the_upgrade_request_is_counted_not_logged(
     await bystander.assert_still_served()
     noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert noisy == []
+
+
+# --- 8. the internal listener --------------------------------------------------------------------
+
+
+async def test_a_body_that_never_arrives_gets_408_after_the_read_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    keys = [{"name": "all", "key": API_KEY, "roles": ["admin"]}]
+    config = make_config({"api": {"keys": keys}, "http": {"read_timeout": 0.5}})
+    server = await serve_in(nursery, config)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.http_port)
+    try:
+        await stream.send_all(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+            + API_KEY.encode()
+            + b'\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"chan'
+        )
+        answer = b""
+        with trio.fail_after(STEP):
+            while b"\r\n\r\n" not in answer:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+    finally:
+        await stream.aclose()
+    # The listener still answers others.
+    response = await api(server, "info", {})
+    assert response.status_code == 200

@@ -107,6 +107,9 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=9000, validator=_port)
     max_body_size: int = attrs.field(default=1 << 20, validator=positive)
+    # Seconds a request's body may take to arrive in full (then 408), and the longest a read of
+    # a request head may wait for the next bytes; idle keep-alive connections close after 5 s.
+    read_timeout: float = attrs.field(default=10.0, validator=positive)
 
 
 @attrs.frozen

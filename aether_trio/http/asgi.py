@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 import attrs
 import orjson
+import trio
 
 from ..observe.logs import request_id_var
 
@@ -51,12 +52,16 @@ Route = Callable[[Request], Awaitable[Response]]
 
 NOT_FOUND = Response(404, b"Not Found", "text/plain")
 TOO_LARGE = Response(413, b"Request Entity Too Large", "text/plain")
+TIMEOUT = Response(408, b"Request Timeout", "text/plain", (("connection", "close"),))
 INTERNAL = Response(500, b"Internal Server Error", "text/plain")
 
 
 class HttpApp:
-    def __init__(self, max_body_size: int) -> None:
+    def __init__(self, max_body_size: int, read_timeout: float = 10.0) -> None:
         self.max_body_size = max_body_size
+        # A body that has not arrived in full by then is answered 408: a client announcing more
+        # than it sends must not hold a request (and its task) open for ever.
+        self.read_timeout = read_timeout
         self._routes: dict[str, Route] = {}
         self._prefixes: list[tuple[str, Route]] = []
         # Told about a route that raised (the node's error tracker), besides the log line.
@@ -86,8 +91,14 @@ class HttpApp:
         handler = self._find(scope["path"])
         response = NOT_FOUND
         if handler is not None:
-            body = await self._read_body(scope, receive)
-            if body is None:
+            body: bytes | None = b""
+            with trio.move_on_after(self.read_timeout) as reading:
+                body = await self._read_body(scope, receive)
+            if reading.cancelled_caught:
+                log.info("HTTP %s %s: body not received within %s s", scope["method"],
+                         scope["path"][:100], self.read_timeout)  # fmt: skip
+                response = TIMEOUT
+            elif body is None:
                 response = TOO_LARGE
             else:
                 request = Request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -20,6 +21,7 @@ async def serve_http(
     host: str,
     port: int,
     *,
+    read_timeout: float = 10.0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port until cancelled; reports the bound port through task_status."""
@@ -28,6 +30,9 @@ async def serve_http(
     config.accesslog = None
     config.errorlog = logging.getLogger("aether_trio.http.hypercorn")
     config.graceful_timeout = 1.0
+    # The longest a read waits for a request's next bytes (a head trickling in); the body as a
+    # whole is bounded by the app (HttpApp.read_timeout: 408).
+    config.read_timeout = math.ceil(read_timeout)  # whole seconds in Hypercorn
 
     async def started(*, task_status: trio.TaskStatus[list[str]]) -> None:
         await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
