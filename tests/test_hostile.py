@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 from typing import Any
 
 import httpx
@@ -30,10 +31,14 @@ from test_bad_input import Bystander, RawSocket, bystander, closed_by_server, op
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
+from aether_trio.auth.tokens import TokenVerifier
+from aether_trio.config import TokenConfig
 from aether_trio.connection import client as client_module
-from aether_trio.engines.base import EngineError
+from aether_trio.engines.base import EngineError, HistoryOptions, HistoryQuery
+from aether_trio.engines.memory import MemoryBroker
 from aether_trio.http.api.glob import compile_glob
-from aether_trio.protocol.codec import encode_reply, raw_json
+from aether_trio.protocol.codec import encode_push, encode_reply, raw_json
+from aether_trio.protocol.messages import Publication
 
 __all__ = ["bystander"]  # the fixture, used here by name
 
@@ -461,3 +466,62 @@ async def test_a_body_that_never_arrives_gets_408_after_the_read_timeout(
     # The listener still answers others.
     response = await api(server, "info", {})
     assert response.status_code == 200
+
+
+# --- 6. memory the byte limits do not see ---------------------------------------------------------
+
+
+def _allocated_per_item(make: Any, count: int) -> float:
+    """Bytes Python allocated per item for `count` items made by `make` (kept alive meanwhile)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = make(count)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == count
+    return (after - before) / count
+
+
+async def test_a_stored_publication_costs_about_its_size() -> None:
+    broker = MemoryBroker()
+    history = HistoryOptions(size=1000, ttl=300)
+
+    async def publish_many(count: int) -> list[Any]:
+        for n in range(count):
+            pub = Publication(data=raw_json({"n": n % 10}))  # 7 bytes of JSON
+            await broker.publish("room", pub, history)
+        pubs, _ = await broker.history("room", HistoryQuery(limit=-1), 3600.0)
+        return pubs
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        pubs = await publish_many(500)
+        per_publication = (tracemalloc.get_traced_memory()[0] - before) / 500
+    finally:
+        tracemalloc.stop()
+    assert len(pubs) == 500
+    # orjson's 4 KiB of capacity per output made this about 4,200 bytes.
+    assert per_publication < 600, per_publication
+
+
+def test_a_queued_message_costs_about_its_size() -> None:
+    def queue(count: int) -> list[bytes]:
+        return [
+            encode_push("room", "pub", Publication(data=raw_json({"n": n}))) for n in range(count)
+        ]
+
+    per_message = _allocated_per_item(queue, 1000)
+    assert per_message < 400, per_message  # a 40-byte push; it was about 4,100
+
+
+def test_token_info_kept_per_connection_costs_about_its_size() -> None:
+    verifier = TokenVerifier(TokenConfig(hmac_secret=SECRET))
+
+    def connect(count: int) -> list[Any]:
+        return [verifier.verify_connect(token(str(n), info={"name": "Ann"})) for n in range(count)]
+
+    per_credentials = _allocated_per_item(connect, 200)
+    assert per_credentials < 2000, per_credentials

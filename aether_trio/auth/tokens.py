@@ -19,6 +19,7 @@ import attrs
 import orjson
 
 from ..config import TokenConfig
+from ..protocol.codec import compact
 from .errors import TokenError, TokenExpired, TokenInvalid
 from .jwks import JwksCache
 from .jws import KeyTable, load_keys, mint_token, unverified_header, verify_signature
@@ -154,8 +155,9 @@ def _raw(claims: Mapping[str, Any], name: str) -> bytes:
     encoded = _get(claims, f"b64{name}", str, "")
     try:
         if encoded:
-            return orjson.dumps(orjson.loads(base64.b64decode(encoded, validate=True)))
-        return orjson.dumps(claims[name]) if name in claims else b""
+            return compact(orjson.dumps(orjson.loads(base64.b64decode(encoded, validate=True))))
+        # Kept for the connection's (or subscription's) life: at its own size.
+        return compact(orjson.dumps(claims[name])) if name in claims else b""
     except (ValueError, TypeError):  # binascii.Error, JSONDecodeError, JSONEncodeError
         raise TokenInvalid(f"claim {name!r} is not valid JSON") from None
 

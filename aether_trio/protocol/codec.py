@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_DEPTH",
     "PING_FRAME",
     "Command",
+    "compact",
     "decode_frame",
     "encode_error",
     "encode_push",
@@ -106,11 +107,20 @@ converter: Final = _make_converter()
 unstructure: Final = converter.unstructure
 
 
+def compact(data: bytes) -> bytes:
+    """`data` in a bytes object of its own size. orjson (3.13) returns its output with about
+    4 KiB of capacity whatever its length, and CPython keeps that capacity for as long as the
+    object lives: a 13-byte publication kept in history cost 4 KiB, and a slow client's outbox,
+    capped at 1 MiB by length, held 40 MB. Everything encoded here is kept somewhere (queues,
+    history, connection info), so it is copied once to its size (about 0.3 µs)."""
+    return bytes(memoryview(data))
+
+
 def raw_json(value: Any) -> m.RawJSON:
     """Encode an already-parsed JSON value compactly (never containing a raw newline)."""
     if value is None:
         return m.NO_JSON
-    return m.RawJSON(orjson.dumps(value))
+    return m.RawJSON(compact(orjson.dumps(value)))
 
 
 def decode_frame(frame: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Command]:
@@ -163,17 +173,17 @@ def _decode_command(line: str | bytes, max_depth: int) -> Command:
 
 
 def encode_reply(command_id: int, method: str, result: Any) -> bytes:
-    return orjson.dumps({"id": command_id, method: unstructure(result)})
+    return compact(orjson.dumps({"id": command_id, method: unstructure(result)}))
 
 
 def encode_error(command_id: int, code: ErrorCode) -> bytes:
     error: dict[str, Any] = {"code": int(code), "message": code.message}
     if code.temporary:
         error["temporary"] = True
-    return orjson.dumps({"id": command_id, "error": error})
+    return compact(orjson.dumps({"id": command_id, "error": error}))
 
 
 def encode_push(channel: str, kind: str, body: Any) -> bytes:
     push: dict[str, Any] = {"channel": channel} if channel else {}
     push[kind] = unstructure(body)
-    return orjson.dumps({"push": push})
+    return compact(orjson.dumps({"push": push}))
