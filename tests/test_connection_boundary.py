@@ -73,8 +73,8 @@ class _PeerGone:
     async def write(self, data: bytes) -> None:
         raise TransportClosed
 
-    async def close(self, code: int, reason: str, wait: float) -> None:
-        pass
+    async def close(self, code: int, reason: str, wait: float) -> bool:
+        return False
 
 
 async def test_closing_a_connection_whose_nursery_just_closed_is_harmless() -> None:

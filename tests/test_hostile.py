@@ -24,6 +24,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio.lowlevel
 from conftest import SECRET, close_reason, make_config, open_raw, serve_in, token, ws_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -525,3 +526,94 @@ def test_token_info_kept_per_connection_costs_about_its_size() -> None:
 
     per_credentials = _allocated_per_item(connect, 200)
     assert per_credentials < 2000, per_credentials
+
+
+# --- 10. a slow consumer learns why ------------------------------------------------------------
+
+
+async def _slow_client(port: int) -> RawSocket:
+    """A raw WebSocket client with a tiny receive buffer, connected and subscribed to `slow`."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    raw = RawSocket(trio.SocketStream(sock))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await raw.stream.send_all(request.encode())
+    with trio.fail_after(STEP):
+        assert (await raw._read_until(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        commands = [
+            {"id": 1, "connect": {"token": token("slow")}},
+            {"id": 2, "subscribe": {"channel": "slow"}},
+        ]
+        await raw.send_frame(0x1, b"\n".join(orjson.dumps(c) for c in commands))
+        replies = b""
+        while b'"id":2' not in replies:
+            replies += (await raw.read_frame())[1]
+    return raw
+
+
+async def _overflow(server: Server) -> None:
+    """Publish 8 KB messages into `slow` until the server asks to close the slow client (3008)."""
+    node = server.node
+    [connection] = node.clients.values()
+    channel = node.resolve("slow")
+    payload = raw_json({"pad": "x" * 8000})
+    for _ in range(5000):
+        if connection.writer.close_request is not None:
+            assert connection.writer.close_request.code == 3008
+            return
+        await node.publish(channel, payload)
+        await trio.lowlevel.checkpoint()  # the flusher writes what the socket takes
+    raise AssertionError("the client was never too slow")
+
+
+def _slow_closes(server: Server, outcome: str) -> float:
+    value = server.node.metrics.registry.get_sample_value(
+        "aether_slow_consumer_close_frames_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_a_slow_consumer_that_reads_again_gets_its_3008(nursery: trio.Nursery) -> None:
+    config = make_config(
+        {"client": {"outbox_max_bytes": 65536}, "server": {"close_wait_seconds": 5.0}}
+    )
+    server = await serve_in(nursery, config)
+    raw = await _slow_client(server.port)
+    try:
+        await _overflow(server)
+        # It reads again, within close_wait_seconds: behind what it had left unread, the close
+        # frame says why (it used to see the TCP connection dropped: 1006).
+        code, reason, _before = await raw.close_frame()
+        assert (code, reason) == (3008, "slow")
+    finally:
+        await raw.stream.aclose()
+    for _ in range(500):
+        if _slow_closes(server, "sent"):
+            break
+        await trio.sleep(0.01)
+    assert (_slow_closes(server, "sent"), _slow_closes(server, "dropped")) == (1, 0)
+
+
+async def test_a_slow_consumer_that_never_reads_is_dropped_and_counted(
+    nursery: trio.Nursery,
+) -> None:
+    config = make_config(
+        {"client": {"outbox_max_bytes": 65536}, "server": {"close_wait_seconds": 0.5}}
+    )
+    server = await serve_in(nursery, config)
+    raw = await _slow_client(server.port)
+    try:
+        await _overflow(server)
+        for _ in range(500):
+            if _slow_closes(server, "dropped"):
+                break
+            await trio.sleep(0.01)
+        assert (_slow_closes(server, "sent"), _slow_closes(server, "dropped")) == (0, 1)
+        assert server.node.clients == {}  # and the connection is gone
+    finally:
+        await raw.stream.aclose()

@@ -61,8 +61,9 @@ class FakeTransport:
         data, self.tail = self.tail + data, b""
         self.written.append(data)
 
-    async def close(self, code: int, reason: str, wait: float) -> None:
+    async def close(self, code: int, reason: str, wait: float) -> bool:
         self.closed = (code, reason)
+        return True
 
 
 class Closes:
@@ -70,9 +71,13 @@ class Closes:
 
     def __init__(self) -> None:
         self.seen: list[tuple[CloseRequest, str]] = []
+        self.closed: list[tuple[int, bool]] = []
 
     def writer_closing(self, request: CloseRequest, detail: str, level: int) -> None:
         self.seen.append((request, detail))
+
+    def writer_closed(self, request: CloseRequest, frame_sent: bool) -> None:
+        self.closed.append((request.code, frame_sent))
 
 
 def make_writer(

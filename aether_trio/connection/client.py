@@ -137,6 +137,12 @@ class Client:
                 f" ({detail})" * bool(detail))  # fmt: skip
         self.session.close()
 
+    def writer_closed(self, request: CloseRequest, frame_sent: bool) -> None:
+        """A slow client's close frame waits behind what it left unread: whether it got out
+        within `close_wait_seconds` is counted (a client told 3008 knows why it was dropped)."""
+        if request.code == Disconnect.SLOW:
+            self.node.metrics.slow_close(frame_sent)
+
     @property
     def client_config(self) -> ClientConfig:
         """The node's running `[client]` section (the timers read it when they fire)."""

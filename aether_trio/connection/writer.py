@@ -59,6 +59,9 @@ class WriterOwner(Protocol):
     def writer_closing(self, request: CloseRequest, detail: str, level: int) -> None:
         """A close request was taken (the owner writes the one log line of the close)."""
 
+    def writer_closed(self, request: CloseRequest, frame_sent: bool) -> None:
+        """The close handshake is over; `frame_sent`: whether the close frame got out."""
+
 
 @attrs.frozen
 class WriterStatistics:
@@ -248,7 +251,8 @@ class Writer:
                     await transport.write(text_frames(batch, self.per_frame) if batch else b"")
             request = self.close_request
             assert request is not None
-            await transport.close(request.code, request.reason, self._close_wait)
+            sent = await transport.close(request.code, request.reason, self._close_wait)
+            self._owner.writer_closed(request, sent)
         except TransportClosed:
             pass
         if self._nursery is not None:

@@ -171,6 +171,12 @@ class Metrics:
             "origin, too_large)",
             ["reason"],
         )
+        self.slow_close_frames = counter(
+            "aether_slow_consumer_close_frames",
+            "Close frames (3008) to slow consumers: sent, or dropped when the socket did not take "
+            "it within close_wait_seconds",
+            ["outcome"],
+        )
         self.handshake_failures = counter(
             "aether_handshake_failures",
             "WebSocket handshakes that did not complete, by reason (peer_gone, bad_request, "
@@ -261,6 +267,9 @@ class Metrics:
     def refused(self, reason: str) -> None:
         """A limit refused something; `reason` is one of guards.limits.REFUSAL_REASONS."""
         self._capped_child(self.refusals, reason).inc()
+
+    def slow_close(self, frame_sent: bool) -> None:
+        self.slow_close_frames.labels("sent" if frame_sent else "dropped").inc()
 
     def handshake_failed(self, reason: str) -> None:
         """A handshake did not complete; `reason` is one of transport.HANDSHAKE_FAILURES."""

@@ -81,8 +81,9 @@ class Transport(Protocol):
     async def write(self, data: bytes) -> None:
         """Write what is pending, then `data` (whole frames, may be empty); TransportClosed."""
 
-    async def close(self, code: int, reason: str, wait: float) -> None:
-        """Send a close frame and wait up to `wait` seconds for the peer's."""
+    async def close(self, code: int, reason: str, wait: float) -> bool:
+        """Send a close frame and wait up to `wait` seconds for the peer's; whether our close
+        frame was written within that time (a client that stopped reading may never take it)."""
 
 
 class WebSocketTransport:
@@ -347,17 +348,22 @@ class WebSocketTransport:
 
     # --- closing ---
 
-    async def close(self, code: int, reason: str, wait: float) -> None:
+    async def close(self, code: int, reason: str, wait: float) -> bool:
         """Send a close frame with `code` and `reason`, then wait up to `wait` seconds for the
-        peer's (which the connection's reader, in `receive`, sees)."""
+        peer's (which the connection's reader, in `receive`, sees). Returns whether our close
+        frame was written: not if the connection was gone already, nor if the socket did not take
+        it in time (after what a client that stopped reading left in the kernel's buffers)."""
+        written = False
         with trio.move_on_after(wait):
             if self._closed is None and self._conn.state is OPEN:
                 self._closing = TransportClosed(code, reason)
                 try:
                     await self._write(CloseConnection(code=code, reason=reason))
                 except TransportClosed:
-                    return
+                    return False
+                written = True
             if self._closed is None:
                 if self._done is None:
                     self._done = trio.Event()
                 await self._done.wait()
+        return written
