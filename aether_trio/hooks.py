@@ -29,7 +29,22 @@ class Auditor(Protocol):
         result: Any = None,
         ok: bool = True,
     ) -> None:
-        """Append an entry for a state change; never blocks, never raises."""
+        """Append an entry for a state change; never blocks, never raises (an entry that does
+        not fit the bounded queue is dropped and counted: for rare events only)."""
+
+    async def append(
+        self,
+        action: str,
+        *,
+        actor: str,
+        params: Mapping[str, Any] | None = None,
+        result: Any = None,
+        ok: bool = True,
+    ) -> None:
+        """Append an entry, waiting for room in the queue instead of dropping it (requests)."""
+
+    async def flush(self) -> bool:
+        """Wait until every entry appended so far is stored; False if storage took too long."""
 
     def auth_failure(self, kind: str, *, actor: str, detail: str) -> None:
         """A refused credential; sampled (at most N entries a minute)."""
@@ -51,6 +66,20 @@ class _NoAudit:
         ok: bool = True,
     ) -> None:
         return None
+
+    async def append(
+        self,
+        action: str,
+        *,
+        actor: str,
+        params: Mapping[str, Any] | None = None,
+        result: Any = None,
+        ok: bool = True,
+    ) -> None:
+        return None
+
+    async def flush(self) -> bool:
+        return True
 
     def auth_failure(self, kind: str, *, actor: str, detail: str) -> None:
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,10 +16,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
 from centrifuge import Client, ClientEventHandler, DisconnectedContext
 from conftest import make_config, running_server
 
+from aether_trio.admin import audit as audit_module
 from aether_trio.admin import chain
 from aether_trio.admin.audit import AuditLog
 from aether_trio.admin.store import Database, Store, database_path
@@ -394,3 +397,94 @@ def test_server_api_calls_that_change_state_are_audited(tmp_path: Path) -> None:
     assert set(published["params"]["options"]) == {"omitted_bytes", "sha256"}
     assert found[2]["result"] == {"error": 102}
     assert cli("audit", "verify", "--data-dir", str(data)).returncode == 0
+
+
+# --- lossless under load and across a SIGKILL (issue 14, item 1) --------------------------------
+
+
+async def test_append_waits_for_room_instead_of_dropping(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path)
+    audit = AuditLog(store, None, max_pending=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(audit.run)
+        for n in range(200):
+            await audit.append("api.publish", actor="key:pub", params={"n": n})
+        assert await audit.flush()
+        nursery.cancel_scope.cancel()
+    await store.aclose()
+    assert audit.statistics().dropped == 0
+    assert [e["params"]["n"] for e in entries(tmp_path)] == list(range(200))
+    assert chain.verify(rows(tmp_path), None).broken is None
+
+
+def test_a_large_api_batch_is_audited_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of changes in one batch against a small audit queue: every one is in the log
+    when the batch is answered (the queue used to overflow and drop the batch's last entries)."""
+    monkeypatch.setattr(audit_module, "MAX_PENDING", 20)
+    config = make_config(
+        {**admin_config(tmp_path), "api": {"keys": [{"name": "ops", "key": ADMIN_KEY,
+                                                     "roles": ["admin"]}],
+                                           "max_batch_commands": 2000}}
+    )  # fmt: skip
+    with running_server(config) as srv:
+        commands = [{"publish": {"channel": "news", "data": {"n": n}}} for n in range(2000)]
+        response = httpx.post(
+            f"http://127.0.0.1:{srv.server.http_port}/api/batch",
+            json={"commands": commands}, headers={"X-API-Key": ADMIN_KEY}, timeout=60,
+        )  # fmt: skip
+        assert response.status_code == 200
+        stats = srv.call(lambda: srv.server.node.audit)
+        assert stats.statistics().dropped == 0  # type: ignore[attr-defined]
+        published = [e for e in entries(tmp_path) if e["action"] == "api.publish"]
+        assert [e["params"]["options"]["data"]["n"] for e in published] == list(range(2000))
+
+
+async def test_a_sigkill_loses_no_acknowledged_entry(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    config = tmp_path / "aether.toml"
+    config.write_text(
+        f'[server]\nport = 0\n[http]\nport = 0\n[admin]\ndata_dir = "{data_dir}"\n'
+        f'[[api.keys]]\nname = "ops"\nkey = "{ADMIN_KEY}"\nroles = ["admin"]\n'
+    )
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "aether_trio", "serve", "-c", str(config)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        port = await _http_port_of(process)
+        acknowledged = 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            headers = {"X-API-Key": ADMIN_KEY}
+            for n in range(100):
+                body = {"channel": "news", "data": {"n": n}}
+                response = await http.post("/api/publish", json=body, headers=headers)
+                assert response.status_code == 200
+                acknowledged += 1
+            batch = [{"publish": {"channel": "news", "data": {"n": n}}} for n in range(100, 600)]
+            response = await http.post("/api/batch", json={"commands": batch}, headers=headers)
+            assert response.status_code == 200
+            acknowledged += len(batch)
+        process.send_signal(signal.SIGKILL)  # right after the last answer: no shutdown at all
+    finally:
+        with trio.move_on_after(10):
+            await process.wait()
+        process.kill()
+    published = [e for e in entries(data_dir) if e["action"] == "api.publish"]
+    assert len(published) == acknowledged == 600
+    assert chain.verify(rows(data_dir), None).broken is None
+
+
+async def _http_port_of(process: trio.Process) -> int:
+    assert process.stderr is not None
+    log = ""
+    with trio.fail_after(15):
+        while True:
+            found = re.search(r"internal HTTP listening on http://127\.0\.0\.1:(\d+)", log)
+            if found:
+                return int(found.group(1))
+            chunk = await process.stderr.receive_some()
+            if not chunk:
+                raise AssertionError(f"server exited; log:\n{log}")
+            log += chunk.decode()

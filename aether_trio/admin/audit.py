@@ -7,9 +7,13 @@ transaction, in a worker thread (`Database.append_audit`): `seq`, `prev` and `ha
 there, so the chain order is the commit order (the call order within this process) and a second
 process writing the same database extends the same chain instead of forking it. Storage errors
 are retried with capped backoff; on shutdown what is left is written, shielded and time-limited.
-`flush()` waits until everything recorded so far is stored; operator commands await it before
-they answer. The queue is bounded: when storage cannot keep up, new entries are dropped, counted
-and logged (the chain has no hole; the log misses them).
+`append()` is what requests use: it waits for room in the bounded queue instead of dropping the
+entry, so a batch of thousands of state changes is slowed down to what storage takes, and
+`flush()` waits until everything recorded so far is stored: the server API and the operator
+commands await both before they answer, so an answered change is in the log, even if the process
+is killed right after (SQLite's WAL, synchronous commits). `record()`, for the rare events of
+the server itself (a start, a SIGHUP reload, sampled auth failures), never waits: when the queue
+is full it drops the entry, counts and logs it.
 
 Auth failures are sampled: at most `per_minute` entries in each minute; the next recorded one
 says how many were left out before it.
@@ -108,6 +112,19 @@ class AuditLog:
         self._wakeup.set()
         log.debug("audit: %s by %s%s", action, actor, "" if ok else " (failed)")
 
+    async def append(
+        self,
+        action: str,
+        *,
+        actor: str,
+        params: Mapping[str, Any] | None = None,
+        result: Any = None,
+        ok: bool = True,
+    ) -> None:
+        while len(self._pending) >= self._max_pending:
+            await self._progress.wait()  # the writer stored a batch: room again
+        self.record(action, actor=actor, params=params, result=result, ok=ok)
+
     def auth_failure(self, kind: str, *, actor: str, detail: str) -> None:
         now = self._clock()
         if now - self._window_start >= 60.0:
@@ -129,12 +146,17 @@ class AuditLog:
     # --- persisting ---
 
     async def flush(self) -> bool:
-        """Wait (bounded) until every entry recorded so far is stored; False if time ran out."""
+        """Wait (bounded) until every entry recorded so far is stored; False if time ran out
+        (storage failing for that long: logged; the entries stay queued and are retried)."""
         target = self._recorded
         with trio.move_on_after(FLUSH_WAIT_SECONDS):
             while self._written < target:
                 await self._progress.wait()
-        return self._written >= target
+        if self._written < target:
+            log.error("audit: %d entries not stored within %gs", target - self._written,
+                      FLUSH_WAIT_SECONDS)  # fmt: skip
+            return False
+        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -69,8 +69,8 @@ class AdminRoutes:
             return _error(405, f"{name} takes {allowed}")
         status, result, params = await self._run(ctx, name, request)
         if command.changes_state:
-            ctx.audit.record(f"admin.{name}", actor=f"key:{key.name}", params=params,
-                             result=result, ok=status == 200)  # fmt: skip
+            await ctx.audit.append(f"admin.{name}", actor=f"key:{key.name}", params=params,
+                                   result=result, ok=status == 200)  # fmt: skip
             await ctx.audit.flush()
         return json_response(result, status)
 

@@ -126,16 +126,21 @@ class ServerApi:
                 decoded = decode_request(method, request.body)
         except BadRequestBody as exc:
             return _bad_request(request, exc)
+        audit = self.context.node.audit
         if method == "batch":
             replies = await self._batch(batch.commands, batch.parallel, key)
+            if any(command.method in STATE_CHANGING for command in batch.commands):
+                await audit.flush()  # the answer acknowledges the changes: logged first
             return _json({"replies": replies})
         try:
             result = await self._run(method, decoded, key.name)
         except ApiError as exc:
-            if _transport_mode(request, self.context.node.config.api.error_mode):
-                return _json(error_body(exc.code), exc.code.http_status)
-            return _json({"error": error_body(exc.code)})
-        return _json({"result": result})
+            answer = _error_answer(request, exc, self.context.node.config.api.error_mode)
+        else:
+            answer = _json({"result": result})
+        if method in STATE_CHANGING:
+            await audit.flush()  # the answer acknowledges the change (or refusal): logged first
+        return answer
 
     async def _run(self, method: str, req: Any, key_name: str) -> Result:
         role, runner = METHODS[method]
@@ -149,7 +154,7 @@ class ServerApi:
         except ApiError as exc:
             log.info("API %s by key %r refused: %d %s", method, key_name, exc.code, exc.detail)
             if audited:
-                self._audit(method, req, key_name, {"error": int(exc.code)}, ok=False)
+                await self._audit(method, req, key_name, {"error": int(exc.code)}, ok=False)
             raise
         except EngineError:
             log.warning("API %s by key %r failed in the engine", method, key_name, exc_info=True)
@@ -158,13 +163,15 @@ class ServerApi:
             log.exception("API %s by key %r failed", method, key_name)
             raise ApiError(ApiErrorCode.INTERNAL) from None
         if audited:
-            self._audit(method, req, key_name, result, ok=True)
+            await self._audit(method, req, key_name, result, ok=True)
         return result
 
-    def _audit(self, method: str, req: Any, key_name: str, result: Any, *, ok: bool) -> None:
+    async def _audit(self, method: str, req: Any, key_name: str, result: Any, *, ok: bool) -> None:
         # Payloads are kept as their size and hash once over 1 KiB (see admin.chain.redact).
+        # `append` waits for room in the audit queue: a batch of thousands of changes is slowed
+        # down to what storage takes, never recorded with holes.
         params = attrs.asdict(req) if attrs.has(type(req)) else {"request": req}
-        self.context.node.audit.record(
+        await self.context.node.audit.append(
             f"api.{method}", actor=f"key:{key_name}", params=params, result=result, ok=ok
         )
 
@@ -204,6 +211,12 @@ class ServerApi:
             for index, command in enumerate(commands):
                 nursery.start_soon(run_limited, index, command)
         return replies
+
+
+def _error_answer(request: Request, exc: ApiError, configured_mode: str) -> Response:
+    if _transport_mode(request, configured_mode):
+        return _json(error_body(exc.code), exc.code.http_status)
+    return _json({"error": error_body(exc.code)})
 
 
 def _transport_mode(request: Request, configured: str) -> bool:
