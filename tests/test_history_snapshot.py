@@ -1,5 +1,7 @@
 """Durable single-node history without processes: the snapshot format (engines/snapshot.py), the
-memory broker's export and import of its streams, `HistoryPersistence` (engines/persist.py).
+memory broker's export and import of its streams, `HistoryPersistence` (engines/persist.py) and a
+cancelled `Server.run` on a data_dir. Real server processes stopped with SIGTERM and SIGKILL are
+in tests/test_durable_restart.py.
 
 Time: the broker's deadlines follow the Trio clock (`autojump_clock`) and the wall clock is a
 number the test passes, so "the process restarted 50 s later" costs nothing. Tests that run file
@@ -21,7 +23,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import make_config, serve_in
 
+from aether_trio.admin.debug import node_view
 from aether_trio.engines import persist
 from aether_trio.engines.base import HistoryOptions, HistoryQuery
 from aether_trio.engines.memory import MemoryBroker
@@ -457,3 +461,47 @@ async def test_a_save_over_its_time_limit_is_given_up_and_leaves_the_disk_as_it_
     assert "took more than 0.2 s" in caplog.text
     assert [s.channel for s in read_snapshot(path).streams] == ["previous"]
     assert keeper.last_save is None
+
+
+# --- the server: a cancelled run saves, the next run restores, `aether admin node` shows it ---
+
+
+async def test_a_cancelled_server_run_saves_and_the_next_run_restores(tmp_path: Path) -> None:
+    config = make_config(
+        {"admin": {"data_dir": str(tmp_path)}, "engine": {"persist_history": True}}
+    )
+    async with trio.open_nursery() as nursery:
+        server = await serve_in(nursery, config)
+        news = server.node.resolve("news")
+        positions = [await server.node.publish(news, RawJSON(b'{"n":%d}' % n)) for n in (1, 2, 3)]
+        view = node_view(server.node, time.time())
+        assert view["history_snapshot"]["loaded"] is None
+        nursery.cancel_scope.cancel()
+    assert (tmp_path / SNAPSHOT_NAME).exists()
+
+    async with trio.open_nursery() as nursery:
+        server = await serve_in(nursery, config)
+        node = server.node
+        pubs, top = await node.history(node.resolve("news"), HistoryQuery(limit=-1))
+        assert top == positions[-1]
+        assert [p.data for p in pubs] == [b'{"n":1}', b'{"n":2}', b'{"n":3}']
+        view = node_view(node, time.time())
+        loaded = view["history_snapshot"]["loaded"]
+        assert (loaded["streams"], loaded["publications"]) == (1, 3)
+        assert loaded["bytes"] > 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_persist_history_off_neither_reads_nor_writes(tmp_path: Path) -> None:
+    now = time.time()
+    write_snapshot(tmp_path / SNAPSHOT_NAME, [saved("news", top=9, at=now)], now)
+    config = make_config({"admin": {"data_dir": str(tmp_path)}})  # tests default to off
+    assert config.engine.persist_history is False
+    async with trio.open_nursery() as nursery:
+        server = await serve_in(nursery, config)
+        assert server.durable_history is None
+        assert "history_snapshot" not in node_view(server.node, time.time())
+        _, top = await server.node.history(server.node.resolve("news"), HistoryQuery())
+        assert top.offset == 0
+        nursery.cancel_scope.cancel()
+    assert read_snapshot(tmp_path / SNAPSHOT_NAME).streams[0].top == 9
