@@ -333,8 +333,10 @@ async def test_load_restores_then_consumes_the_snapshot_and_save_writes_the_next
     assert {s.channel: s.top for s in snapshot.streams} == {"a": 3, "b": 5}
     saved_lines = [r.getMessage() for r in caplog.records if "saved" in r.getMessage()]
     assert "2 streams, 8 publications" in saved_lines[-1]
-    assert keeper.statistics()["saved"]["publications"] == 8
-    assert keeper.statistics()["loaded"]["streams"] == 2
+    assert keeper.last_save is not None
+    assert keeper.last_save.publications == 8
+    loaded_view = keeper.statistics()["loaded"]
+    assert (loaded_view["streams"], loaded_view["saved_at"]) == (2, now - 3)
 
 
 async def test_without_a_snapshot_load_starts_empty_and_save_still_writes(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ class SnapshotReport:
     publications: int
     bytes: int
     seconds: float
-    at: float  # wall-clock time it finished
+    saved_at: float  # wall-clock time the streams were taken from the broker
 
     def as_dict(self) -> dict[str, Any]:
         return {**attrs.asdict(self), "seconds": round(self.seconds, 3)}
@@ -95,10 +95,11 @@ class HistoryPersistence:
         self._armed = False
 
     def statistics(self) -> dict[str, Any]:
+        """For `aether admin node`: what this process restored at its start (a save happens
+        only as the process stops, so nobody could ask about it)."""
         return {
             "path": str(self.path),
             "loaded": self.last_load.as_dict() if self.last_load else None,
-            "saved": self.last_save.as_dict() if self.last_save else None,
         }
 
     async def load(self) -> None:
@@ -133,13 +134,13 @@ class HistoryPersistence:
             return
         streams, pubs = self.broker.import_streams(snapshot.streams, self._wall())
         report = self.last_load = SnapshotReport(
-            streams, pubs, snapshot.bytes, time.perf_counter() - started, self._wall()
+            streams, pubs, snapshot.bytes, time.perf_counter() - started, snapshot.saved_at
         )
         log.info(
             "history snapshot loaded from %s: %d streams, %d publications, %d bytes in %.3f s "
             "(saved %.0f s ago; dropped as expired: %d streams, %d publications)",
             self.path, report.streams, report.publications, report.bytes, report.seconds,
-            report.at - snapshot.saved_at, len(snapshot.streams) - streams,
+            self._wall() - snapshot.saved_at, len(snapshot.streams) - streams,
             snapshot.publications - pubs,
         )  # fmt: skip
 
@@ -192,7 +193,7 @@ class HistoryPersistence:
             return
         publications = sum(len(s.publications) for s in streams)
         report = self.last_save = SnapshotReport(
-            len(streams), publications, size, time.perf_counter() - started, self._wall()
+            len(streams), publications, size, time.perf_counter() - started, wall_now
         )
         log.info(
             "history snapshot saved to %s: %d streams, %d publications, %d bytes in %.3f s",
