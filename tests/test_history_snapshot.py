@@ -99,6 +99,17 @@ def test_a_snapshot_round_trips_epochs_offsets_info_and_tags(tmp_path: Path) -> 
     assert path.stat().st_mode & 0o077 == 0  # publications are private: owner only
 
 
+def test_publications_of_one_client_share_their_info_and_tags_after_a_read(
+    tmp_path: Path,
+) -> None:
+    pubs = tuple(pub(n, offset=n, info=ALICE, tags={"k": "v"}) for n in (1, 2, 3))
+    write_snapshot(tmp_path / SNAPSHOT_NAME, [saved(publications=pubs, top=3)], WALL)
+    [stream] = read_snapshot(tmp_path / SNAPSHOT_NAME).streams
+    assert stream.publications == pubs
+    assert len({id(p.info) for p in stream.publications}) == 1
+    assert len({id(p.tags) for p in stream.publications}) == 1
+
+
 def test_an_empty_snapshot_round_trips(tmp_path: Path) -> None:
     path = tmp_path / SNAPSHOT_NAME
     write_snapshot(path, [], WALL)
@@ -214,6 +225,11 @@ def test_a_snapshot_of_another_format_version_is_refused(tmp_path: Path) -> None
         pytest.param(
             lambda p: _rewrite(p, "UPDATE streams SET channel = 'a'"), id="orphan-after-stream"
         ),
+        pytest.param(
+            lambda p: _rewrite(p, "UPDATE publications SET channel = 'a'"),
+            id="orphan-before-stream",
+        ),
+        pytest.param(lambda p: (p.unlink(), p.mkdir()), id="a-directory"),
         pytest.param(lambda p: _rewrite(p, "UPDATE publications SET tags = '[1]'"), id="tags"),
         pytest.param(lambda p: _rewrite(p, "UPDATE publications SET tags = x'00'"), id="tags-blob"),
         pytest.param(lambda p: _rewrite(p, "UPDATE publications SET client = NULL"), id="info"),

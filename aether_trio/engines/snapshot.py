@@ -222,25 +222,28 @@ def read_snapshot(path: Path) -> Snapshot:
     or CorruptSnapshot when it cannot be used."""
     size = path.stat().st_size
     try:
+        # Read-only: a damaged file is moved aside as found, not "repaired" by opening it.
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise CorruptSnapshot(f"cannot open: {exc}") from exc
-    try:
-        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        if application_id != APPLICATION_ID:
-            raise CorruptSnapshot("not an Aether history snapshot (unknown application_id)")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != FORMAT_VERSION:
-            raise SnapshotVersionError(version)
-        saved_at = _number(conn.execute("SELECT saved_at FROM snapshot").fetchone()[0])
-        streams = list(_streams(conn))
+        try:
+            saved_at, streams = _read(conn)
+        finally:
+            conn.close()
     except sqlite3.Error as exc:
         raise CorruptSnapshot(f"unreadable: {exc}") from exc
     except (TypeError, ValueError, IndexError) as exc:
         raise CorruptSnapshot(f"unexpected content: {exc}") from exc
-    finally:
-        conn.close()
     return Snapshot(saved_at, streams, size)
+
+
+def _read(conn: sqlite3.Connection) -> tuple[float, list[SavedStream]]:
+    application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if application_id != APPLICATION_ID:
+        raise CorruptSnapshot("not an Aether history snapshot (unknown application_id)")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != FORMAT_VERSION:
+        raise SnapshotVersionError(version)
+    saved_at = _number(conn.execute("SELECT saved_at FROM snapshot").fetchone()[0])
+    return saved_at, list(_streams(conn))
 
 
 def _streams(conn: sqlite3.Connection) -> Iterator[SavedStream]:
