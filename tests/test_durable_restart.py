@@ -2,9 +2,10 @@
 
 A client subscribes with recovery, the server API publishes, the server is stopped with SIGTERM
 and started again, more is published, and the client comes back with its last offset and epoch:
-it must recover every publication it missed, in order, once, with the same epoch. A server killed
-with SIGKILL instead comes back with empty history (the snapshot was consumed at its start) and
-no corrupt file: the client is told its position cannot be recovered. The snapshot format and
+it must recover every publication it missed, in order, once, with the same epoch. SIGINT stops
+as gracefully, after closing its clients. A server killed with SIGKILL instead comes back with
+empty history (the snapshot was consumed at its start) and no corrupt file: the client is told
+its position cannot be recovered. The snapshot format and
 its refusals are tested without processes in tests/test_history_snapshot.py.
 """
 
@@ -190,7 +191,13 @@ async def test_a_killed_server_comes_back_empty_never_corrupt(config_file: Path)
         async with httpx.AsyncClient(timeout=5) as http:
             epoch = (await first.publish(http, 1))["epoch"]
             await first.publish(http, 2)
-            assert await first.stop(signal.SIGTERM) == 0
+            # SIGINT (Ctrl-C) is a graceful stop too; the connected client is closed first.
+            async with open_raw(first.url) as client:
+                await subscribe(client)
+                assert await first.stop(signal.SIGINT) == 0
+            await first.server.wait_for_log(r"history snapshot saved to")
+            log = first.server.log
+            assert log.index("shutting down: closing 1 connections") < log.index("snapshot saved")
 
             second = await start_node(config_file)
             try:
