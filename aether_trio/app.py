@@ -2,7 +2,9 @@
 
 `Server.run` starts the node (engines + timers) and the WebSocket listener; connections run in a
 nursery of their own so that the listener can stop (shutdown) while they drain. Services report
-readiness through `task_status`, which is how tests start a server on port 0.
+readiness through `task_status`, which is how tests start a server on port 0. With durable
+history the memory engine's streams are restored before anything is served and saved after
+everything stopped (engines/persist.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from .admin.service import AdminService
 from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
 from .connection.serve import serve_connection
+from .engines.base import Broker
 from .engines.memory import MemoryBroker, MemoryPresenceManager
+from .engines.persist import HistoryPersistence
 from .guards.limits import request_ip, request_origins
 from .http.api.routes import METHODS, PREFIX, ServerApi
 from .http.apiauth import ApiAuth
@@ -43,7 +47,11 @@ class Server:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.node: Node[Client] = Node(config, MemoryBroker(), MemoryPresenceManager())
+        broker = MemoryBroker()
+        self.node: Node[Client] = Node(config, broker, MemoryPresenceManager())
+        self.durable_history = _durable_history(config, broker)
+        if self.durable_history is not None:
+            self.node.reports["history_snapshot"] = self.durable_history.statistics
         self.port = 0
         self.http_port = 0
         # wss:// when [server] names a certificate (checked at load; built again here).
@@ -72,6 +80,19 @@ class Server:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. The history snapshot is read before any listener starts and
+        written once `_serve` has returned: every connection, the HTTP API and the node have
+        stopped, so no publication can land after it (a cancelled run saves too: shielded)."""
+        history = self.durable_history
+        if history is not None:
+            await history.load()
+        try:
+            await self._serve(task_status=task_status)
+        finally:
+            if history is not None:
+                await history.save()
+
+    async def _serve(self, *, task_status: trio.TaskStatus[Server]) -> None:
         cfg = self.config.server
         async with trio.open_nursery() as services:
             await services.start(self.node.errors.run, self.config.monitor.sentry_dsn)
@@ -180,6 +201,13 @@ class Server:
             return False
         self.config = config
         return True
+
+
+def _durable_history(config: Config, broker: Broker) -> HistoryPersistence | None:
+    """Only the memory engine needs it: another engine keeps its history itself."""
+    if not config.engine.persist_history or not isinstance(broker, MemoryBroker):
+        return None
+    return HistoryPersistence(broker, config.admin.data_dir, config.engine.persist_timeout)
 
 
 def _ssl_context(cfg: ServerConfig) -> ssl.SSLContext | None:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -92,6 +93,9 @@ class Node(Generic[C]):
         self.draining = False
         self.access: AccessPolicy = OPEN_ACCESS
         self.audit: Auditor = NO_AUDIT
+        # Named read-only views the composition root adds for `aether admin node` (e.g. what the
+        # history snapshot restored), each a function returning a JSON-able dict.
+        self.reports: dict[str, Callable[[], dict[str, Any]]] = {}
         # Rate and connection limits, the origin check ([limits], aether_trio.guards.limits).
         self.limits = Limits(config, self.metrics.refused)
         # Every name the system channel has had: connections keep the name they were told about.

@@ -45,6 +45,9 @@ BASE_CONFIG: dict[str, Any] = {
     "server": {"port": 0, "close_wait_seconds": 1.0, "shutdown_drain_seconds": 2.0},
     "http": {"port": 0},
     "admin": {"data_dir": ADMIN_DATA_DIR},
+    # Test servers share ADMIN_DATA_DIR: a history snapshot would carry one test's streams into
+    # the next. tests/test_durable_history.py turns it on with a directory of its own.
+    "engine": {"persist_history": False},
     "token": {"hmac_secret": SECRET},
     # Tests drive load from one loopback address and publish as fast as replies come back: the
     # rate limits stay on (their code runs) but far above that. tests/test_limits.py sets its own.

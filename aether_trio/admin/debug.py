@@ -95,4 +95,5 @@ def node_view(node: Node[Client], started_at: float) -> dict[str, Any]:
         "maintenance": node.maintenance,
         "draining": node.draining,
         "system_channel": node.config.admin.system_channel,
+        **{name: report() for name, report in node.reports.items()},
     }

@@ -217,6 +217,10 @@ class TokenConfig:
 @attrs.frozen
 class EngineConfig:
     type: Literal["memory"] = "memory"
+    # The memory engine's streams are saved to [admin] data_dir at a graceful stop and restored
+    # at start (engines/persist.py); the save is given up after persist_timeout seconds.
+    persist_history: bool = True
+    persist_timeout: float = attrs.field(default=10.0, validator=positive)
 
 
 @attrs.frozen

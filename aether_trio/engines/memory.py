@@ -7,6 +7,10 @@ other task can observe the stream and the live delivery disagreeing.
 Stream lifetime follows upstream's memory broker: the publications of a channel are dropped
 `ttl` after its last publish; the top offset and epoch survive until `meta_ttl` after last use,
 after which the stream is recreated with a new epoch (clients see their position unrecoverable).
+
+`export_streams` and `import_streams` carry the streams across a restart (engines/persist.py):
+the deadlines are kept by this broker's clock, which starts anew with each process, so they
+leave and enter as wall-clock times, converted through the caller's `wall_now`.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from __future__ import annotations
 import random
 import string
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
 
 from ..protocol.messages import ClientInfo, Publication, StreamPosition
 from .base import BrokerEventHandler, HistoryOptions, HistoryQuery, UnrecoverablePosition
+from .snapshot import SavedStream
 
 __all__ = ["MemoryBroker", "MemoryPresenceManager"]
 
@@ -79,6 +84,47 @@ class MemoryBroker:
             "streams": len(self._streams),
             "publications": sum(len(s.pubs) for s in self._streams.values()),
         }
+
+    def export_streams(self, wall_now: float) -> list[SavedStream]:
+        """Every live stream, expiry times as wall-clock deadlines (`wall_now` is this instant's
+        wall-clock time); expired streams and publications are left out. Synchronous, so the
+        streams are taken at one instant; publications are immutable and shared, not copied."""
+        now = self._clock()
+        to_wall = wall_now - now
+        saved = []
+        for channel, stream in self._streams.items():
+            if now >= stream.meta_expires:
+                continue
+            pubs = tuple(stream.pubs) if now < stream.pubs_expire else ()
+            saved.append(
+                SavedStream(
+                    channel,
+                    stream.epoch,
+                    stream.top,
+                    stream.meta_expires + to_wall,
+                    stream.pubs_expire + to_wall,
+                    pubs,
+                )
+            )
+        return saved
+
+    def import_streams(self, streams: Iterable[SavedStream], wall_now: float) -> tuple[int, int]:
+        """Put saved streams back with their epochs and offsets, deadlines converted to this
+        broker's clock; what expired meanwhile is dropped. Returns (streams, publications) kept."""
+        now = self._clock()
+        to_broker = now - wall_now
+        kept_streams = kept_pubs = 0
+        for saved in streams:
+            if wall_now >= saved.meta_expires_at:
+                continue
+            stream = _Stream(saved.epoch, saved.meta_expires_at + to_broker, saved.top)
+            if saved.publications and wall_now < saved.pubs_expire_at:
+                stream.pubs.extend(saved.publications)
+                stream.pubs_expire = saved.pubs_expire_at + to_broker
+            self._streams[saved.channel] = stream
+            kept_streams += 1
+            kept_pubs += len(stream.pubs)
+        return kept_streams, kept_pubs
 
     async def subscribe(self, channel: str) -> None:
         pass  # one node: every publication reaches the handler anyway
