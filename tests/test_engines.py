@@ -20,6 +20,7 @@ import pytest
 import trio
 from conftest import make_config
 
+from aether_trio.engines import memory as memory_module
 from aether_trio.engines.base import (
     Broker,
     HistoryOptions,
@@ -558,3 +559,43 @@ async def test_recover_after_remove_history(engines: Engines) -> None:
     top = positions[-1]
     assert await recover(node, "news", 3, top.epoch) == ([], top, True)
     assert await recover(node, "news", 2, top.epoch) == ([], top, False)
+
+
+# --- reads do not create long-lived state (issue 14, item 5) --------------------------------------
+
+
+async def test_a_read_creates_a_stream_only_briefly(
+    engines: Engines, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A read of a channel without a stream answers with an epoch (a client recovering later
+    must be able to tell), but that stream lives an hour at most, not `meta_ttl`, and reads do
+    not renew it; the first publication makes it an ordinary stream with the same epoch."""
+    _, read_top = await read(engines, "quiet")
+    assert read_top.offset == 0
+    assert read_top.epoch
+    await engines.elapse(1800)
+    assert (await read(engines, "quiet"))[1] == read_top  # still the same, not renewed
+    await engines.elapse(1801)  # 3601 s after the first read
+    _, later = await read(engines, "quiet")
+    assert later.epoch != read_top.epoch  # forgotten: a recovery with the old one fails
+    # A publication keeps the stream it finds, and for the whole meta_ttl from then on.
+    position = await engines.broker.publish("quiet", pub(1), HISTORY)
+    assert position == StreamPosition(1, later.epoch)
+    await engines.elapse(2 * 3600)
+    assert (await read(engines, "quiet"))[1] == position
+
+
+async def test_read_created_streams_are_bounded_in_number(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory_module, "MAX_READ_CREATED", 100)
+    if not isinstance(engines.broker, MemoryBroker):
+        pytest.fail("bound the read-created streams of this engine too")
+    for n in range(1000):
+        await read(engines, f"scan:{n}")
+    assert engines.broker.statistics()["streams"] == 100
+    # The newest are the ones kept; a published stream is never evicted for them.
+    await engines.broker.publish("busy", pub(1), HISTORY)
+    for n in range(1000, 1200):
+        await read(engines, f"scan:{n}")
+    assert (await read(engines, "busy"))[1].offset == 1

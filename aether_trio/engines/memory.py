@@ -8,6 +8,14 @@ Stream lifetime follows upstream's memory broker: the publications of a channel 
 `ttl` after its last publish; the top offset and epoch survive until `meta_ttl` after last use,
 after which the stream is recreated with a new epoch (clients see their position unrecoverable).
 
+A read (history, a positioned subscribe) of a channel that has no stream must still answer with
+an epoch, so that a client recovering later can tell whether it missed anything; but reading
+must not allocate long-lived state (5,000 channel names read kept 5,000 streams for the 30 days
+of `meta_ttl`). A stream a read created lives `READ_CREATED_TTL` at most, however often it is
+read, and at most `MAX_READ_CREATED` of them are kept (the oldest go first); its first
+publication makes it an ordinary stream. A client whose read-created epoch was forgotten is told
+its position is unrecoverable: never a wrong recovery.
+
 `export_streams` and `import_streams` carry the streams across a restart (engines/persist.py):
 the deadlines are kept by this broker's clock, which starts anew with each process, so they
 leave and enter as wall-clock times, converted through the caller's `wall_now`.
@@ -30,6 +38,9 @@ from .snapshot import SavedStream
 __all__ = ["MemoryBroker", "MemoryPresenceManager"]
 
 _EPOCH_ALPHABET = string.ascii_letters
+# Streams created by a read, not a publication: how long they live and how many are kept.
+READ_CREATED_TTL = 3600.0
+MAX_READ_CREATED = 10_000
 
 
 def new_epoch() -> str:
@@ -52,6 +63,8 @@ class MemoryBroker:
         self._clock = clock
         self._sweep_interval = sweep_interval
         self._streams: dict[str, _Stream] = {}
+        # Channels whose stream a read created and no publication has used yet, oldest first.
+        self._read_created: dict[str, None] = {}
         self._handler: BrokerEventHandler | None = None
 
     async def run(
@@ -76,6 +89,7 @@ class MemoryBroker:
             stream = self._streams[channel]
             if now >= stream.meta_expires:
                 del self._streams[channel]
+                self._read_created.pop(channel, None)
             elif stream.pubs and now >= stream.pubs_expire:
                 stream.pubs.clear()
 
@@ -139,6 +153,7 @@ class MemoryBroker:
         if history.enabled:
             now = self._clock()
             stream = self._stream(channel, history.meta_ttl, now)
+            self._read_created.pop(channel, None)  # an ordinary stream from now on
             stream.top += 1
             pub = attrs.evolve(pub, offset=stream.top)
             stream.pubs.append(pub)
@@ -161,7 +176,7 @@ class MemoryBroker:
     async def history(
         self, channel: str, query: HistoryQuery, meta_ttl: float
     ) -> tuple[list[Publication], StreamPosition]:
-        stream = self._stream(channel, meta_ttl, self._clock())
+        stream = self._read(channel, meta_ttl, self._clock())
         top = StreamPosition(stream.top, stream.epoch)
         since = query.since
         if since is not None and since.epoch and since.epoch != stream.epoch:
@@ -185,6 +200,23 @@ class MemoryBroker:
         stream = self._streams.get(channel)
         if stream is not None:
             stream.pubs.clear()
+
+    def _read(self, channel: str, meta_ttl: float, now: float) -> _Stream:
+        """The stream a read answers from: created briefly and within bounds if it is missing."""
+        stream = self._streams.get(channel)
+        if stream is not None and now < stream.meta_expires and channel not in self._read_created:
+            return self._stream(channel, meta_ttl, now)  # an ordinary stream: a use renews it
+        if stream is None or now >= stream.meta_expires:
+            # Not renewed by later reads: it lives READ_CREATED_TTL from the first one.
+            expires = now + min(meta_ttl, READ_CREATED_TTL)
+            stream = self._streams[channel] = _Stream(new_epoch(), expires)
+            self._read_created.pop(channel, None)
+            self._read_created[channel] = None
+            while len(self._read_created) > MAX_READ_CREATED:
+                oldest = next(iter(self._read_created))
+                del self._read_created[oldest]
+                del self._streams[oldest]
+        return stream
 
     def _stream(self, channel: str, meta_ttl: float, now: float) -> _Stream:
         stream = self._streams.get(channel)
