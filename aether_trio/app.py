@@ -19,7 +19,9 @@ from .admin.service import AdminService
 from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
 from .connection.serve import serve_connection
+from .engines.base import Broker, PresenceManager
 from .engines.memory import MemoryBroker, MemoryPresenceManager
+from .engines.redis import open_redis_engine
 from .guards.limits import request_ip, request_origins
 from .http.api.routes import METHODS, PREFIX, ServerApi
 from .http.apiauth import ApiAuth
@@ -42,7 +44,8 @@ class Server:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.node: Node[Client] = Node(config, MemoryBroker(), MemoryPresenceManager())
+        broker, presence = _engines(config)
+        self.node: Node[Client] = Node(config, broker, presence)
         self.port = 0
         self.http_port = 0
         # wss:// when [server] names a certificate (checked at load; built again here).
@@ -174,6 +177,12 @@ class Server:
             return False
         self.config = config
         return True
+
+
+def _engines(config: Config) -> tuple[Broker, PresenceManager]:
+    if config.engine.type == "redis":
+        return open_redis_engine(config.engine.redis)
+    return MemoryBroker(), MemoryPresenceManager()
 
 
 def _ssl_context(cfg: ServerConfig) -> ssl.SSLContext | None:

@@ -23,6 +23,7 @@ import attrs
 import orjson
 import pytest
 import trio
+from redis_server import RedisServer, running_redis
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from aether_trio import hub as hub_module
@@ -266,3 +267,11 @@ def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
     monkeypatch.setattr(hub_module, "encode_push", counting)
     return calls
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the whole run (tests use prefixes of their own); tests that
+    stop, pause or kill it start their own with `running_redis()`."""
+    with running_redis() as server:
+        yield server

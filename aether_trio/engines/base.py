@@ -3,7 +3,11 @@
 A `Broker` owns history: `publish` appends to the channel's stream *and* delivers the publication to
 every node subscribed to the channel, as one step, so offsets are never reused and a publication is
 in history before anyone can see it live. Nodes learn about publications, joins and leaves through
-the `BrokerEventHandler` they pass to `run`; the broker never knows about hubs or connections.
+the `BrokerEventHandler` they pass to `run`, in publish order per channel; the broker never knows
+about hubs or connections. Delivery is only promised to nodes that `subscribe`d the channel, and
+may come after `publish` returns (Redis delivers through PUB/SUB; the memory engine delivers to
+its one node before `publish` returns). A broker that may have lost events of some channels (a
+PUB/SUB connection re-established) says so with `handle_gap`.
 A `PresenceManager` keeps who is in a channel.
 
 Errors:
@@ -65,6 +69,8 @@ class BrokerEventHandler(Protocol):
     def handle_publication(self, channel: str, pub: Publication) -> None: ...
     def handle_join(self, channel: str, info: ClientInfo) -> None: ...
     def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+    def handle_gap(self, channels: list[str]) -> None:
+        """Events of `channels` may have been lost (they are subscribed again now)."""
 
 
 class Broker(Protocol):
