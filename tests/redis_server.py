@@ -53,7 +53,8 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
+        self.extra = extra
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
@@ -69,12 +70,13 @@ class RedisServer:
 
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "no"]  # fmt: skip
+                "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "no",
+                *self.extra]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
-                if self.client().ping():
+                if self.ping():
                     return
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -85,7 +87,11 @@ class RedisServer:
         if self.process is not None:
             self.resume()
             self.process.terminate()
-            self.process.wait(10)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
             self.process = None
 
     def restart(self) -> None:
@@ -102,6 +108,9 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=5)
+
+    def ping(self) -> bool:
+        return bool(self.client().ping())
 
     def command(self, *args: Any) -> Any:
         with self.client() as conn:
@@ -120,8 +129,9 @@ def new_prefix() -> str:
 
 
 @contextmanager
-def running_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
+def running_redis(*extra: str) -> Iterator[RedisServer]:
+    """A redis-server of the caller's own (`extra`: more command-line options)."""
+    server = RedisServer(*extra)
     try:
         yield server
     finally:

@@ -61,8 +61,7 @@ class RedisBroker:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Connect (retrying until Redis answers), then deliver events until cancelled."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.client.run)
+        async with self.client.opened(), trio.open_nursery() as nursery:
             await nursery.start(self.pubsub.run, handler)
             await self.pubsub.connected.wait()
             await check_durability(self.client)

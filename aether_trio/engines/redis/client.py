@@ -1,7 +1,7 @@
 """The bridge to Redis and the one door every command goes through: timeouts, errors and
 automatic pipelining.
 
-Theory of operation. `run` opens a trio-asyncio loop for the engine's life and keeps redis-py's
+Theory of operation. `opened` opens a trio-asyncio loop for the engine's life and keeps redis-py's
 asyncio client on it; only this module and pubsub.py cross into asyncio (`aio`), so the rest of
 the engine (and of Aether) sees plain Trio. With pipelining on, `call` queues (command, waiter)
 and waits; the batcher task takes everything queued since it last ran -- the commands issued in
@@ -19,7 +19,8 @@ reachable once its probe came back, and `call` marks it unreachable when Redis s
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
@@ -88,21 +89,23 @@ class RedisClient:
 
     # --- the bridge ---
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the asyncio loop, the client and the batcher until cancelled."""
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[None]:
+        """The asyncio loop, the client and the batcher, for the body's duration: the PUB/SUB
+        connection runs inside it, so it is closed while the loop still runs."""
         async with trio_asyncio.open_loop() as loop:
             self._loop = loop
-            self._redis = self.new_client()
+            redis = self._redis = self.new_client()
             try:
                 async with trio.open_nursery() as nursery:
                     if self.pipelining:
                         await nursery.start(self._batcher)
-                    task_status.started()
-                    await trio.sleep_forever()
+                    yield
+                    nursery.cancel_scope.cancel()
             finally:
-                self._loop = None
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await loop.run_aio_coroutine(self._redis.aclose())
+                    await loop.run_aio_coroutine(redis.aclose())
+                self._loop = None
 
     def new_client(self) -> aredis.Redis:
         cfg = self.config
@@ -129,13 +132,15 @@ class RedisClient:
     async def call(self, *command: Any, check: bool = True) -> Any:
         """Send one command and return Redis's answer (`EngineError` on any failure).
         `check=False` sends it even while unreachable (the probe that finds out)."""
+        if self._loop is None:
+            raise EngineError("the redis engine is not running")
         if check and not self._reachable:
             raise EngineError("redis is unreachable")
         with trio.move_on_after(self.config.io_timeout) as scope:
             try:
                 if self.pipelining:
                     return await self._queued_call(command)
-                return await self.aio(self._execute, [command])
+                return (await self.aio(self._execute, [command]))[0]
             except ResponseError as exc:
                 raise EngineError(f"redis refused {command[0]}: {exc}") from exc
             except CONNECTION_ERRORS as exc:

@@ -86,7 +86,7 @@ def encode_publication(pub: Publication) -> bytes:
 def decode_publication(raw: bytes, offset: int) -> Publication:
     flag, parts = raw[:1], decode_parts(raw[1:])
     info_parts = 4 if flag == b"i" else 0
-    if flag not in (b"i", b"-") or not parts or (len(parts) - 1 - info_parts) % 2:
+    if flag not in (b"i", b"-") or len(parts) < 1 + info_parts or (len(parts) - 1 - info_parts) % 2:
         raise CodecError("not a publication")
     info = _info(parts[1:5]) if info_parts else None
     rest = parts[1 + info_parts :]

@@ -20,6 +20,10 @@ SAFE_POLICIES = frozenset({"noeviction", "volatile-lru", "volatile-lfu", "volati
                            "volatile-ttl"})  # fmt: skip
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def durability_warnings(config: dict[str, str]) -> list[str]:
     """Warnings for a `CONFIG GET` answer (maxmemory-policy, appendonly, appendfsync, save)."""
     found = []
@@ -48,8 +52,11 @@ async def check_durability(client: RedisClient) -> list[str]:
     try:
         for name in ("maxmemory-policy", "appendonly", "appendfsync", "save"):
             answer = await client.call("CONFIG", "GET", name, check=False)
+            # A dict through redis-py's reply callback, a flat list without it.
+            if isinstance(answer, dict):
+                answer = [item for pair in answer.items() for item in pair]
             pairs = zip(answer[::2], answer[1::2], strict=True)
-            config.update((key.decode(), value.decode()) for key, value in pairs)
+            config.update((_text(key), _text(value)) for key, value in pairs)
     except EngineError as exc:
         log.info("could not read the redis configuration (%s): durability not checked", exc)
         return []
