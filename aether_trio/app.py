@@ -21,7 +21,6 @@ from .connection.client import Client
 from .connection.serve import serve_connection
 from .engines.base import Broker, PresenceManager
 from .engines.memory import MemoryBroker, MemoryPresenceManager
-from .engines.redis import open_redis_engine
 from .guards.limits import request_ip, request_origins
 from .http.api.routes import METHODS, PREFIX, ServerApi
 from .http.apiauth import ApiAuth
@@ -181,6 +180,10 @@ class Server:
 
 def _engines(config: Config) -> tuple[Broker, PresenceManager]:
     if config.engine.type == "redis":
+        # Imported only then: importing trio-asyncio changes how asyncio makes loops in the
+        # whole process, which a server on the memory engine has no reason to pay for.
+        from .engines.redis import open_redis_engine
+
         return open_redis_engine(config.engine.redis)
     return MemoryBroker(), MemoryPresenceManager()
 

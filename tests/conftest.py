@@ -9,6 +9,7 @@ Two ways to run a server:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import copy
 import shutil
@@ -34,6 +35,13 @@ from aether_trio.protocol.codec import encode_push
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+# trio-asyncio (the Redis engine's bridge) makes every asyncio loop created outside Trio one of
+# its own Trio-backed loops once imported, unless a thread asked for a policy of its own. The SDK
+# tests drive plain asyncio (`asyncio.run`) in this, the main thread: ask for asyncio's own.
+import trio_asyncio  # noqa: E402, F401  (imported first, so that the setting below is its)
+
+asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
