@@ -32,7 +32,7 @@ from aether_trio.engines.redis.durability import durability_warnings
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
 
 HISTORY = HistoryOptions(size=3, ttl=60.0, meta_ttl=3600.0)
-FAST = {"io_timeout": 0.5, "connect_timeout": 0.5, "probe_interval": 0.2}
+FAST: dict[str, Any] = {"io_timeout": 0.5, "connect_timeout": 0.5, "probe_interval": 0.2}
 
 
 @asynccontextmanager
