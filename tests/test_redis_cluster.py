@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
-from conftest import RawClient, make_config, open_raw, serve_in, token, ws_url
+from conftest import RawClient, close_reason, make_config, open_raw, serve_in, token, ws_url
 from redis_server import RedisServer, new_prefix
 from trio_websocket import ConnectionClosed
 
@@ -127,12 +128,9 @@ async def test_a_gap_makes_subscribers_resubscribe_and_server_side_ones_reconnec
             # The SDK resubscribes and recovers (2500); here by hand.
             await subscribe(client, "news", recover=True, offset=0)
             # A server-side subscription cannot be unsubscribed: its connection closes (3010).
-            try:
-                with trio.fail_after(10):
-                    await pinned.read_until_closed()
-            except ConnectionClosed as closed:
-                assert closed.reason is not None
-                assert closed.reason.code == 3010
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                await pinned.read_until_closed()
+            assert close_reason(closed.value).code == 3010
         nursery.cancel_scope.cancel()
 
 
