@@ -116,7 +116,7 @@ async def test_a_gap_makes_subscribers_resubscribe_and_server_side_ones_reconnec
             assert "connect" in await pinned.connect(token("bob", channels=["news"]))
             # The PUB/SUB connection is killed: the engine reconnects and reports the gap.
             redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
-            pushes = []
+            pushes: list[dict[str, Any]] = []
             with trio.fail_after(10):
                 while len(pushes) < 2:
                     message = await client.receive()
