@@ -42,6 +42,7 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 # What redis-py raises for a lost or silent server (besides its own RedisError family).
 CONNECTION_ERRORS = (RedisError, OSError, EOFError, TimeoutError)
+MAX_CONNECTIONS = 32
 
 
 class _Waiter:
@@ -118,6 +119,11 @@ class RedisClient:
             retry=Retry(NoBackoff(), 0),
             client_name="aether",
             protocol=2,
+            # Without pipelining every concurrent call holds a connection of its own: callers
+            # beyond these wait for one (within their io_timeout) instead of failing.
+            connection_pool_class=aredis.BlockingConnectionPool,
+            max_connections=MAX_CONNECTIONS,
+            timeout=cfg.io_timeout,
         )
 
     async def aio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
