@@ -24,10 +24,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from aether_trio.config import RedisEngineConfig  # noqa: E402
-from aether_trio.engines.base import HistoryOptions  # noqa: E402
-from aether_trio.engines.redis import open_redis_engine  # noqa: E402
-from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON  # noqa: E402
+from aether_trio.config import RedisEngineConfig
+from aether_trio.engines.base import HistoryOptions
+from aether_trio.engines.redis import open_redis_engine
+from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
 
 HISTORY = HistoryOptions(size=100, ttl=60.0, meta_ttl=3600.0)
 PUB = Publication(RawJSON(b'{"text":"hello, world","n":12345}'), ClientInfo("42", "c1"))
