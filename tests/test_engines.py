@@ -127,8 +127,17 @@ def _redis(request: pytest.FixtureRequest) -> tuple[Opener, bool]:
     return functools.partial(redis_engines, server), False
 
 
+def _redis_unpipelined(request: pytest.FixtureRequest) -> tuple[Opener, bool]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return functools.partial(redis_engines, server, pipelining=False), False
+
+
 # Each gives the engines' opener and whether they follow Trio's clock.
-ENGINE_FACTORIES = [pytest.param(_memory, id="memory"), pytest.param(_redis, id="redis")]
+ENGINE_FACTORIES = [
+    pytest.param(_memory, id="memory"),
+    pytest.param(_redis, id="redis"),
+    pytest.param(_redis_unpipelined, id="redis-unpipelined"),
+]
 
 
 @pytest.fixture(params=ENGINE_FACTORIES)

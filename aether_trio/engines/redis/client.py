@@ -105,26 +105,26 @@ class RedisClient:
                     nursery.cancel_scope.cancel()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await loop.run_aio_coroutine(redis.aclose())
+                    await loop.run_aio_coroutine(redis.aclose(close_connection_pool=True))
                 self._loop = None
 
     def new_client(self) -> aredis.Redis:
         cfg = self.config
-        # No retries inside redis-py: a failure is reported at once and retried, if at all,
-        # by whoever asked (a client resubscribes, the PUB/SUB supervisor reconnects).
-        return aredis.Redis.from_url(
+        pool = aredis.BlockingConnectionPool.from_url(
             cfg.address,
+            # Without pipelining every concurrent call holds a connection of its own: callers
+            # beyond these wait for one (within their io_timeout) instead of failing.
+            max_connections=MAX_CONNECTIONS,
+            timeout=cfg.io_timeout,
             socket_timeout=cfg.io_timeout,
             socket_connect_timeout=cfg.connect_timeout,
+            # No retries inside redis-py: a failure is reported at once and retried, if at all,
+            # by whoever asked (a client resubscribes, the PUB/SUB supervisor reconnects).
             retry=Retry(NoBackoff(), 0),
             client_name="aether",
             protocol=2,
-            # Without pipelining every concurrent call holds a connection of its own: callers
-            # beyond these wait for one (within their io_timeout) instead of failing.
-            connection_pool_class=aredis.BlockingConnectionPool,
-            max_connections=MAX_CONNECTIONS,
-            timeout=cfg.io_timeout,
         )
+        return aredis.Redis(connection_pool=pool)
 
     async def aio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run the asyncio coroutine `fn(*args)` on the engine's loop (the bridge)."""
