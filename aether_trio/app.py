@@ -22,7 +22,7 @@ from .admin.service import AdminService
 from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
 from .connection.serve import serve_connection
-from .engines.base import Broker
+from .engines.base import Broker, PresenceManager
 from .engines.memory import MemoryBroker, MemoryPresenceManager
 from .engines.persist import HistoryPersistence
 from .guards.limits import request_ip, request_origins
@@ -47,8 +47,8 @@ class Server:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        broker = MemoryBroker()
-        self.node: Node[Client] = Node(config, broker, MemoryPresenceManager())
+        broker, presence = _engines(config)
+        self.node: Node[Client] = Node(config, broker, presence)
         self.durable_history = _durable_history(config, broker)
         if self.durable_history is not None:
             self.node.reports["history_snapshot"] = self.durable_history.statistics
@@ -201,6 +201,16 @@ class Server:
             return False
         self.config = config
         return True
+
+
+def _engines(config: Config) -> tuple[Broker, PresenceManager]:
+    if config.engine.type == "redis":
+        # Imported only then: importing trio-asyncio changes how asyncio makes loops in the
+        # whole process, which a server on the memory engine has no reason to pay for.
+        from .engines.redis import open_redis_engine
+
+        return open_redis_engine(config.engine.redis)
+    return MemoryBroker(), MemoryPresenceManager()
 
 
 def _durable_history(config: Config, broker: Broker) -> HistoryPersistence | None:

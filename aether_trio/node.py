@@ -230,6 +230,12 @@ class Node(Generic[C]):
         if sub.options.join_leave:
             await self.broker.publish_join(sub.channel, info)
 
+    async def refresh_presence(self, sub: AnySubscription, info: ClientInfo) -> None:
+        """Add the presence entry of a live subscription again, before it expires in an engine
+        whose entries do (`[client] presence_update_interval`)."""
+        if sub.options.presence:
+            await self.presence.add_presence(sub.channel, info)
+
     async def leave(self, sub: AnySubscription, info: ClientInfo) -> None:
         """Undo `join` for a subscription that is gone."""
         if sub.options.presence:
@@ -275,6 +281,17 @@ class Node(Generic[C]):
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
         if receivers := self.hub.broadcast_leave(channel, info):
             self.metrics.join_leave("leave", receivers)
+
+    def handle_gap(self, channels: list[str]) -> None:
+        """The broker may have lost events of `channels`: every subscriber on this node is told
+        to resubscribe and recover from history (client-side: unsubscribe push 2500; a
+        server-side subscription closes its connection with 3010), as upstream does when it
+        detects a gap (reference 8.2)."""
+        for channel in channels:
+            for sub in self.hub.subscribers(channel):
+                client = self.clients.get(sub.client_id)
+                if client is not None:
+                    client.insufficient_state(channel)
 
     # --- channels, publications, history, presence ---
 

@@ -70,6 +70,10 @@ class Connection(Protocol):
     def close(self, disconnect: Disconnect, *, flush: bool = True, detail: str = "") -> None:
         """Ask the connection to close with `disconnect` (`detail` is only logged)."""
 
+    def insufficient_state(self, channel: str) -> None:
+        """Its subscription of `channel` may have missed publications: make the client
+        resubscribe and recover (unsubscribe push 2500, or close 3010 for a server-side one)."""
+
     def probe_write(self, report: Callable[[float], object]) -> bool:
         """Time its newest queued message until it is written (`report(seconds)`); False when
         nothing is queued or a probe is pending."""

@@ -9,6 +9,7 @@ Two ways to run a server:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import copy
 import shutil
@@ -23,6 +24,7 @@ import attrs
 import orjson
 import pytest
 import trio
+from redis_server import RedisServer, running_redis
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from aether_trio import hub as hub_module
@@ -33,6 +35,13 @@ from aether_trio.protocol.codec import encode_push
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+# trio-asyncio (the Redis engine's bridge) makes every asyncio loop created outside Trio one of
+# its own Trio-backed loops once imported, unless a thread asked for a policy of its own. The SDK
+# tests drive plain asyncio (`asyncio.run`) in this, the main thread: ask for asyncio's own.
+import trio_asyncio  # noqa: E402, F401  (imported first, so that the setting below is its)
+
+asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
@@ -269,3 +278,11 @@ def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
     monkeypatch.setattr(hub_module, "encode_push", counting)
     return calls
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the whole run (tests use prefixes of their own); tests that
+    stop, pause or kill it start their own with `running_redis()`."""
+    with running_redis() as server:
+        yield server

@@ -9,7 +9,7 @@ grepping), and the public surface pinned.
   trio_asyncio, neither directly nor through another aether_trio module it imports;
 - nothing outside `node.py` touches the node's hub, broker or presence engine;
 - engines never import the hub, the hub never imports an engine; only `app.py` (the
-  composition root) imports the concrete memory engine;
+  composition root) imports the concrete engines (memory, redis);
 - one way to decode JSON input: `http/` and `admin/` hand request bodies to their decoders, which
   go through `protocol.decoding` (the only place a body is parsed); they parse no body themselves.
 
@@ -203,6 +203,17 @@ def test_only_app_imports_the_memory_engine() -> None:
         module
         for module in SOURCES
         if module != memory and any(_is_within(n, memory) for n in imports_of(module))
+    )
+    assert importers == [f"{PACKAGE}.app"]
+
+
+def test_only_app_imports_the_redis_engine() -> None:
+    redis_engine = f"{PACKAGE}.engines.redis"
+    importers = sorted(
+        module
+        for module in SOURCES
+        if not _is_within(module, redis_engine)
+        and any(_is_within(n, redis_engine) for n in imports_of(module))
     )
     assert importers == [f"{PACKAGE}.app"]
 

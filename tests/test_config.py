@@ -408,7 +408,19 @@ INVALID = [
         id="port-negative",
     ),
     pytest.param('[log]\nlevel = "verbose"\n', "log.level", "verbose", id="unknown-log-level"),
-    pytest.param('[engine]\ntype = "redis"\n', "engine.type", "redis", id="unknown-engine"),
+    pytest.param('[engine]\ntype = "mongo"\n', "engine.type", "mongo", id="unknown-engine"),
+    pytest.param(
+        '[engine.redis]\naddress = "localhost:6379"\n',
+        "engine.redis.address",
+        "localhost:6379",
+        id="redis-address-without-scheme",
+    ),
+    pytest.param(
+        "[engine.redis]\nio_timeout = 0\n", "engine.redis.io_timeout", "0", id="redis-io-timeout-0"
+    ),
+    pytest.param(
+        '[engine.redis]\nhost = "x"\n', "engine.redis.host", "unknown key", id="redis-unknown-key"
+    ),
     pytest.param(
         '[channel.without_namespace]\npublication_data_format = "xml"\n',
         "channel.without_namespace.publication_data_format",

@@ -1,16 +1,21 @@
 """Contract tests for the engine protocols (`Broker`, `PresenceManager`) and for `Node.recover`.
 
-Every test runs against each factory in `ENGINE_FACTORIES`. Today that is only the memory engine;
-a Redis engine is added by writing one more factory that yields an `Engines` (and, if its
-expiry does not follow the Trio clock, an `elapse` that really waits) and listing it there.
+Every test runs against each factory in `ENGINE_FACTORIES`: the memory engine and the Redis
+engine (on the session's private redis-server, tests/redis_server.py, under a prefix of its own).
 
-Time: tests that need TTLs to pass take `autojump_clock` and wait through `engines.elapse`, so a
-day of stream lifetime costs nothing. References: reference sections 8.1 (stream model),
-8.3 (recovery) and 8.4 (history semantics).
+Time: tests that need TTLs to pass take `engine_time` and wait through `engines.elapse`. For the
+memory engine that is Trio's autojump clock, so a day of stream lifetime costs nothing; Redis
+expires keys on its own clock, so its `elapse` moves every key's TTL forward (and the presence
+clock with it), and its tests run in real time. Delivery is asynchronous with Redis: a test
+subscribes the channel and waits through `engines.settle` (a probe through the broker's own
+PUB/SUB connection: what was published before has been delivered once it is back).
+References: reference sections 8.1 (stream model), 8.3 (recovery) and 8.4 (history semantics).
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -19,7 +24,10 @@ import attrs
 import pytest
 import trio
 from conftest import make_config
+from redis_server import RedisServer, new_prefix
+from trio.testing import MockClock
 
+from aether_trio.config import RedisEngineConfig
 from aether_trio.engines import memory as memory_module
 from aether_trio.engines.base import (
     Broker,
@@ -29,6 +37,7 @@ from aether_trio.engines.base import (
     UnrecoverablePosition,
 )
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
+from aether_trio.engines.redis import open_redis_engine
 from aether_trio.node import Node
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON, StreamPosition
 
@@ -40,6 +49,7 @@ class RecordingHandler:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str, Publication | ClientInfo]] = []
+        self.gaps: list[list[str]] = []
 
     def handle_publication(self, channel: str, pub: Publication) -> None:
         self.events.append(("pub", channel, pub))
@@ -50,12 +60,19 @@ class RecordingHandler:
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
         self.events.append(("leave", channel, info))
 
+    def handle_gap(self, channels: list[str]) -> None:
+        self.gaps.append(channels)
+
     def publications(self, channel: str) -> list[Publication]:
         return [p for _, ch, p in self.events if isinstance(p, Publication) and ch == channel]
 
 
 async def _trio_sleep(seconds: float) -> None:
     await trio.sleep(seconds)
+
+
+async def _nothing() -> None:
+    pass
 
 
 @attrs.define
@@ -65,9 +82,11 @@ class Engines:
     handler: RecordingHandler
     # Let `seconds` of engine time pass (the memory engine follows the Trio clock).
     elapse: Callable[[float], Awaitable[None]] = _trio_sleep
+    # Return once everything published so far has reached the handler.
+    settle: Callable[[], Awaitable[None]] = _nothing
 
 
-EngineFactory = Callable[[], AbstractAsyncContextManager[Engines]]
+Opener = Callable[[], AbstractAsyncContextManager[Engines]]
 
 
 @asynccontextmanager
@@ -80,13 +99,64 @@ async def memory_engines() -> AsyncIterator[Engines]:
         nursery.cancel_scope.cancel()
 
 
-ENGINE_FACTORIES = [pytest.param(memory_engines, id="memory")]
+@asynccontextmanager
+async def redis_engines(server: RedisServer, **options: Any) -> AsyncIterator[Engines]:
+    prefix = new_prefix()
+    config = RedisEngineConfig(address=server.address, prefix=prefix, **options)
+    broker, presence = open_redis_engine(config)
+    shift = 0.0
+    presence.clock = lambda: time.time() + shift
+    handler = RecordingHandler()
+
+    async def elapse(seconds: float) -> None:
+        nonlocal shift
+        shift += seconds
+        await trio.to_thread.run_sync(server.elapse, prefix, seconds)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.run, handler)
+        yield Engines(broker, presence, handler, elapse, broker.pubsub.probe)
+        nursery.cancel_scope.cancel()
+
+
+def _memory(_request: pytest.FixtureRequest) -> tuple[Opener, bool]:
+    return memory_engines, True
+
+
+def _redis(request: pytest.FixtureRequest) -> tuple[Opener, bool]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return functools.partial(redis_engines, server), False
+
+
+def _redis_unpipelined(request: pytest.FixtureRequest) -> tuple[Opener, bool]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return functools.partial(redis_engines, server, pipelining=False), False
+
+
+# Each gives the engines' opener and whether they follow Trio's clock.
+ENGINE_FACTORIES = [
+    pytest.param(_memory, id="memory"),
+    pytest.param(_redis, id="redis"),
+    pytest.param(_redis_unpipelined, id="redis-unpipelined"),
+]
 
 
 @pytest.fixture(params=ENGINE_FACTORIES)
-async def engines(request: pytest.FixtureRequest) -> AsyncIterator[Engines]:
-    factory: EngineFactory = request.param
-    async with factory() as running:
+def engine_kind(request: pytest.FixtureRequest) -> tuple[Opener, bool]:
+    factory: Callable[[pytest.FixtureRequest], tuple[Opener, bool]] = request.param
+    return factory(request)
+
+
+@pytest.fixture
+def engine_time(engine_kind: tuple[Opener, bool]) -> MockClock | None:
+    """Trio's autojump clock for an engine on Trio's clock; real time (None) for Redis, whose
+    I/O would let an autojump clock fire every timeout at once."""
+    return MockClock(autojump_threshold=0) if engine_kind[1] else None
+
+
+@pytest.fixture
+async def engines(engine_kind: tuple[Opener, bool]) -> AsyncIterator[Engines]:
+    async with engine_kind[0]() as running:
         yield running
 
 
@@ -155,8 +225,10 @@ async def test_history_publications_keep_data_and_info(engines: Engines) -> None
 async def test_publish_without_history_returns_offset_zero_stores_nothing_but_delivers(
     engines: Engines,
 ) -> None:
+    await engines.broker.subscribe("chat")
     position = await engines.broker.publish("chat", pub(1), NO_HISTORY)
     assert position.offset == 0
+    await engines.settle()
     assert engines.handler.publications("chat") == [pub(1)]  # delivered, offset 0
     offsets, top = await read(engines, "chat")
     assert offsets == []
@@ -181,7 +253,7 @@ async def test_size_eviction_keeps_the_newest_and_the_top(engines: Engines) -> N
 
 
 async def test_history_ttl_counts_from_the_last_publish_and_keeps_top_and_epoch(
-    engines: Engines, autojump_clock: trio.testing.MockClock
+    engines: Engines, engine_time: MockClock | None
 ) -> None:
     options = HistoryOptions(size=10, ttl=60.0, meta_ttl=DAY)
     (first,) = await publish_n(engines, "news", 1, options)
@@ -200,7 +272,7 @@ async def test_history_ttl_counts_from_the_last_publish_and_keeps_top_and_epoch(
 
 
 async def test_history_ttl_expiry_also_happens_without_anyone_reading(
-    engines: Engines, autojump_clock: trio.testing.MockClock
+    engines: Engines, engine_time: MockClock | None
 ) -> None:
     options = HistoryOptions(size=10, ttl=60.0, meta_ttl=DAY)
     (first,) = await publish_n(engines, "news", 1, options)
@@ -211,7 +283,7 @@ async def test_history_ttl_expiry_also_happens_without_anyone_reading(
 
 
 async def test_meta_ttl_expiry_starts_a_new_epoch_and_restarts_offsets(
-    engines: Engines, autojump_clock: trio.testing.MockClock
+    engines: Engines, engine_time: MockClock | None
 ) -> None:
     options = HistoryOptions(size=10, ttl=60.0, meta_ttl=600.0)
     positions = await publish_n(engines, "news", 3, options)
@@ -226,7 +298,7 @@ async def test_meta_ttl_expiry_starts_a_new_epoch_and_restarts_offsets(
 
 
 async def test_meta_ttl_expiry_seen_by_a_read_gives_an_empty_stream_with_a_new_epoch(
-    engines: Engines, autojump_clock: trio.testing.MockClock
+    engines: Engines, engine_time: MockClock | None
 ) -> None:
     options = HistoryOptions(size=10, ttl=60.0, meta_ttl=600.0)
     (first,) = await publish_n(engines, "news", 1, options)
@@ -239,7 +311,7 @@ async def test_meta_ttl_expiry_seen_by_a_read_gives_an_empty_stream_with_a_new_e
 
 
 async def test_stream_top_survives_until_meta_ttl(
-    engines: Engines, autojump_clock: trio.testing.MockClock
+    engines: Engines, engine_time: MockClock | None
 ) -> None:
     options = HistoryOptions(size=10, ttl=60.0, meta_ttl=600.0)
     (first,) = await publish_n(engines, "news", 1, options)
@@ -360,10 +432,12 @@ async def test_remove_history_of_an_unknown_channel_is_fine(engines: Engines) ->
 # --- delivery --------------------------------------------------------------------------------
 
 
-async def test_publish_delivers_synchronously_in_order_with_offsets(engines: Engines) -> None:
+async def test_publish_delivers_in_order_with_offsets(engines: Engines) -> None:
+    await engines.broker.subscribe("news")
     for n in range(1, 6):
         position = await engines.broker.publish("news", pub(n), HISTORY)
-        # Delivered by the time publish returns, carrying the offset it was stored under.
+        await engines.settle()
+        # Delivered, carrying the offset it was stored under.
         delivered = engines.handler.publications("news")
         assert len(delivered) == n
         assert delivered[-1] == attrs.evolve(pub(n), offset=position.offset)
@@ -371,11 +445,41 @@ async def test_publish_delivers_synchronously_in_order_with_offsets(engines: Eng
     assert delivered == [attrs.evolve(pub(n), offset=n) for n in range(1, 6)]
 
 
+async def test_concurrent_publishes_are_delivered_in_offset_order(engines: Engines) -> None:
+    await engines.broker.subscribe("news")
+    async with trio.open_nursery() as nursery:
+        for n in range(1, 21):
+            nursery.start_soon(engines.broker.publish, "news", pub(n), HISTORY)
+    await engines.settle()
+    assert [p.offset for p in engines.handler.publications("news")] == list(range(1, 21))
+
+
+async def test_publications_keep_data_info_and_tags_through_delivery_and_history(
+    engines: Engines,
+) -> None:
+    await engines.broker.subscribe("news")
+    full = Publication(
+        RawJSON(b'{"text":"hi \xc3\xa9;,:"}'),
+        ClientInfo("", "c;1", RawJSON(b'{"a":[1,2]}'), RawJSON(b'"x"')),
+        tags={"k": "v", "empty": "", ";": ","},
+    )
+    bare = Publication()
+    for publication in (full, bare):
+        await engines.broker.publish("news", publication, HISTORY)
+    await engines.settle()
+    expected = [attrs.evolve(full, offset=1), attrs.evolve(bare, offset=2)]
+    assert engines.handler.publications("news") == expected
+    pubs, _top = await engines.broker.history("news", HistoryQuery(limit=-1), DAY)
+    assert pubs == expected
+
+
 async def test_join_and_leave_are_delivered(engines: Engines) -> None:
     bob = ClientInfo("bob", "c2", RawJSON(b'{"k":1}'))
+    await engines.broker.subscribe("room")
     await engines.broker.publish_join("room", ALICE)
     await engines.broker.publish_join("room", bob)
     await engines.broker.publish_leave("room", ALICE)
+    await engines.settle()
     assert engines.handler.events == [
         ("join", "room", ALICE),
         ("join", "room", bob),
@@ -383,7 +487,9 @@ async def test_join_and_leave_are_delivered(engines: Engines) -> None:
     ]
 
 
-async def test_subscribe_and_unsubscribe_are_accepted(engines: Engines) -> None:
+async def test_what_was_published_before_unsubscribe_returns_is_delivered(
+    engines: Engines,
+) -> None:
     await engines.broker.subscribe("news")
     await engines.broker.publish("news", pub(1), HISTORY)
     await engines.broker.unsubscribe("news")
@@ -520,7 +626,7 @@ async def test_recover_trimmed_window_is_not_recovered(engines: Engines) -> None
 
 
 async def test_recover_after_history_ttl_expired_is_not_recovered(
-    engines: Engines, autojump_clock: trio.testing.MockClock
+    engines: Engines, engine_time: MockClock | None
 ) -> None:
     node = make_node(engines)
     positions = await node_publish(node, "news", 3)
@@ -585,17 +691,18 @@ async def test_a_read_creates_a_stream_only_briefly(
     assert (await read(engines, "quiet"))[1] == position
 
 
-async def test_read_created_streams_are_bounded_in_number(
-    engines: Engines, monkeypatch: pytest.MonkeyPatch
+async def test_the_memory_engines_read_created_streams_are_bounded_in_number(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The memory engine also bounds their number (Redis bounds them by their TTL alone)."""
     monkeypatch.setattr(memory_module, "MAX_READ_CREATED", 100)
-    if not isinstance(engines.broker, MemoryBroker):
-        pytest.fail("bound the read-created streams of this engine too")
-    for n in range(1000):
-        await read(engines, f"scan:{n}")
-    assert engines.broker.statistics()["streams"] == 100
-    # The newest are the ones kept; a published stream is never evicted for them.
-    await engines.broker.publish("busy", pub(1), HISTORY)
-    for n in range(1000, 1200):
-        await read(engines, f"scan:{n}")
-    assert (await read(engines, "busy"))[1].offset == 1
+    async with memory_engines() as engines:
+        assert isinstance(engines.broker, MemoryBroker)
+        for n in range(1000):
+            await read(engines, f"scan:{n}")
+        assert engines.broker.statistics()["streams"] == 100
+        # The newest are the ones kept; a published stream is never evicted for them.
+        await engines.broker.publish("busy", pub(1), HISTORY)
+        for n in range(1000, 1200):
+            await read(engines, f"scan:{n}")
+        assert (await read(engines, "busy"))[1].offset == 1

@@ -64,6 +64,7 @@ class FakeConnection:
         self.user = ""
         self.subscriptions: dict[str, Any] = {}
         self.sent: list[bytes] = []
+        self.lost: list[str] = []
 
     @property
     def queued_bytes(self) -> int:
@@ -77,6 +78,9 @@ class FakeConnection:
 
     def probe_write(self, report: Any) -> bool:
         return False
+
+    def insufficient_state(self, channel: str) -> None:
+        self.lost.append(channel)
 
 
 def subscription(client_id: str, channel: str = "news") -> ChannelSubscription:

@@ -24,6 +24,7 @@ from .sections import LimitsConfig as LimitsConfig
 from .sections import LogConfig as LogConfig
 from .sections import MonitorConfig as MonitorConfig
 from .sections import PersonalChannelConfig as PersonalChannelConfig
+from .sections import RedisEngineConfig as RedisEngineConfig
 from .sections import ServerConfig as ServerConfig
 from .sections import TokenConfig as TokenConfig
 
@@ -42,6 +43,7 @@ __all__ = [
     "LogConfig",
     "MonitorConfig",
     "PersonalChannelConfig",
+    "RedisEngineConfig",
     "ServerConfig",
     "TokenConfig",
     "load_config",

@@ -26,6 +26,7 @@ __all__ = [
     "LogConfig",
     "MonitorConfig",
     "PersonalChannelConfig",
+    "RedisEngineConfig",
     "ServerConfig",
     "TokenConfig",
 ]
@@ -125,6 +126,9 @@ class ClientConfig:
     stale_close_delay: float = attrs.field(default=10.0, validator=positive)
     expired_close_delay: float = attrs.field(default=25.0, validator=non_negative)
     expired_sub_close_delay: float = attrs.field(default=25.0, validator=non_negative)
+    # How often a connection adds its presence entries again, so that they outlive the Redis
+    # engine's presence_ttl while it is connected (0: never; the memory engine needs none).
+    presence_update_interval: float = attrs.field(default=25.0, validator=non_negative)
     sub_expiry_check_interval: float = attrs.field(default=5.0, validator=positive)
     outbox_max_bytes: int = attrs.field(default=1 << 20, validator=positive)
     max_messages_in_frame: int = attrs.field(default=16, validator=positive)
@@ -214,13 +218,35 @@ class TokenConfig:
         )
 
 
+def _redis_address(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix") or not rest:
+        expected = "redis://host:port/db, rediss://... or unix://path"
+        raise ValueError(f"{attr.name}: expected {expected}, got {value!r}")
+
+
+@attrs.frozen
+class RedisEngineConfig:
+    """`[engine.redis]`: read only when `[engine] type = "redis"` (docs/redis.md)."""
+
+    address: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_address)
+    # Every key and PUB/SUB channel name starts with it: nodes sharing a Redis share a prefix.
+    prefix: str = attrs.field(default="aether", validator=attrs.validators.min_len(1))
+    connect_timeout: float = attrs.field(default=1.0, validator=positive)
+    io_timeout: float = attrs.field(default=4.0, validator=positive)
+    presence_ttl: float = attrs.field(default=60.0, validator=positive)
+    probe_interval: float = attrs.field(default=2.0, validator=positive)
+    pipelining: bool = True
+
+
 @attrs.frozen
 class EngineConfig:
-    type: Literal["memory"] = "memory"
+    type: Literal["memory", "redis"] = "memory"
     # The memory engine's streams are saved to [admin] data_dir at a graceful stop and restored
     # at start (engines/persist.py); the save is given up after persist_timeout seconds.
     persist_history: bool = True
     persist_timeout: float = attrs.field(default=10.0, validator=positive)
+    redis: RedisEngineConfig = RedisEngineConfig()
 
 
 @attrs.frozen

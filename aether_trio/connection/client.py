@@ -193,16 +193,46 @@ class Client:
 
     def subscription_expired(self, sub: ChannelSubscription) -> None:
         """A subscription token's expiry passed without `sub_refresh` (the timers' call)."""
+        self._server_unsubscribe(sub, Unsubscribe.EXPIRED, Disconnect.SUBSCRIPTION_EXPIRED)
+
+    def insufficient_state(self, channel: str) -> None:
+        """The broker may have lost publications of `channel` (peers.Connection)."""
+        sub = self.subscriptions.get(channel)
+        if isinstance(sub, ChannelSubscription):
+            self._server_unsubscribe(sub, Unsubscribe.INSUFFICIENT_STATE,
+                                     Disconnect.INSUFFICIENT_STATE)  # fmt: skip
+
+    def _server_unsubscribe(
+        self, sub: ChannelSubscription, code: Unsubscribe, server_side: Disconnect
+    ) -> None:
+        """Unsubscribe `sub` with an unsubscribe push (a server-side one: close the connection
+        with `server_side`); presence and the leave follow in the background."""
         if self.subscriptions.get(sub.channel) is not sub:
             return
         if sub.server_side:
-            self.close(Disconnect.SUBSCRIPTION_EXPIRED)
+            self.close(server_side)
             return
-        code = Unsubscribe.EXPIRED
         self.detach(sub.channel)
         self.send(encode_push(sub.channel, "unsubscribe", UnsubscribePush(code, code.reason)))
         if self._nursery is not None:
             self._nursery.start_soon(self._leave_quietly, sub)
+
+    def refresh_presence(self) -> None:
+        """Add this connection's presence entries again (the timers' call, every
+        `presence_update_interval`), so an engine whose entries expire keeps them."""
+        if self._nursery is not None and any(
+            s.options.presence for s in self.subscriptions.values()
+        ):
+            self._nursery.start_soon(self._refresh_presence)
+
+    async def _refresh_presence(self) -> None:
+        for channel, sub in list(self.subscriptions.items()):
+            # Still subscribed (a leave may have removed the entry meanwhile).
+            if sub.options.presence and self.subscriptions.get(channel) is sub:
+                try:
+                    await self.node.refresh_presence(sub, self.info(sub.chan_info))
+                except EngineError:
+                    log.info("refreshing the presence of %s in %s failed", self, channel)
 
     async def _leave_quietly(self, sub: Subscription) -> None:
         try:

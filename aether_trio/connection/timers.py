@@ -1,5 +1,6 @@
 """A connection's timers, as a component of its `Client`: pings and the pong check, the
-stale-connection close, and the expiry of the connection and of its subscriptions.
+stale-connection close, the expiry of the connection and of its subscriptions, and the periodic
+refresh of its presence entries.
 
 All run on the node's one `Scheduler` (a heap entry per timer, no task), and their callbacks are
 synchronous. The component keeps the connection's pending timers by name and knows its owner only
@@ -42,6 +43,9 @@ class TimerOwner(Protocol):
 
     def subscription_expired(self, sub: ChannelSubscription) -> None:
         """`sub` was not refreshed in time (a server-side one closes the connection)."""
+
+    def refresh_presence(self) -> None:
+        """Add the connection's presence entries again (in a task of its own)."""
 
 
 class ConnectionTimers:
@@ -86,6 +90,8 @@ class ConnectionTimers:
             # The first ping at a random point of the interval spreads pings of a reconnect wave.
             self.call_later("ping", random.uniform(interval / 2, interval), self._ping)
         self.schedule_expiry()
+        if self._config().presence_update_interval > 0:
+            self.call_later("presence", self._config().presence_update_interval, self._presence)
 
     def _stale(self) -> None:
         if not self._owner.session.is_connected:
@@ -100,6 +106,15 @@ class ConnectionTimers:
             owner.session.ping_sent()
             self.call_later("pong", cfg.pong_timeout, self._check_pong)
         self.call_later("ping", cfg.ping_interval, self._ping)
+
+    def _presence(self) -> None:
+        # Like centrifuge's client (`updatePresence`): entries of a live connection are added
+        # again before the engine's presence TTL lets them expire.
+        interval = self._config().presence_update_interval
+        if not self._owner.session.is_connected or interval <= 0:
+            return
+        self._owner.refresh_presence()
+        self.call_later("presence", interval, self._presence)
 
     def _check_pong(self) -> None:
         if self._owner.session.pong_missing:

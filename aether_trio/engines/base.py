@@ -3,7 +3,11 @@
 A `Broker` owns history: `publish` appends to the channel's stream *and* delivers the publication to
 every node subscribed to the channel, as one step, so offsets are never reused and a publication is
 in history before anyone can see it live. Nodes learn about publications, joins and leaves through
-the `BrokerEventHandler` they pass to `run`; the broker never knows about hubs or connections.
+the `BrokerEventHandler` they pass to `run`, in publish order per channel; the broker never knows
+about hubs or connections. Delivery is only promised to nodes that `subscribe`d the channel, and
+may come after `publish` returns (Redis delivers through PUB/SUB; the memory engine delivers to
+its one node before `publish` returns). A broker that may have lost events of some channels (a
+PUB/SUB connection re-established) says so with `handle_gap`.
 A `PresenceManager` keeps who is in a channel.
 
 Errors:
@@ -21,6 +25,7 @@ import trio
 from ..protocol.messages import ClientInfo, Publication, StreamPosition
 
 __all__ = [
+    "READ_CREATED_TTL",
     "Broker",
     "BrokerEventHandler",
     "EngineError",
@@ -29,6 +34,12 @@ __all__ = [
     "PresenceManager",
     "UnrecoverablePosition",
 ]
+
+
+# A stream a read creates (history or a positioned subscribe on a channel nobody published to)
+# lives this long at most from that read, whatever `meta_ttl` says, and later reads do not renew
+# it: reads must not keep state for a month. Its first publication makes it an ordinary stream.
+READ_CREATED_TTL = 3600.0
 
 
 class EngineError(Exception):
@@ -65,6 +76,8 @@ class BrokerEventHandler(Protocol):
     def handle_publication(self, channel: str, pub: Publication) -> None: ...
     def handle_join(self, channel: str, info: ClientInfo) -> None: ...
     def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+    def handle_gap(self, channels: list[str]) -> None:
+        """Events of `channels` may have been lost (they are subscribed again now)."""
 
 
 class Broker(Protocol):

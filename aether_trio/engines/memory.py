@@ -32,14 +32,20 @@ import attrs
 import trio
 
 from ..protocol.messages import ClientInfo, Publication, StreamPosition
-from .base import BrokerEventHandler, HistoryOptions, HistoryQuery, UnrecoverablePosition
+from .base import (
+    READ_CREATED_TTL,
+    BrokerEventHandler,
+    HistoryOptions,
+    HistoryQuery,
+    UnrecoverablePosition,
+)
 from .snapshot import SavedStream
 
 __all__ = ["MemoryBroker", "MemoryPresenceManager"]
 
 _EPOCH_ALPHABET = string.ascii_letters
-# Streams created by a read, not a publication: how long they live and how many are kept.
-READ_CREATED_TTL = 3600.0
+# Streams created by a read, not a publication: at most this many are kept (the oldest go first;
+# how long each lives is the engines' common READ_CREATED_TTL). Redis keeps them by TTL alone.
 MAX_READ_CREATED = 10_000
 
 

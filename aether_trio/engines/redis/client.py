@@ -1,0 +1,215 @@
+"""The bridge to Redis and the one door every command goes through: timeouts, errors and
+automatic pipelining.
+
+Theory of operation. `opened` opens a trio-asyncio loop for the engine's life and keeps redis-py's
+asyncio client on it; only this module and pubsub.py cross into asyncio (`aio`), so the rest of
+the engine (and of Aether) sees plain Trio. With pipelining on, `call` queues (command, waiter)
+and waits; the batcher task takes everything queued since it last ran -- the commands issued in
+one Trio scheduling round, and under load everything issued while the previous batch was on the
+wire -- and sends it as one pipeline: one bridge crossing and one round trip per batch, not per
+command (centrifuge's automatic pipelining). With pipelining off every call crosses the bridge
+itself on a connection of redis-py's pool.
+
+Errors, in one place: whatever redis-py raises becomes `EngineError`; so does a call not answered
+within `io_timeout`, and a call made while the engine is not `reachable` fails at once instead of
+waiting (a temporary error 100 for clients). pubsub.py decides reachability: it marks the engine
+reachable once its probe came back, and `call` marks it unreachable when Redis stops answering.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aredis
+import trio
+import trio_asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from ...config.sections import RedisEngineConfig
+from ..base import EngineError
+from .scripts import ALL_SCRIPTS, Script
+
+__all__ = ["RedisClient"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Command = tuple[Any, ...]
+# What redis-py raises for a lost or silent server (besides its own RedisError family).
+CONNECTION_ERRORS = (RedisError, OSError, EOFError, TimeoutError)
+MAX_CONNECTIONS = 32
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class RedisClient:
+    def __init__(self, config: RedisEngineConfig) -> None:
+        self.config = config
+        self.pipelining = config.pipelining
+        self._loop: trio_asyncio.TrioEventLoop | None = None
+        self._redis: aredis.Redis | None = None
+        self._reachable = False
+        # Set when a call found Redis silent: the PUB/SUB supervisor probes at once.
+        self.trouble = trio.Event()
+        self._queue: list[tuple[Command, _Waiter]] = []
+        self._queued = trio.Event()
+        self._scripts = {script.sha: script for script in ALL_SCRIPTS}
+        # Observability and tests: pipelines sent, commands in them, the largest batch.
+        self.batches = 0
+        self.commands = 0
+        self.largest_batch = 0
+
+    # --- reachability ---
+
+    @property
+    def reachable(self) -> bool:
+        return self._reachable
+
+    def mark_reachable(self) -> None:
+        if not self._reachable:
+            log.info("redis at %s is reachable", self.config.address)
+        self._reachable = True
+
+    def mark_unreachable(self, why: str) -> None:
+        if self._reachable:
+            log.warning("redis at %s is unreachable: %s", self.config.address, why)
+        self._reachable = False
+        self.trouble.set()
+
+    # --- the bridge ---
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[None]:
+        """The asyncio loop, the client and the batcher, for the body's duration: the PUB/SUB
+        connection runs inside it, so it is closed while the loop still runs."""
+        async with trio_asyncio.open_loop() as loop:
+            self._loop = loop
+            redis = self._redis = self.new_client()
+            try:
+                async with trio.open_nursery() as nursery:
+                    if self.pipelining:
+                        await nursery.start(self._batcher)
+                    yield
+                    nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await loop.run_aio_coroutine(redis.aclose(close_connection_pool=True))
+                self._loop = None
+
+    def new_client(self) -> aredis.Redis:
+        cfg = self.config
+        pool = aredis.BlockingConnectionPool.from_url(
+            cfg.address,
+            # Without pipelining every concurrent call holds a connection of its own: callers
+            # beyond these wait for one (within their io_timeout) instead of failing.
+            max_connections=MAX_CONNECTIONS,
+            timeout=cfg.io_timeout,
+            socket_timeout=cfg.io_timeout,
+            socket_connect_timeout=cfg.connect_timeout,
+            # No retries inside redis-py: a failure is reported at once and retried, if at all,
+            # by whoever asked (a client resubscribes, the PUB/SUB supervisor reconnects).
+            retry=Retry(NoBackoff(), 0),
+            client_name="aether",
+            protocol=2,
+        )
+        return aredis.Redis(connection_pool=pool)
+
+    async def aio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run the asyncio coroutine `fn(*args)` on the engine's loop (the bridge)."""
+        if self._loop is None:
+            raise EngineError("the redis engine is not running")
+        result: T = await self._loop.run_aio_coroutine(fn(*args))
+        return result
+
+    # --- commands ---
+
+    async def call(self, *command: Any, check: bool = True) -> Any:
+        """Send one command and return Redis's answer (`EngineError` on any failure).
+        `check=False` sends it even while unreachable (the probe that finds out)."""
+        if self._loop is None:
+            raise EngineError("the redis engine is not running")
+        if check and not self._reachable:
+            raise EngineError("redis is unreachable")
+        with trio.move_on_after(self.config.io_timeout) as scope:
+            try:
+                if self.pipelining:
+                    return await self._queued_call(command)
+                return (await self.aio(self._execute, [command]))[0]
+            except ResponseError as exc:
+                raise EngineError(f"redis refused {command[0]}: {exc}") from exc
+            except CONNECTION_ERRORS as exc:
+                self.mark_unreachable(f"{type(exc).__name__}: {exc}")
+                raise EngineError(f"redis failed: {exc}") from exc
+        assert scope.cancelled_caught
+        self.mark_unreachable(f"no answer within {self.config.io_timeout} s")
+        raise EngineError(f"redis did not answer within {self.config.io_timeout} s")
+
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        # EVALSHA; a Redis that lost its script cache (restart) gets the source (`_execute`).
+        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _queued_call(self, command: Command) -> Any:
+        waiter = _Waiter()
+        self._queue.append((command, waiter))
+        self._queued.set()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    async def _batcher(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            await self._queued.wait()
+            self._queued = trio.Event()
+            batch, self._queue = self._queue, []
+            self.batches += 1
+            self.commands += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+            try:
+                with trio.fail_after(self.config.io_timeout):
+                    results = await self.aio(self._execute, [command for command, _ in batch])
+            except (trio.TooSlowError, *CONNECTION_ERRORS) as exc:
+                error = exc if not isinstance(exc, trio.TooSlowError) else TimeoutError()
+                results = [error] * len(batch)
+            for (_, waiter), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    waiter.error = result
+                else:
+                    waiter.result = result
+                waiter.done.set()
+
+    async def _execute(self, commands: list[Command]) -> list[Any]:
+        """asyncio side: one pipeline (a single command needs no other path); results in order,
+        errors in place. A script unknown to Redis is sent again with its source (EVAL)."""
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                for i in missing:
+                    _evalsha, sha, *rest = commands[i]
+                    pipe.execute_command("EVAL", self._scripts[sha].source, *rest)
+                for i, result in zip(
+                    missing, await pipe.execute(raise_on_error=False), strict=True
+                ):
+                    results[i] = result
+        if len(commands) == 1 and isinstance(results[0], BaseException):
+            raise results[0]
+        return results
