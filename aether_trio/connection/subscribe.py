@@ -30,8 +30,7 @@ from ..engines.base import EngineError
 from ..protocol import messages as m
 from ..protocol import permissions
 from ..protocol.channels import ResolvedChannel
-from ..protocol.codec import encode_push
-from ..protocol.codes import Disconnect, ErrorCode, Unsubscribe
+from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
 from ..subscriptions import ChannelSubscription
@@ -166,10 +165,11 @@ async def subscribe(
         try:
             await node.join(o.sub, client.info(o.sub.chan_info))
         except EngineError:
-            # Announced, but without its presence or join: tell the client to subscribe again
-            # (2500 makes the SDK resubscribe), which redoes the whole sequence.
+            # Announced, but without its presence or join: the client subscribes again (2500
+            # makes the SDK resubscribe; a server-side subscription's connection closes with
+            # 3010, and the SDK reconnects), which redoes the whole sequence.
             log.warning("join of %s in %s failed", client, o.sub.channel, exc_info=True)
-            _unsubscribe_insufficient(client, o.sub)
+            client.insufficient_state(o.sub.channel)
             continue
         if client.subscriptions.get(o.sub.channel) is not o.sub:
             # The connection's cleanup took it while the join was on its way: undo the join.
@@ -181,14 +181,6 @@ def _take_back(client: Client, opened: Opened) -> None:
     """Undo `open_subscription` for a subscription that was never announced (so never joined)."""
     if client.subscriptions.get(opened.sub.channel) is opened.sub:
         client.detach(opened.sub.channel)
-
-
-def _unsubscribe_insufficient(client: Client, sub: Subscription) -> None:
-    if client.subscriptions.get(sub.channel) is not sub:
-        return
-    client.detach(sub.channel)
-    code = Unsubscribe.INSUFFICIENT_STATE
-    client.send(encode_push(sub.channel, "unsubscribe", m.UnsubscribePush(code, code.reason)))
 
 
 def _still_wanted(client: Client, opened: Opened) -> bool:
