@@ -671,7 +671,7 @@ async def test_recover_after_remove_history(engines: Engines) -> None:
 
 
 async def test_a_read_creates_a_stream_only_briefly(
-    engines: Engines, autojump_clock: trio.testing.MockClock
+    engines: Engines, engine_time: MockClock | None
 ) -> None:
     """A read of a channel without a stream answers with an epoch (a client recovering later
     must be able to tell), but that stream lives an hour at most, not `meta_ttl`, and reads do
