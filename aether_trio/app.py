@@ -26,6 +26,7 @@ from .engines.base import Broker
 from .engines.memory import MemoryBroker, MemoryPresenceManager
 from .engines.persist import HistoryPersistence
 from .guards.limits import request_ip, request_origins
+from .guards.proxies import TrustedProxies, forwarded_remote
 from .http.api.routes import METHODS, PREFIX, ServerApi
 from .http.apiauth import ApiAuth
 from .http.asgi import HttpApp
@@ -57,6 +58,9 @@ class Server:
         # wss:// when [server] names a certificate (checked at load; built again here).
         self.ssl_context = _ssl_context(config.server)
         self.http_app = HttpApp(config.http.max_body_size, config.http.read_timeout)
+        # Behind nginx: the client each trusted proxy names (per-IP limits, logs, audit actors).
+        self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
+        self.http_app.proxies = lambda: self.trusted_proxies
         # API keys are read from the node's running config on each request (SIGHUP included).
         self.api_auth = ApiAuth(lambda: self.node.config.api.keys)
         api_route = ServerApi(self.node, self.api_auth).handle
@@ -147,6 +151,8 @@ class Server:
             if path != self.config.server.websocket_path:
                 await request.reject(404, body=b"not found\n")
                 return
+            # The client behind a trusted proxy; every other peer is what it is.
+            request.remote = forwarded_remote(request.remote, request.headers, self.trusted_proxies)
             # Origin, connection and handshake-rate limits; DEBUG only: a flood of refusals
             # must not flood the log (aether_refusals_total counts them).
             ip, limits = request_ip(request.remote), self.node.limits
@@ -200,6 +206,7 @@ class Server:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return False
         self.config = config
+        self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         return True
 
 
