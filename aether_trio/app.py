@@ -45,9 +45,13 @@ log = logging.getLogger(__name__)
 
 
 class Server:
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, instance: int | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        # One process of several sharing the file (`--instance`): a reload applies it again.
+        self.instance = instance
         broker = MemoryBroker()
         self.node: Node[Client] = Node(config, broker, MemoryPresenceManager())
         self.durable_history = _durable_history(config, broker)
@@ -192,7 +196,7 @@ class Server:
     def reload(self) -> bool:
         """Re-read the config file; a bad file is rejected and the running config stays."""
         try:
-            config = load_config(self.config_path)
+            config = load_config(self.config_path, self.instance)
         except ConfigError as exc:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return False
@@ -241,9 +245,11 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve_forever(config: Config, config_path: str | None) -> None:
+async def serve_forever(
+    config: Config, config_path: str | None, instance: int | None = None
+) -> None:
     """Run until SIGTERM/SIGINT (graceful shutdown); SIGHUP reloads the configuration."""
-    server = Server(config, config_path)
+    server = Server(config, config_path, instance)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)

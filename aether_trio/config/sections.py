@@ -64,8 +64,7 @@ def _networks(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...])
             ipaddress.ip_network(text)
         except ValueError as exc:
             raise ValueError(
-                f'{attr.name}: expected IP addresses or CIDR networks such as "10.0.0.0/8"; '
-                f"{exc}"
+                f'{attr.name}: expected IP addresses or CIDR networks such as "10.0.0.0/8"; {exc}'
             ) from None
 
 
