@@ -236,6 +236,7 @@ case "$init" in
         ;;
     systemd)
         directory "$unit_dir" 0755 "$(id -un)" "$(id -gn)"
+        install_rendered "$source_dir/ops/systemd/aether.service" "$unit_dir/aether.service" 0644
         install_rendered "$source_dir/ops/systemd/aether@.service" "$unit_dir/aether@.service" 0644
         install_rendered "$source_dir/ops/systemd/aether.target" "$unit_dir/aether.target" 0644
         ;;
