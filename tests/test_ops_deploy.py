@@ -60,10 +60,10 @@ class Installation:
         answer = self.supervisorctl("pid", f"aether:aether-{instance}").stdout.strip()
         return int(answer)
 
-    def healthcheck(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def healthcheck(self, *args: object) -> subprocess.CompletedProcess[str]:
         return run(self.prefix / "bin" / "healthcheck", *args)
 
-    def aether(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def aether(self, *args: object) -> subprocess.CompletedProcess[str]:
         return run(self.prefix / "venv" / "bin" / "aether", *args)
 
     def just(self, *args: str) -> subprocess.CompletedProcess[str]:
