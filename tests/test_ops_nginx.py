@@ -32,6 +32,7 @@ import trustme
 from centrifuge import Client
 from ops_helpers import (
     AetherProcess,
+    aether,
     aether_processes,
     free_base_port,
     init_config,
@@ -327,3 +328,21 @@ def test_tls_below_1_2_is_refused(stack: Stack) -> None:
         raw = socket.create_connection(("127.0.0.1", stack.https_port), timeout=STEP)
         with raw, context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             assert tls.version() == version.name.replace("v1_", "v1.")
+
+
+def test_the_health_check_through_nginx_with_tls(stack: Stack) -> None:
+    # ops/README.md's last step: the probe's WebSocket through nginx (wss://, the CA given),
+    # its API call to the internal listener of the process nginx routes it to.
+    cafile = stack.directory / "ca.pem"
+    stack.ca.cert_pem.write_to_path(str(cafile))
+    answers = {
+        n: aether("healthcheck", "-c", str(stack.config), "--url", stack.url(), "--cafile",
+                  str(cafile), "--http-url", stack.internal(n), "--timeout", "2")
+        for n in (1, 2)
+    }  # fmt: skip
+    codes = sorted(a.returncode for a in answers.values())
+    assert codes == [0, 2], {n: a.stdout for n, a in answers.items()}
+    ok = next(a for a in answers.values() if a.returncode == 0)
+    assert ok.stdout.startswith("AETHER OK - 7 steps OK")
+    lost = next(a for a in answers.values() if a.returncode == 2)
+    assert lost.stdout.startswith("AETHER CRITICAL - deliver:")
