@@ -49,3 +49,34 @@ lint:
 fmt:
     {{bin}}/ruff check --fix aether_trio tests
     {{bin}}/ruff format aether_trio tests
+
+# --- operations: an installation made by `just deploy` (its prefix: AETHER_PREFIX, default
+# /opt/aether). ops/README.md walks through them.
+
+prefix := env_var_or_default("AETHER_PREFIX", "/opt/aether")
+
+# write a production config with fresh secrets (ops/config/production.toml), e.g. `just init /etc/aether`
+init *args:
+    {{bin}}/aether init "$@"
+
+# install into a prefix (venv, dirs, config, supervisor or systemd) and health-check it (`--help`)
+deploy *args:
+    ops/deploy.sh "$@"
+
+# probe the running server end to end: exit 0 OK, 1 WARNING, 2 CRITICAL, e.g. `--instance 1`
+healthcheck *args:
+    #!/usr/bin/env bash
+    if [ -x "{{prefix}}/bin/healthcheck" ]; then exec "{{prefix}}/bin/healthcheck" "$@"; fi
+    exec ops/healthcheck "$@"
+
+# reload the configuration of every running process (SIGHUP, through supervisord or pid files)
+reload:
+    ops/aetherctl --prefix "{{prefix}}" reload
+
+# ask every client of every process to reconnect, gradually (`--rate N`, `--wait`)
+drain *args:
+    ops/aetherctl --prefix "{{prefix}}" drain "$@"
+
+# the processes' logs (`-f` to follow, `-n N` lines): supervisor's files, else the journal
+logs *args:
+    ops/aetherctl --prefix "{{prefix}}" logs "$@"

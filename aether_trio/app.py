@@ -26,6 +26,7 @@ from .engines.base import Broker, PresenceManager
 from .engines.memory import MemoryBroker, MemoryPresenceManager
 from .engines.persist import HistoryPersistence
 from .guards.limits import request_ip, request_origins
+from .guards.proxies import TrustedProxies, forwarded_remote
 from .http.api.routes import METHODS, PREFIX, ServerApi
 from .http.apiauth import ApiAuth
 from .http.asgi import HttpApp
@@ -44,9 +45,13 @@ log = logging.getLogger(__name__)
 
 
 class Server:
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, instance: int | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        # One process of several sharing the file (`--instance`): a reload applies it again.
+        self.instance = instance
         broker, presence = _engines(config)
         self.node: Node[Client] = Node(config, broker, presence)
         self.durable_history = _durable_history(config, broker)
@@ -57,6 +62,9 @@ class Server:
         # wss:// when [server] names a certificate (checked at load; built again here).
         self.ssl_context = _ssl_context(config.server)
         self.http_app = HttpApp(config.http.max_body_size, config.http.read_timeout)
+        # Behind nginx: the client each trusted proxy names (per-IP limits, logs, audit actors).
+        self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
+        self.http_app.proxies = lambda: self.trusted_proxies
         # API keys are read from the node's running config on each request (SIGHUP included).
         self.api_auth = ApiAuth(lambda: self.node.config.api.keys)
         api_route = ServerApi(self.node, self.api_auth).handle
@@ -147,6 +155,8 @@ class Server:
             if path != self.config.server.websocket_path:
                 await request.reject(404, body=b"not found\n")
                 return
+            # The client behind a trusted proxy; every other peer is what it is.
+            request.remote = forwarded_remote(request.remote, request.headers, self.trusted_proxies)
             # Origin, connection and handshake-rate limits; DEBUG only: a flood of refusals
             # must not flood the log (aether_refusals_total counts them).
             ip, limits = request_ip(request.remote), self.node.limits
@@ -186,7 +196,7 @@ class Server:
     def reload(self) -> bool:
         """Re-read the config file; a bad file is rejected and the running config stays."""
         try:
-            config = load_config(self.config_path)
+            config = load_config(self.config_path, self.instance)
         except ConfigError as exc:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return False
@@ -200,6 +210,7 @@ class Server:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return False
         self.config = config
+        self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         return True
 
 
@@ -244,9 +255,11 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve_forever(config: Config, config_path: str | None) -> None:
+async def serve_forever(
+    config: Config, config_path: str | None, instance: int | None = None
+) -> None:
     """Run until SIGTERM/SIGINT (graceful shutdown); SIGHUP reloads the configuration."""
-    server = Server(config, config_path)
+    server = Server(config, config_path, instance)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)

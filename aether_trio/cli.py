@@ -1,11 +1,19 @@
-"""`aether` command line: serve, check-config, token, version, admin, audit."""
+"""`aether` command line: serve, check-config, token, version, init, healthcheck, admin, audit.
+
+Every command that reads the configuration takes `-c FILE` and `--instance N` (process N of
+several on one host sharing the file: its own ports, node name and data directory, see
+`config.for_instance`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +34,9 @@ def _config_path(arg: str | None) -> str | None:
     return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
 
 
-def _load(arg: str | None) -> tuple[Config, str | None]:
+def _load(arg: str | None, instance: int | None = None) -> tuple[Config, str | None]:
     path = _config_path(arg)
-    return load_config(path), path
+    return load_config(path, instance), path
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -37,17 +45,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve_forever
     from .observe.logs import setup_logging
 
-    config, path = _load(args.config)
+    config, path = _load(args.config, args.instance)
     setup_logging(config.log.level, config.log.format, sys.stderr)
     logging.getLogger("aether_trio").info(
         "aether %s starting with %s", __version__, path or "embedded defaults"
     )
-    trio.run(serve_forever, config, path)
+    with _pid_file(args.pid_file):
+        trio.run(serve_forever, config, path, args.instance)
     return 0
 
 
+@contextlib.contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    """This process's id in `path` while it runs (what `just reload` signals), removed at exit
+    unless another process has written its own there meanwhile."""
+    if path is None:
+        yield
+        return
+    pid = str(os.getpid())
+    Path(path).write_text(pid + "\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if Path(path).read_text().strip() == pid:
+                Path(path).unlink()
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config, path = _load(args.config)
+    config, path = _load(args.config, args.instance)
     print(
         f"{path or 'embedded defaults'}: OK "
         f"({len(config.channel.namespaces)} namespaces, listening on "
@@ -59,7 +85,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from .auth.tokens import mint_token
 
-    config, _path = _load(args.config)
+    config, _path = _load(args.config, args.instance)
     if not config.token.hmac_secret:
         print("error: no [token] hmac_secret (or hmac_secret_file) configured", file=sys.stderr)
         return 2
@@ -93,9 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "-c", "--config", help=f"TOML config file (default: ./{DEFAULT_CONFIG} if present)"
         )
+        p.add_argument(
+            "--instance",
+            type=int,
+            metavar="N",
+            help="process N (1, 2, ...) of several sharing the file: ports + N, node name "
+            "<node_name>-N, data in <data_dir>/N",
+        )
         return p
 
-    with_config(sub.add_parser("serve", help="run the server")).set_defaults(func=cmd_serve)
+    serve = with_config(sub.add_parser("serve", help="run the server"))
+    serve.add_argument("--pid-file", help="write the process id here while running")
+    serve.set_defaults(func=cmd_serve)
     with_config(sub.add_parser("check-config", help="validate the configuration")).set_defaults(
         func=cmd_check_config
     )
@@ -111,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     from .admin.cli import add_parsers as add_admin_parsers
+    from .ops.cli import add_parsers as add_ops_parsers
 
+    add_ops_parsers(sub, with_config, _load)  # `aether init`, `aether healthcheck`
     add_admin_parsers(sub, with_config, _load)  # `aether admin ...`, `aether audit ...`
     return parser
 

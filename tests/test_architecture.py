@@ -309,6 +309,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("connection", ("connection",)),
     ("http", ("http",)),
     ("admin", ("admin",)),
+    # `aether init` and `aether healthcheck`: clients of a running server (see CLIENT_UNITS).
+    ("operations", ("ops",)),
     ("composition", ("app", "cli", "__main__", "")),
 )
 INDEPENDENT_LAYERS = frozenset({"infrastructure"})
@@ -355,6 +357,37 @@ def test_the_layer_check_finds_planted_violations() -> None:
 
 def test_every_module_imports_only_its_own_unit_or_layers_below() -> None:
     assert layer_violations(import_graph()) == []
+
+
+# --- the operations unit is a client ----------------------------------------------------------
+
+# `aether init` and `aether healthcheck` reach a server as its clients do (HTTP, WebSocket) and read
+# only the configuration; what they may import of Aether (besides their own unit).
+CLIENT_UNITS = {"ops": ("protocol", "_version", "config", "auth")}
+
+
+def client_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, imported in sorted(graph.items()):
+        allowed = CLIENT_UNITS.get(unit_of(module))
+        if allowed is None:
+            continue
+        for name in sorted(imported):
+            target = unit_of(name)
+            if name.startswith(PACKAGE) and target != unit_of(module) and target not in allowed:
+                found.append(f"{module} imports {name}: a client of the server")
+    return found
+
+
+def test_the_client_check_finds_a_planted_server_import() -> None:
+    graph = {"aether_trio.ops.healthcheck": {"aether_trio.node", "aether_trio.config"}}
+    assert client_violations(graph) == [
+        "aether_trio.ops.healthcheck imports aether_trio.node: a client of the server"
+    ]
+
+
+def test_the_operations_unit_imports_no_server_internals() -> None:
+    assert client_violations(import_graph()) == []
 
 
 # --- libraries in their rooms -------------------------------------------------------------------

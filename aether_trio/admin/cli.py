@@ -25,7 +25,7 @@ from .store import Database, StoreError, database_path
 
 __all__ = ["add_parsers"]
 
-LoadConfig = Callable[[str | None], tuple[Config, str | None]]
+LoadConfig = Callable[[str | None, int | None], tuple[Config, str | None]]
 
 
 class CliError(Exception):
@@ -50,7 +50,7 @@ def _admin_key(config: Config) -> str:
 
 
 def call(args: argparse.Namespace, command: str, body: dict[str, Any]) -> dict[str, Any]:
-    config, _path = args.load_config(args.config)
+    config, _path = args.load_config(args.config, args.instance)
     url = f"{(args.url or _default_url(config)).rstrip('/')}/api/admin/{command}"
     key = args.key or _admin_key(config)
     payload = orjson.dumps({k: v for k, v in body.items() if v is not None})
@@ -197,7 +197,7 @@ def _print(args: argparse.Namespace, command: str, result: dict[str, Any]) -> No
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    config, _path = args.load_config(args.config)
+    config, _path = args.load_config(args.config, args.instance)
     path = database_path(args.data_dir or config.admin.data_dir)
     try:
         db = Database.open(path, readonly=True)

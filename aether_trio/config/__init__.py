@@ -11,6 +11,7 @@ The names below are the package's public surface; modules inside it import each 
 from .channels import ChannelConfig as ChannelConfig
 from .loader import Config as Config
 from .loader import ConfigError as ConfigError
+from .loader import for_instance as for_instance
 from .loader import load_config as load_config
 from .loader import parse_config as parse_config
 from .sections import TOKEN_ALGORITHMS as TOKEN_ALGORITHMS
@@ -46,6 +47,7 @@ __all__ = [
     "RedisEngineConfig",
     "ServerConfig",
     "TokenConfig",
+    "for_instance",
     "load_config",
     "parse_config",
 ]

@@ -42,7 +42,7 @@ from .sections import (
     TokenConfig,
 )
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "for_instance", "load_config", "parse_config"]
 
 
 class ConfigError(Exception):
@@ -202,8 +202,39 @@ def _resolve(token: TokenConfig, base: Path, section: str) -> TokenConfig:
         raise ValueError(f"{section}.{exc}") from None
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Read and validate a TOML file; `None` means the embedded defaults."""
+def for_instance(config: Config, instance: int) -> Config:
+    """The configuration of process `instance` (1, 2, ...) of several on one host sharing one
+    file (`aether serve --instance N`, the supervisor and systemd templates in ops/): both
+    ports are the file's plus N (0 stays 0: the system picks), the node is `<node_name>-N`, and
+    its state (history snapshot, bans, audit log) lives in `<[admin] data_dir>/N`, its own."""
+    if instance < 1:
+        raise ConfigError(f"--instance: expected a number >= 1, got {instance}")
+
+    def port(base: int, section: str) -> int:
+        if base and base + instance > 65535:
+            raise ConfigError(f"--instance {instance}: {section}.port {base} + {instance} > 65535")
+        return base + instance if base else 0
+
+    return attrs.evolve(
+        config,
+        server=attrs.evolve(
+            config.server,
+            port=port(config.server.port, "server"),
+            node_name=f"{config.server.node_name}-{instance}",
+        ),
+        http=attrs.evolve(config.http, port=port(config.http.port, "http")),
+        admin=attrs.evolve(config.admin, data_dir=str(Path(config.admin.data_dir) / str(instance))),
+    )
+
+
+def load_config(path: str | Path | None, instance: int | None = None) -> Config:
+    """Read and validate a TOML file; `None` means the embedded defaults. With `instance`, the
+    configuration of that process of several (`for_instance`)."""
+    config = _load_file(path)
+    return config if instance is None else for_instance(config, instance)
+
+
+def _load_file(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     path = Path(path)

@@ -4,6 +4,7 @@ validators check single values; `config` structures TOML into them and names key
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,16 @@ def _system_channel(_inst: object, attr: attrs.Attribute[Any], value: str) -> No
         )
 
 
+def _networks(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text)
+        except ValueError as exc:
+            raise ValueError(
+                f'{attr.name}: expected IP addresses or CIDR networks such as "10.0.0.0/8"; {exc}'
+            ) from None
+
+
 @attrs.frozen
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -76,6 +87,9 @@ class ServerConfig:
     # relative to the config file (made absolute and checked by `resolved`); "" = plain ws://.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Reverse proxies (CIDRs) whose X-Forwarded-For / X-Real-IP name the client
+    # (guards/proxies.py); from any other peer those headers are ignored.
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
 
     def __attrs_post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

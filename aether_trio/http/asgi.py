@@ -18,6 +18,7 @@ import attrs
 import orjson
 import trio
 
+from ..guards.proxies import TrustedProxies
 from ..observe.logs import request_id_var
 
 __all__ = ["HttpApp", "Request", "Response", "Route", "json_response"]
@@ -66,6 +67,9 @@ class HttpApp:
         self._prefixes: list[tuple[str, Route]] = []
         # Told about a route that raised (the node's error tracker), besides the log line.
         self.on_error: Callable[[BaseException, str], None] | None = None
+        # The trusted reverse proxies (read per request: a reload may change them); a request
+        # from one of them is the client it names in X-Forwarded-For / X-Real-IP.
+        self.proxies: Callable[[], TrustedProxies] | None = None
 
     def route(self, path: str, handler: Route) -> None:
         self._routes[path] = handler
@@ -107,9 +111,7 @@ class HttpApp:
                     headers=_headers(scope),
                     query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
                     body=body,
-                    client=f"{scope['client'][0]}:{scope['client'][1]}"
-                    if scope.get("client")
-                    else "",
+                    client=self._client(scope),
                 )
                 # Names this request in every log line written while handling it; echoed back.
                 request_id = _request_id(request.headers)
@@ -125,6 +127,17 @@ class HttpApp:
                     response, headers=(*response.headers, ("x-request-id", request_id))
                 )
         await _send(send, response)
+
+    def _client(self, scope: dict[str, Any]) -> str:
+        """`host:port` of the peer, or the client's address a trusted proxy names."""
+        peer = scope.get("client")
+        if not peer:
+            return ""
+        if self.proxies is not None:
+            forwarded = self.proxies().client_of(str(peer[0]), scope["headers"])
+            if forwarded is not None:
+                return forwarded
+        return f"{peer[0]}:{peer[1]}"
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes | None:
         length = _headers(scope).get("content-length", "")
