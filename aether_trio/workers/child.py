@@ -1,0 +1,31 @@
+"""The worker's side of `aether serve` with `[server] workers` > 1 (`aether serve --instance N
+--supervised`, started by the parent in supervisor.py).
+
+Two pipes connect a worker to its parent: its stdout, on which it writes `READY` once it
+listens (until then the parent counts an exit as a failed start), and its stdin, which the
+parent holds open and never writes. End of file on stdin means the parent is gone, whatever
+killed it (SIGKILL included): the worker then stops as if it had received SIGTERM (drain, exit),
+instead of serving on, unsupervised, a port a new parent's workers will share.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import trio
+
+__all__ = ["READY", "report_to_parent"]
+
+READY = b"ready\n"
+
+
+async def report_to_parent() -> None:
+    """Tell the parent this worker listens, then wait for the parent to go away."""
+    async with trio.lowlevel.FdStream(os.dup(1)) as out:
+        await out.send_all(READY)
+    async with trio.lowlevel.FdStream(os.dup(0)) as parent:
+        while await parent.receive_some():
+            pass  # the parent never writes; nothing but end of file is expected
+    # The same path as a SIGTERM from outside: serve_forever's signal loop drains and stops.
+    os.kill(os.getpid(), signal.SIGTERM)
