@@ -25,7 +25,8 @@ async def report_to_parent() -> None:
     async with trio.lowlevel.FdStream(os.dup(1)) as out:
         await out.send_all(READY)
     async with trio.lowlevel.FdStream(os.dup(0)) as parent:
+        # The parent never writes: what returns is the end of file (b"").
         while await parent.receive_some():
-            pass  # the parent never writes; nothing but end of file is expected
+            continue
     # The same path as a SIGTERM from outside: serve_forever's signal loop drains and stops.
     os.kill(os.getpid(), signal.SIGTERM)

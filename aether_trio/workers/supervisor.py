@@ -101,18 +101,12 @@ class Supervisor:
             elif not self.stopping:
                 log.info("received %s: stopping %d workers", name, len(self.processes))
                 self.stop()
+            # A second SIGTERM changes nothing: the stop is under way.
 
     def stop(self) -> None:
-        """No more restarts; SIGTERM to every worker; SIGKILL to the ones left after the time."""
-        if self.stopping:
-            return
+        """No more restarts; each worker's task sends its worker SIGTERM, and SIGKILL if it is
+        still running `stop_timeout` seconds later (`_stop_when_asked`)."""
         self._stopping.set()
-        self._signal_all(signal.SIGTERM)
-
-    def _signal_all(self, signum: int) -> None:
-        for process in list(self.processes.values()):
-            if process.returncode is None:
-                process.send_signal(signum)
 
     async def _keep_running(self, k: int) -> None:
         policy = self.policies[k]
@@ -153,14 +147,10 @@ class Supervisor:
         self.starts[k] += 1
         began = trio.current_time()
         started = False
-        if self.stopping:  # a stop arrived while the process was being created
-            process.send_signal(signal.SIGTERM)
         try:
             async with trio.open_nursery() as nursery:
-                if self.stopping:
-                    nursery.start_soon(self._kill_after_timeout, k, process)
-                else:
-                    nursery.start_soon(self._kill_when_stopped_too_long, k, process)
+                # Also when a stop came while the process was being created.
+                nursery.start_soon(self._stop_when_asked, k, process)
                 assert process.stdout is not None
                 seen = b""
                 async for chunk in process.stdout:
@@ -185,18 +175,16 @@ class Supervisor:
                     await pipe.aclose()
         return started, trio.current_time() - began, returncode
 
-    async def _kill_when_stopped_too_long(self, k: int, process: trio.Process) -> None:
+    async def _stop_when_asked(self, k: int, process: trio.Process) -> None:
+        """Cancelled as soon as the worker has exited, so it signals a running process only."""
         await self._stopping.wait()
-        await self._kill_after_timeout(k, process)
-
-    async def _kill_after_timeout(self, k: int, process: trio.Process) -> None:
+        process.send_signal(signal.SIGTERM)
         await trio.sleep(self.stop_timeout)
-        if process.returncode is None:
-            self.failure = self.failure or (
-                f"worker {k} still running {self.stop_timeout:g} s after SIGTERM: killed"
-            )
-            log.error("worker %d still running %g s after SIGTERM: SIGKILL", k, self.stop_timeout)
-            process.kill()
+        self.failure = self.failure or (
+            f"worker {k} still running {self.stop_timeout:g} s after SIGTERM: killed"
+        )
+        log.error("worker %d still running %g s after SIGTERM: SIGKILL", k, self.stop_timeout)
+        process.kill()
 
 
 def stop_timeout(drain_seconds: float, persist_timeout: float) -> float:
