@@ -22,8 +22,11 @@ READY = b"ready\n"
 
 async def report_to_parent() -> None:
     """Tell the parent this worker listens, then wait for the parent to go away."""
-    async with trio.lowlevel.FdStream(os.dup(1)) as out:
-        await out.send_all(READY)
+    try:
+        async with trio.lowlevel.FdStream(os.dup(1)) as out:
+            await out.send_all(READY)
+    except trio.BrokenResourceError:
+        pass  # the parent is gone already: stdin says so at once, below
     async with trio.lowlevel.FdStream(os.dup(0)) as parent:
         # The parent never writes: what returns is the end of file (b"").
         while await parent.receive_some():

@@ -155,7 +155,8 @@ class Supervisor:
                 seen = b""
                 async for chunk in process.stdout:
                     if not started:
-                        seen += chunk
+                        # Whatever else a worker writes there, only READY's length is kept.
+                        seen = (seen + chunk)[-2 * len(READY) :]
                         if READY in seen:
                             started = True
                             self.listening.add(k)
