@@ -30,7 +30,7 @@ import pytest
 import trio
 from centrifuge import Client, ClientState, SubscriptionState
 from conftest import SECRET, token
-from ops_helpers import free_base_port
+from ops_helpers import aether_processes, free_base_port
 from redis_server import RedisServer
 from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
@@ -63,11 +63,37 @@ def config_text(port: int, http_port: int, redis: RedisServer, **server: Any) ->
     return "\n".join(lines) + "\n"
 
 
-class Parent:
+class Workers:
+    """The shared WebSocket port and worker K's internal port, http_port + K."""
+
+    def __init__(self, port: int, http_port: int) -> None:
+        self.port, self.http_port = port, http_port
+
+    def connections(self, k: int) -> int:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.http_port + k}/metrics", timeout=10
+        ) as r:
+            text = r.read().decode()
+        match = re.search(r"^aether_connections (\S+)$", text, re.M)
+        assert match, text[:500]
+        return int(float(match.group(1)))
+
+    def publish(self, k: int, data: Any) -> None:
+        body = json.dumps({"channel": CHANNEL, "data": data}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port + k}/api/publish", body,
+            {"Content-Type": "application/json", "X-API-Key": API_KEY},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert b'"result"' in response.read()
+
+
+class Parent(Workers):
     """`aether serve -c CONFIG` with workers > 1: the parent process, its log, its workers."""
 
     def __init__(self, config: Path, port: int, http_port: int, workers: int = 2) -> None:
-        self.config, self.port, self.http_port, self.workers = config, port, http_port, workers
+        super().__init__(port, http_port)
+        self.config, self.workers = config, workers
         self.log_path = config.with_suffix(".log")
         # Its own session: whatever a failing test leaves behind is killed as a group.
         with self.log_path.open("wb") as log:
@@ -112,24 +138,6 @@ class Parent:
                 pids[int(argv[argv.index(b"--instance") + 1])] = int(entry.name)
         assert pids, f"no workers; log:\n{self.log()[-3000:]}"
         return pids
-
-    def connections(self, k: int) -> int:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.http_port + k}/metrics", timeout=10
-        ) as r:
-            text = r.read().decode()
-        match = re.search(r"^aether_connections (\S+)$", text, re.M)
-        assert match, text[:500]
-        return int(float(match.group(1)))
-
-    def publish(self, k: int, data: Any) -> None:
-        body = json.dumps({"channel": CHANNEL, "data": data}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port + k}/api/publish", body,
-            {"Content-Type": "application/json", "X-API-Key": API_KEY},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert b'"result"' in response.read()
 
     def wait_exit(self, seconds: float = WAIT) -> int:
         return self.process.wait(timeout=seconds)
@@ -192,7 +200,7 @@ class Subscriber:
         return self.sub_events.data()
 
 
-async def subscribers_on_both(srv: Parent) -> list[Subscriber]:
+async def subscribers_on_both(srv: Workers) -> list[Subscriber]:
     """Connect subscribers until each worker has some (the kernel picks the worker of each new
     connection by its addresses and ports: a handful is nearly always enough)."""
     url = f"ws://127.0.0.1:{srv.port}/connection/websocket"
@@ -312,6 +320,34 @@ def test_workers_whose_parent_was_killed_drain_and_exit(
         wait_until(lambda: all(gone(pid) for pid in pids.values()), "workers exited")
         for k in (1, 2):
             srv.wait_for(rf"received SIGTERM \[worker={k}\]")
+
+
+def test_a_process_manager_may_run_the_workers_itself(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """supervisord's numprocs or systemd's aether@K: `aether serve --instance K` with workers = 2
+    in the file is worker K, no parent: both share the port, each has its own internal port."""
+    base = free_base_port(3)
+    port, http_port = base + 3, base
+    config = tmp_path / "aether.toml"
+    config.write_text(config_text(port, http_port, redis_server))
+    with aether_processes(config, 2, tmp_path) as processes:
+        for process in processes:
+            process.wait_for_log(rf"listening on ws://127\.0\.0\.1:{port}/")
+            process.wait_for_log(rf"internal HTTP listening on \S+:{http_port + process.instance} ")
+            assert f"[worker={process.instance}]" in process.log()
+            assert "starting 2 workers" not in process.log()  # no parent of its own
+        srv = Workers(port, http_port)
+
+        async def scenario() -> None:
+            subs = await subscribers_on_both(srv)
+            try:
+                await asyncio.to_thread(srv.publish, 2, "to everyone")
+                await until_received(subs, "to everyone")
+            finally:
+                await disconnect_all([s.client for s in subs])
+
+        asyncio.run(asyncio.wait_for(scenario(), 2 * WAIT))
 
 
 def test_a_worker_that_keeps_failing_to_start_makes_the_parent_give_up(
