@@ -37,7 +37,7 @@ from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 from aether_trio.config import ConfigError, load_config, parse_config
 from aether_trio.transport import serve_websocket
 from aether_trio.transport.listener import open_reuse_port_listeners
-from aether_trio.workers import RestartPolicy, Supervisor
+from aether_trio.workers import RestartPolicy, Supervisor, child
 from aether_trio.workers.supervisor import exit_description, stop_timeout
 
 WAIT = 60.0  # a worker's start on a loaded 2-core machine takes seconds: generous bounds
@@ -457,6 +457,63 @@ async def test_a_reuse_port_listener_that_cannot_bind_closes_its_sockets() -> No
         with pytest.raises(OSError, match="Address already in use"):
             await open_reuse_port_listeners(port, "127.0.0.1")
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_reuse_port_listeners_on_ipv6() -> None:
+    listeners = await open_reuse_port_listeners(0, "::1")
+    try:
+        (listener,) = listeners
+        assert listener.socket.family == socket.AF_INET6
+        assert listener.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        assert listener.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+    finally:
+        for item in listeners:
+            await item.aclose()
+
+
+# --- the worker's side of the pipes -------------------------------------------------------------
+
+
+async def test_a_worker_reports_ready_and_stops_itself_when_its_parent_is_gone() -> None:
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(child.report_to_parent, out_w, in_r)
+                with trio.fail_after(10):
+                    assert await trio.to_thread.run_sync(os.read, out_r, 100) == child.READY
+                    await trio.sleep(0.05)
+                    assert await _no_signal(signals)  # the parent is still there
+                    os.close(in_w)  # the parent is gone
+                    in_w = -1
+                    assert await signals.__anext__() == signal.SIGTERM
+    finally:
+        for fd in (out_r, out_w, in_r, in_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+async def test_a_worker_whose_parent_went_before_it_listened_stops_itself() -> None:
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    os.close(out_r)  # nobody reads READY
+    os.close(in_w)
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            with trio.fail_after(10):
+                await child.report_to_parent(out_w, in_r)
+                assert await signals.__anext__() == signal.SIGTERM
+    finally:
+        os.close(out_w)
+        os.close(in_r)
+
+
+async def _no_signal(signals: Any) -> bool:
+    with trio.move_on_after(0.05):
+        await signals.__anext__()
+        return False
+    return True
 
 
 # --- the restart policy (sans-IO) -----------------------------------------------------------------

@@ -20,16 +20,15 @@ __all__ = ["READY", "report_to_parent"]
 READY = b"ready\n"
 
 
-async def report_to_parent() -> None:
+async def report_to_parent(stdout: int = 1, stdin: int = 0) -> None:
     """Tell the parent this worker listens, then wait for the parent to go away."""
     try:
-        async with trio.lowlevel.FdStream(os.dup(1)) as out:
+        async with trio.lowlevel.FdStream(os.dup(stdout)) as out:
             await out.send_all(READY)
     except trio.BrokenResourceError:
         pass  # the parent is gone already: stdin says so at once, below
-    async with trio.lowlevel.FdStream(os.dup(0)) as parent:
-        # The parent never writes: what returns is the end of file (b"").
-        while await parent.receive_some():
-            continue
+    async with trio.lowlevel.FdStream(os.dup(stdin)) as parent:
+        # The parent never writes: the read returns at the end of file, when the parent is gone.
+        await parent.receive_some()
     # The same path as a SIGTERM from outside: serve_forever's signal loop drains and stops.
     os.kill(os.getpid(), signal.SIGTERM)
