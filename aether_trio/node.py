@@ -32,6 +32,7 @@ import trio
 from ._version import __version__
 from .auth.jwks import JwksCache
 from .auth.tokens import TokenVerifier
+from .backend import Backend, Hooks
 from .broker_channels import BrokerChannels
 from .config import Config
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
@@ -67,7 +68,13 @@ def history_options(options: ChannelOptions) -> HistoryOptions:
 
 
 class Node(Generic[C]):
-    def __init__(self, config: Config, broker: Broker, presence: PresenceManager) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        presence: PresenceManager,
+        hooks: Hooks | None = None,
+    ) -> None:
         # Read by tests; the code above reaches them only through the node's methods.
         self.broker = broker
         self.presence = presence
@@ -101,6 +108,8 @@ class Node(Generic[C]):
         # Every name the system channel has had: connections keep the name they were told about.
         self._system: dict[str, Receivers] = {}
         self._nursery: trio.Nursery | None = None
+        # The application's backend: [[proxies]] and in-process hooks (aether_trio/backend).
+        self.backend = Backend(config.proxies, hooks, self.metrics.proxy_call, self.errors.capture)
         self._apply(config)
         self._idle = trio.Event()
         self._idle.set()
@@ -140,6 +149,10 @@ class Node(Generic[C]):
         """Swap channel rules and keys; existing connections and subscriptions stay."""
         self._apply(config)
         self.limits.configure(config)
+        retired = self.backend.configure(config.proxies)
+        if self._nursery is not None:
+            for proxy in retired:  # calls under way finish (or fail) on their own
+                self._nursery.start_soon(proxy.aclose)
         log.info("configuration reloaded: %d namespaces", len(config.channel.namespaces))
 
     # --- lifecycle ---
@@ -161,6 +174,8 @@ class Node(Generic[C]):
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+                with trio.move_on_after(1.0, shield=True):  # the backend's connection pools
+                    await self.backend.aclose()
 
     def register(self, client: C) -> None:
         self.clients[client.client_id] = client
@@ -322,13 +337,16 @@ class Node(Generic[C]):
         tags: dict[str, str] | None = None,
         *,
         source: str = "api",
+        history: bool = True,
     ) -> StreamPosition:
         """Publish into `channel`; `source` ("client" from a connection's publish command, "api"
-        otherwise) labels aether_publications_total. Raises `ReplyError` 107 (data over the
-        channel's max_publication_size) or 111 (channel over its publication rate)."""
+        otherwise) labels aether_publications_total; `history=False` keeps it out of the
+        channel's history (a publish proxy's `skip_history`). Raises `ReplyError` 107 (data over
+        the channel's max_publication_size) or 111 (channel over its publication rate)."""
         self.limits.check_publication(channel, len(data))
         pub = Publication(data=data, info=info, tags=tags or None)
-        position = await self.broker.publish(channel.name, pub, history_options(channel.options))
+        options = history_options(channel.options) if history else HistoryOptions()
+        position = await self.broker.publish(channel.name, pub, options)
         self.metrics.published(channel.namespace, source)
         return position
 

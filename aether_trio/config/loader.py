@@ -38,6 +38,7 @@ from .sections import (
     LimitsConfig,
     LogConfig,
     MonitorConfig,
+    ProxyConfig,
     ServerConfig,
     TokenConfig,
 )
@@ -64,11 +65,32 @@ class Config:
     admin: AdminConfig = AdminConfig()
     monitor: MonitorConfig = MonitorConfig()
     limits: LimitsConfig = LimitsConfig()
+    # The application's backend endpoints, by name (aether_trio/backend).
+    proxies: tuple[ProxyConfig, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         ns = self.client.personal_channel.namespace
         if ns and ns not in {n.name for n in self.channel.namespaces}:
             raise ValueError(f"client.personal_channel.namespace: unknown namespace {ns!r}")
+        self._check_proxy_names()
+
+    def _check_proxy_names(self) -> None:
+        names = [proxy.name for proxy in self.proxies]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"proxies: duplicate proxy name(s) {duplicates}")
+        references = [
+            (f"client.{key}", getattr(self.client, key))
+            for key in ("connect_proxy_name", "refresh_proxy_name", "rpc_proxy_name")
+        ]
+        spaces = [("channel.without_namespace", self.channel.without_namespace)]
+        spaces += [(f"channel.namespaces[{i}]", ns) for i, ns in enumerate(self.channel.namespaces)]
+        for path, options in spaces:
+            for key in ("subscribe_proxy_name", "publish_proxy_name", "sub_refresh_proxy_name"):
+                references.append((f"{path}.{key}", getattr(options, key)))
+        for path, name in references:
+            if name and name not in names:
+                raise ValueError(f"{path}: no [[proxies]] entry is named {name!r}")
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -128,7 +150,11 @@ def _strict_converter() -> cattrs.Converter:
         return bool(t == tuple[str, ...])
 
     # Arrays of tables, by element type, with their TOML spelling for error messages.
-    table_arrays: dict[Any, str] = {Namespace: "channel.namespaces", ApiKey: "api.keys"}
+    table_arrays: dict[Any, str] = {
+        Namespace: "channel.namespaces",
+        ApiKey: "api.keys",
+        ProxyConfig: "proxies",
+    }
 
     def is_namespaces(t: Any) -> bool:
         args = typing.get_args(t)

@@ -46,7 +46,9 @@ class Client:
         "client_id",
         "conn_info",
         "connect_failed",
+        "emulated_headers",
         "expire_at",
+        "headers",
         "issued_at",
         "last_activity",
         "limiter",
@@ -60,9 +62,15 @@ class Client:
         "writer",
     )
 
-    def __init__(self, node: Node[Client], transport: Transport) -> None:
+    def __init__(
+        self, node: Node[Client], transport: Transport, headers: dict[str, str] | None = None
+    ) -> None:
         self.node = node
         self.transport = transport
+        # What the application's backend is passed of the upgrade request's headers and of the
+        # connect command's (aether_trio/backend: only names some proxy or hook lists are kept).
+        self.headers: dict[str, str] = headers or {}
+        self.emulated_headers: dict[str, str] = {}
         self.client_id = str(uuid.uuid4())
         self.session = Session()
         self.user = ""
