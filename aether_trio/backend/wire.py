@@ -276,6 +276,8 @@ def _unpack(result: T) -> T:
     for name in ("info", "data"):
         if b64 := getattr(result, f"b64{name}", ""):
             changes[name], changes[f"b64{name}"] = json_of(b64, name), ""
+        elif (value := getattr(result, name, None)) is not None:
+            _check_json(value, name)  # a hook's Python objects must be JSON
     if isinstance(result, ConnectResult) and result.subs:
         changes["subs"] = {channel: _unpack(sub) for channel, sub in result.subs.items()}
     return attrs.evolve(result, **changes) if changes else result  # type: ignore[misc]
@@ -289,6 +291,13 @@ def json_of(b64: str, name: str) -> Any:
         raise DecodeError(
             f"b64{name}", "expected base64 of JSON (connections speak JSON)"
         ) from None
+
+
+def _check_json(value: Any, name: str) -> None:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        raise DecodeError(name, f"expected a JSON value, got {type(value).__name__}") from None
 
 
 # --- request bodies ---
