@@ -44,7 +44,21 @@ class BackendApp:
         self.routes: dict[str, Route] = {}
         self.requests: list[Recorded] = []
         self.port = 0
+        # Called (in the backend's thread) with each request as it arrives.
+        self.on_request: Callable[[Recorded], object] = lambda _request: None
         self._lock = threading.Lock()
+
+    def arrival(self, path: str) -> trio.Event:
+        """An Event of the caller's Trio run, set once a request for `path` arrives."""
+        arrived = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def notify(request: Recorded) -> None:
+            if request.path == path:
+                token.run_sync_soon(arrived.set)  # thread-safe, never blocks
+
+        self.on_request = notify
+        return arrived
 
     def recorded(self, path: str) -> list[Recorded]:
         with self._lock:
@@ -68,8 +82,10 @@ class BackendApp:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         parsed = orjson.loads(body) if body else {}
         path = scope["path"]
+        recorded = Recorded(path, headers, parsed)
         with self._lock:
-            self.requests.append(Recorded(path, headers, parsed))
+            self.requests.append(recorded)
+        self.on_request(recorded)
         route = self.routes.get(path)
         answer: dict[str, Any] | Reply = (
             route(parsed, headers) if route else Reply(404, b"no route")

@@ -84,11 +84,16 @@ class HttpProxy:
                 if response.status_code != 200:
                     status = response.status_code
                     return CallFailed("status", f"HTTP status {status}", status=status)
-                data = bytearray()
+                # Read to the end (or the timeout), keeping at most MAX_RESPONSE_BYTES: leaving
+                # the loop early would leave httpx's nested async generators to the garbage
+                # collector unclosed.
+                data, size = bytearray(), 0
                 async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > MAX_RESPONSE_BYTES:
-                        return CallFailed("bad_response", "response body over 1 MiB")
+                    size += len(chunk)
+                    if size <= MAX_RESPONSE_BYTES:
+                        data += chunk
+                if size > MAX_RESPONSE_BYTES:
+                    return CallFailed("bad_response", f"response body over {MAX_RESPONSE_BYTES} B")
                 return bytes(data)
         except httpx.HTTPError as exc:
             return CallFailed("unreachable", f"{type(exc).__name__}: {exc}")
