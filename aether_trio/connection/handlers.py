@@ -74,6 +74,7 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
         # No token: the application's backend says who this is (cookies, headers, data).
         backend = await proxied.connect(client, req, target)
         node.admit(backend.user, "", None)
+        client.backend_connected = True
         user, info, expire_at, subs = backend.user, backend.info, backend.expire_at, backend.subs
         data = backend.data
     elif cfg.insecure or cfg.allow_anonymous_connect_without_token:
@@ -108,12 +109,15 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
 
     client.authenticated(user, m.RawJSON(info), expire_at)
 
+    # The client refreshes unless the server does it with the backend (refresh proxy or hook).
+    client_refresh = expire_at is not None and not client.refreshes_itself()
+
     def reply(opened: list[Opened]) -> None:
         result = m.ConnectResult(
             client=client.client_id,
             version=node.version,
-            expires=expire_at is not None,
-            ttl=ttl_seconds(expire_at),
+            expires=client_refresh,
+            ttl=ttl_seconds(expire_at) if client_refresh else 0,
             data=data,
             subs={o.sub.channel: o.result for o in opened} or None,
             ping=int(cfg.ping_interval),
