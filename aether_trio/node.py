@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -32,8 +33,9 @@ import trio
 from ._version import __version__
 from .auth.jwks import JwksCache
 from .auth.tokens import TokenVerifier
-from .backend import Backend, Hooks
+from .backend import Backend, ChannelEvent, Hooks, Notifier
 from .broker_channels import BrokerChannels
+from .channel_states import ChannelStates
 from .config import Config
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
 from .flusher import Flusher
@@ -110,6 +112,15 @@ class Node(Generic[C]):
         self._nursery: trio.Nursery | None = None
         # The application's backend: [[proxies]] and in-process hooks (aether_trio/backend).
         self.backend = Backend(config.proxies, hooks, self.metrics.proxy_call, self.errors.capture)
+        # Events the backend is told, not asked (disconnects, channel states), in the background.
+        self.notifier = Notifier(self.backend)
+        # Occupied/vacated across the cluster (channel_states.py); this process's own id.
+        self.node_id = uuid.uuid4().hex
+        self.channel_states = ChannelStates(
+            presence, self.scheduler, self.node_id,
+            lambda channel: self.hub.num_subscribers(channel) > 0,
+            self._channel_state, self.errors.capture,
+        )  # fmt: skip
         self._apply(config)
         self._idle = trio.Event()
         self._idle.set()
@@ -127,6 +138,9 @@ class Node(Generic[C]):
         )
         # Assigned together, after everything was built: a bad config changes nothing.
         self.config, self.verifier, self.rules = config, verifier, rules
+        self.channel_states.delay = config.channel.state_delay
+        if config.client.presence_update_interval > 0:
+            self.channel_states.refresh_interval = config.client.presence_update_interval
         self._add_system_channel(config.admin.system_channel)
 
     def _add_system_channel(self, name: str) -> None:
@@ -164,6 +178,8 @@ class Node(Generic[C]):
             await nursery.start(self.errors.supervise, "scheduler", self.scheduler.run)
             await nursery.start(self.errors.supervise, "flusher", self.flusher.run)
             await nursery.start(self.errors.supervise, "broker channels", self._channels.run)
+            await nursery.start(self.errors.supervise, "backend events", self.notifier.run)
+            await nursery.start(self.errors.supervise, "channel states", self.channel_states.run)
             # Other nodes' broadcasts arrive through the broker even before anyone connects here;
             # a name a reload adds from now on is subscribed in a task of this nursery.
             self._nursery = nursery
@@ -223,7 +239,8 @@ class Node(Generic[C]):
         if isinstance(sub, SystemSubscription):
             return
         channel = sub.channel
-        self.hub.add(channel, sub)
+        if self.hub.add(channel, sub) and self._state_target() is not None:
+            self.channel_states.local_occupied(channel)
         try:
             await self._channels.ensure(channel)
         except BaseException:
@@ -237,6 +254,7 @@ class Node(Generic[C]):
             return
         if self.hub.remove(sub.channel, sub.client_id):
             self._channels.release(sub.channel)
+            self.channel_states.local_vacated(sub.channel)  # nothing unless it was occupied
 
     async def join(self, sub: AnySubscription, info: ClientInfo) -> None:
         """Announce a subscriber that went live: presence, then a join (as the options say)."""
@@ -257,6 +275,15 @@ class Node(Generic[C]):
             await self.presence.remove_presence(sub.channel, info.client)
         if sub.options.join_leave:
             await self.broker.publish_leave(sub.channel, info)
+
+    def _state_target(self) -> object:
+        return self.backend.target(self.config.channel.state_proxy_name, "channel_state")
+
+    def _channel_state(self, channel: str, kind: str, time_ms: int) -> None:
+        target = self.backend.target(self.config.channel.state_proxy_name, "channel_state")
+        if target is not None:
+            event = ChannelEvent(channel=channel, type=kind, time_ms=time_ms)
+            self.notifier.tell(target, "channel_state", event)
 
     def num_subscribers(self, channel: str) -> int:
         return self.hub.num_subscribers(channel)

@@ -12,6 +12,7 @@ from .dispatch import Backend as Backend
 from .errors import FAILURES as FAILURES
 from .errors import CallFailed as CallFailed
 from .hooks import Hooks as Hooks
+from .notifier import Notifier as Notifier
 from .wire import ChannelEvent as ChannelEvent
 from .wire import ConnectEvent as ConnectEvent
 from .wire import ConnectResult as ConnectResult
@@ -41,6 +42,7 @@ __all__ = [
     "ConnectResult",
     "DisconnectEvent",
     "Hooks",
+    "Notifier",
     "PublishEvent",
     "PublishResult",
     "RPCEvent",

@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-KINDS: Final = ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")
+KINDS: Final = (
+    "connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc",
+    "disconnect", "channel_state",
+)  # fmt: skip
 # Decisions without side effects: safe to ask again after a lost answer.
 IDEMPOTENT: Final = frozenset({"connect", "refresh", "subscribe", "sub_refresh"})
 
@@ -61,8 +64,8 @@ class Backend:
         capture: Capture,
     ) -> None:
         self.hooks = hooks or Hooks()
-        self._observe = observe
-        self._capture = capture
+        self.observe = observe
+        self.capture = capture
         self._proxies: dict[str, HttpProxy] = {}
         self.configure(proxies)
 
@@ -106,13 +109,14 @@ class Backend:
         return HookTarget(hook, self.hooks) if hook is not None else None
 
     async def call(
-        self, target: HttpProxy | HookTarget, kind: str, event: Any, cls: type[R]
+        self, target: HttpProxy | HookTarget, kind: str, event: Any, cls: type[R] | None
     ) -> R | None:
+        """Ask `target`; its result as a `cls` (None: none sent, or `cls` None: not wanted)."""
         started = time.perf_counter()
         outcome = "cancelled"
         try:
             raw = await self._ask(target, kind, event)
-            result = None if raw is None else decode_result(raw, cls)
+            result = None if raw is None or cls is None else decode_result(raw, cls)
             outcome = "ok"
             return result
         except AppError:
@@ -128,12 +132,13 @@ class Backend:
             outcome = exc.reason
             raise self._failed(target, kind, exc) from None
         finally:
-            self._observe(target.name, kind, outcome, time.perf_counter() - started)
+            self.observe(target.name, kind, outcome, time.perf_counter() - started)
 
     async def _ask(self, target: HttpProxy | HookTarget, kind: str, event: Any) -> Any:
         if isinstance(target, HookTarget):
             return await target.call(kind, event)
-        body = await target.post(request_body(event), event.headers, idempotent=kind in IDEMPOTENT)
+        headers = getattr(event, "headers", {})  # a channel event has none
+        body = await target.post(request_body(event), headers, idempotent=kind in IDEMPOTENT)
         try:
             response = decode_response(body)
             if response.disconnect is not None:
@@ -150,7 +155,7 @@ class Backend:
         where = f"{kind} {'hook' if isinstance(target, HookTarget) else 'proxy ' + target.name}"
         log.warning("%s failed (%s): %s", where, exc.reason, exc.detail,
                     exc_info=exc.__cause__ is not None and exc.reason == "hook_error")  # fmt: skip
-        self._capture(exc.__cause__ or exc, where)
+        self.capture(exc.__cause__ or exc, where)
         # Temporary: the SDKs try again with backoff, which is what a backend back up wants.
         return ReplyError(ErrorCode.INTERNAL, f"{where}: {exc.reason}")
 

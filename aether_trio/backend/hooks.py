@@ -52,8 +52,11 @@ class Hooks:
     timeout: float = 5.0
 
     def hook(self, kind: str) -> Hook | None:
-        found: Hook | None = getattr(self, "on_connecting" if kind == "connect" else f"on_{kind}")
+        found: Hook | None = getattr(self, _HOOK_NAMES.get(kind, f"on_{kind}"))
         return found
+
+
+_HOOK_NAMES = {"connect": "on_connecting", "channel_state": "on_channel_event"}
 
 
 class HookTarget:

@@ -307,13 +307,14 @@ _OMIT_EMPTY: Final = frozenset({"data", "name", "version", "channels", "token", 
 
 def request_body(event: _Event | ChannelEvent) -> bytes:
     """The JSON body of a proxy request: the event's fields, Centrifugo's way (empty optional
-    fields left out; the forwarded headers go as HTTP headers instead)."""
-    body = {
-        field.name: value
-        for field in attrs.fields(type(event))
-        if field.name != "headers"
-        and not (
-            (value := getattr(event, field.name)) in (None, "", ()) and field.name in _OMIT_EMPTY
-        )
-    }
+    fields left out; the forwarded headers go as HTTP headers instead). A channel event goes
+    as Centrifugo PRO's NotifyChannelState request, `{"events": [...]}`."""
+    if isinstance(event, ChannelEvent):
+        return orjson.dumps({"events": [attrs.asdict(event)]})
+    body: dict[str, Any] = {}
+    for field in attrs.fields(type(event)):
+        value = getattr(event, field.name)
+        if field.name == "headers" or (field.name in _OMIT_EMPTY and value in (None, "", ())):
+            continue
+        body[field.name] = value
     return orjson.dumps(body)

@@ -81,8 +81,12 @@ class Config:
             raise ValueError(f"proxies: duplicate proxy name(s) {duplicates}")
         references = [
             (f"client.{key}", getattr(self.client, key))
-            for key in ("connect_proxy_name", "refresh_proxy_name", "rpc_proxy_name")
-        ]
+            for key in (
+                "connect_proxy_name", "refresh_proxy_name", "rpc_proxy_name",
+                "disconnect_proxy_name",
+            )
+        ]  # fmt: skip
+        references.append(("channel.state_proxy_name", self.channel.state_proxy_name))
         spaces = [("channel.without_namespace", self.channel.without_namespace)]
         spaces += [(f"channel.namespaces[{i}]", ns) for i, ns in enumerate(self.channel.namespaces)]
         for path, options in spaces:

@@ -161,6 +161,8 @@ class ClientConfig:
     connect_proxy_name: str = ""
     refresh_proxy_name: str = ""
     rpc_proxy_name: str = ""
+    # Told (never asked) when a connection that had connected is gone: user, client, code, reason.
+    disconnect_proxy_name: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.ping_interval and self.pong_timeout >= self.ping_interval:

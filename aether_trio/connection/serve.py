@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..backend import DisconnectEvent
 from ..engines.base import EngineError
 from ..observe.logs import client_id_var
 from ..protocol.codec import Command, decode_frame, encode_app_error, encode_error
@@ -67,10 +68,33 @@ async def run(client: Client) -> None:
     finally:
         request = client.writer.close_request
         client.node.metrics.disconnected(request.code if request is not None else None)
+        _tell_disconnect(client)
         client.session.close()
         client.timers.cancel_all()
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
             await _cleanup(client)
+
+
+def _tell_disconnect(client: Client) -> None:
+    """A connection that had connected is gone: the backend's disconnect proxy or hook is told
+    (in the background), with the close the server sent or 3000 when the client left."""
+    node = client.node
+    if node.clients.get(client.client_id) is not client:
+        return  # never connected (refused, stale, gone during the handshake)
+    target = node.backend.target(node.config.client.disconnect_proxy_name, "disconnect")
+    if target is None:
+        return
+    request = client.writer.close_request
+    code, reason = (
+        (request.code, request.reason)
+        if request is not None
+        else (int(Disconnect.CONNECTION_CLOSED), Disconnect.CONNECTION_CLOSED.reason)
+    )
+    event = DisconnectEvent(
+        client=client.client_id, user=client.user, code=code, reason=reason,
+        headers=target.headers(client.headers, client.emulated_headers),
+    )  # fmt: skip
+    node.notifier.tell(target, "disconnect", event)
 
 
 async def _cleanup(client: Client) -> None:
