@@ -40,7 +40,7 @@ from .config import Config
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
 from .flusher import Flusher
 from .guards.limits import Limits
-from .hooks import NO_AUDIT, OPEN_ACCESS, AccessPolicy, Auditor
+from .hooks import NO_AUDIT, OPEN_ACCESS, AccessControl, AccessPolicy, Auditor
 from .hub import Hub, HubStatistics
 from .observe.errors import ErrorTracker
 from .observe.metrics import Metrics, NodeLevels
@@ -54,6 +54,7 @@ from .protocol.options import ChannelOptions
 from .subscriptions import SYSTEM_OPTIONS, ChannelSubscription, SystemSubscription
 from .system_channel import Receivers
 from .timers import Scheduler
+from .user_status import UserStatuses
 
 __all__ = ["Node", "history_options"]
 
@@ -102,6 +103,10 @@ class Node(Generic[C]):
         self.draining = False
         self.access: AccessPolicy = OPEN_ACCESS
         self.audit: Auditor = NO_AUDIT
+        # Bans and revocations changed by the server API (None until the admin package is up).
+        self.access_control: AccessControl | None = None
+        # Last activity and connection times of users (the server API's user status).
+        self.user_status = UserStatuses()
         # Named read-only views the composition root adds for `aether admin node` (e.g. what the
         # history snapshot restored), each a function returning a JSON-able dict.
         self.reports: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -195,6 +200,7 @@ class Node(Generic[C]):
 
     def register(self, client: C) -> None:
         self.clients[client.client_id] = client
+        self.user_status.seen(client.user)
         self.users.setdefault(client.user, {})[client.client_id] = client
         if self._idle.is_set():
             # A new Event only when the node was idle: one per connect would be work on the
@@ -207,8 +213,10 @@ class Node(Generic[C]):
             connections.pop(client.client_id, None)
             if not connections:
                 del self.users[client.user]
-        if self.clients.pop(client.client_id, None) is not None and not self.clients:
-            self._idle.set()
+        if self.clients.pop(client.client_id, None) is not None:
+            self.user_status.seen(client.user)
+            if not self.clients:
+                self._idle.set()
 
     def user_clients(self, user: str) -> list[C]:
         """The registered (connected) connections of `user` on this node."""

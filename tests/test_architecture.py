@@ -304,6 +304,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "system_channel",
             "broker_channels",
             "channel_states",
+            "user_status",
             "node",
         ),
     ),

@@ -49,10 +49,13 @@ class Client:
     __slots__ = (
         "__weakref__",
         "_nursery",
+        "app_name",
+        "app_version",
         "backend_connected",
         "client_id",
         "conn_info",
         "connect_failed",
+        "connected_at",
         "emulated_headers",
         "expire_at",
         "headers",
@@ -81,6 +84,10 @@ class Client:
         # Who the connection is was said by the backend's connect proxy or hook (not a token):
         # a refresh proxy or hook then refreshes it at its expiry.
         self.backend_connected = False
+        # What the connect command said of the SDK (`name`, `version`) and when it connected
+        # (Unix time; 0 before), for the server API's `connections`.
+        self.app_name = self.app_version = ""
+        self.connected_at = 0.0
         self.client_id = str(uuid.uuid4())
         self.session = Session()
         self.user = ""
@@ -170,6 +177,7 @@ class Client:
 
     def authenticated(self, user: str, conn_info: RawJSON, expire_at: int | None) -> None:
         self.user, self.conn_info, self.expire_at = user, conn_info, expire_at
+        self.connected_at = time.time()
         self.session.connected(self.client_id, user)
         self.timers.cancel("stale")
         self.node.register(self)

@@ -107,6 +107,7 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
         for ch in (node.resolve(channel),)
     ]
 
+    client.app_name, client.app_version = req.name, req.version
     client.authenticated(user, m.RawJSON(info), expire_at)
 
     # The client refreshes unless the server does it with the backend (refresh proxy or hook).
