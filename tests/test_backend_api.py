@@ -244,3 +244,14 @@ async def test_without_the_admin_state_bans_are_not_available() -> None:
     with pytest.raises(ApiError) as refused:
         await access.block_user(context, BlockUser(user="x"))
     assert int(refused.value.code) == 108
+
+
+async def test_too_many_users_and_a_negative_cut_off_are_bad_requests(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    server = await start(nursery, tmp_path)
+    users = [f"u{i}" for i in range(1001)]
+    _, body = await raw(server, "get_user_status", {"users": users}, READER)
+    assert body["error"]["code"] == 107
+    _, body = await raw(server, "invalidate_user_tokens", {"user": "u", "issued_before": -5})
+    assert body["error"]["code"] == 107

@@ -227,6 +227,21 @@ async def test_subscribe_proxy_allows_with_info_data_and_override(
         assert entry.chan_info == b'{"seat":3}'
 
 
+async def test_proxies_that_answer_no_result_allow_as_asked(
+    backend: RunningBackend, nursery: trio.Nursery
+) -> None:
+    backend.app.routes["/connect"] = user("nora")
+    backend.app.routes["/subscribe"] = lambda body, headers: {}
+    backend.app.routes["/publish"] = lambda body, headers: {}
+    server = await serve_in(nursery, proxy_config(backend))
+    async with raw_client(server) as client:
+        await client.connect()
+        subscribed = await client.command("subscribe", {"channel": "proxied:n"})
+        assert "expires" not in subscribed["subscribe"]
+        await client.command("publish", {"channel": "proxied:n", "data": {"as": "sent"}})
+        assert (await client.receive())["push"]["pub"]["data"] == {"as": "sent"}
+
+
 async def test_subscribe_proxy_refuses_and_private_channels_still_need_a_token(
     backend: RunningBackend, nursery: trio.Nursery
 ) -> None:

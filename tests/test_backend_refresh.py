@@ -22,6 +22,7 @@ from conftest import close_reason, serve_in
 from test_backend_proxies import proxy_config, raw_client
 from trio_websocket import ConnectionClosed
 
+from aether_trio.backend.http import HttpProxy
 from aether_trio.config import Config, ProxyConfig
 from aether_trio.connection import client as client_module
 
@@ -181,3 +182,62 @@ async def test_the_sub_refresh_proxy_prolongs_then_expires_a_subscription(
         "channel": "proxied:s",
     }
     assert second.body == first.body
+
+
+async def test_a_reload_that_takes_the_refresh_proxy_away_expires_as_without_one(
+    backend: RunningBackend, nursery: trio.Nursery
+) -> None:
+    backend.app.routes["/connect"] = lambda body, headers: {
+        "result": {"user": "r4", "expire_at": soon(2)}
+    }
+    config = refresh_config(backend)
+    server = await serve_in(nursery, config)
+    old_proxy = server.node.backend.target("refresh", "refresh")
+    async with raw_client(server) as client:
+        await client.connect()
+        # The refresh proxy's entry changes (replaced, its pool closed) and no longer refreshes.
+        changed = tuple(
+            attrs.evolve(p, timeout=3.0) if p.name == "refresh" else p for p in config.proxies
+        )
+        server.node.reload(
+            attrs.evolve(
+                config,
+                proxies=changed,
+                client=attrs.evolve(config.client, refresh_proxy_name=""),
+            )
+        )
+        with trio.fail_after(15), pytest.raises(ConnectionClosed) as closed:
+            await client.read_until_closed()
+        assert close_reason(closed.value).code == 3005
+    assert backend.app.recorded("/refresh") == []
+    assert isinstance(old_proxy, HttpProxy)
+    assert old_proxy._client.is_closed
+
+
+async def test_a_sub_refresh_without_info_keeps_the_info_and_a_gone_subscription_is_left(
+    backend: RunningBackend, nursery: trio.Nursery
+) -> None:
+    backend.app.routes["/connect"] = lambda body, headers: {"result": {"user": "s2"}}
+    backend.app.routes["/subscribe"] = lambda body, headers: {
+        "result": {"expire_at": soon(), "info": {"seat": 1}}
+    }
+    backend.app.routes["/sub_refresh"] = answers(
+        lambda: {"result": {"expire_at": soon()}},
+        Reply(body=b'{"result": {"expired": true}}', delay=1.5),
+    )
+    server = await serve_in(nursery, refresh_config(backend))
+    async with raw_client(server) as client:
+        connected = await client.connect()
+        await client.command("subscribe", {"channel": "proxied:k"})
+        arrived = backend.app.arrival("/sub_refresh")
+        with trio.fail_after(15):
+            await arrived.wait()  # the first refresh
+            arrived = backend.app.arrival("/sub_refresh")
+            await arrived.wait()  # the second, answered late
+        ours = server.node.clients[connected["connect"]["client"]]
+        assert ours.subscriptions["proxied:k"].chan_info == b'{"seat":1}'
+        # Unsubscribed while the backend thinks: its late "expired" has nothing to end.
+        await client.command("unsubscribe", {"channel": "proxied:k"})
+        await trio.sleep(2.0)
+        assert "presence_stats" in await client.command("presence_stats", {"channel": "x"})
+        assert all("push" not in m for m in client.pending)

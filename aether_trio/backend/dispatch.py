@@ -98,9 +98,6 @@ class Backend:
                 kept[name] = f"{kept[name]}{separator}{value}" if name in kept else value
         return kept
 
-    def proxies(self) -> list[HttpProxy]:
-        return list(self._proxies.values())
-
     def target(self, proxy_name: str, kind: str) -> HttpProxy | HookTarget | None:
         """Where a `kind` call goes: the named proxy, else the hook, else nowhere (None)."""
         if proxy_name:

@@ -59,21 +59,21 @@ class HttpProxy:
         """The body of the backend's 200 answer; `CallFailed` otherwise."""
         cfg = self.config
         request_headers = {**headers, "content-type": "application/json"}
-        attempts = 1 + (cfg.max_retries if idempotent else 0)
+        retries = cfg.max_retries if idempotent else 0
         pause = cfg.retry_backoff
         failure = CallFailed("timeout", f"no answer within {cfg.timeout} s")
         with trio.move_on_after(cfg.timeout):
-            for attempt in range(1, attempts + 1):
+            while True:
                 answer = await self._attempt(body, request_headers)
                 if isinstance(answer, bytes):
                     return answer
                 failure = answer
-                if attempt < attempts and _retryable(failure):
-                    log.info("proxy %s: %s; trying again in %.2f s", self.name, failure, pause)
-                    await trio.sleep(pause)
-                    pause = min(pause * 2, cfg.retry_backoff_max)
-                    continue
-                break
+                if not (retries and _retryable(failure)):
+                    break
+                retries -= 1
+                log.info("proxy %s: %s; trying again in %.2f s", self.name, failure, pause)
+                await trio.sleep(pause)
+                pause = min(pause * 2, cfg.retry_backoff_max)
         raise failure
 
     async def _attempt(self, body: bytes, headers: dict[str, str]) -> bytes | CallFailed:

@@ -12,7 +12,6 @@ the read loop, which sends them.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -141,7 +140,3 @@ async def rpc(client: Client, cmd_id: int, req: m.RPCRequest) -> None:
     result = await node.backend.call(target, "rpc", event, wire.RPCResult)
     data = raw_json(result.data) if result is not None else m.NO_JSON
     client.reply(cmd_id, "rpc", m.RPCResult(data))
-
-
-def expired(expire_at: int | None) -> bool:
-    return expire_at is not None and expire_at <= time.time()
