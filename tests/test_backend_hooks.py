@@ -209,3 +209,19 @@ async def test_a_configured_proxy_is_asked_before_the_hook(nursery: trio.Nursery
         await client.connect(token("1"))
         assert (await client.command("rpc", {"method": "m"}))["error"]["code"] == 100
     assert called == []
+
+
+async def test_no_hook_opens_the_system_channel_to_clients(nursery: trio.Nursery) -> None:
+    def allow(event: Any) -> dict[str, Any]:
+        return {}
+
+    hooks = Hooks(on_publish=allow, on_subscribe=allow)
+    server = await nursery.start(Server(make_config(), hooks=hooks).run)
+    async with raw_client(server.port) as client:
+        from conftest import token
+
+        await client.connect(token("1"))
+        reply = await client.command("publish", {"channel": "$aether.system", "data": {}})
+        assert reply["error"]["code"] == 103
+        # Any other channel: the hook decides (no allow_publish_* needed).
+        assert "publish" in await client.command("publish", {"channel": "$other", "data": {}})

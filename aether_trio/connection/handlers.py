@@ -183,7 +183,9 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     _check_data_format(ch.options, req.data)
     sub = client.subscriptions.get(req.channel)
     data, tags, history = req.data, None, True
-    if target := node.backend.target(ch.options.publish_proxy_name, "publish"):
+    # Never the operators' system channel: no hook or proxy may open it to clients.
+    system = node.system_subscription(ch.name) is not None
+    if not system and (target := node.backend.target(ch.options.publish_proxy_name, "publish")):
         # The application's backend decides instead of the allow_publish_* rules, and may
         # change the data (checked again), add tags, keep it out of history.
         allowed = await proxied.publish(client, ch, req, target)
