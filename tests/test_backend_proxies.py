@@ -478,3 +478,17 @@ def test_header_names_are_lowercased() -> None:
         {"proxies": [{"name": "a", "endpoint": "http://x", "http_headers": ["Cookie"]}]}
     )
     assert config.proxies[0].http_headers == ("cookie",)
+
+
+async def test_a_token_connection_passes_its_emulated_headers_to_later_proxies(
+    backend: RunningBackend, nursery: trio.Nursery
+) -> None:
+    backend.app.routes["/rpc"] = lambda body, headers: {"result": {}}
+    server = await serve_in(nursery, proxy_config(backend))
+    async with raw_client(server) as client:
+        await client.connect(token("t"), headers={"X-Emulated": "from-sdk", "Cookie": "no"})
+        await client.command("rpc", {"method": "m"})
+    (request,) = backend.app.recorded("/rpc")
+    assert request.headers["x-emulated"] == "from-sdk"
+    # Cookie is listed in http_headers only: an emulated one is the client's claim, not sent.
+    assert "cookie" not in request.headers

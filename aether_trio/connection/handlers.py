@@ -50,6 +50,8 @@ Handler = Callable[["Client", int, Any], Awaitable[None]]
 async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
     node = client.node
     cfg = node.config.client
+    # Kept for every later call to the backend (subscribe, publish, rpc, refresh proxies too).
+    client.emulated_headers = proxied.emulated_headers(client, req.headers)
     if req.token:
         if not node.verifier.enabled:
             raise DisconnectError(Disconnect.INVALID_TOKEN, "no key configured for tokens")

@@ -64,7 +64,6 @@ def _event_base(client: Client, target: Target) -> dict[str, Any]:
 
 
 async def connect(client: Client, req: m.ConnectRequest, target: Target) -> Credentials:
-    client.emulated_headers = emulated_headers(client, req.headers)
     event = wire.ConnectEvent(
         **_event_base(client, target), data=req.data, name=req.name, version=req.version
     )
