@@ -38,6 +38,7 @@ def proxy_config(backend: RunningBackend, **overrides: Any) -> Config:
             "timeout": 2.0,
             "http_headers": ["Cookie", "X-Allowed"],
             "emulated_headers": ["X-Emulated"],
+            "static_headers": {"X-Aether-Secret": "s3", "X-Allowed": "static"},
         }
         for kind in PROXIES
     ]
@@ -125,7 +126,8 @@ async def test_connect_proxy_gets_centrifugos_request_and_its_answer_makes_the_c
         # Cookies and listed headers are passed on; neither an unlisted header nor an
         # unlisted emulated one is.
         assert request.headers["cookie"] == "session=abc"
-        assert request.headers["x-allowed"] == "yes"
+        assert request.headers["x-allowed"] == "yes"  # the client's wins over the static one
+        assert request.headers["x-aether-secret"] == "s3"
         assert request.headers["x-emulated"] == "e"
         assert "x-secret" not in request.headers
         assert "x-unlisted" not in request.headers
@@ -460,6 +462,14 @@ async def test_retries_stop_at_max_retries(backend: RunningBackend, nursery: tri
             "expected a number > 0",
         ),
         ({"proxies": [{"name": "a", "endpoint": "http://x", "extra": 1}]}, "proxies[0].extra"),
+        (
+            {"proxies": [{"name": "a", "endpoint": "http://x", "static_headers": {"a": 1}}]},
+            "expected a table of strings",
+        ),
+        (
+            {"proxies": [{"name": "a", "endpoint": "http://x", "static_headers": {"a": "x\ny"}}]},
+            "holds a line break",
+        ),
     ],
 )
 def test_bad_proxy_config_is_refused_with_its_key(overrides: dict[str, Any], message: str) -> None:

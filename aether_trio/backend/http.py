@@ -58,7 +58,8 @@ class HttpProxy:
     async def post(self, body: bytes, headers: Mapping[str, str], *, idempotent: bool) -> bytes:
         """The body of the backend's 200 answer; `CallFailed` otherwise."""
         cfg = self.config
-        request_headers = {**headers, "content-type": "application/json"}
+        static = {name.lower(): value for name, value in cfg.static_headers.items()}
+        request_headers = {**static, **headers, "content-type": "application/json"}
         retries = cfg.max_retries if idempotent else 0
         pause = cfg.retry_backoff
         failure = CallFailed("timeout", f"no answer within {cfg.timeout} s")

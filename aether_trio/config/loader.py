@@ -140,6 +140,15 @@ def _strict_converter() -> cattrs.Converter:
             raise TypeError(f"expected an array of strings, got {value!r}")
         return tuple(value)
 
+    def structure_str_table(value: Any, _t: Any) -> dict[str, str]:
+        # An inline table of strings ([[proxies]] static_headers).
+        if type(value) is not dict or not all(type(v) is str for v in value.values()):
+            raise TypeError(f"expected a table of strings, got {value!r}")
+        return dict(value)
+
+    def is_str_table(t: Any) -> bool:
+        return bool(t == dict[str, str])
+
     table_hooks: dict[Any, Any] = {}
 
     def structure_table(value: Any, t: Any) -> Any:
@@ -185,6 +194,7 @@ def _strict_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, structure_float)
     conv.register_structure_hook_func(is_literal, structure_literal)
     conv.register_structure_hook_func(is_str_tuple, structure_str_tuple)
+    conv.register_structure_hook_func(is_str_table, structure_str_table)
     conv.register_structure_hook_func(attrs.has, structure_table)
     conv.register_structure_hook_func(is_namespaces, structure_namespaces)
     return conv

@@ -431,6 +431,13 @@ def _header_names(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, .
             raise ValueError(f"{attr.name}: {name!r} is not an HTTP header name")
 
 
+def _static_headers(_inst: object, attr: attrs.Attribute[Any], value: dict[str, str]) -> None:
+    _header_names(_inst, attr, tuple(value))
+    for name, text in value.items():
+        if "\r" in text or "\n" in text:
+            raise ValueError(f"{attr.name}: the value of {name!r} holds a line break")
+
+
 def _lowercase(value: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(name.lower() for name in value)
 
@@ -461,3 +468,8 @@ class ProxyConfig:
     max_retries: int = attrs.field(default=2, validator=non_negative)
     retry_backoff: float = attrs.field(default=0.05, validator=positive)
     retry_backoff_max: float = attrs.field(default=0.5, validator=positive)
+    # Headers sent with every request (e.g. a secret the backend checks to know Aether is
+    # calling); a client's passed-on header of the same name wins, as in Centrifugo.
+    static_headers: dict[str, str] = attrs.field(
+        factory=dict, validator=_static_headers, repr=False
+    )
