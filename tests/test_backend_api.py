@@ -74,7 +74,8 @@ async def test_connections_of_a_user_in_centrifugos_shape(
     server = await start(nursery, tmp_path)
     iat = int(time.time()) - 10
     async with raw_client(server) as a, raw_client(server) as b, raw_client(server) as other:
-        ca = await a.connect(token("u", jti="tok-a", iat=iat), name="py", version="1.2")
+        tok = token("u", jti="tok-a", iat=iat, info={"name": "Ann"})
+        ca = await a.connect(tok, name="py", version="1.2")
         await b.connect(token("u"))
         await other.connect(token("v"))
         await a.command("subscribe", {"channel": "room"})
@@ -86,6 +87,7 @@ async def test_connections_of_a_user_in_centrifugos_shape(
         assert first["app_name"] == "py"
         assert first["app_version"] == "1.2"
         assert (first["transport"], first["protocol"], first["user"]) == ("websocket", "json", "u")
+        assert first["info"] == {"name": "Ann"}
         assert set(first["state"]["channels"]) == {"room", "$aether.system"}
         assert first["state"]["connection_token"] == {"uid": "tok-a", "issued_at": iat}
         assert first["connected_at_ms"] <= time.time() * 1000

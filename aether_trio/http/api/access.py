@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ...protocol.codes import Disconnect
 from . import requests as rq
 from .errors import ApiError
@@ -61,6 +63,8 @@ def _connection_info(client: Client) -> dict[str, Any]:
     info.update(transport="websocket", protocol="json")
     if client.user:
         info["user"] = client.user
+    if client.conn_info:  # Aether's addition: the connection's info, as its token or proxy gave
+        info["info"] = orjson.Fragment(client.conn_info)
     state: dict[str, Any] = {"channels": {channel: {} for channel in client.subscriptions}}
     if client.token_id or client.issued_at:
         token: dict[str, Any] = {}
