@@ -14,11 +14,14 @@ import gc
 import logging
 import signal
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
 from .admin.service import PREFIX as ADMIN_PREFIX
 from .admin.service import AdminService
+from .backend import Hooks
 from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
 from .connection.serve import serve_connection
@@ -40,21 +43,27 @@ from .protocol.codes import Disconnect
 from .transport import HandshakeRequest, TransportClosed, serve_websocket, tls
 from .workers import child
 
-__all__ = ["Server", "serve_forever"]
+__all__ = ["Server", "open_server", "serve_forever"]
 
 log = logging.getLogger(__name__)
 
 
 class Server:
     def __init__(
-        self, config: Config, config_path: str | None = None, instance: int | None = None
+        self,
+        config: Config,
+        config_path: str | None = None,
+        instance: int | None = None,
+        *,
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         # One process of several sharing the file (`--instance`): a reload applies it again.
         self.instance = instance
         broker, presence = _engines(config)
-        self.node: Node[Client] = Node(config, broker, presence)
+        # `hooks`: the application's in-process hooks (aether_trio/backend/hooks.py).
+        self.node: Node[Client] = Node(config, broker, presence, hooks)
         self.durable_history = _durable_history(config, broker)
         if self.durable_history is not None:
             self.node.reports["history_snapshot"] = self.durable_history.statistics
@@ -170,8 +179,10 @@ class Server:
                     refusal.status, extra_headers=refusal.headers, body=refusal.body
                 )
                 return
+            # What the application's backend is passed (read before `accept` lets them go).
+            headers = self.node.backend.keep_headers(request.headers)
             try:
-                await serve_connection(self.node, await request.accept())
+                await serve_connection(self.node, await request.accept(), headers)
             finally:
                 limits.close_connection(ip)
         except* (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -215,6 +226,22 @@ class Server:
         self.config = config
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         return True
+
+
+@asynccontextmanager
+async def open_server(config: Config, *, hooks: Hooks | None = None) -> AsyncIterator[Server]:
+    """Run Aether inside the caller's own Trio program, with the application's in-process
+    `hooks`: listening once this yields, shut down gracefully (3001 to every client, then the
+    drain) when the block is left."""
+    server = Server(config, hooks=hooks)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        try:
+            yield server
+        finally:
+            with trio.CancelScope(shield=True):
+                await server.shutdown()
+            nursery.cancel_scope.cancel()
 
 
 def _engines(config: Config) -> tuple[Broker, PresenceManager]:
