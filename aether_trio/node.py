@@ -322,13 +322,19 @@ class Node(Generic[C]):
         tags: dict[str, str] | None = None,
         *,
         source: str = "api",
+        idempotency_key: str = "",
     ) -> StreamPosition:
         """Publish into `channel`; `source` ("client" from a connection's publish command, "api"
-        otherwise) labels aether_publications_total. Raises `ReplyError` 107 (data over the
-        channel's max_publication_size) or 111 (channel over its publication rate)."""
+        otherwise) labels aether_publications_total. A repeat of `idempotency_key` in `channel`
+        within `[api] idempotent_result_ttl` gets the first result and publishes nothing (the
+        broker keeps the results). Raises `ReplyError` 107 (data over the channel's
+        max_publication_size) or 111 (channel over its publication rate)."""
         self.limits.check_publication(channel, len(data))
         pub = Publication(data=data, info=info, tags=tags or None)
-        position = await self.broker.publish(channel.name, pub, history_options(channel.options))
+        position = await self.broker.publish(
+            channel.name, pub, history_options(channel.options), idempotency_key=idempotency_key,
+            result_ttl=self.config.api.idempotent_result_ttl,
+        )  # fmt: skip
         self.metrics.published(channel.namespace, source)
         return position
 
