@@ -310,9 +310,11 @@ async def pubsub_killed(cl: Cluster) -> None:
     offsets = [len(cl.a.log()), len(cl.b.log())]
     killed = await asyncio.to_thread(cl.redis.command, "CLIENT", "KILL", "TYPE", "pubsub")
     assert killed >= 2, f"expected both nodes' PUB/SUB connections, killed {killed}"
-    # Both nodes notice, reconnect and report the gap (which makes node B's subscriber recover).
+    # Both nodes notice and reconnect; node B reports the gap of its subscribed channel, which
+    # makes its subscriber resubscribe and recover (`handle_gap`).
     for node, offset in zip((cl.a, cl.b), offsets, strict=True):
-        await asyncio.to_thread(node.wait_for_log, r"redis PUB/SUB reconnected", offset, 30.0)
+        await asyncio.to_thread(node.wait_for_log, r"redis PUB/SUB connection lost", offset, 30.0)
+    await asyncio.to_thread(cl.b.wait_for_log, r"redis PUB/SUB reconnected", offsets[1], 30.0)
 
 
 async def node_b_killed(cl: Cluster) -> None:
