@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import random
+import socket
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,7 +41,7 @@ import attrs
 import httpx
 import pytest
 from centrifuge import Client
-from ops_helpers import AetherProcess, aether_processes, free_base_port
+from ops_helpers import AetherProcess, aether_processes
 from redis_server import RedisServer, running_redis
 from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
@@ -117,10 +119,32 @@ class Cluster:
         return f"http://127.0.0.1:{self.base + 2 + node.instance}"
 
 
+def stable_ports(count: int) -> int:
+    """A port P such that P .. P + count - 1 are free and below the ephemeral range. A process
+    these tests stop and start again (Redis, node B) must get its port back: a port of the
+    ephemeral range may meanwhile become the local port of any outgoing connection on the
+    machine (seen: node B's restart failing with "Address already in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        base = random.randrange(10_000, low - count)
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for port, sock in enumerate(sockets, base):
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no run of free ports below the ephemeral range")
+
+
 @contextmanager
 def cluster(tmp: Path) -> Iterator[Cluster]:
-    with running_redis("--appendonly", "yes", "--appendfsync", "always") as redis:
-        base = free_base_port(4)
+    # Redis on `base`, node N's WebSocket port on `base` + N, its HTTP port on `base` + 2 + N.
+    base = stable_ports(5)
+    with running_redis("--appendonly", "yes", "--appendfsync", "always", port=base) as redis:
         config = tmp / "config.toml"
         config.write_text(
             CONFIG.format(
@@ -233,18 +257,22 @@ def scenario(cl: Cluster, fault: Fault) -> tuple[Run, SubscriptionRecorder, str]
                 watcher = asyncio.create_task(watch_ready(http, cl, run))
                 publisher = asyncio.create_task(publish_all(http, cl, run))
                 reached = asyncio.create_task(run.reached_fault.wait())
-                await asyncio.wait([publisher, reached], return_when=asyncio.FIRST_COMPLETED)
-                reached.cancel()
-                if publisher.done():
-                    publisher.result()  # it failed before the fault: its error
-                run.fault_started = time.monotonic()
-                await fault(cl)
-                run.fault_ended = time.monotonic()
-                await publisher
-                await until(lambda: len({d["n"] for d in events.data()}) >= N, DELIVERY_WAIT)
-                await asyncio.sleep(QUIET)
-                await until(run.ready_true_after, 30.0)
-                watcher.cancel()
+                try:
+                    await asyncio.wait([publisher, reached], return_when=asyncio.FIRST_COMPLETED)
+                    if publisher.done():
+                        publisher.result()  # it failed before the fault: its error
+                    run.fault_started = time.monotonic()
+                    await fault(cl)
+                    run.fault_ended = time.monotonic()
+                    await publisher
+                    await until(lambda: len({d["n"] for d in events.data()}) >= N, DELIVERY_WAIT)
+                    await asyncio.sleep(QUIET)
+                    await until(run.ready_true_after, 30.0)
+                finally:
+                    # Whatever happened, no task outlives the scenario (or its HTTP client).
+                    for task in (watcher, publisher, reached):
+                        task.cancel()
+                    await asyncio.gather(watcher, publisher, reached, return_exceptions=True)
         finally:
             await disconnect_all([client])
 
@@ -267,8 +295,29 @@ def scenario(cl: Cluster, fault: Fault) -> tuple[Run, SubscriptionRecorder, str]
         f"resubscriptions={len(resubscribed)} "
         f"recovered={sum(1 for s in resubscribed if s.recovered)} lost_numbers={lost[:20]}"
     )
+    if anomaly := first_anomaly(events):
+        summary += f" around the first repeat: {anomaly}"
     print(f"\n{fault.__name__}: {summary}")
     return run, events, summary
+
+
+def first_anomaly(events: SubscriptionRecorder) -> str:
+    """The SDK's events around the first publication not after the one before it: `p<offset>`,
+    `S` subscribed (`S+` recovered), `s<code>` subscribing, `u<code>` unsubscribed."""
+    tokens: list[str] = []
+    last, found = 0, -1
+    for kind, ctx in events.items:
+        if kind == "publication":
+            offset = ctx.pub.offset
+            if offset <= last and found < 0:
+                found = len(tokens)
+            last = offset
+            tokens.append(f"p{offset}")
+        elif kind == "subscribed":
+            tokens.append("S+" if ctx.recovered else "S")
+        elif kind in ("subscribing", "unsubscribed"):
+            tokens.append(f"{kind[0]}{ctx.code}")
+    return " ".join(tokens[max(0, found - 25) : found + 4]) if found >= 0 else ""
 
 
 def assert_exactly_once(run: Run, events: SubscriptionRecorder, summary: str) -> None:
