@@ -588,8 +588,12 @@ async def test_the_memory_engines_idempotency_results_are_bounded_and_swept(
         # "a" was dropped (the oldest): it publishes again; "d" is still known.
         assert (await publish_keyed(engines, "news", 0, "a")).offset == 5
         assert (await publish_keyed(engines, "news", 0, "d")).offset == 4
+        # An expired result is not used, even before a sweep dropped it.
+        first = await publish_keyed(engines, "other", 1, "short", ttl=1.0)
+        await trio.sleep(2)
+        assert (await publish_keyed(engines, "other", 2, "short", ttl=1.0)).offset == 2
+        assert first.offset == 1
         # The periodic sweep drops expired results of any ttl, not only the oldest.
-        await publish_keyed(engines, "other", 1, "short", ttl=1.0)
         assert isinstance(engines.broker, MemoryBroker)
         await trio.sleep(2)
         engines.broker.sweep()
