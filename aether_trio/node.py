@@ -373,15 +373,21 @@ class Node(Generic[C]):
         *,
         source: str = "api",
         history: bool = True,
+        idempotency_key: str = "",
     ) -> StreamPosition:
         """Publish into `channel`; `source` ("client" from a connection's publish command, "api"
         otherwise) labels aether_publications_total; `history=False` keeps it out of the
-        channel's history (a publish proxy's `skip_history`). Raises `ReplyError` 107 (data over
-        the channel's max_publication_size) or 111 (channel over its publication rate)."""
+        channel's history (a publish proxy's `skip_history`). A repeat of `idempotency_key` in
+        `channel` within `[api] idempotent_result_ttl` gets the first result and publishes
+        nothing (the broker keeps the results). Raises `ReplyError` 107 (data over the channel's
+        max_publication_size) or 111 (channel over its publication rate)."""
         self.limits.check_publication(channel, len(data))
         pub = Publication(data=data, info=info, tags=tags or None)
         options = history_options(channel.options) if history else HistoryOptions()
-        position = await self.broker.publish(channel.name, pub, options)
+        position = await self.broker.publish(
+            channel.name, pub, options, idempotency_key=idempotency_key,
+            result_ttl=self.config.api.idempotent_result_ttl,
+        )  # fmt: skip
         self.metrics.published(channel.namespace, source)
         return position
 

@@ -242,7 +242,7 @@ async def test_without_the_admin_state_bans_are_not_available() -> None:
     from aether_trio.http.api.requests import BlockUser
 
     server = Server(make_config())
-    context = ApiContext(server.node, None, "", 0.0)  # type: ignore[arg-type]
+    context = ApiContext(server.node, "", 0.0)
     with pytest.raises(ApiError) as refused:
         await access.block_user(context, BlockUser(user="x"))
     assert int(refused.value.code) == 108

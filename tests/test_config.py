@@ -422,6 +422,12 @@ INVALID = [
         '[engine.redis]\nhost = "x"\n', "engine.redis.host", "unknown key", id="redis-unknown-key"
     ),
     pytest.param(
+        "[api]\nidempotent_result_ttl = -1.0\n",
+        "api.idempotent_result_ttl",
+        "-1.0",
+        id="negative-idempotent-result-ttl",
+    ),
+    pytest.param(
         '[channel.without_namespace]\npublication_data_format = "xml"\n',
         "channel.without_namespace.publication_data_format",
         "xml",

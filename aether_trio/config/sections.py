@@ -355,6 +355,9 @@ class ApiConfig:
     # Commands one `batch` request may carry (more: 400): a batch runs in one task, and its size
     # bounds how long one request may keep the server busy.
     max_batch_commands: int = attrs.field(default=1000, validator=positive)
+    # How long a publish's result is kept for its `idempotency_key` (centrifuge's
+    # idempotent_result_ttl): a retry with the key within it is answered with that result.
+    idempotent_result_ttl: float = attrs.field(default=300.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         names = [key.name for key in self.keys]

@@ -42,7 +42,6 @@ from . import access as api_access
 from . import methods as api_methods
 from . import users as api_users
 from .errors import ApiError, ApiErrorCode, BadRequestBody
-from .idempotency import IdempotencyCache
 from .methods import ApiContext, Result, error_body
 from .requests import BatchCommand, decode_batch, decode_request
 
@@ -108,7 +107,7 @@ def _json(value: Any, status: int = 200) -> Response:
 class ServerApi:
     def __init__(self, node: Node[Client], auth: ApiAuth) -> None:
         self.auth = auth
-        self.context = ApiContext(node, IdempotencyCache(), str(uuid.uuid4()), time.time())
+        self.context = ApiContext(node, str(uuid.uuid4()), time.time())
 
     async def handle(self, request: Request) -> Response:
         """The route for every path under PREFIX."""
