@@ -54,6 +54,7 @@ class AdminService:
                 await nursery.start(audit.run)
                 self.state, self.audit = state, audit
                 node.access, node.audit = state, audit
+                node.access_control = state  # the server API's block_user, revoke_token, ...
                 self.routes.context = AdminContext(
                     node, self.config, state, audit, self.drain, nursery, time.time()
                 )

@@ -25,6 +25,7 @@ from .sections import LimitsConfig as LimitsConfig
 from .sections import LogConfig as LogConfig
 from .sections import MonitorConfig as MonitorConfig
 from .sections import PersonalChannelConfig as PersonalChannelConfig
+from .sections import ProxyConfig as ProxyConfig
 from .sections import RedisEngineConfig as RedisEngineConfig
 from .sections import ServerConfig as ServerConfig
 from .sections import TokenConfig as TokenConfig
@@ -44,6 +45,7 @@ __all__ = [
     "LogConfig",
     "MonitorConfig",
     "PersonalChannelConfig",
+    "ProxyConfig",
     "RedisEngineConfig",
     "ServerConfig",
     "TokenConfig",

@@ -26,7 +26,6 @@ from . import requests as rq
 from .errors import ApiError
 from .errors import ApiErrorCode as Code
 from .glob import compile_glob
-from .idempotency import IdempotencyCache
 
 if TYPE_CHECKING:
     from ...connection.client import Client
@@ -57,7 +56,6 @@ CHANNELS_YIELD_EVERY = 1024
 @attrs.define
 class ApiContext:
     node: Node[Client]
-    idempotency: IdempotencyCache
     uid: str
     started: float  # time.time() at start, for `info.uptime`
 
@@ -107,12 +105,12 @@ async def _publish(
         ch = attrs.evolve(ch, options=attrs.evolve(ch.options, history_size=0))
     node = ctx.node
     try:
-        position = await ctx.idempotency.publish_once(
-            ch.name,
-            opts.idempotency_key,
+        position = await node.publish(
             # Cleaned per channel (publication_html), from the caller's unchanged `data`.
-            lambda: node.publish(ch, publication_payload(ch.options, data), tags=opts.tags),
-        )
+            ch, publication_payload(ch.options, data), tags=opts.tags,
+            # The broker keeps the results (in Redis for every node), not this node.
+            idempotency_key=opts.idempotency_key,
+        )  # fmt: skip
     except ReplyError as exc:  # [limits]: 107 data over max_publication_size, 111 too many
         raise ApiError.from_reply_error(exc) from None
     # Both omitted without history, as upstream's encoder omits zero values.
