@@ -152,6 +152,7 @@ class LoadClient:
     _next_id: int = 0
     _pending: dict[int, tuple[str, str]] = attrs.field(factory=dict)
     _subscribed: set[str] = attrs.field(factory=set)
+    _published: int = 0
     _resubscribe: list[str] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
@@ -253,7 +254,8 @@ class LoadClient:
         while True:
             now = trio.current_time()
             if self.publish_every and now >= publish_at:
-                data = {"i": f"c{self.index}", "t": time.time_ns()}
+                self._published += 1
+                data = {"i": f"c{self.index}.{self._published}", "t": time.time_ns()}
                 await ws.send_message(
                     self._command("publish", {"channel": self.room, "data": data})
                 )
