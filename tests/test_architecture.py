@@ -303,6 +303,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "subscriptions",
             "system_channel",
             "broker_channels",
+            "cluster",
             "node",
         ),
     ),

@@ -28,6 +28,7 @@ from cattrs.gen import make_dict_structure_fn
 from ..protocol.decoding import error_paths
 from ..protocol.options import Namespace
 from .channels import ChannelConfig
+from .cluster import ClusterConfig
 from .sections import (
     AdminConfig,
     ApiConfig,
@@ -64,6 +65,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     monitor: MonitorConfig = MonitorConfig()
     limits: LimitsConfig = LimitsConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def __attrs_post_init__(self) -> None:
         ns = self.client.personal_channel.namespace

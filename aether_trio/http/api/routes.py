@@ -38,8 +38,9 @@ from ...config import ApiKey
 from ...engines.base import EngineError
 from ..apiauth import ApiAuth, ApiAuthError, Role, has_role
 from ..asgi import Request, Response
+from . import cluster as api_cluster
 from . import methods as api_methods
-from . import users as api_users
+from .cluster import everywhere
 from .errors import ApiError, ApiErrorCode, BadRequestBody
 from .idempotency import IdempotencyCache
 from .methods import ApiContext, Result, error_body
@@ -63,12 +64,13 @@ METHODS: dict[str, tuple[Role, Runner]] = {
     "presence": ("reader", api_methods.presence),
     "presence_stats": ("reader", api_methods.presence_stats),
     "history": ("reader", api_methods.history),
-    "channels": ("reader", api_methods.channels),
-    "info": ("reader", api_methods.info),
-    "subscribe": ("admin", api_users.subscribe),
-    "unsubscribe": ("admin", api_users.unsubscribe),
-    "disconnect": ("admin", api_users.disconnect),
-    "refresh": ("admin", api_users.refresh),
+    # Every node's answer, and commands that reach every node's connections (api/cluster.py).
+    "channels": ("reader", api_cluster.channels),
+    "info": ("reader", api_cluster.info),
+    "subscribe": ("admin", everywhere("subscribe")),
+    "unsubscribe": ("admin", everywhere("unsubscribe")),
+    "disconnect": ("admin", everywhere("disconnect")),
+    "refresh": ("admin", everywhere("refresh")),
     "history_remove": ("admin", api_methods.history_remove),
 }
 """Each method's role (`admin` covers all) and implementation; `batch` checks each command's."""
@@ -95,6 +97,7 @@ class ServerApi:
     def __init__(self, node: Node[Client], auth: ApiAuth) -> None:
         self.auth = auth
         self.context = ApiContext(node, IdempotencyCache(), str(uuid.uuid4()), time.time())
+        api_cluster.install(self.context)
 
     async def handle(self, request: Request) -> Response:
         """The route for every path under PREFIX."""
