@@ -194,6 +194,8 @@ class Server:
             await self.node.wait_idle()
         if drain.cancelled_caught:
             log.warning("drain time over with %d connections left", len(self.node.clients))
+        # While the engine still runs: the other nodes drop this one from `info` at once.
+        await self.node.cluster.goodbye()
 
     def reload(self) -> bool:
         """Re-read the config file; a bad file is rejected and the running config stays."""

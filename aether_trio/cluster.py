@@ -80,6 +80,7 @@ class Cluster:
         self.commands: dict[str, CommandHandler] = {}
         self.surveys: dict[str, SurveyHandler] = {}
         self._waiting: dict[str, _Survey] = {}
+        self._left = False
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, ControlMessage]](
             INBOX_SIZE
         )
@@ -103,7 +104,15 @@ class Cluster:
                 nursery.start_soon(self._heartbeat)
                 task_status.started()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(BYE_SECONDS):
+            with trio.CancelScope(shield=True):
+                await self.goodbye()
+
+    async def goodbye(self) -> None:
+        """Tell the other nodes this one is leaving (they forget it at once), once. Best said
+        while the engine still runs: at a graceful shutdown, before the node stops."""
+        if not self._left:
+            self._left = True
+            with trio.move_on_after(BYE_SECONDS):
                 await self._broadcast(encode_control("bye"))
 
     async def _heartbeat(self) -> None:
@@ -138,7 +147,9 @@ class Cluster:
             decoded = decode_control(message)
         except ControlError as exc:
             self.rejected += 1
-            log.warning("ignored a control message from node %.40r: %s", sender, exc)
+            if _sampled(self.rejected):
+                log.warning("ignored a control message from node %.40r: %s (%d so far)", sender,
+                            exc, self.rejected)  # fmt: skip
             return
         self.received += 1
         kind = decoded.kind
@@ -165,7 +176,9 @@ class Cluster:
             self._inbox_send.send_nowait((sender, message))
         except trio.WouldBlock:
             self.dropped += 1
-            log.warning("control message %s from node %s dropped: inbox full", message.kind, sender)
+            if _sampled(self.dropped):
+                log.warning("control message %s from node %s dropped: inbox full (%d so far)",
+                            message.kind, sender, self.dropped)  # fmt: skip
 
     async def _worker(self) -> None:
         async for sender, message in self._inbox:
@@ -234,3 +247,8 @@ class Cluster:
             return {**waiting.replies, **replies}
         finally:
             del self._waiting[survey_id]
+
+
+def _sampled(count: int) -> bool:
+    """Whether the `count`th of a kind of bad event is logged: a flood must not flood the log."""
+    return count == 1 or count % 1000 == 0

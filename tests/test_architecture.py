@@ -596,6 +596,7 @@ OTHER_JSON = {
     (f"{PACKAGE}.admin.cli", "_http_error"): "the CLI reading the server's error answer",
     (f"{PACKAGE}.admin.cli", "_body"): "the CLI's --data argument",
     (f"{PACKAGE}.admin.cli", "cmd_audit"): "the CLI printing audit entries",
+    (f"{PACKAGE}.admin.state", "_decode"): "bans and revocations read back from the shared state",
 }
 # What a route hands `request.body` to; each decodes through DECODING.
 BODY_DECODERS = {

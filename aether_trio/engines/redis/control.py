@@ -95,7 +95,9 @@ class RedisControl:
         sender, sep, body = data.partition(b"|")
         if not sep or not _SENDER.fullmatch(sender):
             self.rejected += 1
-            log.warning("ignored a control message that is not Aether's (%d bytes)", len(data))
+            if self.rejected == 1 or self.rejected % 1000 == 0:  # a flood must not flood the log
+                log.warning("ignored a control message that is not Aether's (%d bytes; %d so far)",
+                            len(data), self.rejected)  # fmt: skip
             return
         if self._handler is not None and sender.decode() != self._id:
             self._handler.handle_control(sender.decode(), body)
