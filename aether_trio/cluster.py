@@ -116,7 +116,7 @@ class Cluster:
                 await self._broadcast(encode_control("bye"))
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._left:  # a node that said goodbye is not announced again
             await self._broadcast(self._node_message())
             await trio.sleep(self.heartbeat_interval)
 
