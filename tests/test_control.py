@@ -355,6 +355,7 @@ async def test_a_node_that_stops_says_goodbye(autojump_clock: MockClock) -> None
         # Said once: a node stopped by `goodbye` (graceful shutdown) does not repeat it.
         await a.goodbye()
         sent = a.sent
+        await trio.sleep(a.heartbeat_interval * 2)  # no heartbeat after it either
         nursery.cancel_scope.cancel()
     assert a.sent == sent
 

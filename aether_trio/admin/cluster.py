@@ -74,10 +74,11 @@ class ClusterAccess:
         except EngineError:
             log.warning("adding this node's access entries to the shared state failed",
                         exc_info=True)  # fmt: skip
+        await self.resync()  # the cluster's bans hold before this node admits anyone
         task_status.started()
         while True:
-            await self.resync()
             await trio.sleep(self.node.config.cluster.state_resync_interval)
+            await self.resync()
 
     async def resync(self) -> None:
         try:

@@ -66,6 +66,7 @@ class AccessState:
         self._audit = audit
         self._shared = shared or MemorySharedState()
         self._cluster = cluster
+        self._reported: set[tuple[str, str]] = set()  # bad shared entries already logged
         self._bans: dict[str, Ban] = {}
         self._revoked: dict[str, float | None] = {}
         self._cutoffs: dict[str, int] = {}
@@ -215,7 +216,10 @@ class AccessState:
                     else:
                         revoked[key] = expire_at
                 except ValueError as exc:
-                    log.warning("ignored a shared %s entry that is not Aether's: %s", table, exc)
+                    if (table, key) not in self._reported:  # once, not at every resync
+                        self._reported.add((table, key))
+                        log.warning("ignored a shared %s entry that is not Aether's: %s", table,
+                                    exc)  # fmt: skip
         new = [("bans", u) for u, b in bans.items() if self._bans.get(u) != b]
         new += [("revoked", jti) for jti in revoked if jti not in self._revoked]
         new += [("cutoffs", u) for u, b in cutoffs.items() if self._cutoffs.get(u) != b]
