@@ -83,6 +83,8 @@ class Node(Generic[C]):
         # The other nodes (cluster.py) and what every node must see; alone by default.
         self.cluster = Cluster(control or MemoryControl(), self.describe)
         self.shared: SharedState = shared or MemorySharedState()
+        # A node alone needs no shared count: `admit` counts its own connections.
+        self._count_shared = shared is not None
         # Connections counted in `shared` against their user's limit: client id -> user.
         self._counted: dict[str, str] = {}
         self.started = time.time()
@@ -213,7 +215,7 @@ class Node(Generic[C]):
         decides atomically: two nodes admitting the same user at once cannot both pass).
         `EngineError` if the engine cannot say. Undone by `unregister`."""
         limit = self.limits.config.connection_limit_per_user
-        if not user or not limit:
+        if not user or not limit or not self._count_shared:
             return
         ttl = self.config.cluster.connection_ttl
         found = await self.shared.add_connection(user, client_id, limit, ttl)

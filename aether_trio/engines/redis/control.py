@@ -24,6 +24,7 @@ import trio
 from ..base import EngineError
 from ..control import ControlHandler
 from .broker import RedisBroker
+from .scripts import Script
 
 __all__ = ["RedisControl", "RedisSharedState"]
 
@@ -35,7 +36,9 @@ REFRESH_CHUNK = 500
 
 # KEYS[1] the user's ZSET. ARGV now (ms), client id, limit (0: none), ttl (ms).
 # -1 when counted, else the number of live connections that made the limit refuse it.
-ADD_CONNECTION = """
+ADD_CONNECTION = Script(
+    "add_connection",
+    """
 redis.call("zremrangebyscore", KEYS[1], "-inf", ARGV[1])
 local limit = tonumber(ARGV[3])
 if limit > 0 and not redis.call("zscore", KEYS[1], ARGV[2]) then
@@ -45,16 +48,20 @@ end
 redis.call("zadd", KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[4]), ARGV[2])
 redis.call("pexpire", KEYS[1], ARGV[4])
 return -1
-"""
+""",
+)
 
 # KEYS the users' ZSETs; ARGV expire-at (ms), ttl (ms), then one client id per key.
-REFRESH_CONNECTIONS = """
+REFRESH_CONNECTIONS = Script(
+    "refresh_connections",
+    """
 for i, key in ipairs(KEYS) do
   redis.call("zadd", key, ARGV[1], ARGV[i + 2])
   redis.call("pexpire", key, ARGV[2])
 end
 return #KEYS
-"""
+""",
+)
 
 
 class RedisControl:
@@ -114,6 +121,8 @@ class RedisSharedState:
     def __init__(self, broker: RedisBroker) -> None:
         self._client = broker.client
         self._prefix = broker.client.config.prefix
+        for script in (ADD_CONNECTION, REFRESH_CONNECTIONS):
+            self._client.register(script)
 
     def _table(self, table: str) -> str:
         return f"{self._prefix}.state.{table}"
@@ -137,7 +146,7 @@ class RedisSharedState:
     async def add_connection(self, user: str, client_id: str, limit: int, ttl: float) -> int | None:
         now = int(time.time() * 1000)
         args = (now, client_id, limit, _ms(ttl))
-        found = await self._client.call("EVAL", ADD_CONNECTION, 1, self._user(user), *args)
+        found = await self._client.script(ADD_CONNECTION, (self._user(user),), args)
         return None if found < 0 else int(found)
 
     async def remove_connection(self, user: str, client_id: str) -> None:
@@ -149,9 +158,7 @@ class RedisSharedState:
             chunk = entries[start : start + REFRESH_CHUNK]
             keys = [self._user(user) for user, _ in chunk]
             clients = [client_id for _, client_id in chunk]
-            await self._client.call(
-                "EVAL", REFRESH_CONNECTIONS, len(keys), *keys, expire_at, _ms(ttl), *clients
-            )
+            await self._client.script(REFRESH_CONNECTIONS, keys, (expire_at, _ms(ttl), *clients))
 
 
 def _ms(seconds: float) -> int:
