@@ -206,6 +206,13 @@ class Cluster:
                 reply = encode_control("srep", id=survey_id, r=await survey(message["b"]))
             await self._send(sender, reply)
 
+    def statistics(self) -> dict[str, Any]:
+        """For `aether admin node`: who this node is, whom it knows, what went through."""
+        return {"node_id": self.node_id, "peers": len(self.live_peers()),
+                "inbox": self._inbox_send.statistics().current_buffer_used,
+                "received": self.received, "sent": self.sent, "rejected": self.rejected,
+                "dropped": self.dropped}  # fmt: skip
+
     # --- what the node asks ---
 
     def live_peers(self) -> dict[str, Peer]:

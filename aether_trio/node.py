@@ -112,7 +112,7 @@ class Node(Generic[C]):
         self.audit: Auditor = NO_AUDIT
         # Named read-only views the composition root adds for `aether admin node` (e.g. what the
         # history snapshot restored), each a function returning a JSON-able dict.
-        self.reports: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.reports: dict[str, Callable[[], dict[str, Any]]] = {"cluster": self.cluster.statistics}
         # Rate and connection limits, the origin check ([limits], aether_trio.guards.limits).
         self.limits = Limits(config, self.metrics.refused)
         # Every name the system channel has had: connections keep the name they were told about.

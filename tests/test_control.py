@@ -446,6 +446,10 @@ async def test_garbage_and_floods_are_logged_and_never_crash_the_node(
         assert "inbox full" in caplog.text
         blocked.set()
         assert a.nodes()[a.node_id] == {"name": "a", "num_clients": 0}
+        stats = a.statistics()
+        assert stats["rejected"] == 3
+        assert stats["dropped"] == 9
+        assert stats["inbox"] == INBOX_SIZE
 
 
 async def test_a_failing_plane_is_logged_not_fatal(
