@@ -97,6 +97,7 @@ class Cluster:
     # --- the service ---
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._left = False  # restarted after a failure (errors.supervise): alive again
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.plane.run, self)

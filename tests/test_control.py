@@ -452,6 +452,23 @@ async def test_garbage_and_floods_are_logged_and_never_crash_the_node(
         assert stats["inbox"] == INBOX_SIZE
 
 
+async def test_a_cluster_restarted_after_a_goodbye_announces_itself_again(
+    autojump_clock: MockClock,
+) -> None:
+    bus = MemoryControlBus()
+    a, b = Cluster(bus.plane(), info_of("a")), Cluster(bus.plane(), info_of("b"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        async with trio.open_nursery() as first:
+            await first.start(b.run)
+            await wait_until(lambda: names(a) == ["a", "b"])
+            first.cancel_scope.cancel()  # b's run ends (as when a service fails): goodbye
+        await wait_until(lambda: names(a) == ["a"])
+        await nursery.start(b.run)  # restarted by the supervisor
+        await wait_until(lambda: names(a) == ["a", "b"])
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_failing_plane_is_logged_not_fatal(
     autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

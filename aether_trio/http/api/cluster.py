@@ -5,7 +5,9 @@
     disconnect, refresh         nothing anywhere), then broadcast as a control command that every
                                 other node runs against its own connections. The answer does not
                                 wait for the other nodes (as upstream's): their connections are
-                                acted on a round trip later.
+                                acted on a round trip later. If the broadcast fails
+                                (Redis down) the call answers an internal error: this node's
+                                connections were acted on, the others' were not.
     channels, info              a survey: this node's answer and every live node's that came
                                 within `[cluster] survey_timeout`; `info` lists a live node that
                                 did not answer with its last heartbeat's counts.
