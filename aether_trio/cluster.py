@@ -46,7 +46,7 @@ SurveyHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # Messages waiting for the worker; beyond it they are dropped (and counted).
 INBOX_SIZE = 1024
 # The `bye` broadcast at shutdown is given this long.
-BYE_SECONDS = 1.0
+BYE_SECONDS = 2.0
 
 
 @attrs.define
@@ -113,8 +113,10 @@ class Cluster:
         while the engine still runs: at a graceful shutdown, before the node stops."""
         if not self._left:
             self._left = True
-            with trio.move_on_after(BYE_SECONDS):
+            with trio.move_on_after(BYE_SECONDS) as scope:
                 await self._broadcast(encode_control("bye"))
+            if scope.cancelled_caught:  # the others forget this node after node_expire
+                log.warning("goodbye not sent within %.1f s", BYE_SECONDS)
 
     async def _heartbeat(self) -> None:
         while not self._left:  # a node that said goodbye is not announced again
@@ -191,7 +193,8 @@ class Cluster:
 
     async def _apply(self, sender: str, message: ControlMessage) -> None:
         if message.kind == "hello":  # a new node: tell it about us now, not at our next beat
-            await self._send(sender, self._node_message())
+            if not self._left:  # ...unless this node is leaving
+                await self._send(sender, self._node_message())
         elif message.kind == "cmd":
             handler = self.commands.get(message["m"])
             if handler is None:

@@ -69,9 +69,13 @@ class Member:
 
 
 @asynccontextmanager
-async def two_nodes(tmp_path: Path, shared: MemorySharedState) -> AsyncIterator[list[Member]]:
+async def two_nodes(
+    tmp_path: Path, shared: MemorySharedState, resync: float = 3600.0
+) -> AsyncIterator[list[Member]]:
+    """Two nodes on one bus; by default no resync within the test: what arrives came by a
+    control message."""
     bus = MemoryControlBus()
-    config = make_config({"cluster": {"state_resync_interval": 1.0}})
+    config = make_config({"cluster": {"state_resync_interval": resync}})
     members = []
     async with trio.open_nursery() as nursery:
         for name in ("a", "b"):
@@ -295,4 +299,37 @@ async def test_a_change_the_other_nodes_cannot_be_told_is_still_made(
     await state.ban("xavier", None, "")
     assert state.ban_of("xavier") is not None  # the others find it at their resync
     assert "telling the other nodes about bans xavier failed" in caplog.text
+    await store.aclose()
+
+
+async def test_a_resync_that_read_before_a_change_does_not_undo_it(tmp_path: Path) -> None:
+    class Slow(MemorySharedState):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reading = trio.Event()
+            self.release = trio.Event()
+
+        async def load(self, table: str) -> dict[str, bytes]:
+            found = await super().load(table)  # read before the ban below...
+            self.reading.set()
+            await self.release.wait()  # ...and returned after it
+            return found
+
+    shared = Slow()
+    store = await Store.open(tmp_path)
+    state = AccessState(store, shared=shared)
+    async with trio.open_nursery() as nursery:
+        results: list[list[tuple[str, str]]] = []
+
+        async def resync() -> None:
+            results.append(await state.resync())
+
+        nursery.start_soon(resync)
+        await shared.reading.wait()
+        await state.ban("yves", None, "")
+        shared.release.set()
+    assert results == [[]]
+    assert state.ban_of("yves") is not None  # kept; the next resync reads it
+    assert await state.resync() == []  # and it is not new then
+    assert state.ban_of("yves") is not None
     await store.aclose()

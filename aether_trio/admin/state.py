@@ -67,6 +67,7 @@ class AccessState:
         self._shared = shared or MemorySharedState()
         self._cluster = cluster
         self._reported: set[tuple[str, str]] = set()  # bad shared entries already logged
+        self._changes = 0  # changes applied here: a resync reading meanwhile is stale
         self._bans: dict[str, Ban] = {}
         self._revoked: dict[str, float | None] = {}
         self._cutoffs: dict[str, int] = {}
@@ -125,9 +126,8 @@ class AccessState:
     # --- changes (written through) ---
 
     async def ban(self, user: str, expire_at: float | None, reason: str) -> Ban:
-        value = {"expire_at": expire_at, "reason": reason}
-        await self._change("bans", user, value)
-        return self._bans[user]
+        await self._change("bans", user, {"expire_at": expire_at, "reason": reason})
+        return Ban(user, expire_at, reason)
 
     async def unban(self, user: str) -> bool:
         known = user in self._bans
@@ -159,6 +159,7 @@ class AccessState:
         """A change of `table` (TABLES) here: database, then memory. `ValueError` for a value
         that is not one (from another node: checked before anything is written)."""
         db, now = self._store.db, time.time()
+        self._changes += 1
         if table == "bans":
             if value is None:
                 await self._store.call(db.delete_ban, key)
@@ -197,7 +198,7 @@ class AccessState:
     async def resync(self) -> list[tuple[str, str]]:
         """Make memory what the shared tables hold (expired entries dropped, and deleted
         there); the (table, key) entries that are new here, whose holders must go."""
-        now = time.time()
+        now, changes = time.time(), self._changes
         bans: dict[str, Ban] = {}
         revoked: dict[str, float | None] = {}
         cutoffs: dict[str, int] = {}
@@ -220,6 +221,10 @@ class AccessState:
                         self._reported.add((table, key))
                         log.warning("ignored a shared %s entry that is not Aether's: %s", table,
                                     exc)  # fmt: skip
+        if self._changes != changes:
+            # A change was applied while the tables were read: what was read may predate it
+            # (it would be undone here until the next resync). The next resync reads it.
+            return []
         new = [("bans", u) for u, b in bans.items() if self._bans.get(u) != b]
         new += [("revoked", jti) for jti in revoked if jti not in self._revoked]
         new += [("cutoffs", u) for u, b in cutoffs.items() if self._cutoffs.get(u) != b]
