@@ -47,6 +47,9 @@ SurveyHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 INBOX_SIZE = 1024
 # The `bye` broadcast at shutdown is given this long.
 BYE_SECONDS = 2.0
+# ...and this long when the node is being cancelled: the engine is stopping at the same time and
+# may never send it, and a stop must not wait for that (a graceful shutdown said it already).
+LAST_BYE_SECONDS = 0.1
 
 
 @attrs.define
@@ -106,17 +109,19 @@ class Cluster:
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
-                await self.goodbye()
+                await self.goodbye(last=True)
 
-    async def goodbye(self) -> None:
+    async def goodbye(self, *, last: bool = False) -> None:
         """Tell the other nodes this one is leaving (they forget it at once), once. Best said
-        while the engine still runs: at a graceful shutdown, before the node stops."""
+        while the engine still runs: at a graceful shutdown, before the node stops (`last`:
+        from a node being cancelled, hardly waiting)."""
+        timeout = LAST_BYE_SECONDS if last else BYE_SECONDS
         if not self._left:
             self._left = True
-            with trio.move_on_after(BYE_SECONDS) as scope:
+            with trio.move_on_after(timeout) as scope:
                 await self._broadcast(encode_control("bye"))
             if scope.cancelled_caught:  # the others forget this node after node_expire
-                log.warning("goodbye not sent within %.1f s", BYE_SECONDS)
+                log.info("goodbye not sent within %.1f s", timeout)
 
     async def _heartbeat(self) -> None:
         while not self._left:  # a node that said goodbye is not announced again

@@ -18,7 +18,7 @@ import trio.testing
 from redis_server import RedisServer, new_prefix
 from trio.testing import MockClock
 
-from aether_trio.cluster import INBOX_SIZE, Cluster
+from aether_trio.cluster import BYE_SECONDS, INBOX_SIZE, Cluster
 from aether_trio.config import RedisEngineConfig
 from aether_trio.engines.base import EngineError
 from aether_trio.engines.control import (
@@ -489,3 +489,19 @@ async def test_a_failing_plane_is_logged_not_fatal(
         nursery.cancel_scope.cancel()
     assert "control broadcast failed" in caplog.text
     assert "control message to node 333" in caplog.text
+
+
+async def test_a_goodbye_the_engine_does_not_send_gives_up_in_time(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    class Hanging(MemoryControl):
+        async def broadcast(self, message: bytes) -> None:
+            await trio.sleep_forever()  # an engine that is stopping
+
+    cluster = Cluster(Hanging(), info_of("a"))
+    started = trio.current_time()
+    await cluster.goodbye()
+    assert trio.current_time() - started == pytest.approx(BYE_SECONDS)
+    assert "goodbye not sent within 2.0 s" in caplog.text
