@@ -58,13 +58,15 @@ class ClusterAccess:
         if table not in TABLES or not isinstance(key, str) or not isinstance(value, dict | None):
             log.warning("ignored an access change from another node that is not one")
             return
+
+        def close() -> None:
+            closed = close_refused(self.node, table, key, value)
+            log.info("%s %s from another node: %d connections closed", table, key, closed)
+
         try:
-            await self.state.apply(table, key, value)
+            await self.state.apply(table, key, value, then=close)
         except ValueError as exc:
             log.warning("ignored an access change from another node: %s", exc)
-            return
-        closed = close_refused(self.node, table, key, value)
-        log.info("%s %s from another node: %d connections closed", table, key, closed)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Upload what only this node knows, then re-read the shared tables periodically."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -155,29 +156,63 @@ class AccessState:
 
     # --- the cluster ---
 
-    async def apply(self, table: str, key: str, value: dict[str, Any] | None) -> None:
-        """A change of `table` (TABLES) here: database, then memory. `ValueError` for a value
-        that is not one (from another node: checked before anything is written)."""
-        db, now = self._store.db, time.time()
+    async def apply(
+        self,
+        table: str,
+        key: str,
+        value: dict[str, Any] | None,
+        *,
+        then: Callable[[], object] | None = None,
+    ) -> None:
+        """A change of `table` (TABLES) here. `ValueError` for a value that is not one (from
+        another node: checked before anything is written). Without `then`: database, then
+        memory (an acknowledged change survives a restart). With `then` (a change another node
+        made and the shared tables already hold): memory, `then()` (close the connections it
+        refuses), then the database: the refusal does not wait for the disk."""
+        write, remember = self._change_of(table, key, value)
         self._changes += 1
-        if table == "bans":
-            if value is None:
-                await self._store.call(db.delete_ban, key)
-                self._bans.pop(key, None)
-                return
-            ban = Ban(key, _expire_at(value), _text(value, "reason"))
-            await self._store.call(db.put_ban, key, ban.expire_at, ban.reason, now)
-            self._bans[key] = ban
-        elif table == "revoked" and value is not None:
-            expire_at = _expire_at(value)
-            await self._store.call(db.put_revoked, key, expire_at, now)
-            self._revoked[key] = expire_at
-        elif table == "cutoffs" and value is not None:
-            before = _before(value)
-            await self._store.call(db.put_cutoff, key, before, now)
-            self._cutoffs[key] = before
+        if then is None:
+            await write()
+            remember()
         else:
-            raise ValueError(f"no change {table!r} with {value!r}")
+            remember()
+            then()
+            await write()
+
+    def _change_of(
+        self, table: str, key: str, value: dict[str, Any] | None
+    ) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
+        store, db, now = self._store, self._store.db, time.time()
+        if table == "bans" and value is None:
+
+            def forget_ban() -> None:
+                self._bans.pop(key, None)
+
+            return (lambda: store.call(db.delete_ban, key)), forget_ban
+        if table == "bans" and value is not None:
+            ban = Ban(key, _expire_at(value), _text(value, "reason"))
+
+            def remember_ban() -> None:
+                self._bans[key] = ban
+
+            return (
+                lambda: store.call(db.put_ban, key, ban.expire_at, ban.reason, now)
+            ), remember_ban
+        if table == "revoked" and value is not None:
+            expire_at = _expire_at(value)
+
+            def remember_revoked() -> None:
+                self._revoked[key] = expire_at
+
+            return (lambda: store.call(db.put_revoked, key, expire_at, now)), remember_revoked
+        if table == "cutoffs" and value is not None:
+            before = _before(value)
+
+            def remember_cutoff() -> None:
+                self._cutoffs[key] = before
+
+            return (lambda: store.call(db.put_cutoff, key, before, now)), remember_cutoff
+        raise ValueError(f"no change {table!r} with {value!r}")
 
     async def upload(self) -> int:
         """Add this node's entries that the shared tables lack (at start); how many."""
