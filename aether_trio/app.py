@@ -39,6 +39,7 @@ from .observe.monitor import ResourceMonitor
 from .observe.readiness import Check
 from .protocol.codes import Disconnect
 from .transport import HandshakeRequest, TransportClosed, serve_websocket, tls
+from .workers import child
 
 __all__ = ["Server", "serve_forever"]
 
@@ -146,6 +147,8 @@ class Server:
                 max_message_size=cfg.max_message_size,
                 connect_timeout=cfg.handshake_timeout,
                 on_failure=self.node.metrics.handshake_failed,
+                # Workers share the port (`[server] workers`, workers/).
+                reuse_port=cfg.workers > 1,
                 task_status=task_status,
             )
 
@@ -271,14 +274,18 @@ def tune_gc() -> None:
 
 
 async def serve_forever(
-    config: Config, config_path: str | None, instance: int | None = None
+    config: Config, config_path: str | None, instance: int | None = None, supervised: bool = False
 ) -> None:
-    """Run until SIGTERM/SIGINT (graceful shutdown); SIGHUP reloads the configuration."""
+    """Run until SIGTERM/SIGINT (graceful shutdown); SIGHUP reloads the configuration.
+    `supervised`: a worker of `aether serve`'s parent (workers/child.py): it is told once this
+    process listens, and the parent's end is watched (its death is a SIGTERM)."""
     server = Server(config, config_path, instance)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             tune_gc()
+            if supervised:
+                nursery.start_soon(child.report_to_parent)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     ok = server.reload()

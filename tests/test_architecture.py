@@ -290,7 +290,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protocol", ("protocol", "_version")),
     ("config", ("config",)),
     # Independent of each other (see INDEPENDENT_LAYERS).
-    ("infrastructure", ("observe", "guards", "auth", "engines", "transport")),
+    ("infrastructure", ("observe", "guards", "auth", "engines", "transport", "workers")),
     # The node and what it is made of; cycles among them are caught by the cycle check.
     (
         "core",

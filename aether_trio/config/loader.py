@@ -71,6 +71,13 @@ class Config:
         ns = self.client.personal_channel.namespace
         if ns and ns not in {n.name for n in self.channel.namespaces}:
             raise ValueError(f"client.personal_channel.namespace: unknown namespace {ns!r}")
+        if self.server.workers > 1 and self.engine.type != "redis":
+            raise ValueError(
+                f'server.workers: {self.server.workers} workers need engine.type = "redis"; '
+                f"with the {self.engine.type} engine each worker would have channels, history "
+                "and presence of its own and a publication would reach a part of the "
+                "subscribers only (use workers = 1, or the Redis engine: docs/redis.md)"
+            )
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -208,7 +215,9 @@ def for_instance(config: Config, instance: int) -> Config:
     """The configuration of process `instance` (1, 2, ...) of several on one host sharing one
     file (`aether serve --instance N`, the supervisor and systemd templates in ops/): both
     ports are the file's plus N (0 stays 0: the system picks), the node is `<node_name>-N`, and
-    its state (history snapshot, bans, audit log) lives in `<[admin] data_dir>/N`, its own."""
+    its state (history snapshot, bans, audit log) lives in `<[admin] data_dir>/N`, its own.
+    With `[server] workers` > 1, process N is worker N: the same, except that every worker
+    listens on the file's WebSocket port itself (shared with SO_REUSEPORT)."""
     if instance < 1:
         raise ConfigError(f"--instance: expected a number >= 1, got {instance}")
 
@@ -221,7 +230,11 @@ def for_instance(config: Config, instance: int) -> Config:
         config,
         server=attrs.evolve(
             config.server,
-            port=port(config.server.port, "server"),
+            port=(
+                config.server.port
+                if config.server.workers > 1
+                else port(config.server.port, "server")
+            ),
             node_name=f"{config.server.node_name}-{instance}",
         ),
         http=attrs.evolve(config.http, port=port(config.http.port, "http")),

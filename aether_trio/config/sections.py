@@ -47,6 +47,16 @@ def _port(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"{attr.name}: expected a port number 0..65535, got {value!r}")
 
 
+MAX_WORKERS = 64
+
+
+def _workers(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(
+            f"{attr.name}: expected a number of processes 1..{MAX_WORKERS}, got {value!r}"
+        )
+
+
 # Private ("$": no client subscribes without a subscription token) and without a namespace (so no
 # [[channel.namespaces]] entry is needed).
 SYSTEM_CHANNEL = re.compile(r"^\$[-a-zA-Z0-9_.]+$")
@@ -90,8 +100,23 @@ class ServerConfig:
     # Reverse proxies (CIDRs) whose X-Forwarded-For / X-Real-IP name the client
     # (guards/proxies.py); from any other peer those headers are ignored.
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
+    # Processes sharing `port` on this host (SO_REUSEPORT), run and restarted by `aether serve`
+    # (workers/); more than one needs the Redis engine (checked in `Config`).
+    workers: int = attrs.field(default=1, validator=_workers)
+    # A worker that exits before it listens has failed to start; this many failed starts in a
+    # row and the parent stops every worker and exits 1 instead of restarting for ever.
+    worker_max_failed_starts: int = attrs.field(default=5, validator=positive)
+    # Restart back-off of a worker that exited: the first delay, doubled per exit in a row (an
+    # exit after a minute up starts again from the first), at most the second.
+    worker_restart_delay: float = attrs.field(default=0.5, validator=positive)
+    worker_restart_max_delay: float = attrs.field(default=30.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError(
+                f"port: {self.workers} workers share one port; name it (0 would give each "
+                "worker a port of its own)"
+            )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
             raise ValueError(f"{missing}: tls_cert_file and tls_key_file go together; set both")
