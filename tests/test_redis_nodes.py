@@ -21,7 +21,9 @@ import httpx
 import pytest
 import trio
 from conftest import RawClient, close_reason, make_config, open_raw, serve_in, token, ws_url
+from ops_helpers import free_base_port
 from redis_server import RedisServer, new_prefix
+from test_workers import WAIT, Parent, config_text
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
@@ -398,3 +400,57 @@ async def test_a_client_moved_to_another_node_recovers_without_loss(
             await published.wait()
         # Every offset once, in order: nothing lost, nothing twice.
         assert seen == list(range(1, total + 1))
+
+
+# --- real processes: `aether serve` with workers = 2 --------------------------------------------
+
+
+async def test_two_worker_processes_are_two_nodes_of_one_cluster(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    base = free_base_port(3)
+    port, http_port = base + 3, base  # the workers' internal ports: http_port + 1, + 2
+    config = tmp_path / "aether.toml"
+    config.write_text(
+        config_text(port, http_port, redis_server, node_name="w")
+        + f'[[api.keys]]\nname = "ops"\nkey = "{ADMIN}"\nroles = ["admin"]\n'
+        + "[cluster]\nheartbeat_interval = 0.2\nnode_expire = 2.0\n"
+    )
+    workers = Parent(config, port, http_port)
+    try:
+        await trio.to_thread.run_sync(workers.wait_listening)
+        url = f"ws://127.0.0.1:{port}/connection/websocket"
+        async with (
+            open_raw(url) as one,
+            open_raw(url) as two,
+            open_raw(url) as three,
+            open_raw(url) as four,
+        ):
+            clients = [one, two, three, four]
+            for client in clients:
+                await connected(client, "olga")
+            # Either worker's API sees both workers and every connection, wherever it landed.
+            for k in (1, 2):
+                api_url = f"http://127.0.0.1:{http_port + k}"
+                with trio.fail_after(WAIT):
+                    while True:
+                        nodes = (await post(api_url, "/api/info", {}))["result"]["nodes"]
+                        if len(nodes) == 2 and sum(n["num_clients"] for n in nodes) == 4:
+                            break
+                        await trio.sleep(0.1)
+                assert sorted(n["name"] for n in nodes) == ["w-1", "w-2"]
+            # A ban through worker 1 closes olga's connections on both workers.
+            await post(f"http://127.0.0.1:{http_port + 1}", "/api/admin/ban", {"user": "olga"})
+            for client in clients:
+                code, _ = await closed_with(client, WAIT)
+                assert code == 3507
+    finally:
+        await trio.to_thread.run_sync(workers.kill_all)
+
+
+async def post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        response = await client.post(path, json=body, headers={"X-API-Key": ADMIN})
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
