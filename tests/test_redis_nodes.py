@@ -11,6 +11,7 @@ beyond "within a few seconds").
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -415,6 +416,8 @@ async def test_two_worker_processes_are_two_nodes_of_one_cluster(
         config_text(port, http_port, redis_server, node_name="w")
         + f'[[api.keys]]\nname = "ops"\nkey = "{ADMIN}"\nroles = ["admin"]\n'
         + "[cluster]\nheartbeat_interval = 0.2\nnode_expire = 2.0\n"
+        # Worker K's bans in <data_dir>/K: this test's own, not the working directory's.
+        + f"[admin]\ndata_dir = {json.dumps(str(tmp_path / 'data'))}\n"
     )
     workers = Parent(config, port, http_port)
     try:
