@@ -26,6 +26,7 @@ from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
 from .connection.serve import serve_connection
 from .engines.base import Broker, PresenceManager
+from .engines.control import ControlPlane, SharedState
 from .engines.memory import MemoryBroker, MemoryPresenceManager
 from .engines.persist import HistoryPersistence
 from .guards.limits import request_ip, request_origins
@@ -62,8 +63,9 @@ class Server:
         # One process of several sharing the file (`--instance`): a reload applies it again.
         self.instance = instance
         broker, presence = _engines(config)
+        control, shared = _cluster(config, broker)
         # `hooks`: the application's in-process hooks (aether_trio/backend/hooks.py).
-        self.node: Node[Client] = Node(config, broker, presence, hooks)
+        self.node: Node[Client] = Node(config, broker, presence, control, shared, hooks=hooks)
         self.durable_history = _durable_history(config, broker)
         if self.durable_history is not None:
             self.node.reports["history_snapshot"] = self.durable_history.statistics
@@ -206,6 +208,8 @@ class Server:
             await self.node.wait_idle()
         if drain.cancelled_caught:
             log.warning("drain time over with %d connections left", len(self.node.clients))
+        # While the engine still runs: the other nodes drop this one from `info` at once.
+        await self.node.cluster.goodbye()
 
     def reload(self) -> bool:
         """Re-read the config file; a bad file is rejected and the running config stays."""
@@ -252,6 +256,17 @@ def _engines(config: Config) -> tuple[Broker, PresenceManager]:
 
         return open_redis_engine(config.engine.redis)
     return MemoryBroker(), MemoryPresenceManager()
+
+
+def _cluster(config: Config, broker: Broker) -> tuple[ControlPlane | None, SharedState | None]:
+    """The control plane and shared state of a shared engine; a memory node is alone (None:
+    the node's own in-memory twins)."""
+    if config.engine.type != "redis":
+        return None, None
+    from .engines.redis import RedisBroker, open_redis_cluster
+
+    assert isinstance(broker, RedisBroker)
+    return open_redis_cluster(broker)
 
 
 def _durable_history(config: Config, broker: Broker) -> HistoryPersistence | None:

@@ -305,6 +305,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "broker_channels",
             "channel_states",
             "user_status",
+            "cluster",
             "node",
         ),
     ),
@@ -618,6 +619,7 @@ OTHER_JSON = {
     (f"{PACKAGE}.admin.cli", "_http_error"): "the CLI reading the server's error answer",
     (f"{PACKAGE}.admin.cli", "_body"): "the CLI's --data argument",
     (f"{PACKAGE}.admin.cli", "cmd_audit"): "the CLI printing audit entries",
+    (f"{PACKAGE}.admin.state", "_decode"): "bans and revocations read back from the shared state",
 }
 # What a route hands `request.body` to; each decodes through DECODING.
 BODY_DECODERS = {

@@ -9,6 +9,7 @@ The names below are the package's public surface; modules inside it import each 
 """
 
 from .channels import ChannelConfig as ChannelConfig
+from .cluster import ClusterConfig as ClusterConfig
 from .loader import Config as Config
 from .loader import ConfigError as ConfigError
 from .loader import for_instance as for_instance
@@ -37,6 +38,7 @@ __all__ = [
     "ApiKey",
     "ChannelConfig",
     "ClientConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "EngineConfig",

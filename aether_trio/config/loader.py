@@ -28,6 +28,7 @@ from cattrs.gen import make_dict_structure_fn
 from ..protocol.decoding import error_paths
 from ..protocol.options import Namespace
 from .channels import ChannelConfig
+from .cluster import ClusterConfig
 from .sections import (
     AdminConfig,
     ApiConfig,
@@ -67,6 +68,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     # The application's backend endpoints, by name (aether_trio/backend).
     proxies: tuple[ProxyConfig, ...] = ()
+    cluster: ClusterConfig = ClusterConfig()
 
     def __attrs_post_init__(self) -> None:
         ns = self.client.personal_channel.namespace

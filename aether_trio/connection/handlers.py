@@ -66,6 +66,8 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
             raise DisconnectError(Disconnect.INVALID_TOKEN, f"connection token: {exc}") from None
         if not creds.user and cfg.disallow_anonymous_connection_tokens:
             raise DisconnectError(Disconnect.PERMISSION_DENIED, "anonymous token disallowed")
+        # The user's connections on every node (3504 over the limit); undone at unregister.
+        await node.count_connection(creds.user, client.client_id)
         # Maintenance, bans, revocations; no await from here to `authenticated`, so an operator's
         # ban either refuses this connection or finds it registered.
         node.admit(creds.user, creds.token_id, creds.issued_at)
