@@ -1,9 +1,11 @@
 """Who on this node is subscribed to which channel, and fan-out of encoded messages to them.
 
-A publication is encoded once into the complete push line and the same bytes object is handed to
-every subscriber; the loop calls `deliver` (synchronous, puts into a bounded outbox) and never
-awaits, so one slow subscriber cannot delay the others. Join/leave go only to subscribers that asked
-for them. The hub knows subscribers only through the small `Subscriber` protocol.
+A publication is encoded once per codec in use on the channel (JSON, Protobuf: each subscriber's
+connection has one) into the complete push message, and the same bytes object is handed to every
+subscriber of that codec, never encoded per subscriber; the loop calls `deliver` (synchronous,
+puts into a bounded outbox) and never awaits, so one slow subscriber cannot delay the others.
+Join/leave go only to subscribers that asked for them. The hub knows subscribers only through
+the small `Subscriber` protocol.
 
 A channel may also have a `Group`: connections that receive it without a hub subscription each
 (the operators' system channel, which every connection has; see `system_channel`). The group gets
@@ -13,14 +15,15 @@ and a channel with a group stays subscribed on this node whoever else leaves.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import attrs
 
-from .protocol.codec import encode_push
+from .protocol.codec import Codec
 from .protocol.messages import ClientInfo, JoinLeave, Publication
 
-__all__ = ["Group", "Hub", "HubStatistics", "Subscriber"]
+__all__ = ["Encoded", "Group", "Hub", "HubStatistics", "Subscriber"]
 
 
 class Subscriber(Protocol):
@@ -30,15 +33,37 @@ class Subscriber(Protocol):
     @property
     def push_join_leave(self) -> bool: ...
 
+    @property
+    def codec(self) -> Codec:
+        """What its connection speaks: it is handed that codec's bytes."""
+
     def deliver(self, message: bytes, offset: int) -> None:
         """Queue an encoded push; `offset` is the publication's (0: join, leave, no history)."""
 
 
 class Group(Protocol):
-    def deliver(self, message: bytes) -> int:
-        """Send an encoded publication to every member, never awaiting; return how many."""
+    def deliver(self, encoded: Callable[[Codec], bytes]) -> int:
+        """Send a publication to every member, encoded by `encoded(member's codec)` (at most
+        once per codec), never awaiting; return how many."""
 
     def count(self) -> int: ...
+
+
+class Encoded:
+    """One push, encoded at most once per codec, on first use."""
+
+    __slots__ = ("_body", "_by_codec", "_channel", "_kind")
+
+    def __init__(self, channel: str, kind: str, body: Any) -> None:
+        self._channel, self._kind, self._body = channel, kind, body
+        self._by_codec: dict[Codec, bytes] = {}
+
+    def __call__(self, codec: Codec) -> bytes:
+        message = self._by_codec.get(codec)
+        if message is None:
+            message = codec.encode_push(self._channel, self._kind, self._body)
+            self._by_codec[codec] = message
+        return message
 
 
 @attrs.frozen
@@ -105,13 +130,19 @@ class Hub:
         group = self._groups.get(channel)
         if not subs and group is None:
             return 0
-        message = encode_push(channel, "pub", pub)
+        encoded = Encoded(channel, "pub", pub)
         offset = pub.offset
         # Copy: a delivery may disconnect a slow subscriber, which unregisters it.
         receivers = list(subs.values()) if subs else []
+        # Runs of subscribers of one codec (usually all of them) skip the memo's lookup.
+        last: Codec | None = None
+        message = b""
         for sub in receivers:
+            codec = sub.codec
+            if codec is not last:
+                message, last = encoded(codec), codec
             sub.deliver(message, offset)
-        return len(receivers) + (group.deliver(message) if group is not None else 0)
+        return len(receivers) + (group.deliver(encoded) if group is not None else 0)
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> int:
         return self._broadcast_join_leave(channel, "join", info)
@@ -125,9 +156,9 @@ class Hub:
             return 0
         receivers = [sub for sub in subs.values() if sub.push_join_leave]
         if receivers:
-            message = encode_push(channel, kind, JoinLeave(info))
+            encoded = Encoded(channel, kind, JoinLeave(info))
             for sub in receivers:
-                sub.deliver(message, 0)
+                sub.deliver(encoded(sub.codec), 0)
         return len(receivers)
 
     def statistics(self) -> HubStatistics:

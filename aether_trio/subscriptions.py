@@ -38,6 +38,7 @@ class ChannelSubscription:
         "_buffered_bytes",
         "chan_info",
         "channel",
+        "codec",
         "connection",
         "expire_at",
         "expiry_timer",
@@ -62,6 +63,8 @@ class ChannelSubscription:
         expire_at: int | None = None,
     ) -> None:
         self.connection = connection
+        # The connection's, fixed for its life: the hub encodes once per codec (hub.py).
+        self.codec = connection.codec
         self.channel = channel
         self.options = options
         self.push_join_leave = push_join_leave
@@ -80,7 +83,8 @@ class ChannelSubscription:
         return self.connection.client_id
 
     def deliver(self, message: bytes, offset: int) -> None:
-        """The hub's call: queue `message` on the connection, or hold it while buffering."""
+        """The hub's call: queue `message` (encoded with `codec`) on the connection, or hold it
+        while buffering."""
         buffer = self._buffer
         if buffer is None:
             self.connection.send(message)

@@ -19,6 +19,7 @@ import trio
 import trio.testing
 
 from aether_trio.hub import Hub, HubStatistics
+from aether_trio.protocol.codec import JSON, Codec
 from aether_trio.protocol.codes import Disconnect
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
 from aether_trio.protocol.options import ChannelOptions
@@ -38,6 +39,7 @@ class FakeSubscriber:
     ) -> None:
         self.client_id = client_id
         self.push_join_leave = push_join_leave
+        self.codec: Codec = JSON
         self.received: list[tuple[bytes, int]] = []
         self._on_deliver = on_deliver
 
@@ -227,6 +229,7 @@ def test_a_subscriber_leaving_during_join_delivery_does_not_break_the_loop() -> 
 class FakeClient:
     def __init__(self, max_bytes: int = 1000) -> None:
         self.client_id = "client-1"
+        self.codec: Codec = JSON
         self.max_bytes = max_bytes
         self.sent: list[bytes] = []
         self.closed: list[tuple[Disconnect, bool]] = []

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aether_trio.hub import Hub
 from aether_trio.observe.metrics import MAX_LABEL_VALUES, Metrics
+from aether_trio.protocol.codec import JSON
 from aether_trio.protocol.codes import Disconnect, ErrorCode
 from aether_trio.protocol.messages import Publication, RawJSON
 
@@ -272,6 +273,7 @@ def test_auth_failures_come_from_the_refusal_codes_of_auth_commands() -> None:
 
 class _Subscriber:
     push_join_leave = False
+    codec = JSON
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,7 +40,7 @@ from trio_websocket import ConnectionClosed
 from aether_trio.app import Server
 from aether_trio.config import AdminConfig, Config
 from aether_trio.hub import Hub, HubStatistics
-from aether_trio.protocol.codec import raw_json
+from aether_trio.protocol.codec import JSON, Codec, raw_json
 from aether_trio.protocol.messages import ClientInfo
 from aether_trio.subscriptions import SystemSubscription
 
@@ -61,8 +61,8 @@ class FakeGroup:
         self.members = members
         self.received: list[bytes] = []
 
-    def deliver(self, message: bytes) -> int:
-        self.received.append(message)
+    def deliver(self, encoded: Callable[[Codec], bytes]) -> int:
+        self.received.append(encoded(JSON))
         return self.members
 
     def count(self) -> int:

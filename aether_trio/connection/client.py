@@ -17,7 +17,7 @@ from logging import INFO
 from typing import TYPE_CHECKING
 
 from ..engines.base import EngineError
-from ..protocol.codec import encode_push, encode_reply
+from ..protocol.codec import JSON, Codec
 from ..protocol.codes import Disconnect, Unsubscribe
 from ..protocol.messages import NO_JSON, ClientInfo, RawJSON, UnsubscribePush
 from ..protocol.session import Session
@@ -44,6 +44,7 @@ class Client:
         "__weakref__",
         "_nursery",
         "client_id",
+        "codec",
         "conn_info",
         "connect_failed",
         "expire_at",
@@ -60,9 +61,12 @@ class Client:
         "writer",
     )
 
-    def __init__(self, node: Node[Client], transport: Transport) -> None:
+    def __init__(self, node: Node[Client], transport: Transport, codec: Codec = JSON) -> None:
         self.node = node
         self.transport = transport
+        # The wire format negotiated at the handshake (JSON or Protobuf): every message to this
+        # client is encoded with it, and the hub encodes a publication once per codec in use.
+        self.codec = codec
         self.client_id = str(uuid.uuid4())
         self.session = Session()
         self.user = ""
@@ -86,6 +90,7 @@ class Client:
             per_frame=cfg.client.max_messages_in_frame,
             close_wait=cfg.server.close_wait_seconds,
             owner=self,
+            binary=codec.binary,
         )
         self.timers = ConnectionTimers(self, node.scheduler)
         # Where tasks of this connection start (the subscription-expiry cleanup); None once
@@ -107,7 +112,11 @@ class Client:
         self.writer.send(message)
 
     def reply(self, cmd_id: int, method: str, result: object) -> None:
-        self.writer.send(encode_reply(cmd_id, method, result))
+        self.writer.send(self.codec.encode_reply(cmd_id, method, result))
+
+    def push(self, channel: str, kind: str, body: object) -> None:
+        """Queue a push for this client alone (encoded here: nobody else gets these bytes)."""
+        self.writer.send(self.codec.encode_push(channel, kind, body))
 
     @property
     def queued_bytes(self) -> int:
@@ -213,7 +222,7 @@ class Client:
             self.close(server_side)
             return
         self.detach(sub.channel)
-        self.send(encode_push(sub.channel, "unsubscribe", UnsubscribePush(code, code.reason)))
+        self.push(sub.channel, "unsubscribe", UnsubscribePush(code, code.reason))
         if self._nursery is not None:
             self._nursery.start_soon(self._leave_quietly, sub)
 

@@ -161,6 +161,9 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     require_channel(req.channel)
     node = client.node
     ch = node.resolve(req.channel)
+    if isinstance(req.data, m.Binary):
+        # Channels carry JSON, which every subscriber can be given, whatever it speaks.
+        raise ReplyError(ErrorCode.BAD_REQUEST, "publication data is not JSON")
     _check_data_format(ch.options, req.data)
     sub = client.subscriptions.get(req.channel)
     permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)

@@ -21,7 +21,7 @@ import trio
 
 from ..engines.base import EngineError
 from ..observe.logs import client_id_var
-from ..protocol.codec import Command, decode_frame, encode_error
+from ..protocol.codec import JSON, Codec, Command
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..transport import PEER_PROTOCOL_ERRORS, TransportClosed
@@ -39,9 +39,9 @@ log = logging.getLogger(__name__)
 CLEANUP_SECONDS = 5.0
 
 
-async def serve_connection(node: Node[Client], transport: Transport) -> None:
-    """Serve one accepted WebSocket until it is closed, then clean up after it."""
-    await run(Client(node, transport))
+async def serve_connection(node: Node[Client], transport: Transport, codec: Codec = JSON) -> None:
+    """Serve one accepted WebSocket speaking `codec` until it is closed, then clean up."""
+    await run(Client(node, transport, codec))
 
 
 async def run(client: Client) -> None:
@@ -101,9 +101,12 @@ async def read_loop(client: Client) -> None:
 
 async def _handle_frame(client: Client, frame: str | bytes) -> None:
     try:
-        if isinstance(frame, bytes):
-            raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, "binary frame on JSON")
-        for command in decode_frame(frame, client.node.config.limits.max_json_depth):
+        codec = client.codec
+        if isinstance(frame, bytes) is not codec.binary:
+            kind = "binary" if isinstance(frame, bytes) else "text"
+            detail = f"{kind} frame on {codec.name}"
+            raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, detail)
+        for command in codec.decode_frame(frame, client.node.config.limits.max_json_depth):
             if client.closing or client.connect_failed:
                 break
             if client.session.check(command) and not _rate_limited(client, command):
@@ -120,7 +123,7 @@ def _rate_limited(client: Client, command: Command) -> bool:
         return False
     if isinstance(verdict, ErrorCode):
         if command.id:  # `send` has no id and gets no reply
-            client.send(encode_error(command.id, verdict))
+            client.send(client.codec.encode_error(command.id, verdict))
     else:
         client.close(verdict, detail="kept sending over the command rate limit")
     return True
@@ -152,7 +155,7 @@ async def _dispatch(client: Client, command: Command) -> None:
 
 
 def _fail(client: Client, command: Command, code: ErrorCode) -> None:
-    client.send(encode_error(command.id, code))
+    client.send(client.codec.encode_error(command.id, code))
     if command.method == "connect":
         # Stop handling commands; give the client time to close, then drop it.
         client.connect_failed = True

@@ -14,6 +14,7 @@ from typing import Any, NewType
 import attrs
 
 __all__ = [
+    "Binary",
     "ClientInfo",
     "ConnectRequest",
     "ConnectResult",
@@ -42,6 +43,14 @@ RawJSON = NewType("RawJSON", bytes)
 """Compact JSON text (no raw newlines) embedded verbatim; b"" means absent."""
 
 NO_JSON = RawJSON(b"")
+
+
+@attrs.frozen
+class Binary:
+    """A Protobuf client's payload that is not JSON (a request's `data`). Channels carry JSON,
+    which every client can be given, so a publication of it is refused (107)."""
+
+    data: bytes
 
 
 # --- requests (client -> server); unknown keys are ignored, as the SDKs send new ones freely ---
@@ -74,6 +83,8 @@ class SubscribeRequest:
     delta: str = ""
     # Bit 2 asks for error 112 instead of `recovered: false`; other bits (compaction) are ignored.
     flag: int = 0
+    # A publication tags filter (a FilterNode object); checked by the subscribe handler.
+    tf: Any = None
 
 
 @attrs.frozen

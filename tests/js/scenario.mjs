@@ -3,7 +3,7 @@
 // tests/test_sdk_js.py runs it and asserts on those lines.
 //
 //   node scenario.mjs --scenario NAME --url ws://127.0.0.1:PORT/connection/websocket \
-//        [--token JWT] [--other-token JWT] [--channel CH] [--timeout MS]
+//        [--token JWT] [--other-token JWT] [--channel CH] [--timeout MS] [--protocol json|protobuf]
 // (AETHER_URL, AETHER_TOKEN, AETHER_OTHER_TOKEN may replace the flags.)
 //
 // Scenarios:
@@ -13,12 +13,15 @@
 //                  the subscription is recovered with the missed publications
 //   invalid-token  a token the server rejects: `disconnected` 3500 and no reconnect attempt
 //
+// --protocol protobuf runs the SDK's Protobuf build (`centrifuge/build/protobuf`, subprotocol
+// `centrifuge-protobuf`): payloads are then bytes, so the scenarios publish JSON text as bytes and
+// parse what they receive, and binary frames are recorded as "base64:..." strings.
+//
 // Every step has a deadline; a step that does not finish prints {"event":"step_timeout"} and the
 // whole script exits non-zero after --timeout ms at the latest.
 
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
-import { Centrifuge } from 'centrifuge';
 
 const { values: args } = parseArgs({
   options: {
@@ -28,8 +31,22 @@ const { values: args } = parseArgs({
     'other-token': { type: 'string', default: process.env.AETHER_OTHER_TOKEN },
     channel: { type: 'string', default: 'js_chat' },
     timeout: { type: 'string', default: '20000' },
+    protocol: { type: 'string', default: 'json' },
   },
 });
+
+const PROTOBUF = args.protocol === 'protobuf';
+const { Centrifuge } = await import(PROTOBUF ? 'centrifuge/build/protobuf' : 'centrifuge');
+
+// Payloads: JSON values in the JSON protocol, bytes (here: JSON text) in the Protobuf one.
+function encode(value) {
+  return PROTOBUF ? new TextEncoder().encode(JSON.stringify(value)) : value;
+}
+
+function decode(data) {
+  if (!PROTOBUF || data === undefined || data === null) return data;
+  return JSON.parse(new TextDecoder().decode(data));
+}
 
 const STEP_MS = 5000;
 
@@ -58,7 +75,9 @@ function recordingWebSocket(sockets) {
     }
 
     send(data, ...rest) {
-      this.sentFrames.push(typeof data === 'string' ? data : Buffer.from(data).toString());
+      this.sentFrames.push(
+        typeof data === 'string' ? data : `base64:${Buffer.from(data).toString('base64')}`,
+      );
       return super.send(data, ...rest);
     }
   };
@@ -120,8 +139,17 @@ function subscribedFields(ctx) {
   };
 }
 
+// The Protobuf build gives absent connInfo/chanInfo as empty byte arrays: left out, as JSON does.
+function infoFields(info) {
+  if (!info || !PROTOBUF) return info ?? null;
+  const fields = { user: info.user, client: info.client };
+  if (info.connInfo?.length) fields.connInfo = decode(info.connInfo);
+  if (info.chanInfo?.length) fields.chanInfo = decode(info.chanInfo);
+  return fields;
+}
+
 function publicationFields(ctx) {
-  return { data: ctx.data, offset: ctx.offset, info: ctx.info ?? null };
+  return { data: decode(ctx.data), offset: ctx.offset, info: infoFields(ctx.info) };
 }
 
 function errorFields(err) {
@@ -151,7 +179,7 @@ async function pubsub() {
   });
 
   const own = next(sub, 'publication');
-  const publishResult = await sub.publish({ text: 'hello from js' });
+  const publishResult = await sub.publish(encode({ text: 'hello from js' }));
   emit('published', { result: publishResult });
   emit('publication', publicationFields(await own));
 
@@ -195,7 +223,7 @@ async function recovery() {
   emit('subscribed', subscribedFields(await first));
 
   const live = next(sub, 'publication');
-  await sub.publish({ n: 0 });
+  await sub.publish(encode({ n: 0 }));
   await live;
   emit('live', { received: received.slice() });
 
@@ -211,7 +239,7 @@ async function recovery() {
   other.connect();
   await otherConnected;
   for (const n of [1, 2, 3]) {
-    await other.publish(args.channel, { n });
+    await other.publish(args.channel, encode({ n }));
   }
   emit('missed_published', { count: 3 });
 
@@ -225,8 +253,8 @@ async function recovery() {
   emit('reconnect_frame', { sockets: sockets.length, first: sockets[1].sentFrames[0] ?? null });
 
   // Live delivery still works after the recovery.
-  const after = next(sub, 'publication', (ctx) => ctx.data && ctx.data.n === 4);
-  await other.publish(args.channel, { n: 4 });
+  const after = next(sub, 'publication', (ctx) => ctx.data && decode(ctx.data).n === 4);
+  await other.publish(args.channel, encode({ n: 4 }));
   emit('live_after_recovery', publicationFields(await after));
 
   other.disconnect();
