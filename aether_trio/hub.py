@@ -15,7 +15,7 @@ and a channel with a group stays subscribed on this node whoever else leaves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -36,6 +36,10 @@ class Subscriber(Protocol):
     @property
     def codec(self) -> Codec:
         """What its connection speaks: it is handed that codec's bytes."""
+
+    @property
+    def accepts(self) -> Callable[[Mapping[str, str]], bool] | None:
+        """Its publication tags filter (None: every publication)."""
 
     def deliver(self, message: bytes, offset: int) -> None:
         """Queue an encoded push; `offset` is the publication's (0: join, leave, no history)."""
@@ -137,12 +141,18 @@ class Hub:
         # Runs of subscribers of one codec (usually all of them) skip the memo's lookup.
         last: Codec | None = None
         message = b""
+        tags = pub.tags or {}
+        delivered = 0
         for sub in receivers:
+            accepts = sub.accepts
+            if accepts is not None and not accepts(tags):
+                continue  # its tags filter rejects the publication
+            delivered += 1
             codec = sub.codec
             if codec is not last:
                 message, last = encoded(codec), codec
             sub.deliver(message, offset)
-        return len(receivers) + (group.deliver(encoded) if group is not None else 0)
+        return delivered + (group.deliver(encoded) if group is not None else 0)
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> int:
         return self._broadcast_join_leave(channel, "join", info)

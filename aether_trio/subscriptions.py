@@ -14,6 +14,7 @@ reply that lists it is queued.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .protocol.codes import Disconnect
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SYSTEM_OPTIONS", "ChannelSubscription", "SystemSubscription"]
 
+TagsPredicate = Callable[[Mapping[str, str]], bool]
+
 # The system channel's options whatever the channel rules say: no client may publish, no presence,
 # join/leave or history (every connection is a subscriber), so a publication has no offset and a
 # subscription no position; nothing here is per connection.
@@ -36,6 +39,7 @@ class ChannelSubscription:
     __slots__ = (
         "_buffer",
         "_buffered_bytes",
+        "accepts",
         "chan_info",
         "channel",
         "codec",
@@ -61,8 +65,11 @@ class ChannelSubscription:
         max_buffer_bytes: int,
         chan_info: RawJSON = NO_JSON,
         expire_at: int | None = None,
+        accepts: TagsPredicate | None = None,
     ) -> None:
         self.connection = connection
+        # The subscriber's tags filter: the hub skips publications whose tags it rejects.
+        self.accepts = accepts
         # The connection's, fixed for its life: the hub encodes once per codec (hub.py).
         self.codec = connection.codec
         self.channel = channel

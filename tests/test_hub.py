@@ -11,7 +11,7 @@ import gc
 import inspect
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
 import pytest
@@ -40,6 +40,7 @@ class FakeSubscriber:
         self.client_id = client_id
         self.push_join_leave = push_join_leave
         self.codec: Codec = JSON
+        self.accepts: Callable[[Mapping[str, str]], bool] | None = None
         self.received: list[tuple[bytes, int]] = []
         self._on_deliver = on_deliver
 

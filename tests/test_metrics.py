@@ -274,6 +274,7 @@ def test_auth_failures_come_from_the_refusal_codes_of_auth_commands() -> None:
 class _Subscriber:
     push_join_leave = False
     codec = JSON
+    accepts = None
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id

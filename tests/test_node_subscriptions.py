@@ -95,7 +95,8 @@ def subscription(client_id: str, channel: str = "news") -> ChannelSubscription:
 @asynccontextmanager
 async def running_node() -> AsyncIterator[tuple[Node[Any], ScriptedBroker]]:
     broker = ScriptedBroker()
-    node: Node[Any] = Node(make_config(), broker, MemoryPresenceManager())
+    config = make_config({"admin": {"system_channel": "$aether.system"}})  # off by default
+    node: Node[Any] = Node(config, broker, MemoryPresenceManager())
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         broker.calls.clear()  # the system channel's subscribe at start

@@ -38,18 +38,19 @@ from test_hub import FakeSubscriber, publication
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
-from aether_trio.config import AdminConfig, Config
+from aether_trio.config import Config
 from aether_trio.hub import Hub, HubStatistics
 from aether_trio.protocol.codec import JSON, Codec, raw_json
 from aether_trio.protocol.messages import ClientInfo
 from aether_trio.subscriptions import SystemSubscription
 
-SYSTEM = AdminConfig().system_channel
+SYSTEM = "$aether.system"
 ADMIN_KEY = "admin-key-for-system-channel-tests"
 WAIT = 5.0
 
 
 def overrides(**extra: Any) -> dict[str, Any]:
+    extra.setdefault("admin", {"system_channel": SYSTEM})  # off by default
     return {"api": {"keys": [{"name": "ops", "key": ADMIN_KEY, "roles": ["admin"]}]}, **extra}
 
 

@@ -346,8 +346,9 @@ class AdminConfig:
     """Operator commands, durable state (bans, revocations) and the audit log."""
 
     data_dir: str = "data"
-    # Every connection is subscribed to it server-side; "" = no system channel.
-    system_channel: str = attrs.field(default="$aether.system", validator=_system_channel)
+    # Every connection is subscribed to it server-side; "" = no system channel. Off by default:
+    # SDKs report it as a server-side subscription the application never asked for.
+    system_channel: str = attrs.field(default="", validator=_system_channel)
     drain_rate: float = attrs.field(default=100.0, validator=positive)
     audit_auth_failures_per_minute: int = attrs.field(default=10, validator=non_negative)
 

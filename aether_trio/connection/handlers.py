@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ..auth.tokens import ServerSubscription, TokenExpired, TokenInvalid
 from ..engines.base import HistoryQuery, UnrecoverablePosition
 from ..guards.sanitize import format_problem, publication_payload
@@ -23,6 +25,7 @@ from ..protocol.channels import ResolvedChannel
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
+from ..protocol.tags_filter import TagsPredicate, compile_filter
 from ..subscriptions import ChannelSubscription
 from .subscribe import (
     Grant,
@@ -140,12 +143,26 @@ async def subscribe_command(client: Client, cmd_id: int, req: m.SubscribeRequest
         permissions.check_subscribe_without_token(ch, client.user, node.config.client.insecure)
     if grant.expire_at is not None and grant.expire_at <= time.time():
         raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
+    if req.tf is not None:
+        grant = attrs.evolve(grant, accepts=_tags_filter(grant.options, req))
 
     def reply(opened: list[Opened]) -> None:
         for o in opened:
             client.reply(cmd_id, "subscribe", o.result)
 
     await subscribe(client, [Request(ch, req, grant)], reply)
+
+
+def _tags_filter(options: ChannelOptions, req: m.SubscribeRequest) -> TagsPredicate:
+    """The subscription's tags filter, or 107: a filter is applied or refused, never ignored."""
+    if not options.allow_tags_filter:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "tags filter not allowed in this channel")
+    if req.delta:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "tags filter and delta cannot be combined")
+    try:
+        return compile_filter(req.tf)
+    except ValueError as exc:
+        raise ReplyError(ErrorCode.BAD_REQUEST, f"tags filter: {exc}") from None
 
 
 # --- the rest ---

@@ -33,6 +33,7 @@ from ..protocol.channels import ResolvedChannel
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
+from ..protocol.tags_filter import TagsPredicate
 from ..subscriptions import ChannelSubscription
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class Grant:
     chan_info: m.RawJSON = m.NO_JSON
     data: m.RawJSON = m.NO_JSON
     expire_at: int | None = None
+    # The subscriber's publication tags filter (`tf`), compiled.
+    accepts: TagsPredicate | None = None
 
 
 @attrs.frozen
@@ -218,13 +221,18 @@ async def open_subscription(
         client, ch.name, options,
         push_join_leave=permissions.grant_join_leave(options, user, req.join_leave, insecure),
         server_side=grant.server_side, max_buffer_bytes=client.writer.max_bytes,
-        chan_info=grant.chan_info, expire_at=grant.expire_at,
+        chan_info=grant.chan_info, expire_at=grant.expire_at, accepts=grant.accepts,
     )  # fmt: skip
     # Held before anything is awaited, so the connection's cleanup finds it whatever happens.
     client.subscriptions[ch.name] = sub
     try:
         await node.subscribe(sub)
         result, delivered = await _position(client, ch, req, recoverable, positioned)
+        if grant.accepts is not None and result.publications:
+            # Recovered publications pass the same filter as live ones (upstream too).
+            accepts = grant.accepts
+            kept = tuple(p for p in result.publications if accepts(p.tags or {}))
+            result = attrs.evolve(result, publications=kept)
     except BaseException:
         if client.subscriptions.get(ch.name) is sub:
             client.detach(ch.name)

@@ -80,6 +80,8 @@ class ChannelOptions:
     # HTML in the string values of published data (aether_trio.guards.sanitize): left as it is,
     # escaped, or stripped of tags.
     publication_html: PublicationHtml = "keep"
+    # Subscribers may give a publication tags filter (`tf`, protocol/tags_filter.py).
+    allow_tags_filter: bool = False
 
     @property
     def history_enabled(self) -> bool:
