@@ -7,6 +7,11 @@ puts into a bounded outbox) and never awaits, so one slow subscriber cannot dela
 Join/leave go only to subscribers that asked for them. The hub knows subscribers only through
 the small `Subscriber` protocol.
 
+Subscribers with fossil delta compression get a `DeltaPush` instead: the full form (their data
+as a JSON string in JSON) and the delta against a base, each encoded once per codec (and the
+delta computed once per base: live subscribers share the previous publication's data as their
+base), the subscriber choosing which it needs (subscriptions.py).
+
 A channel may also have a `Group`: connections that receive it without a hub subscription each
 (the operators' system channel, which every connection has; see `system_channel`). The group gets
 the same encoded bytes in the same loop and counts as subscribers wherever the hub counts them,
@@ -20,10 +25,11 @@ from typing import Any, Protocol
 
 import attrs
 
+from .protocol import fossil
 from .protocol.codec import Codec
-from .protocol.messages import ClientInfo, JoinLeave, Publication
+from .protocol.messages import ClientInfo, JoinLeave, Publication, RawJSON
 
-__all__ = ["Encoded", "Group", "Hub", "HubStatistics", "Subscriber"]
+__all__ = ["DeltaPush", "Encoded", "Group", "Hub", "HubStatistics", "Subscriber"]
 
 
 class Subscriber(Protocol):
@@ -40,6 +46,12 @@ class Subscriber(Protocol):
     @property
     def accepts(self) -> Callable[[Mapping[str, str]], bool] | None:
         """Its publication tags filter (None: every publication)."""
+
+    @property
+    def delta(self) -> bool:
+        """Fossil delta compression: it is handed a `DeltaPush` (`deliver_delta`)."""
+
+    def deliver_delta(self, source: DeltaPush, data: RawJSON, offset: int) -> None: ...
 
     def deliver(self, message: bytes, offset: int) -> None:
         """Queue an encoded push; `offset` is the publication's (0: join, leave, no history)."""
@@ -68,6 +80,51 @@ class Encoded:
             message = codec.encode_push(self._channel, self._kind, self._body)
             self._by_codec[codec] = message
         return message
+
+
+class DeltaPush:
+    """One publication for delta subscribers: its full form and its deltas, each encoded at
+    most once per codec, the delta computed at most once per base."""
+
+    __slots__ = ("_channel", "_full", "_patches", "_plain", "_pub", "_with_base")
+
+    def __init__(self, channel: str, pub: Publication, plain: Encoded) -> None:
+        self._channel, self._pub, self._plain = channel, pub, plain
+        self._full: dict[Codec, bytes] = {}
+        # id(base) -> (base, delta): the base is kept so its id stays its own.
+        self._patches: dict[int, tuple[RawJSON, bytes]] = {}
+        self._with_base: dict[tuple[Codec, int], bytes] = {}
+
+    def full(self, codec: Codec) -> bytes:
+        message = self._full.get(codec)
+        if message is None:
+            data = self._pub.data
+            payload = codec.delta_payload(data)
+            # Protobuf: the bytes as they are, the plain push. (None, a payload that is not
+            # UTF-8, cannot happen: a publication's data is JSON encoded by orjson.)
+            plain = payload is data or payload is None
+            body = attrs.evolve(self._pub, data=payload or data)
+            message = self._plain(codec) if plain else codec.encode_push(self._channel, "pub", body)
+            self._full[codec] = message
+        return message
+
+    def delta(self, codec: Codec, base: RawJSON) -> bytes:
+        key = (codec, id(base))
+        message = self._with_base.get(key)
+        if message is None:
+            message = self._with_base[key] = self._delta(codec, base)
+        return message
+
+    def _delta(self, codec: Codec, base: RawJSON) -> bytes:
+        known = self._patches.get(id(base))
+        if known is None:
+            known = self._patches[id(base)] = (base, fossil.create(base, self._pub.data))
+        patch = known[1]
+        payload = codec.delta_payload(patch) if len(patch) < len(self._pub.data) else None
+        if payload is None:  # not shorter, or not representable: in full
+            return self.full(codec)
+        body = attrs.evolve(self._pub, data=payload, delta=True)
+        return codec.encode_push(self._channel, "pub", body)
 
 
 @attrs.frozen
@@ -143,11 +200,17 @@ class Hub:
         message = b""
         tags = pub.tags or {}
         delivered = 0
+        deltas: DeltaPush | None = None
         for sub in receivers:
             accepts = sub.accepts
             if accepts is not None and not accepts(tags):
                 continue  # its tags filter rejects the publication
             delivered += 1
+            if sub.delta:
+                if deltas is None:
+                    deltas = DeltaPush(channel, pub, encoded)
+                sub.deliver_delta(deltas, pub.data, offset)
+                continue
             codec = sub.codec
             if codec is not last:
                 message, last = encoded(codec), codec

@@ -6,6 +6,13 @@ in between is missed, but what arrives is held back. Once the subscribe (or conn
 queued, `go_live` releases the buffer, skipping publications the reply already carried (offset <=
 the position it reported), so a client sees the reply first, then every later publication once.
 
+Delta compression (`delta` set: fossil, negotiated at subscribe): the hub hands such a
+subscription a `DeltaSource` instead of bytes, and it picks the full publication or the delta
+against `delta_base`, the data of the last publication it sent, which is what the SDK patches.
+While buffering it holds full publications only; `go_live` sets the base to the last one it
+releases (or to the last publication the reply carried), so a delta is never sent against a
+publication the client does not have.
+
 `SystemSubscription`: the operators' system channel (system_channel.py), one object shared by
 every connection that holds it. It never buffers and is never in the hub: the hub's group for its
 channel delivers to the connections holding it, and a connection starts holding it only once the
@@ -15,7 +22,7 @@ reply that lists it is queued.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .protocol.codes import Disconnect
 from .protocol.messages import NO_JSON, RawJSON
@@ -23,11 +30,23 @@ from .protocol.options import ChannelOptions
 
 if TYPE_CHECKING:
     from .peers import Connection
+    from .protocol.codec import Codec
     from .timers import Timer
 
 __all__ = ["SYSTEM_OPTIONS", "ChannelSubscription", "SystemSubscription"]
 
 TagsPredicate = Callable[[Mapping[str, str]], bool]
+
+
+class DeltaSource(Protocol):
+    """One publication for delta subscribers (the hub's), each form encoded once per codec."""
+
+    def full(self, codec: Codec) -> bytes:
+        """The publication with its data in full, as a delta subscription carries it."""
+
+    def delta(self, codec: Codec, base: RawJSON) -> bytes:
+        """The publication as a delta against `base` (in full when that is not shorter)."""
+
 
 # The system channel's options whatever the channel rules say: no client may publish, no presence,
 # join/leave or history (every connection is a subscriber), so a publication has no offset and a
@@ -44,6 +63,8 @@ class ChannelSubscription:
         "channel",
         "codec",
         "connection",
+        "delta",
+        "delta_base",
         "expire_at",
         "expiry_timer",
         "max_buffer_bytes",
@@ -66,8 +87,12 @@ class ChannelSubscription:
         chan_info: RawJSON = NO_JSON,
         expire_at: int | None = None,
         accepts: TagsPredicate | None = None,
+        delta: bool = False,
     ) -> None:
         self.connection = connection
+        # Fossil delta compression negotiated; the data the next delta is made against.
+        self.delta = delta
+        self.delta_base: RawJSON | None = None
         # The subscriber's tags filter: the hub skips publications whose tags it rejects.
         self.accepts = accepts
         # The connection's, fixed for its life: the hub encodes once per codec (hub.py).
@@ -82,14 +107,15 @@ class ChannelSubscription:
         self.expiry_timer: Timer | None = None
         # Held back until `go_live`: more than this is a client that cannot keep up (3008).
         self.max_buffer_bytes = max_buffer_bytes
-        self._buffer: list[tuple[bytes, int]] | None = []
+        # (message, offset, data: the publication's, for a delta subscription's base)
+        self._buffer: list[tuple[bytes, int, RawJSON | None]] | None = []
         self._buffered_bytes = 0
 
     @property
     def client_id(self) -> str:
         return self.connection.client_id
 
-    def deliver(self, message: bytes, offset: int) -> None:
+    def deliver(self, message: bytes, offset: int, data: RawJSON | None = None) -> None:
         """The hub's call: queue `message` (encoded with `codec`) on the connection, or hold it
         while buffering."""
         buffer = self._buffer
@@ -100,16 +126,31 @@ class ChannelSubscription:
         if self._buffered_bytes > self.max_buffer_bytes:
             self.connection.close(Disconnect.SLOW, flush=False)
             return
-        buffer.append((message, offset))
+        buffer.append((message, offset, data))
 
-    def go_live(self, delivered_offset: int) -> None:
-        """The reply is queued and covered the stream up to `delivered_offset`: release what was
-        held back that it did not carry, and deliver directly from now on."""
+    def deliver_delta(self, source: DeltaSource, data: RawJSON, offset: int) -> None:
+        """The hub's call for a delta subscription: the publication whose data is `data`, as a
+        delta against the last one sent when there is one, else in full."""
+        if self._buffer is not None:
+            self.deliver(source.full(self.codec), offset, data)
+            return
+        base = self.delta_base
+        message = source.full(self.codec) if base is None else source.delta(self.codec, base)
+        self.delta_base = data
+        self.connection.send(message)
+
+    def go_live(self, delivered_offset: int, base: RawJSON | None = None) -> None:
+        """The reply is queued and covered the stream up to `delivered_offset` (its last
+        publication's data: `base`): release what was held back that it did not carry, and
+        deliver directly from now on."""
         buffer, self._buffer = self._buffer, None
-        for message, offset in buffer or ():
+        for message, offset, data in buffer or ():
             if offset and offset <= delivered_offset:
                 continue  # already in the reply's recovered publications
             self.connection.send(message)
+            base = data
+        if self.delta:
+            self.delta_base = base
 
 
 class SystemSubscription:

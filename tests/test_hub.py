@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from aether_trio.hub import Hub, HubStatistics
+from aether_trio.hub import DeltaPush, Hub, HubStatistics
 from aether_trio.protocol.codec import JSON, Codec
 from aether_trio.protocol.codes import Disconnect
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
@@ -41,6 +41,7 @@ class FakeSubscriber:
         self.push_join_leave = push_join_leave
         self.codec: Codec = JSON
         self.accepts: Callable[[Mapping[str, str]], bool] | None = None
+        self.delta = False
         self.received: list[tuple[bytes, int]] = []
         self._on_deliver = on_deliver
 
@@ -48,6 +49,9 @@ class FakeSubscriber:
         self.received.append((message, offset))
         if self._on_deliver is not None:
             self._on_deliver(self)
+
+    def deliver_delta(self, source: DeltaPush, data: RawJSON, offset: int) -> None:
+        raise AssertionError("not a delta subscriber")
 
 
 def publication(offset: int = 7) -> Publication:

@@ -275,6 +275,7 @@ class _Subscriber:
     push_join_leave = False
     codec = JSON
     accepts = None
+    delta = False
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
@@ -282,6 +283,9 @@ class _Subscriber:
 
     def deliver(self, message: bytes, offset: int) -> None:
         self.received += 1
+
+    def deliver_delta(self, source: Any, data: Any, offset: int) -> None:
+        raise AssertionError("not a delta subscriber")
 
 
 def test_a_broadcast_costs_one_metric_update_whatever_its_fan_out(

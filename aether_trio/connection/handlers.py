@@ -145,6 +145,9 @@ async def subscribe_command(client: Client, cmd_id: int, req: m.SubscribeRequest
         raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
     if req.tf is not None:
         grant = attrs.evolve(grant, accepts=_tags_filter(grant.options, req))
+    if req.delta and req.delta in grant.options.allowed_delta_types:
+        # Not allowed in the channel: not negotiated (the reply says `delta: false`), as upstream.
+        grant = attrs.evolve(grant, delta=True)
 
     def reply(opened: list[Opened]) -> None:
         for o in opened:

@@ -110,6 +110,8 @@ class Grant:
     expire_at: int | None = None
     # The subscriber's publication tags filter (`tf`), compiled.
     accepts: TagsPredicate | None = None
+    # Fossil delta compression, negotiated (asked for, and in the channel's allowed_delta_types).
+    delta: bool = False
 
 
 @attrs.frozen
@@ -125,13 +127,21 @@ class Request:
 class Opened:
     """A subscription the node delivers to, whose announcement is not queued yet."""
 
-    __slots__ = ("delivered", "result", "sub")
+    __slots__ = ("base", "delivered", "result", "sub")
 
-    def __init__(self, sub: Subscription, result: m.SubscribeResult, delivered: int) -> None:
+    def __init__(
+        self,
+        sub: Subscription,
+        result: m.SubscribeResult,
+        delivered: int,
+        base: m.RawJSON | None = None,
+    ) -> None:
         self.sub = sub
         self.result = result
         # The offset up to which the result covers the stream (go_live skips what it carried).
         self.delivered = delivered
+        # The data of the last publication the result carries (a delta subscription's base).
+        self.base = base
 
 
 async def subscribe(
@@ -159,7 +169,7 @@ async def subscribe(
         raise
     for o in live:
         if isinstance(o.sub, ChannelSubscription):
-            o.sub.go_live(o.delivered)
+            o.sub.go_live(o.delivered, o.base)
         else:
             # The shared system subscription: held from now on, right after the announcement.
             client.subscriptions[o.sub.channel] = o.sub
@@ -222,6 +232,7 @@ async def open_subscription(
         push_join_leave=permissions.grant_join_leave(options, user, req.join_leave, insecure),
         server_side=grant.server_side, max_buffer_bytes=client.writer.max_bytes,
         chan_info=grant.chan_info, expire_at=grant.expire_at, accepts=grant.accepts,
+        delta=grant.delta,
     )  # fmt: skip
     # Held before anything is awaited, so the connection's cleanup finds it whatever happens.
     client.subscriptions[ch.name] = sub
@@ -241,8 +252,16 @@ async def open_subscription(
         result, expires=grant.expire_at is not None, ttl=ttl_seconds(grant.expire_at),
         data=grant.data, was_recovering=req.recover,
     )  # fmt: skip
+    base = None
+    if grant.delta:
+        # The recovered publications go in full, in the form of a delta subscription (JSON: the
+        # data as a string); the last one is the base of the first delta.
+        codec, pubs = client.codec, result.publications
+        base = pubs[-1].data if pubs else None
+        full = tuple(attrs.evolve(p, data=codec.delta_payload(p.data) or p.data) for p in pubs)
+        result = attrs.evolve(result, delta=True, publications=full)
     client.timers.watch_subscription(sub)
-    return Opened(sub, result, delivered)
+    return Opened(sub, result, delivered, base)
 
 
 async def _position(

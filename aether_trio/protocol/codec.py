@@ -103,6 +103,10 @@ class Codec(Protocol):
 
     def encode_push(self, channel: str, kind: str, body: Any) -> bytes: ...
 
+    def delta_payload(self, raw: bytes) -> m.RawJSON | None:
+        """`raw` (a payload or a fossil delta) as a delta-compressed subscription carries it:
+        a JSON string in JSON, the bytes themselves in Protobuf; None if it cannot be."""
+
 
 def _make_converter() -> cattrs.Converter:
     conv = make_converter(forbid_extra_keys=False)
@@ -244,6 +248,16 @@ class JsonCodec:
 
     def encode_push(self, channel: str, kind: str, body: Any) -> bytes:
         return encode_push(channel, kind, body)
+
+    def delta_payload(self, raw: bytes) -> m.RawJSON | None:
+        # As upstream: with delta on, JSON publications carry their data as a string (the SDK
+        # parses it after applying the delta). A delta that is not UTF-8 (an edit splitting a
+        # character) cannot be a JSON string: the caller sends the full data instead.
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            return None
+        return m.RawJSON(compact(orjson.dumps(text)))
 
 
 JSON: Final = JsonCodec()

@@ -171,6 +171,8 @@ class Publication:
     offset: int = 0
     # Empty maps are omitted on the wire, like every other zero value.
     tags: dict[str, str] | None = attrs.field(default=None, converter=_empty_to_none)
+    # `data` is a fossil delta against the subscriber's previous publication (delta: "fossil").
+    delta: bool = False
 
 
 @attrs.frozen
@@ -185,6 +187,8 @@ class SubscribeResult:
     positioned: bool = False
     data: RawJSON = NO_JSON
     was_recovering: bool = False
+    # Fossil delta compression was negotiated: publications' `data` may be deltas.
+    delta: bool = False
 
 
 @attrs.frozen

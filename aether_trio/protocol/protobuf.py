@@ -288,5 +288,8 @@ class ProtobufCodec:
         push = _Push(channel=channel, **{kind: _PUSH_FIELDS[kind](body)})
         return _delimited(_Reply(push=push))
 
+    def delta_payload(self, raw: bytes) -> m.RawJSON:
+        return m.RawJSON(raw)  # bytes travel as they are
+
 
 PROTOBUF: Final = ProtobufCodec()
