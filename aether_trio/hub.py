@@ -51,6 +51,10 @@ class Subscriber(Protocol):
     def delta(self) -> bool:
         """Fossil delta compression: it is handed a `DeltaPush` (`deliver_delta`)."""
 
+    @property
+    def channel_id(self) -> int:
+        """Channel compaction: the id its pushes carry instead of the channel (0: the name)."""
+
     def deliver_delta(self, source: DeltaPush, data: RawJSON, offset: int) -> None: ...
 
     def deliver(self, message: bytes, offset: int) -> None:
@@ -66,19 +70,20 @@ class Group(Protocol):
 
 
 class Encoded:
-    """One push, encoded at most once per codec, on first use."""
+    """One push, encoded at most once per codec (and channel id), on first use."""
 
     __slots__ = ("_body", "_by_codec", "_channel", "_kind")
 
     def __init__(self, channel: str, kind: str, body: Any) -> None:
         self._channel, self._kind, self._body = channel, kind, body
-        self._by_codec: dict[Codec, bytes] = {}
+        self._by_codec: dict[tuple[Codec, int], bytes] = {}
 
-    def __call__(self, codec: Codec) -> bytes:
-        message = self._by_codec.get(codec)
+    def __call__(self, codec: Codec, channel_id: int = 0) -> bytes:
+        key = (codec, channel_id)
+        message = self._by_codec.get(key)
         if message is None:
-            message = codec.encode_push(self._channel, self._kind, self._body)
-            self._by_codec[codec] = message
+            message = codec.encode_push(self._channel, self._kind, self._body, channel_id)
+            self._by_codec[key] = message
         return message
 
 
@@ -90,13 +95,14 @@ class DeltaPush:
 
     def __init__(self, channel: str, pub: Publication, plain: Encoded) -> None:
         self._channel, self._pub, self._plain = channel, pub, plain
-        self._full: dict[Codec, bytes] = {}
+        self._full: dict[tuple[Codec, int], bytes] = {}
         # id(base) -> (base, delta): the base is kept so its id stays its own.
         self._patches: dict[int, tuple[RawJSON, bytes]] = {}
-        self._with_base: dict[tuple[Codec, int], bytes] = {}
+        self._with_base: dict[tuple[Codec, int, int], bytes] = {}
 
-    def full(self, codec: Codec) -> bytes:
-        message = self._full.get(codec)
+    def full(self, codec: Codec, channel_id: int = 0) -> bytes:
+        key = (codec, channel_id)
+        message = self._full.get(key)
         if message is None:
             data = self._pub.data
             payload = codec.delta_payload(data)
@@ -104,27 +110,31 @@ class DeltaPush:
             # UTF-8, cannot happen: a publication's data is JSON encoded by orjson.)
             plain = payload is data or payload is None
             body = attrs.evolve(self._pub, data=payload or data)
-            message = self._plain(codec) if plain else codec.encode_push(self._channel, "pub", body)
-            self._full[codec] = message
+            message = (
+                self._plain(codec, channel_id)
+                if plain
+                else codec.encode_push(self._channel, "pub", body, channel_id)
+            )
+            self._full[key] = message
         return message
 
-    def delta(self, codec: Codec, base: RawJSON) -> bytes:
-        key = (codec, id(base))
+    def delta(self, codec: Codec, base: RawJSON, channel_id: int = 0) -> bytes:
+        key = (codec, channel_id, id(base))
         message = self._with_base.get(key)
         if message is None:
-            message = self._with_base[key] = self._delta(codec, base)
+            message = self._with_base[key] = self._delta(codec, base, channel_id)
         return message
 
-    def _delta(self, codec: Codec, base: RawJSON) -> bytes:
+    def _delta(self, codec: Codec, base: RawJSON, channel_id: int) -> bytes:
         known = self._patches.get(id(base))
         if known is None:
             known = self._patches[id(base)] = (base, fossil.create(base, self._pub.data))
         patch = known[1]
         payload = codec.delta_payload(patch) if len(patch) < len(self._pub.data) else None
         if payload is None:  # not shorter, or not representable: in full
-            return self.full(codec)
+            return self.full(codec, channel_id)
         body = attrs.evolve(self._pub, data=payload, delta=True)
-        return codec.encode_push(self._channel, "pub", body)
+        return codec.encode_push(self._channel, "pub", body, channel_id)
 
 
 @attrs.frozen
@@ -138,6 +148,10 @@ class Hub:
         self._channels: dict[str, dict[str, Subscriber]] = {}
         # Never removed: a group's channel stays subscribed on this node for as long as it runs.
         self._groups: dict[str, Group] = {}
+        # Channel compaction: the id of a channel while it has subscribers here (ids are never
+        # reused within a run, so a stale id can never name another channel).
+        self._ids: dict[str, int] = {}
+        self._last_id = 0
 
     def add_group(self, channel: str, group: Group) -> bool:
         """Register the group of `channel`; True if the node had no subscriber of it yet."""
@@ -163,7 +177,16 @@ class Hub:
         if subs:
             return False
         del self._channels[channel]
+        self._ids.pop(channel, None)
         return channel not in self._groups
+
+    def channel_id(self, channel: str) -> int:
+        """The compaction id of `channel` (which has a subscriber here), given on first use."""
+        channel_id = self._ids.get(channel)
+        if channel_id is None:
+            self._last_id += 1
+            channel_id = self._ids[channel] = self._last_id
+        return channel_id
 
     def has(self, channel: str) -> bool:
         """Whether anyone on this node receives `channel` (a subscriber or a group)."""
@@ -195,8 +218,9 @@ class Hub:
         offset = pub.offset
         # Copy: a delivery may disconnect a slow subscriber, which unregisters it.
         receivers = list(subs.values()) if subs else []
-        # Runs of subscribers of one codec (usually all of them) skip the memo's lookup.
+        # Runs of subscribers of one codec and channel id (usually all of them) skip the memo.
         last: Codec | None = None
+        last_id = 0
         message = b""
         tags = pub.tags or {}
         delivered = 0
@@ -211,9 +235,9 @@ class Hub:
                     deltas = DeltaPush(channel, pub, encoded)
                 sub.deliver_delta(deltas, pub.data, offset)
                 continue
-            codec = sub.codec
-            if codec is not last:
-                message, last = encoded(codec), codec
+            codec, channel_id = sub.codec, sub.channel_id
+            if codec is not last or channel_id != last_id:
+                message, last, last_id = encoded(codec, channel_id), codec, channel_id
             sub.deliver(message, offset)
         return delivered + (group.deliver(encoded) if group is not None else 0)
 
@@ -231,7 +255,7 @@ class Hub:
         if receivers:
             encoded = Encoded(channel, kind, JoinLeave(info))
             for sub in receivers:
-                sub.deliver(encoded(sub.codec), 0)
+                sub.deliver(encoded(sub.codec, sub.channel_id), 0)
         return len(receivers)
 
     def statistics(self) -> HubStatistics:

@@ -209,6 +209,8 @@ class Node(Generic[C]):
             return
         channel = sub.channel
         self.hub.add(channel, sub)
+        if sub.compact:  # before anything can be delivered to it
+            sub.channel_id = self.hub.channel_id(channel)
         try:
             await self._channels.ensure(channel)
         except BaseException:

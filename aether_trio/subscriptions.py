@@ -41,10 +41,10 @@ TagsPredicate = Callable[[Mapping[str, str]], bool]
 class DeltaSource(Protocol):
     """One publication for delta subscribers (the hub's), each form encoded once per codec."""
 
-    def full(self, codec: Codec) -> bytes:
+    def full(self, codec: Codec, channel_id: int = 0) -> bytes:
         """The publication with its data in full, as a delta subscription carries it."""
 
-    def delta(self, codec: Codec, base: RawJSON) -> bytes:
+    def delta(self, codec: Codec, base: RawJSON, channel_id: int = 0) -> bytes:
         """The publication as a delta against `base` (in full when that is not shorter)."""
 
 
@@ -61,7 +61,9 @@ class ChannelSubscription:
         "accepts",
         "chan_info",
         "channel",
+        "channel_id",
         "codec",
+        "compact",
         "connection",
         "delta",
         "delta_base",
@@ -88,8 +90,13 @@ class ChannelSubscription:
         expire_at: int | None = None,
         accepts: TagsPredicate | None = None,
         delta: bool = False,
+        compact: bool = False,
     ) -> None:
         self.connection = connection
+        # Channel compaction asked for and allowed; the node sets `channel_id` when it adds the
+        # subscription to the hub, before anything is delivered to it.
+        self.compact = compact
+        self.channel_id = 0
         # Fossil delta compression negotiated; the data the next delta is made against.
         self.delta = delta
         self.delta_base: RawJSON | None = None
@@ -131,11 +138,16 @@ class ChannelSubscription:
     def deliver_delta(self, source: DeltaSource, data: RawJSON, offset: int) -> None:
         """The hub's call for a delta subscription: the publication whose data is `data`, as a
         delta against the last one sent when there is one, else in full."""
+        codec, channel_id = self.codec, self.channel_id
         if self._buffer is not None:
-            self.deliver(source.full(self.codec), offset, data)
+            self.deliver(source.full(codec, channel_id), offset, data)
             return
         base = self.delta_base
-        message = source.full(self.codec) if base is None else source.delta(self.codec, base)
+        message = (
+            source.full(codec, channel_id)
+            if base is None
+            else source.delta(codec, base, channel_id)
+        )
         self.delta_base = data
         self.connection.send(message)
 

@@ -273,9 +273,12 @@ def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     calls: list[tuple[str, str]] = []
     for codec in (JSON, PROTOBUF):
 
-        def counting(channel: str, kind: str, body: Any, codec: Any = codec) -> bytes:
+        def counting(
+            channel: str, kind: str, body: Any, channel_id: int = 0, *, codec: Any = codec
+        ) -> bytes:
             calls.append((channel, kind))
-            return type(codec).encode_push(codec, channel, kind, body)  # type: ignore[no-any-return]
+            encode = type(codec).encode_push
+            return encode(codec, channel, kind, body, channel_id)  # type: ignore[no-any-return]
 
         monkeypatch.setattr(codec, "encode_push", counting)
     return calls

@@ -42,6 +42,7 @@ class FakeSubscriber:
         self.codec: Codec = JSON
         self.accepts: Callable[[Mapping[str, str]], bool] | None = None
         self.delta = False
+        self.channel_id = 0
         self.received: list[tuple[bytes, int]] = []
         self._on_deliver = on_deliver
 

@@ -276,6 +276,7 @@ class _Subscriber:
     codec = JSON
     accepts = None
     delta = False
+    channel_id = 0
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id

@@ -293,3 +293,12 @@ def test_varint_matches_protobuf(number: int) -> None:
     assert sdk_pb.StreamPosition(offset=number).SerializeToString()[1:] == (
         varint(number) if number else b""
     )
+
+
+def test_a_compacted_push_carries_the_channel_id_instead_of_the_name() -> None:
+    pub = m.Publication(data=m.RawJSON(b"1"), offset=2)
+    (reply,) = read_replies(PROTOBUF.encode_push("news", "pub", pub, channel_id=7))
+    assert (reply.push.id, reply.push.channel, reply.push.pub.offset) == (7, "", 2)
+    assert (
+        JSON.encode_push("news", "pub", pub, 7) == b'{"push":{"id":7,"pub":{"data":1,"offset":2}}}'
+    )

@@ -28,6 +28,7 @@ from ..protocol.options import ChannelOptions
 from ..protocol.tags_filter import TagsPredicate, compile_filter
 from ..subscriptions import ChannelSubscription
 from .subscribe import (
+    FLAG_CHANNEL_COMPACTION,
     Grant,
     Opened,
     Request,
@@ -148,6 +149,8 @@ async def subscribe_command(client: Client, cmd_id: int, req: m.SubscribeRequest
     if req.delta and req.delta in grant.options.allowed_delta_types:
         # Not allowed in the channel: not negotiated (the reply says `delta: false`), as upstream.
         grant = attrs.evolve(grant, delta=True)
+    if req.flag & FLAG_CHANNEL_COMPACTION and grant.options.allow_channel_compaction:
+        grant = attrs.evolve(grant, compact=True)
 
     def reply(opened: list[Opened]) -> None:
         for o in opened:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .client import Client, Subscription
 
 __all__ = [
+    "FLAG_CHANNEL_COMPACTION",
     "FLAG_REJECT_UNRECOVERED",
     "Grant",
     "Opened",
@@ -54,7 +55,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Bit of SubscribeRequest.flag asking for error 112 instead of `recovered: false`.
+# Bits of SubscribeRequest.flag: channel compaction (an id in pushes instead of the channel),
+# error 112 instead of `recovered: false`.
+FLAG_CHANNEL_COMPACTION = 1
 FLAG_REJECT_UNRECOVERED = 2
 
 
@@ -112,6 +115,8 @@ class Grant:
     accepts: TagsPredicate | None = None
     # Fossil delta compression, negotiated (asked for, and in the channel's allowed_delta_types).
     delta: bool = False
+    # Channel compaction, negotiated (flag 1, and the channel's allow_channel_compaction).
+    compact: bool = False
 
 
 @attrs.frozen
@@ -232,7 +237,7 @@ async def open_subscription(
         push_join_leave=permissions.grant_join_leave(options, user, req.join_leave, insecure),
         server_side=grant.server_side, max_buffer_bytes=client.writer.max_bytes,
         chan_info=grant.chan_info, expire_at=grant.expire_at, accepts=grant.accepts,
-        delta=grant.delta,
+        delta=grant.delta, compact=grant.compact,
     )  # fmt: skip
     # Held before anything is awaited, so the connection's cleanup finds it whatever happens.
     client.subscriptions[ch.name] = sub
@@ -250,7 +255,7 @@ async def open_subscription(
         raise
     result = attrs.evolve(
         result, expires=grant.expire_at is not None, ttl=ttl_seconds(grant.expire_at),
-        data=grant.data, was_recovering=req.recover,
+        data=grant.data, was_recovering=req.recover, id=sub.channel_id,
     )  # fmt: skip
     base = None
     if grant.delta:

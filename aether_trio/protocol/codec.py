@@ -101,7 +101,8 @@ class Codec(Protocol):
 
     def encode_error(self, command_id: int, code: ErrorCode) -> bytes: ...
 
-    def encode_push(self, channel: str, kind: str, body: Any) -> bytes: ...
+    def encode_push(self, channel: str, kind: str, body: Any, channel_id: int = 0) -> bytes:
+        """A push; with `channel_id` (channel compaction) that id stands for the channel."""
 
     def delta_payload(self, raw: bytes) -> m.RawJSON | None:
         """`raw` (a payload or a fossil delta) as a delta-compressed subscription carries it:
@@ -221,8 +222,12 @@ def encode_error(command_id: int, code: ErrorCode) -> bytes:
     return compact(orjson.dumps({"id": command_id, "error": error}))
 
 
-def encode_push(channel: str, kind: str, body: Any) -> bytes:
-    push: dict[str, Any] = {"channel": channel} if channel else {}
+def encode_push(channel: str, kind: str, body: Any, channel_id: int = 0) -> bytes:
+    push: dict[str, Any] = {}
+    if channel_id:
+        push["id"] = channel_id  # channel compaction: the subscribe reply gave the id
+    elif channel:
+        push["channel"] = channel
     push[kind] = unstructure(body)
     return compact(orjson.dumps({"push": push}))
 
@@ -246,8 +251,8 @@ class JsonCodec:
     def encode_error(self, command_id: int, code: ErrorCode) -> bytes:
         return encode_error(command_id, code)
 
-    def encode_push(self, channel: str, kind: str, body: Any) -> bytes:
-        return encode_push(channel, kind, body)
+    def encode_push(self, channel: str, kind: str, body: Any, channel_id: int = 0) -> bytes:
+        return encode_push(channel, kind, body, channel_id)
 
     def delta_payload(self, raw: bytes) -> m.RawJSON | None:
         # As upstream: with delta on, JSON publications carry their data as a string (the SDK

@@ -189,6 +189,8 @@ class SubscribeResult:
     was_recovering: bool = False
     # Fossil delta compression was negotiated: publications' `data` may be deltas.
     delta: bool = False
+    # Channel compaction: pushes of this channel carry this id instead of its name.
+    id: int = 0
 
 
 @attrs.frozen

@@ -91,6 +91,8 @@ class ChannelOptions:
     publication_html: PublicationHtml = "keep"
     # Subscribers may give a publication tags filter (`tf`, protocol/tags_filter.py).
     allow_tags_filter: bool = False
+    # Subscribers that ask (subscribe flag 1) get pushes with a numeric channel id for the name.
+    allow_channel_compaction: bool = False
     # Delta compressions a subscriber may ask for (`delta` on subscribe): only "fossil" exists.
     allowed_delta_types: tuple[str, ...] = attrs.field(default=(), validator=_delta_types)
 

@@ -284,8 +284,9 @@ class ProtobufCodec:
         error = _Error(code=int(code), message=code.message, temporary=code.temporary)
         return _delimited(_Reply(id=command_id, error=error))
 
-    def encode_push(self, channel: str, kind: str, body: Any) -> bytes:
-        push = _Push(channel=channel, **{kind: _PUSH_FIELDS[kind](body)})
+    def encode_push(self, channel: str, kind: str, body: Any, channel_id: int = 0) -> bytes:
+        where = {"id": channel_id} if channel_id else {"channel": channel}
+        push = _Push(**where, **{kind: _PUSH_FIELDS[kind](body)})
         return _delimited(_Reply(push=push))
 
     def delta_payload(self, raw: bytes) -> m.RawJSON:

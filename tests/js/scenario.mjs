@@ -171,7 +171,8 @@ async function pubsub() {
 
   const cctx = await connected;
   emit('connected', { client: cctx.client, transport: cctx.transport });
-  emit('subscribed', subscribedFields(await subscribed));
+  // The channel compaction id the server gave (0: pushes carry the channel name).
+  emit('subscribed', { ...subscribedFields(await subscribed), push_id: Number(sub._id ?? 0) });
   emit('frames', {
     sockets: sockets.length,
     first: sockets[0].sentFrames[0] ?? null,
