@@ -36,6 +36,10 @@ from aether_trio.protocol.protobuf import PROTOBUF
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
+# centrifuge-python's own suite (tests/compat) runs with unittest, its runner, in a subprocess of
+# tests/test_compat.py against a server started there; pytest must not collect it itself.
+collect_ignore = ["compat"]
+
 # trio-asyncio (the Redis engine's bridge) makes every asyncio loop created outside Trio one of
 # its own Trio-backed loops once imported, unless a thread asked for a policy of its own. The SDK
 # tests drive plain asyncio (`asyncio.run`) in this, the main thread: ask for asyncio's own.

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 from centrifuge.protocol import client_pb2 as sdk_pb
@@ -143,7 +144,13 @@ def test_every_request_decodes_as_its_json_twin(
     method: str, body: dict[str, Any], expected: Any
 ) -> None:
     frame = delimited(sdk_command(9, method, body))
-    assert PROTOBUF.decode_frame(frame, DEPTH) == [Command(9, method, expected)]
+    (command,) = PROTOBUF.decode_frame(frame, DEPTH)
+    if method == "publish":
+        # A publication's payload keeps the bytes as sent, with the value they hold.
+        data = command.request.data
+        assert data == m.JsonBytes(expected.data, orjson.dumps(body["data"]))
+        command = Command(9, method, attrs.evolve(command.request, data=data.value))
+    assert command == Command(9, method, expected)
     assert JSON.decode_frame(orjson.dumps({"id": 9, method: body}), DEPTH) == [
         Command(9, method, expected)
     ]
@@ -177,6 +184,9 @@ def test_payloads_holding_json_are_parsed_others_are_binary() -> None:
     command.publish.data = b""
     (decoded,) = PROTOBUF.decode_frame(delimited(command), DEPTH)
     assert decoded.request == m.PublishRequest("c", None)
+    command.publish.data = b'{"a": [1, 2]}'
+    (decoded,) = PROTOBUF.decode_frame(delimited(command), DEPTH)
+    assert decoded.request == m.PublishRequest("c", m.JsonBytes({"a": [1, 2]}, b'{"a": [1, 2]}'))
 
 
 def test_a_tags_filter_decodes_as_the_json_object() -> None:

@@ -184,14 +184,17 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     require_channel(req.channel)
     node = client.node
     ch = node.resolve(req.channel)
-    if isinstance(req.data, m.Binary):
+    data, raw = req.data, None
+    if isinstance(data, m.Binary):
         # Channels carry JSON, which every subscriber can be given, whatever it speaks.
         raise ReplyError(ErrorCode.BAD_REQUEST, "publication data is not JSON")
-    _check_data_format(ch.options, req.data)
+    if isinstance(data, m.JsonBytes):  # a Protobuf client's: published as sent if it may be
+        data, raw = data.value, data.raw
+    _check_data_format(ch.options, data)
     sub = client.subscriptions.get(req.channel)
     permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
     info = client.info(sub.chan_info if sub else m.NO_JSON)
-    payload = publication_payload(ch.options, req.data)  # the channel's publication_html
+    payload = publication_payload(ch.options, data, raw)  # the channel's publication_html
     await node.publish(ch, payload, info, source="client")
     client.reply(cmd_id, "publish", m.EmptyResult())
 

@@ -20,6 +20,7 @@ __all__ = [
     "ConnectResult",
     "HistoryRequest",
     "HistoryResult",
+    "JsonBytes",
     "PresenceRequest",
     "PresenceResult",
     "PresenceStatsRequest",
@@ -51,6 +52,17 @@ class Binary:
     which every client can be given, so a publication of it is refused (107)."""
 
     data: bytes
+
+
+@attrs.frozen
+class JsonBytes:
+    """A Protobuf client's publication payload holding JSON: the parsed value (for the checks)
+    and the bytes as sent, which are published verbatim (as Centrifugo passes them on) unless
+    the channel rewrites them (`publication_html`) or they hold a raw newline (which would split
+    a JSON subscriber's frame)."""
+
+    value: Any
+    raw: bytes
 
 
 # --- requests (client -> server); unknown keys are ignored, as the SDKs send new ones freely ---

@@ -101,6 +101,12 @@ def _payload(data: bytes, max_depth: int) -> Any:
     return value
 
 
+def _publication(data: bytes, max_depth: int) -> Any:
+    """A publish's payload: `JsonBytes` when it holds JSON (published as sent)."""
+    value = _payload(data, max_depth)
+    return m.JsonBytes(value, data) if value is not None and type(value) is not m.Binary else value
+
+
 def _subscribe(req: Any, depth: int) -> m.SubscribeRequest:
     return m.SubscribeRequest(
         channel=req.channel, token=req.token, recover=req.recover, epoch=req.epoch,
@@ -136,7 +142,7 @@ _DECODERS: Final[dict[str, Callable[[Any, int], Any]]] = {
     "ping": lambda _req, _depth: m.PingRequest(),
     "subscribe": _subscribe,
     "unsubscribe": lambda req, _depth: m.UnsubscribeRequest(req.channel),
-    "publish": lambda req, depth: m.PublishRequest(req.channel, _payload(req.data, depth)),
+    "publish": lambda req, depth: m.PublishRequest(req.channel, _publication(req.data, depth)),
     "presence": lambda req, _depth: m.PresenceRequest(req.channel),
     "presence_stats": lambda req, _depth: m.PresenceStatsRequest(req.channel),
     "history": _history,
