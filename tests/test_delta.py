@@ -219,3 +219,52 @@ def test_the_full_form_of_json_carries_the_data_as_a_string() -> None:
     pub = Publication(data=RawJSON(b'{"a":1}'), offset=1)
     push = DeltaPush("c", pub, Encoded("c", "pub", pub))
     assert push.full(JSON) == b'{"push":{"channel":"c","pub":{"data":"{\\"a\\":1}","offset":1}}}'
+
+
+def test_json_cannot_carry_a_delta_that_is_not_utf8_protobuf_can() -> None:
+    assert JSON.delta_payload(b'"\xc3') is None
+    assert JSON.delta_payload(b'{"a":1}') == b'"{\\"a\\":1}"'
+    assert PROTOBUF.delta_payload(b"\xc3\x00") == b"\xc3\x00"
+    # A delta that splits "é" (its first byte copied from the base, the second inserted) goes
+    # to JSON subscribers in full, to Protobuf ones as the delta.
+    tail = b"x" * 60
+    base = RawJSON(b'"' + tail + b'\xc3\xa8"')
+    pub = Publication(data=RawJSON(b'"' + tail + b'\xc3\xa9"'), offset=2)
+    push = DeltaPush("c", pub, Encoded("c", "pub", pub))
+    assert push.delta(JSON, base) == push.full(JSON)
+    assert b'"delta":true' not in push.delta(JSON, base)
+    assert push.delta(PROTOBUF, base) != push.full(PROTOBUF)
+
+
+class _Connection:
+    client_id = "c1"
+    codec = JSON
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, message: bytes) -> None:
+        self.sent.append(message)
+
+
+def test_a_buffering_delta_subscription_holds_full_publications_then_deltas_from_the_last() -> None:
+    from aether_trio.protocol.options import ChannelOptions
+    from aether_trio.subscriptions import ChannelSubscription
+
+    connection = _Connection()
+    sub = ChannelSubscription(
+        connection,  # type: ignore[arg-type]
+        "c", ChannelOptions(), push_join_leave=False, server_side=False,
+        max_buffer_bytes=10_000, delta=True,
+    )  # fmt: skip
+    pubs = [Publication(data=RawJSON(json.dumps(doc(n)).encode()), offset=n + 1) for n in range(3)]
+    pushes = [DeltaPush("c", p, Encoded("c", "pub", p)) for p in pubs]
+    sub.deliver_delta(pushes[0], pubs[0].data, 1)  # covered by the reply: skipped
+    sub.deliver_delta(pushes[1], pubs[1].data, 2)  # held, in full
+    assert connection.sent == []
+    sub.go_live(delivered_offset=1, base=pubs[0].data)
+    assert connection.sent == [pushes[1].full(JSON)]
+    assert sub.delta_base is pubs[1].data  # the last one released, not the reply's
+    sub.deliver_delta(pushes[2], pubs[2].data, 3)
+    assert connection.sent[-1] == pushes[2].delta(JSON, pubs[1].data)
+    assert b'"delta":true' in connection.sent[-1]

@@ -312,3 +312,10 @@ def test_a_compacted_push_carries_the_channel_id_instead_of_the_name() -> None:
     assert (
         JSON.encode_push("news", "pub", pub, 7) == b'{"push":{"id":7,"pub":{"data":1,"offset":2}}}'
     )
+
+
+def test_the_codecs_name_themselves() -> None:
+    assert (repr(JSON), repr(PROTOBUF)) == ("<codec json>", "<codec protobuf>")
+    assert (JSON.name, JSON.binary, PROTOBUF.name, PROTOBUF.binary) == (
+        "json", False, "protobuf", True,
+    )  # fmt: skip

@@ -247,3 +247,15 @@ def test_js_invalid_token_is_terminal(node: str, protocol: str) -> None:
         "connecting_after_disconnect": 0,
         "states": ["connecting", "disconnected"],
     }
+
+
+def test_js_fossil_delta_publications_arrive_exact(node: str, protocol: str) -> None:
+    overrides = compaction(protocol)
+    overrides["channel"]["without_namespace"]["allowed_delta_types"] = ["fossil"]
+    with running_server(make_config(overrides)) as server:
+        events = run_scenario(node, server.url, "delta", token=token("42"), protocol=protocol)
+    delta = event(events, "delta")
+    doc = {"ticker": "AAPL", "history": list(range(60)), "note": "x" * 100}
+    assert delta["received"] == [{"seq": n, **doc} for n in range(5)]
+    # The SDK's own counters: the first publication in full, the four after it as deltas.
+    assert (delta["negotiated"], delta["full"], delta["deltas"]) == (True, 1, 4)
