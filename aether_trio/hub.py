@@ -29,7 +29,9 @@ from .protocol import fossil
 from .protocol.codec import Codec
 from .protocol.messages import ClientInfo, JoinLeave, Publication, RawJSON
 
-__all__ = ["DeltaPush", "Encoded", "Group", "Hub", "HubStatistics", "Subscriber"]
+__all__ = ["DeltaPush", "Encoded", "Group", "Hub", "HubStatistics", "Route", "Subscriber"]
+
+Route = tuple[Codec, int]
 
 
 class Subscriber(Protocol):
@@ -52,8 +54,17 @@ class Subscriber(Protocol):
         """Fossil delta compression: it is handed a `DeltaPush` (`deliver_delta`)."""
 
     @property
-    def channel_id(self) -> int:
-        """Channel compaction: the id its pushes carry instead of the channel (0: the name)."""
+    def compact(self) -> bool:
+        """Channel compaction asked for and allowed: `add` gives it the channel's id."""
+
+    channel_id: int
+    """Channel compaction: the id its pushes carry instead of the channel (0: the name); set by
+    `add`."""
+
+    route: Route | None
+    """Set by `add`: what it is handed, (codec, channel id), one object shared by every
+    subscriber of the same pair, so the fan-out tells runs apart by identity; None for a tags
+    filter or delta compression, which take the slower path."""
 
     def deliver_delta(self, source: DeltaPush, data: RawJSON, offset: int) -> None: ...
 
@@ -67,6 +78,9 @@ class Group(Protocol):
         once per codec), never awaiting; return how many."""
 
     def count(self) -> int: ...
+
+
+_NO_ROUTE: object = object()  # `last` before the first route of a fan-out
 
 
 class Encoded:
@@ -152,6 +166,9 @@ class Hub:
         # reused within a run, so a stale id can never name another channel).
         self._ids: dict[str, int] = {}
         self._last_id = 0
+        # The shared routes (subscriber.route): (codec, 0) for all channels, (codec, id) per
+        # channel with compacting subscribers (dropped with its id).
+        self._routes: dict[Route, Route] = {}
 
     def add_group(self, channel: str, group: Group) -> bool:
         """Register the group of `channel`; True if the node had no subscriber of it yet."""
@@ -165,6 +182,13 @@ class Hub:
         first = subs is None and channel not in self._groups
         if subs is None:
             subs = self._channels[channel] = {}
+        if sub.compact:  # before anything can be delivered to it
+            sub.channel_id = self.channel_id(channel)
+        if sub.accepts is not None or sub.delta:
+            sub.route = None
+        else:
+            route = (sub.codec, sub.channel_id)
+            sub.route = self._routes.setdefault(route, route)
         subs[sub.client_id] = sub
         return first
 
@@ -177,7 +201,10 @@ class Hub:
         if subs:
             return False
         del self._channels[channel]
-        self._ids.pop(channel, None)
+        channel_id = self._ids.pop(channel, None)
+        if channel_id is not None:
+            for route in [r for r in self._routes if r[1] == channel_id]:
+                del self._routes[route]
         return channel not in self._groups
 
     def channel_id(self, channel: str) -> int:
@@ -218,27 +245,29 @@ class Hub:
         offset = pub.offset
         # Copy: a delivery may disconnect a slow subscriber, which unregisters it.
         receivers = list(subs.values()) if subs else []
-        # Runs of subscribers of one codec and channel id (usually all of them) skip the memo.
-        last: Codec | None = None
-        last_id = 0
+        # Runs of subscribers of one route (usually all of them) cost one identity check each.
+        last: object = _NO_ROUTE
         message = b""
-        tags = pub.tags or {}
-        delivered = 0
+        filtered = 0
         deltas: DeltaPush | None = None
         for sub in receivers:
-            accepts = sub.accepts
-            if accepts is not None and not accepts(tags):
-                continue  # its tags filter rejects the publication
-            delivered += 1
-            if sub.delta:
-                if deltas is None:
-                    deltas = DeltaPush(channel, pub, encoded)
-                sub.deliver_delta(deltas, pub.data, offset)
-                continue
-            codec, channel_id = sub.codec, sub.channel_id
-            if codec is not last or channel_id != last_id:
-                message, last, last_id = encoded(codec, channel_id), codec, channel_id
+            route = sub.route
+            if route is not last:
+                if route is None:  # a tags filter or delta compression
+                    accepts = sub.accepts
+                    if accepts is not None and not accepts(pub.tags or {}):
+                        filtered += 1  # its tags filter rejects the publication
+                        continue
+                    if not sub.delta:
+                        sub.deliver(encoded(sub.codec, sub.channel_id), offset)
+                        continue
+                    if deltas is None:
+                        deltas = DeltaPush(channel, pub, encoded)
+                    sub.deliver_delta(deltas, pub.data, offset)
+                    continue
+                message, last = encoded(*route), route
             sub.deliver(message, offset)
+        delivered = len(receivers) - filtered
         return delivered + (group.deliver(encoded) if group is not None else 0)
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> int:

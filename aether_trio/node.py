@@ -208,9 +208,7 @@ class Node(Generic[C]):
         if isinstance(sub, SystemSubscription):
             return
         channel = sub.channel
-        self.hub.add(channel, sub)
-        if sub.compact:  # before anything can be delivered to it
-            sub.channel_id = self.hub.channel_id(channel)
+        self.hub.add(channel, sub)  # gives a compacting `sub` its channel id
         try:
             await self._channels.ensure(channel)
         except BaseException:

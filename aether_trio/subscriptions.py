@@ -72,6 +72,7 @@ class ChannelSubscription:
         "max_buffer_bytes",
         "options",
         "push_join_leave",
+        "route",
         "server_side",
     )
 
@@ -97,6 +98,8 @@ class ChannelSubscription:
         # subscription to the hub, before anything is delivered to it.
         self.compact = compact
         self.channel_id = 0
+        # The hub's (hub.py), set when it adds the subscription.
+        self.route: tuple[Codec, int] | None = None
         # Fossil delta compression negotiated; the data the next delta is made against.
         self.delta = delta
         self.delta_base: RawJSON | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import trio
@@ -14,6 +15,7 @@ from conftest import RunningServer, make_config, open_raw, running_server, serve
 from test_sdk_python import namespaces, on_server, sdk, subscribed
 
 from aether_trio.hub import Hub
+from aether_trio.protocol.codec import JSON
 
 COMPACT = {
     "name": "compact",
@@ -97,8 +99,15 @@ def test_ids_live_while_the_channel_has_subscribers_and_are_never_reused() -> No
     hub = Hub()
 
     class Sub:
+        accepts = None
+        delta = False
+        compact = True
+        codec = JSON
+
         def __init__(self, client_id: str) -> None:
             self.client_id = client_id
+            self.channel_id = 0
+            self.route: Any = None
 
     hub.add("a", Sub("1"))  # type: ignore[arg-type]
     first = hub.channel_id("a")

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from aether_trio.hub import DeltaPush, Hub, HubStatistics
+from aether_trio.hub import DeltaPush, Hub, HubStatistics, Route
 from aether_trio.protocol.codec import JSON, Codec
 from aether_trio.protocol.codes import Disconnect
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
@@ -42,7 +42,9 @@ class FakeSubscriber:
         self.codec: Codec = JSON
         self.accepts: Callable[[Mapping[str, str]], bool] | None = None
         self.delta = False
+        self.compact = False
         self.channel_id = 0
+        self.route: Route | None = None
         self.received: list[tuple[bytes, int]] = []
         self._on_deliver = on_deliver
 

@@ -276,7 +276,9 @@ class _Subscriber:
     codec = JSON
     accepts = None
     delta = False
+    compact = False
     channel_id = 0
+    route: Any = None
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
