@@ -51,6 +51,10 @@ lint:
     {{bin}}/ruff format --check aether_trio tests
     {{bin}}/mypy
 
+# compile the vendored Protobuf schema into the descriptor Aether loads (aether_trio/protocol/proto)
+proto:
+    {{bin}}/python -m grpc_tools.protoc -I aether_trio/protocol/proto --descriptor_set_out=aether_trio/protocol/proto/client.binpb aether_trio/protocol/proto/client.proto
+
 # format the code in place
 fmt:
     {{bin}}/ruff check --fix aether_trio tests

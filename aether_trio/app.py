@@ -41,6 +41,7 @@ from .node import Node
 from .observe.monitor import ResourceMonitor
 from .observe.readiness import Check
 from .protocol.codes import Disconnect
+from .protocol.encodings import SUBPROTOCOLS, negotiate
 from .transport import HandshakeRequest, TransportClosed, serve_websocket, tls
 from .workers import child
 
@@ -184,7 +185,12 @@ class Server:
             # What the application's backend is passed (read before `accept` lets them go).
             headers = self.node.backend.keep_headers(request.headers)
             try:
-                await serve_connection(self.node, await request.accept(), headers)
+                negotiated = negotiate(request.subprotocols)
+                if negotiated is None:
+                    await self._refuse_subprotocols(request, ip)
+                    return
+                codec, subprotocol = negotiated
+                await serve_connection(self.node, await request.accept(subprotocol), codec, headers)
             finally:
                 limits.close_connection(ip)
         except* (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -194,6 +200,17 @@ class Server:
             for exc in group.exceptions:
                 log.error("connection task failed", exc_info=exc)
                 self.node.errors.capture(exc, "connection")
+
+    async def _refuse_subprotocols(self, request: HandshakeRequest, ip: str) -> None:
+        """A client offering only subprotocols Aether does not speak gets a 400 that says so,
+        and the operator a log line (after the handshake limits: a flood of them is bounded)."""
+        offered = ", ".join(request.subprotocols)
+        served = ", ".join(SUBPROTOCOLS)
+        log.info("handshake from %s refused: unsupported WebSocket subprotocol (offered: %.200s; "
+                 "served: %s)", ip, offered, served)  # fmt: skip
+        self.node.metrics.handshake_failed("subprotocol")
+        body = f"unsupported WebSocket subprotocol; Aether serves: {served}\n".encode()
+        await request.reject(400, body=body)
 
     def _accepting(self) -> Check:
         shutting_down = self._listener.cancel_called

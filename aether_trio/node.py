@@ -321,6 +321,7 @@ class Node(Generic[C]):
         if isinstance(sub, SystemSubscription):
             return
         channel = sub.channel
+        # Gives a compacting `sub` its channel id; True when the channel was empty here.
         if self.hub.add(channel, sub) and self._state_target() is not None:
             self.channel_states.local_occupied(channel)
         try:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ..protocol.options import non_negative, positive
+from ..protocol.options import non_negative, positive, valid_regex
 from .pem import check_files
 
 __all__ = [
@@ -194,6 +194,19 @@ class ClientConfig:
             raise ValueError("pong_timeout: must be smaller than ping_interval")
 
 
+# Claims with a meaning of their own cannot hold the user id.
+_RESERVED_CLAIMS = frozenset(
+    {"exp", "nbf", "iat", "aud", "iss", "jti", "info", "b64info", "channels", "subs", "meta",
+     "expire_at", "channel", "client", "data", "override"}
+)  # fmt: skip
+
+
+def _claim_name(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not value or value in _RESERVED_CLAIMS:
+        reserved = sorted(_RESERVED_CLAIMS)
+        raise ValueError(f"{attr.name}: expected a claim name other than {reserved}")
+
+
 @attrs.frozen
 class TokenConfig:
     """Keys that verify JWTs. A key given inline and as a file is an error; empty means not set."""
@@ -217,6 +230,12 @@ class TokenConfig:
     )  # fmt: skip
     audience: str = ""
     issuer: str = ""
+    # Regular expressions (searched, as Centrifugo's Go regexp MatchString) one `aud` entry, or
+    # the `iss` claim, must match; each excludes its exact-match twin.
+    audience_regex: str = attrs.field(default="", validator=valid_regex)
+    issuer_regex: str = attrs.field(default="", validator=valid_regex)
+    # The claim holding the user id (a string), as Centrifugo's `user_id_claim`.
+    user_id_claim: str = attrs.field(default="sub", validator=_claim_name)
     leeway: float = attrs.field(default=0.0, validator=non_negative)
     # JWKS endpoint as a key source (keys chosen by the token header's `kid`).
     jwks_url: str = ""
@@ -232,6 +251,9 @@ class TokenConfig:
             raise ValueError(
                 f"algorithms: unknown algorithm(s) {unknown}; allowed: {sorted(TOKEN_ALGORITHMS)}"
             )
+        for name in ("audience", "issuer"):
+            if getattr(self, name) and getattr(self, name + "_regex"):
+                raise ValueError(f"{name}: give either {name} or {name}_regex, not both")
         for name in ("hmac_secret", "hmac_previous_secret", "rsa_public_key", "ecdsa_public_key",
                      "ed25519_public_key"):  # fmt: skip
             if getattr(self, name) and getattr(self, name + "_file"):
@@ -383,8 +405,9 @@ class AdminConfig:
     """Operator commands, durable state (bans, revocations) and the audit log."""
 
     data_dir: str = "data"
-    # Every connection is subscribed to it server-side; "" = no system channel.
-    system_channel: str = attrs.field(default="$aether.system", validator=_system_channel)
+    # Every connection is subscribed to it server-side; "" = no system channel. Off by default:
+    # SDKs report it as a server-side subscription the application never asked for.
+    system_channel: str = attrs.field(default="", validator=_system_channel)
     drain_rate: float = attrs.field(default=100.0, validator=positive)
     audit_auth_failures_per_minute: int = attrs.field(default=10, validator=non_negative)
 
