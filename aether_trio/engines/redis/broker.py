@@ -1,5 +1,7 @@
 """The Redis `Broker`: history in a Redis Stream per channel, events over PUB/SUB, and the
-engine's lifetime (`run` owns the bridge and the PUB/SUB connection, presence.py shares them).
+engine's lifetime (`run` owns the bridge and every shard's client and PUB/SUB connection,
+presence.py shares them). A channel lives on one shard (shards.py); with a single Redis, a
+Sentinel-managed master or a Redis Cluster there is one shard.
 
 Delivery differs from the memory engine in one way the contract allows: a publication reaches
 the node's handler through the PUB/SUB connection, i.e. after `publish` returns and only on
@@ -14,6 +16,7 @@ import string
 import uuid
 
 import trio
+import trio_asyncio
 
 from ...config.sections import RedisEngineConfig
 from ...protocol.messages import ClientInfo, Publication, StreamPosition
@@ -25,11 +28,10 @@ from ..base import (
     HistoryQuery,
     UnrecoverablePosition,
 )
-from .client import RedisClient
 from .codec import decode_publication, encode_info, encode_publication
-from .durability import check_durability
-from .pubsub import PubSub
 from .scripts import HISTORY, PUBLISH, Keys
+from .shards import Shard, shard_index
+from .topology import topologies
 
 __all__ = ["RedisBroker"]
 
@@ -47,13 +49,26 @@ def _ms(seconds: float) -> int:
 
 class RedisBroker:
     def __init__(self, config: RedisEngineConfig) -> None:
-        self.client = RedisClient(config)
-        self.keys = Keys(config.prefix, uuid.uuid4().hex)
-        self.pubsub = PubSub(self.client, self.keys)
+        found = topologies(config)
+        self.keys = Keys(config.prefix, uuid.uuid4().hex, cluster=found[0].cluster)
+        self.shards = [Shard(config, topology, self.keys, i, len(found))
+                       for i, topology in enumerate(found)]  # fmt: skip
+        # The first shard's: what is not about one channel (probes in tests, benchmarks).
+        self.client = self.shards[0].client
+        self.pubsub = self.shards[0].pubsub
+
+    def shard(self, channel: str) -> Shard:
+        """The shard `channel` lives on: its publications, history and presence."""
+        return self.shards[shard_index(channel, len(self.shards))]
 
     @property
     def reachable(self) -> bool:
-        return self.client.reachable
+        return all(shard.reachable for shard in self.shards)
+
+    @property
+    def unreachable(self) -> list[str]:
+        """The shards that are unreachable or not proven yet (for `/ready`'s details)."""
+        return [shard.name for shard in self.shards if not shard.reachable]
 
     async def run(
         self,
@@ -61,44 +76,55 @@ class RedisBroker:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Connect (retrying until Redis answers), then deliver events until cancelled."""
-        async with self.client.opened(), trio.open_nursery() as nursery:
-            await nursery.start(self.pubsub.run, handler)
-            await self.pubsub.connected.wait()
-            await check_durability(self.client)
+        """Connect every shard (retrying until each answers), then deliver events until
+        cancelled. One asyncio loop serves every shard."""
+        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as starting:
+                for shard in self.shards:
+                    starting.start_soon(nursery.start, shard.run, loop, handler)
             task_status.started()
 
+    async def probe(self) -> None:
+        """Return once everything published before has been delivered, on every shard."""
+        async with trio.open_nursery() as nursery:
+            for shard in self.shards:
+                nursery.start_soon(shard.pubsub.probe)
+
     def statistics(self) -> dict[str, int]:
-        client = self.client
-        return {"subscribed_channels": len(self.pubsub.wanted), "pipelines": client.batches,
-                "pipelined_commands": client.commands}  # fmt: skip
+        shards = self.shards
+        return {"subscribed_channels": sum(len(s.pubsub.wanted) for s in shards),
+                "pipelines": sum(s.client.batches for s in shards),
+                "pipelined_commands": sum(s.client.commands for s in shards)}  # fmt: skip
 
     # --- Broker ---
 
     async def subscribe(self, channel: str) -> None:
-        await self.pubsub.subscribe(channel)
+        await self.shard(channel).pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        await self.pubsub.unsubscribe(channel)
+        await self.shard(channel).pubsub.unsubscribe(channel)
 
     async def publish(
         self, channel: str, pub: Publication, history: HistoryOptions
     ) -> StreamPosition:
+        client = self.shard(channel).client
         payload = encode_publication(pub)
         if not history.enabled:
-            await self.client.call("PUBLISH", self.keys.client(channel), b"p0:" + payload)
+            await client.call("PUBLISH", self.keys.client(channel), b"p0:" + payload)
             return StreamPosition()
         keys = (self.keys.stream(channel), self.keys.meta(channel))
         args = (payload, history.size, _ms(history.ttl), self.keys.client(channel),
                 _ms(history.meta_ttl), new_epoch())  # fmt: skip
-        offset, epoch = await self.client.script(PUBLISH, keys, args)
+        offset, epoch = await client.script(PUBLISH, keys, args)
         return StreamPosition(int(offset), epoch.decode())
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self.client.call("PUBLISH", self.keys.client(channel), b"j" + encode_info(info))
+        client = self.shard(channel).client
+        await client.call("PUBLISH", self.keys.client(channel), b"j" + encode_info(info))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self.client.call("PUBLISH", self.keys.client(channel), b"l" + encode_info(info))
+        client = self.shard(channel).client
+        await client.call("PUBLISH", self.keys.client(channel), b"l" + encode_info(info))
 
     async def history(
         self, channel: str, query: HistoryQuery, meta_ttl: float
@@ -114,7 +140,7 @@ class RedisBroker:
         keys = (self.keys.stream(channel), self.keys.meta(channel))
         read_created_ttl = _ms(min(meta_ttl, READ_CREATED_TTL))
         args = (_ms(meta_ttl), new_epoch(), command, start, end, count, read_created_ttl)
-        top, epoch, entries = await self.client.script(HISTORY, keys, args)
+        top, epoch, entries = await self.shard(channel).client.script(HISTORY, keys, args)
         position = StreamPosition(int(top), epoch.decode())
         if since is not None and since.epoch and since.epoch != position.epoch:
             raise UnrecoverablePosition(f"epoch {since.epoch!r} is not the stream's")
@@ -128,4 +154,4 @@ class RedisBroker:
         return pubs, position
 
     async def remove_history(self, channel: str) -> None:
-        await self.client.call("DEL", self.keys.stream(channel))
+        await self.shard(channel).client.call("DEL", self.keys.stream(channel))

@@ -10,6 +10,11 @@ write) and the prober (every `probe_interval`, or at once when a command found R
 PUBLISH to the probe channel must come back within `io_timeout`, or the session is rebuilt: a
 connection can be up and deliver nothing, centrifuge PR #594).
 
+Each session first asks the client's topology where Redis is now (`refresh`), and so does every
+probe: when a Sentinel names another master, the session ends and the next one connects to the
+new master (and reports the gap below). A Redis Cluster delivers PUBLISH on every node, so a
+session may go to any of them (the next configured one after a failure).
+
 A new session after an earlier one means publications may have been missed in between: once it
 is resubscribed, the channels that were subscribed are reported to `handler.handle_gap`, so their
 subscribers can recover from history.
@@ -69,6 +74,7 @@ class PubSub:
         self._tokens = itertools.count()
         self.connected = trio.Event()  # set once the first session is up
         self.sessions = 0
+        self._attempts = 0
 
     # --- what the broker asks ---
 
@@ -137,8 +143,11 @@ class PubSub:
             backoff = min(backoff * 2, RECONNECT_MAX)
 
     def _new_connection(self) -> AbstractConnection:
-        cfg = self._client.config
-        kwargs: dict[str, Any] = dict(parse_url(cfg.address))
+        client, cfg = self._client, self._client.config
+        assert client.address is not None  # refreshed before
+        self._attempts += 1
+        address = client.topology.pubsub_address(client.address, self._attempts)
+        kwargs: dict[str, Any] = dict(parse_url(address))
         cls = kwargs.pop("connection_class", Connection)
         # No read timeout: a quiet channel is normal here, the prober finds a silent one.
         conn: AbstractConnection = cls(
@@ -154,6 +163,7 @@ class PubSub:
 
     async def _session(self, handler: BrokerEventHandler) -> None:
         client, cfg = self._client, self._client.config
+        await client.refresh()
         conn = self._new_connection()
         try:
             with trio.fail_after(cfg.connect_timeout + cfg.io_timeout):
@@ -221,6 +231,10 @@ class PubSub:
             with trio.move_on_after(client.config.probe_interval):
                 await client.trouble.wait()
             client.trouble = trio.Event()
+            if await client.refresh():
+                # Another master (a Sentinel failover): this connection may be on a demoted
+                # server that no longer sees the publications.
+                raise EngineError(f"redis {client.topology.name} moved to another server")
             await self.probe()  # EngineError ends the session: it is rebuilt
             client.mark_reachable()
 

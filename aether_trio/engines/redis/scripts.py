@@ -33,28 +33,38 @@ class Script:
 
 
 class Keys:
-    """Every name the engine uses in Redis, under one prefix (`[engine.redis] prefix`)."""
+    """Every name the engine uses in Redis, under one prefix (`[engine.redis] prefix`).
 
-    def __init__(self, prefix: str, node_id: str) -> None:
+    With a Redis Cluster (`cluster`) the channel in key names is a hash tag, `{<ch>}`: the
+    stream, meta and presence keys of a channel then share a slot, as a Lua script needs (Redis
+    hashes only what is between the first `{` and the next `}`, the same part of every key of
+    one channel). PUB/SUB channel names are not keys and stay as they are.
+    """
+
+    def __init__(self, prefix: str, node_id: str, *, cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster
         self.client_prefix = f"{prefix}.client."
         # This engine's own PUB/SUB channel: its probes come back through it.
         self.probe = f"{prefix}.probe.{node_id}"
+
+    def _tag(self, channel: str) -> str:
+        return f"{{{channel}}}" if self.cluster else channel
 
     def client(self, channel: str) -> str:
         return self.client_prefix + channel
 
     def stream(self, channel: str) -> str:
-        return f"{self.prefix}.stream.{channel}"
+        return f"{self.prefix}.stream.{self._tag(channel)}"
 
     def meta(self, channel: str) -> str:
-        return f"{self.prefix}.stream.meta.{channel}"
+        return f"{self.prefix}.stream.meta.{self._tag(channel)}"
 
     def presence(self, channel: str) -> tuple[str, str, str]:
         """The data hash, the expiry zset and the per-user hash of `channel`."""
-        p = self.prefix
-        return (f"{p}.presence.data.{channel}", f"{p}.presence.expire.{channel}",
-                f"{p}.presence.users.{channel}")  # fmt: skip
+        p, ch = self.prefix, self._tag(channel)
+        return (f"{p}.presence.data.{ch}", f"{p}.presence.expire.{ch}",
+                f"{p}.presence.users.{ch}")  # fmt: skip
 
 
 # KEYS stream, meta. ARGV payload, size, stream ttl (ms), PUB/SUB channel, meta ttl (ms),
