@@ -133,7 +133,9 @@ class RedisClient:
             return False
         moved = self.address is not None
         if moved:
-            log.warning("redis %s moved to %s", self.topology.name, public_name(address))
+            # Unreachable until a PUB/SUB session on the new server proved itself: the old
+            # connection may be on a demoted master that misses publications.
+            self.mark_unreachable(f"moved to {public_name(address)}")
         old, self._redis, self.address = self._redis, self.topology.new_client(address), address
         if old is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
