@@ -166,7 +166,11 @@ def running_cluster(masters: int = 3) -> Iterator[RedisCluster]:
     with ExitStack() as stack:
         nodes = []
         for _ in range(masters):
-            node = RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
+            # The cluster bus port is the port + 10000 unless given: beyond 65535 for a high
+            # free port, so it gets a free port of its own.
+            bus = str(_free_port())
+            node = RedisServer("--cluster-enabled", "yes", "--cluster-port", bus,
+                               "--cluster-node-timeout", "5000")  # fmt: skip
             stack.callback(node.close)
             nodes.append(node)
         create = [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes)]
