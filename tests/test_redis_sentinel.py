@@ -14,17 +14,18 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from conftest import RawClient, make_config, open_raw, serve_in, token, ws_url
-from redis_server import new_prefix
+from redis_server import RedisServer, new_prefix
 from redis_topologies import MASTER_NAME, SentinelSetup, running_sentinels, wait_for
 from test_engines import RecordingHandler
 
 from aether_trio.app import Server
 from aether_trio.config import Config, RedisEngineConfig
-from aether_trio.engines.base import HistoryOptions
+from aether_trio.engines.base import HistoryOptions, HistoryQuery, UnrecoverablePosition
 from aether_trio.engines.redis import open_redis_engine
-from aether_trio.protocol.messages import Publication, RawJSON
+from aether_trio.protocol.messages import Publication, RawJSON, StreamPosition
 
 TOTAL = 240  # publications; the master goes away after a third of them
 HISTORY_SIZE = 1000  # the history window holds them all
@@ -215,3 +216,56 @@ def test_sentinel_config_names_the_master_it_follows() -> None:
                                sentinel_master_name="main", sentinel_password="pw")  # fmt: skip
     broker, _presence = open_redis_engine(config)
     assert [shard.name for shard in broker.shards] == ["sentinel master main"]
+
+
+# --- a server that lost publications this node delivered ------------------------------------
+
+
+async def test_a_stream_that_lost_delivered_publications_gets_a_new_epoch(
+    redis_server: RedisServer,
+) -> None:
+    # What a promoted replica that lacked the newest publications looks like: the stream's top
+    # is below what the node delivered, with the same epoch. After the gap the engine replaces
+    # that epoch, so a client holding offset 5 is told it cannot recover instead of
+    # recovering silently past whatever takes offsets 4 and 5 next.
+    config = RedisEngineConfig(address=redis_server.address, prefix=new_prefix(),
+                               probe_interval=0.2)  # fmt: skip
+    broker, _presence = open_redis_engine(config)
+    handler = RecordingHandler()
+    history = HistoryOptions(size=100, ttl=600, meta_ttl=3600)
+    everything = HistoryQuery(limit=-1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.run, handler)
+        for channel in ("lossy", "intact", "quiet"):
+            await broker.subscribe(channel)
+        for n in range(1, 6):
+            await broker.publish("lossy", Publication(RawJSON(b"%d" % n)), history)
+        for n in range(1, 4):
+            await broker.publish("intact", Publication(RawJSON(b"%d" % n)), history)
+        await broker.probe()
+        assert broker.pubsub.delivered == {"lossy": 5, "intact": 3}
+        _pubs, lossy = await broker.history("lossy", everything, 3600)
+        _pubs, intact = await broker.history("intact", everything, 3600)
+
+        keys = broker.keys
+        redis_server.command("HSET", keys.meta("lossy"), "s", 3)
+        redis_server.command("XDEL", keys.stream("lossy"), "4-0", "5-0")
+        sessions = broker.pubsub.sessions
+        redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+        with trio.fail_after(10):
+            while broker.pubsub.sessions == sessions or not broker.reachable:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+
+        assert sorted(handler.gaps[-1]) == ["intact", "lossy", "quiet"]
+        pubs, after = await broker.history("lossy", everything, 3600)
+        assert after.offset == 3
+        assert after.epoch != lossy.epoch
+        assert [p.offset for p in pubs] == [1, 2, 3]
+        with pytest.raises(UnrecoverablePosition):
+            await broker.history("lossy", HistoryQuery(since=StreamPosition(5, lossy.epoch)), 3600)
+        _pubs, still = await broker.history("intact", everything, 3600)
+        assert still == intact  # nothing lost there: same epoch, same top
+        assert broker.pubsub.delivered == {"intact": 3}
+        await broker.unsubscribe("intact")
+        assert broker.pubsub.delivered == {}
+        nursery.cancel_scope.cancel()

@@ -11,8 +11,6 @@ nodes subscribed to the channel, like every other node's publications (docs/redi
 from __future__ import annotations
 
 import logging
-import random
-import string
 import uuid
 
 import trio
@@ -29,18 +27,13 @@ from ..base import (
     UnrecoverablePosition,
 )
 from .codec import decode_publication, encode_info, encode_publication
-from .scripts import HISTORY, PUBLISH, Keys
+from .scripts import HISTORY, PUBLISH, Keys, new_epoch
 from .shards import Shard, shard_index
 from .topology import topologies
 
 __all__ = ["RedisBroker"]
 
 log = logging.getLogger(__name__)
-
-
-def new_epoch() -> str:
-    # Like the memory engine's: opaque to clients, new whenever a stream is (re)created.
-    return "".join(random.choices(string.ascii_letters, k=8))
 
 
 def _ms(seconds: float) -> int:

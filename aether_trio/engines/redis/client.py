@@ -174,9 +174,11 @@ class RedisClient:
         self.mark_unreachable(f"no answer within {self.config.io_timeout} s")
         raise EngineError(f"redis did not answer within {self.config.io_timeout} s")
 
-    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], *, check: bool = True
+    ) -> Any:
         # EVALSHA; a Redis that lost its script cache (restart) gets the source (`_execute`).
-        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, check=check)
 
     async def _queued_call(self, command: Command) -> Any:
         waiter = _Waiter()

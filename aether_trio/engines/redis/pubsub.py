@@ -17,7 +17,9 @@ session may go to any of them (the next configured one after a failure).
 
 A new session after an earlier one means publications may have been missed in between: once it
 is resubscribed, the channels that were subscribed are reported to `handler.handle_gap`, so their
-subscribers can recover from history.
+subscribers can recover from history. Before that, each channel's stream top is checked against
+the highest offset this node delivered (`delivered`): a server that lost delivered publications
+(failover to a replica that lacked them) gets a new epoch for that stream (`_check_tops`).
 
 `subscribe` returns once Redis confirmed it (so anything published afterwards reaches this node)
 and fails with `EngineError` while no session is up; `unsubscribe` never waits for a dead
@@ -39,7 +41,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from ..base import BrokerEventHandler, EngineError
 from .client import CONNECTION_ERRORS, RedisClient
 from .codec import CodecError, decode_info, decode_publication
-from .scripts import Keys
+from .scripts import CHECK_TOP, Keys, new_epoch
 
 __all__ = ["PubSub"]
 
@@ -72,6 +74,8 @@ class PubSub:
         self._outgoing_ready = trio.Event()
         self._probes: dict[bytes, trio.Event] = {}
         self._tokens = itertools.count()
+        # The highest offset delivered per subscribed channel (checked after a gap).
+        self.delivered: dict[str, int] = {}
         self.connected = trio.Event()  # set once the first session is up
         self.sessions = 0
         self._attempts = 0
@@ -88,6 +92,7 @@ class PubSub:
 
     async def unsubscribe(self, channel: str) -> None:
         self.wanted.discard(channel)
+        self.delivered.pop(channel, None)
         if self._conn is not None:
             await self._change(b"unsubscribe", channel)
 
@@ -177,6 +182,8 @@ class PubSub:
                 self._conn = conn
                 await self._resubscribe(channels)
                 await self.probe()
+                if self.sessions:
+                    await self._check_tops(channels)
                 client.mark_reachable()
                 self.sessions += 1
                 if self.sessions > 1 and (lost := [c for c in channels if c in self.wanted]):
@@ -194,6 +201,27 @@ class PubSub:
             self._outgoing.clear()
             with trio.CancelScope(shield=True), trio.move_on_after(cfg.io_timeout):
                 await client.aio(conn.disconnect)
+
+    async def _check_tops(self, channels: Sequence[str]) -> None:
+        """After a gap: a stream whose top is below what this node delivered lost publications
+        (a promoted replica lacked them, a restart from an older snapshot). Its epoch is
+        replaced (scripts.CHECK_TOP), so clients holding positions in it are told
+        `recovered: false` instead of recovering silently past publications the server no
+        longer has once new ones reuse their offsets. Best effort: a publication through
+        another node that already reused the offsets hides the loss (docs/redis.md)."""
+        seen = [(c, self.delivered[c]) for c in channels if c in self.delivered]
+
+        async def check(channel: str, offset: int) -> None:
+            args = (offset, new_epoch())
+            meta = (self._keys.meta(channel),)
+            if await self._client.script(CHECK_TOP, meta, args, check=False):
+                log.warning("redis lost publications of %s up to offset %d: new epoch",
+                            channel, offset)  # fmt: skip
+                self.delivered.pop(channel, None)
+
+        async with trio.open_nursery() as nursery:
+            for channel, offset in seen:
+                nursery.start_soon(check, channel, offset)
 
     async def _resubscribe(self, channels: Sequence[str]) -> None:
         names = [self._keys.probe, *(self._keys.client(c) for c in channels)]
@@ -263,12 +291,14 @@ class PubSub:
                 pending.ok = True
                 pending.done.set()
 
-    @staticmethod
-    def _event(channel: str, data: bytes, handler: BrokerEventHandler) -> None:
+    def _event(self, channel: str, data: bytes, handler: BrokerEventHandler) -> None:
         kind, body = data[:1], data[1:]
         if kind == b"p":
-            offset, _, payload = body.partition(b":")
-            handler.handle_publication(channel, decode_publication(payload, int(offset)))
+            head, _, payload = body.partition(b":")
+            offset = int(head)
+            handler.handle_publication(channel, decode_publication(payload, offset))
+            if offset:
+                self.delivered[channel] = offset
         elif kind == b"j":
             handler.handle_join(channel, decode_info(body))
         elif kind == b"l":

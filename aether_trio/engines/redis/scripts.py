@@ -14,11 +14,18 @@ before it is in history).
 from __future__ import annotations
 
 import hashlib
+import random
+import string
 
 import attrs
 
-__all__ = ["ALL_SCRIPTS", "HISTORY", "PRESENCE_ADD", "PRESENCE_GET", "PRESENCE_REMOVE",
-           "PRESENCE_STATS", "PUBLISH", "Keys", "Script"]  # fmt: skip
+__all__ = ["ALL_SCRIPTS", "CHECK_TOP", "HISTORY", "PRESENCE_ADD", "PRESENCE_GET", "PRESENCE_REMOVE",
+           "PRESENCE_STATS", "PUBLISH", "Keys", "Script", "new_epoch"]  # fmt: skip
+
+
+def new_epoch() -> str:
+    # Like the memory engine's: opaque to clients, new whenever a stream is (re)created.
+    return "".join(random.choices(string.ascii_letters, k=8))
 
 
 @attrs.frozen
@@ -121,6 +128,22 @@ return {tonumber(top), epoch, entries}
 """,
 )
 
+# KEYS meta. ARGV the highest offset this node delivered, an epoch. Returns 1 when the stream's
+# top is below that offset and its epoch was replaced: the server lost publications that were
+# delivered (a promoted replica that lacked them, a restart from an older snapshot), so the
+# positions clients hold in the old epoch are not to be trusted (pubsub.py).
+CHECK_TOP = Script(
+    "check_top",
+    """
+local top = redis.call("hget", KEYS[1], "s")
+if top and tonumber(top) < tonumber(ARGV[1]) then
+  redis.call("hset", KEYS[1], "e", ARGV[2])
+  return 1
+end
+return 0
+""",
+)
+
 # Shared by the presence scripts. KEYS data, expire, users. An entry's value is the engine's
 # encoding of a ClientInfo, whose first part is the user (codec.py).
 _PRESENCE_HELPERS = """
@@ -184,4 +207,12 @@ PRESENCE_STATS = Script(
     + '\nprune(ARGV[1])\nreturn {redis.call("hlen", KEYS[1]), redis.call("hlen", KEYS[3])}\n',
 )
 
-ALL_SCRIPTS = (PUBLISH, HISTORY, PRESENCE_ADD, PRESENCE_REMOVE, PRESENCE_GET, PRESENCE_STATS)
+ALL_SCRIPTS = (
+    PUBLISH,
+    HISTORY,
+    CHECK_TOP,
+    PRESENCE_ADD,
+    PRESENCE_REMOVE,
+    PRESENCE_GET,
+    PRESENCE_STATS,
+)
