@@ -103,7 +103,9 @@ class RedisBroker:
         client = self.shard(channel).client
         payload = encode_publication(pub)
         if not history.enabled:
-            await client.call("PUBLISH", self.keys.client(channel), b"p0:" + payload)
+            await client.publish(
+                self.keys.client(channel), b"p0:" + payload, self.keys.meta(channel)
+            )
             return StreamPosition()
         keys = (self.keys.stream(channel), self.keys.meta(channel))
         args = (payload, history.size, _ms(history.ttl), self.keys.client(channel),
@@ -113,11 +115,13 @@ class RedisBroker:
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         client = self.shard(channel).client
-        await client.call("PUBLISH", self.keys.client(channel), b"j" + encode_info(info))
+        message = b"j" + encode_info(info)
+        await client.publish(self.keys.client(channel), message, self.keys.meta(channel))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         client = self.shard(channel).client
-        await client.call("PUBLISH", self.keys.client(channel), b"l" + encode_info(info))
+        message = b"l" + encode_info(info)
+        await client.publish(self.keys.client(channel), message, self.keys.meta(channel))
 
     async def history(
         self, channel: str, query: HistoryQuery, meta_ttl: float

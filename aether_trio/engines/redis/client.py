@@ -33,8 +33,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ...config.sections import RedisEngineConfig
 from ..base import EngineError
-from .scripts import ALL_SCRIPTS, Script
-from .topology import RedisLike, Topology, public_name
+from .scripts import ALL_SCRIPTS, PUBLISH_VIA, Script
+from .topology import ClusterTopology, RedisLike, Topology, public_name
 
 __all__ = ["RedisClient"]
 
@@ -179,6 +179,21 @@ class RedisClient:
     ) -> Any:
         # EVALSHA; a Redis that lost its script cache (restart) gets the source (`_execute`).
         return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, check=check)
+
+    async def publish(self, channel: str, message: bytes, route: str, *, check: bool = True) -> Any:
+        """PUBLISH; in a Redis Cluster through the master of `route`'s slot (`PUBLISH_VIA`)."""
+        if self.topology.cluster:
+            return await self.script(PUBLISH_VIA, (route,), (channel, message), check=check)
+        return await self.call("PUBLISH", channel, message, check=check)
+
+    async def probe_routes(self) -> list[str]:
+        """Keys to route probes by: one per cluster master (each has its own bus link to the
+        PUB/SUB connection's node), else one that does not matter."""
+        topology = self.topology
+        if not isinstance(topology, ClusterTopology) or self._redis is None:
+            return [""]
+        routes: list[str] = await self.aio(topology.probe_routes, self._redis)
+        return routes
 
     async def _queued_call(self, command: Command) -> Any:
         waiter = _Waiter()

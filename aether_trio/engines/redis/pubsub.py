@@ -94,21 +94,38 @@ class PubSub:
         self.wanted.discard(channel)
         self.delivered.pop(channel, None)
         if self._conn is not None:
+            if self._client.topology.cluster:
+                # What the channel's master published before must arrive first: it comes over
+                # that master's bus link, not this connection, so wait for a probe sent the
+                # same way (the contract: published before `unsubscribe` returns, delivered).
+                await self.probe([self._keys.meta(channel)])
             await self._change(b"unsubscribe", channel)
 
-    async def probe(self) -> None:
+    async def probe(self, routes: Sequence[str] = ()) -> None:
         """Publish to this connection's own channel and wait for it to come back: everything
-        published before has been handed to the handler then. `EngineError` if it does not."""
-        token = b"%d" % next(self._tokens)
-        back = self._probes[token] = trio.Event()
-        try:
-            with trio.move_on_after(self._client.config.io_timeout):
-                await self._client.call("PUBLISH", self._keys.probe, token, check=False)
-                await back.wait()
+        published before has been handed to the handler then. In a Redis Cluster one probe
+        goes through each master (or the masters of `routes`' slots), as each has its own bus
+        link to this connection's node. `EngineError` if one does not come back."""
+        client = self._client
+        with trio.move_on_after(client.config.io_timeout):
+            backs = []
+            try:
+                async with trio.open_nursery() as nursery:
+                    for route in routes or await client.probe_routes():
+                        token = b"%d" % next(self._tokens)
+                        back = self._probes[token] = trio.Event()
+                        backs.append((token, back))
+                        nursery.start_soon(self._send_probe, token, route)
+                for _token, back in backs:
+                    await back.wait()
                 return
-            raise EngineError("the PUB/SUB probe did not come back in time")
-        finally:
-            del self._probes[token]
+            finally:
+                for token, _back in backs:
+                    del self._probes[token]
+        raise EngineError("the PUB/SUB probe did not come back in time")
+
+    async def _send_probe(self, token: bytes, route: str) -> None:
+        await self._client.publish(self._keys.probe, token, route, check=False)
 
     async def _change(self, command: bytes, channel: str) -> None:
         if self._conn is None:

@@ -19,8 +19,9 @@ import string
 
 import attrs
 
-__all__ = ["ALL_SCRIPTS", "CHECK_TOP", "HISTORY", "PRESENCE_ADD", "PRESENCE_GET", "PRESENCE_REMOVE",
-           "PRESENCE_STATS", "PUBLISH", "Keys", "Script", "new_epoch"]  # fmt: skip
+__all__ = ["ALL_SCRIPTS", "CHECK_TOP", "HISTORY", "PRESENCE_ADD", "PRESENCE_GET",
+           "PRESENCE_REMOVE", "PRESENCE_STATS", "PUBLISH", "PUBLISH_VIA", "Keys", "Script",
+           "new_epoch"]  # fmt: skip
 
 
 def new_epoch() -> str:
@@ -144,6 +145,14 @@ return 0
 """,
 )
 
+# KEYS a key of the slot whose master must send it (Redis Cluster). ARGV PUB/SUB channel,
+# message. A plain PUBLISH through redis-py's cluster client goes to any node, and messages that
+# reach a subscriber through different nodes' bus links can overtake each other: a channel's
+# joins, leaves and publications without history all go through its slot's master, like the
+# publish script, so they stay in order (scripts.Keys.meta gives the key; probes use one key
+# per master).
+PUBLISH_VIA = Script("publish_via", 'return redis.call("publish", ARGV[1], ARGV[2])\n')
+
 # Shared by the presence scripts. KEYS data, expire, users. An entry's value is the engine's
 # encoding of a ClientInfo, whose first part is the user (codec.py).
 _PRESENCE_HELPERS = """
@@ -211,6 +220,7 @@ ALL_SCRIPTS = (
     PUBLISH,
     HISTORY,
     CHECK_TOP,
+    PUBLISH_VIA,
     PRESENCE_ADD,
     PRESENCE_REMOVE,
     PRESENCE_GET,

@@ -19,6 +19,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from ...config.sections import RedisEngineConfig
 
@@ -174,6 +175,29 @@ class ClusterTopology(Topology):
     def pubsub_address(self, located: str, session: int) -> str:
         addresses = self.config.cluster_addresses
         return addresses[session % len(addresses)]
+
+    async def probe_routes(self, client: RedisLike) -> list[str]:
+        """asyncio side: a key on each master, from the client's slot map."""
+        assert isinstance(client, RedisCluster)
+        await client.initialize()  # at once unless the map is missing or stale
+        first: dict[str, int] = {}
+        for slot, nodes in client.nodes_manager.slots_cache.items():
+            if nodes:
+                first.setdefault(nodes[0].name, slot)
+        return [f"{self.config.prefix}.probe.{{{_tag(slot)}}}" for slot in first.values()]
+
+
+_TAGS: dict[int, str] = {}
+
+
+def _tag(slot: int) -> str:
+    """A hash tag of `slot` (found by trying numbers: about 16k CRC16s once per slot)."""
+    if slot not in _TAGS:
+        n = 0
+        while key_slot(str(n).encode()) != slot:
+            n += 1
+        _TAGS[slot] = str(n)
+    return _TAGS[slot]
 
 
 def topologies(config: RedisEngineConfig) -> list[Topology]:
