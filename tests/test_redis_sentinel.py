@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 from conftest import RawClient, make_config, open_raw, serve_in, token, ws_url
-from redis_server import RedisServer, new_prefix
+from redis_server import RedisServer, new_prefix, running_redis
 from redis_topologies import MASTER_NAME, SentinelSetup, running_sentinels, wait_for
 from test_engines import RecordingHandler
 
@@ -268,4 +268,23 @@ async def test_a_stream_that_lost_delivered_publications_gets_a_new_epoch(
         assert broker.pubsub.delivered == {"intact": 3}
         await broker.unsubscribe("intact")
         assert broker.pubsub.delivered == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_sentinel_answering_keeps_the_engine_unready_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with running_redis() as gone:
+        dead = f"127.0.0.1:{gone.port}"
+    config = RedisEngineConfig(sentinel_addresses=(dead,), sentinel_master_name="main",
+                               sentinel_password="pw", connect_timeout=0.2,
+                               io_timeout=0.2)  # fmt: skip
+    broker, presence = open_redis_engine(config)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker.run, RecordingHandler())  # retries until cancelled
+        with trio.fail_after(10):
+            while "could not locate redis sentinel master main" not in caplog.text:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        assert not broker.reachable
+        assert presence.unreachable == ["sentinel master main"]
         nursery.cancel_scope.cancel()

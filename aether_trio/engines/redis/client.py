@@ -95,14 +95,10 @@ class RedisClient:
     # --- the bridge ---
 
     @asynccontextmanager
-    async def opened(self, loop: trio_asyncio.TrioEventLoop | None = None) -> AsyncIterator[None]:
-        """The asyncio loop (`loop`, shared by every shard, or one of its own), the client and
-        the batcher, for the body's duration: the PUB/SUB connection runs inside it, so it is
-        closed while the loop still runs."""
-        if loop is None:
-            async with trio_asyncio.open_loop() as own, self.opened(own):
-                yield
-            return
+    async def opened(self, loop: trio_asyncio.TrioEventLoop) -> AsyncIterator[None]:
+        """The client and the batcher on `loop` (the asyncio loop every shard shares), for the
+        body's duration: the PUB/SUB connection runs inside it, so it is closed while the loop
+        still runs."""
         self._loop = loop
         try:
             async with trio.open_nursery() as nursery:
@@ -154,10 +150,8 @@ class RedisClient:
     async def call(self, *command: Any, check: bool = True) -> Any:
         """Send one command and return Redis's answer (`EngineError` on any failure).
         `check=False` sends it even while unreachable (the probe that finds out)."""
-        if self._loop is None:
+        if self._loop is None or self._redis is None:  # not started, or not located yet
             raise EngineError("the redis engine is not running")
-        if self._redis is None:
-            raise EngineError("redis is not located yet")
         if check and not self._reachable:
             raise EngineError("redis is unreachable")
         with trio.move_on_after(self.config.io_timeout) as scope:
@@ -231,8 +225,7 @@ class RedisClient:
     async def _execute(self, commands: list[Command]) -> list[Any]:
         """asyncio side: one pipeline (a single command needs no other path); results in order,
         errors in place. A script unknown to Redis is sent again with its source (EVAL)."""
-        if self._redis is None:
-            raise EngineError("redis is not located yet")
+        assert self._redis is not None  # `call` checked it
         async with self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)

@@ -182,8 +182,7 @@ class ClusterTopology(Topology):
         await client.initialize()  # at once unless the map is missing or stale
         first: dict[str, int] = {}
         for slot, nodes in client.nodes_manager.slots_cache.items():
-            if nodes:
-                first.setdefault(nodes[0].name, slot)
+            first.setdefault(nodes[0].name, slot)  # nodes[0]: the slot's master
         return [f"{self.config.prefix}.probe.{{{_tag(slot)}}}" for slot in first.values()]
 
 
