@@ -73,8 +73,12 @@ async def measure(
         cpu, redis_cpu = time.process_time() - cpu, servers_cpu(servers) - redis_cpu
         nursery.cancel_scope.cancel()
     spread = collections.Counter(shard_index(n, len(broker.shards)) for n in names)
-    return {"per_second": total / elapsed, "aether_us": cpu / total * 1e6,
-            "redis_us": redis_cpu / total * 1e6, "spread": dict(sorted(spread.items()))}  # fmt: skip
+    return {
+        "per_second": total / elapsed,
+        "aether_us": cpu / total * 1e6,
+        "redis_us": redis_cpu / total * 1e6,
+        "spread": dict(sorted(spread.items())),
+    }
 
 
 def main() -> None:
@@ -100,8 +104,10 @@ def main() -> None:
           "(all servers) | channels per shard |")  # fmt: skip
     print("|---|---|---|---|---|")
     for name, row in rows:
-        print(f"| {name} | {row['per_second']:,.0f} | {row['aether_us']:,.0f} µs | "
-              f"{row['redis_us']:,.0f} µs | {row['spread']} |")
+        print(
+            f"| {name} | {row['per_second']:,.0f} | {row['aether_us']:,.0f} µs | "
+            f"{row['redis_us']:,.0f} µs | {row['spread']} |"
+        )
 
 
 if __name__ == "__main__":
