@@ -23,7 +23,12 @@ from test_engines import RecordingHandler
 
 from aether_trio.app import Server
 from aether_trio.config import Config, RedisEngineConfig
-from aether_trio.engines.base import HistoryOptions, HistoryQuery, UnrecoverablePosition
+from aether_trio.engines.base import (
+    EngineError,
+    HistoryOptions,
+    HistoryQuery,
+    UnrecoverablePosition,
+)
 from aether_trio.engines.redis import open_redis_engine
 from aether_trio.protocol.messages import Publication, RawJSON, StreamPosition
 
@@ -288,3 +293,28 @@ async def test_no_sentinel_answering_keeps_the_engine_unready_and_says_why(
         assert not broker.reachable
         assert presence.unreachable == ["sentinel master main"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_master_demoted_behind_the_engines_back_makes_it_unready() -> None:
+    # The server the engine writes to becomes a replica (a failover whose news has not reached
+    # the engine): a refused write marks the engine unreachable and makes the prober run at
+    # once, which with Sentinel asks the Sentinels first (and moves); with a fixed address all
+    # it can do is prove the server again (a replica delivers PUBLISH too).
+    with running_redis() as server, running_redis() as other:
+        config = RedisEngineConfig(address=server.address, prefix=new_prefix(),
+                                   probe_interval=5.0)  # fmt: skip
+        broker, _presence = open_redis_engine(config)
+        history = HistoryOptions(size=10, ttl=60, meta_ttl=600)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(broker.run, RecordingHandler())
+            server.command("REPLICAOF", "127.0.0.1", other.port)
+            with pytest.raises(EngineError, match="read only replica"):
+                await broker.publish("news", Publication(RawJSON(b"1")), history)
+            assert not broker.reachable
+            server.command("REPLICAOF", "NO", "ONE")
+            with trio.fail_after(10):
+                while not broker.reachable:  # noqa: ASYNC110  (the prober proves it again)
+                    await trio.sleep(0.02)
+            position = await broker.publish("news", Publication(RawJSON(b"1")), history)
+            assert position.offset == 1
+            nursery.cancel_scope.cancel()

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import trio
 import trio_asyncio
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 from ...config.sections import RedisEngineConfig
 from ..base import EngineError
@@ -160,6 +160,10 @@ class RedisClient:
                     return await self._queued_call(command)
                 return (await self.aio(self._execute, [command]))[0]
             except ResponseError as exc:
+                if isinstance(exc, ReadOnlyError) or "read only replica" in str(exc):
+                    # A demoted master (a failover the topology did not tell us about yet):
+                    # unready, and the prober asks the topology again at once.
+                    self.mark_unreachable(f"{exc}")
                 raise EngineError(f"redis refused {command[0]}: {exc}") from exc
             except CONNECTION_ERRORS as exc:
                 self.mark_unreachable(f"{type(exc).__name__}: {exc}")
