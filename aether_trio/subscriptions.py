@@ -5,6 +5,10 @@ It starts *buffering*: it is in the hub before the stream position is read, so n
 in between is missed, but what arrives is held back. Once the subscribe (or connect) reply is
 queued, `go_live` releases the buffer, skipping publications the reply already carried (offset <=
 the position it reported), so a client sees the reply first, then every later publication once.
+It keeps skipping them once live, until the first newer one: with the Redis engine a publication
+reaches history before its PUB/SUB copy reaches this node, so a copy of one the reply carried
+(read from history) can arrive after `go_live` (found by the soak harness, ops/soak: duplicates
+after recoveries).
 
 `SystemSubscription`: the operators' system channel (system_channel.py), one object shared by
 every connection that holds it. It never buffers and is never in the hub: the hub's group for its
@@ -36,6 +40,7 @@ class ChannelSubscription:
     __slots__ = (
         "_buffer",
         "_buffered_bytes",
+        "_covered",
         "chan_info",
         "channel",
         "connection",
@@ -74,6 +79,8 @@ class ChannelSubscription:
         self.max_buffer_bytes = max_buffer_bytes
         self._buffer: list[tuple[bytes, int]] | None = []
         self._buffered_bytes = 0
+        # The offset the reply covered the stream up to: later copies of those are dropped.
+        self._covered = 0
 
     @property
     def client_id(self) -> str:
@@ -83,6 +90,12 @@ class ChannelSubscription:
         """The hub's call: queue `message` on the connection, or hold it while buffering."""
         buffer = self._buffer
         if buffer is None:
+            if self._covered and offset:
+                if offset <= self._covered:
+                    return  # a late PUB/SUB copy of a publication the reply carried
+                # Caught up: PUB/SUB is ordered per channel, no older copy can follow, and a
+                # stream recreated later (new epoch, offsets from 1) must not be filtered.
+                self._covered = 0
             self.connection.send(message)
             return
         self._buffered_bytes += len(message)
@@ -95,7 +108,10 @@ class ChannelSubscription:
         """The reply is queued and covered the stream up to `delivered_offset`: release what was
         held back that it did not carry, and deliver directly from now on."""
         buffer, self._buffer = self._buffer, None
-        for message, offset in buffer or ():
+        if buffer is None:
+            return  # already live
+        self._covered = delivered_offset
+        for message, offset in buffer:
             if offset and offset <= delivered_offset:
                 continue  # already in the reply's recovered publications
             self.connection.send(message)
