@@ -90,8 +90,9 @@ class Subscriber:
                                      epoch=self.epoch)  # fmt: skip
 
 
-async def test_failover_by_killing_the_master_loses_and_duplicates_nothing() -> None:
-    with running_sentinels(1) as setup:
+@pytest.mark.parametrize("sentinels", [1, 3])
+async def test_failover_by_killing_the_master_loses_and_duplicates_nothing(sentinels: int) -> None:
+    with running_sentinels(sentinels) as setup:
         async with trio.open_nursery() as nursery:
             server: Server = await serve_in(nursery, sentinel_config(setup, new_prefix()))
             first_master = server.node.broker.client.address  # type: ignore[attr-defined]
@@ -165,7 +166,8 @@ async def test_failover_by_killing_the_master_loses_and_duplicates_nothing() -> 
                 duplicated = len(offsets) - len(set(offsets))
                 switch = [t - killed_at for t, code in readiness if t > killed_at and code == 200]
                 print(
-                    f"\nsentinel failover: {TOTAL} published, stream top {top}, "
+                    f"\nsentinel failover ({sentinels} sentinels): {TOTAL} published, "
+                    f"stream top {top}, "
                     f"{len(offsets)} received, lost {len(lost)}, duplicated {duplicated}, "
                     f"{errors} publish errors (retried), first publish after the kill "
                     f"{first_ok_after_kill - killed_at:.2f} s, ready again "
