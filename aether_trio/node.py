@@ -534,7 +534,11 @@ def _own_checks(node: Node[C]) -> list[ReadinessCheck]:
             if not getattr(engine, "reachable", True)
         ]
         if unreachable:
-            return Check("engines", False, f"unreachable: {', '.join(unreachable)}")
+            # A sharded engine names its shards that are down or not proven yet.
+            shards = sorted({shard for engine in (node.broker, node.presence)
+                             for shard in getattr(engine, "unreachable", ())})  # fmt: skip
+            where = f" ({'; '.join(shards)})" if shards else ""
+            return Check("engines", False, f"unreachable: {', '.join(unreachable)}{where}")
         return Check("engines", state == "running", f"broker {state}")
 
     def services() -> Check:

@@ -295,11 +295,35 @@ def _redis_address(_inst: object, attr: attrs.Attribute[Any], value: str) -> Non
         raise ValueError(f"{attr.name}: expected {expected}, got {value!r}")
 
 
+def _redis_addresses(inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for address in value:
+        _redis_address(inst, attr, address)
+    if len(set(value)) != len(value):
+        raise ValueError(f"{attr.name}: an address is listed twice")
+
+
+def _host_ports(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for item in value:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{attr.name}: expected host:port, got {item!r}")
+
+
 @attrs.frozen
 class RedisEngineConfig:
-    """`[engine.redis]`: read only when `[engine] type = "redis"` (docs/redis.md)."""
+    """`[engine.redis]`: read only when `[engine] type = "redis"` (docs/redis.md).
+
+    One Redis (`address`), several sharded by channel (`addresses`), a master found through
+    Sentinel (`sentinel_addresses` + `sentinel_master_name`; `address` then gives the scheme,
+    credentials and db), or a Redis Cluster (`cluster_addresses`): one of the last three at most.
+    """
 
     address: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_address)
+    addresses: tuple[str, ...] = attrs.field(default=(), validator=_redis_addresses)
+    sentinel_addresses: tuple[str, ...] = attrs.field(default=(), validator=_host_ports)
+    sentinel_master_name: str = ""
+    sentinel_password: str = ""
+    cluster_addresses: tuple[str, ...] = attrs.field(default=(), validator=_redis_addresses)
     # Every key and PUB/SUB channel name starts with it: nodes sharing a Redis share a prefix.
     prefix: str = attrs.field(default="aether", validator=attrs.validators.min_len(1))
     connect_timeout: float = attrs.field(default=1.0, validator=positive)
@@ -307,6 +331,18 @@ class RedisEngineConfig:
     presence_ttl: float = attrs.field(default=60.0, validator=positive)
     probe_interval: float = attrs.field(default=2.0, validator=positive)
     pipelining: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        chosen = [name for name in ("addresses", "sentinel_addresses", "cluster_addresses")
+                  if getattr(self, name)]  # fmt: skip
+        if len(chosen) > 1:
+            raise ValueError(f"{chosen[1]}: set at most one of addresses, sentinel_addresses and "
+                             "cluster_addresses")  # fmt: skip
+        if bool(self.sentinel_addresses) != bool(self.sentinel_master_name):
+            missing = "sentinel_master_name" if self.sentinel_addresses else "sentinel_addresses"
+            raise ValueError(f"{missing}: sentinel_addresses and sentinel_master_name go together")
+        if self.cluster_addresses and ("{" in self.prefix or "}" in self.prefix):
+            raise ValueError("prefix: no braces with cluster_addresses (they make hash tags)")
 
 
 @attrs.frozen
