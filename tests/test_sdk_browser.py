@@ -1,6 +1,8 @@
 """The npm `centrifuge` SDK's browser builds (`dist/centrifuge.js`, `dist/centrifuge.protobuf.js`)
 in Debian's headless Chromium against Aether: connect, subscribe, publish and receive, then
-disconnect, miss three publications and recover them on reconnect.
+disconnect, miss three publications and recover them on reconnect; and across a graceful restart
+of a real `aether serve` process (the memory engine's history snapshot keeps the epoch), the
+client reconnecting by itself and recovering what was published after the restart.
 
 A small HTTP server of the test's serves the page and the bundle (so the browser sends an
 Origin, which Aether's `allowed_origins` must accept) and takes the page's results; no browser
@@ -11,18 +13,21 @@ required (`apt-get install chromium`, which .ci/run does): without it the test f
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from conftest import RunningServer, make_config, running_server, token
+from conftest import SECRET, make_config, running_server, token
+from ops_helpers import AetherProcess, free_base_port
 
 from aether_trio.protocol.codec import raw_json
 
@@ -54,10 +59,7 @@ async function main() {
   results.first = fields(await subscribed);
   await sub.publish(encode({ n: 0 }));
   await waitFor(() => received.length >= 1);
-  client.disconnect();
-  await fetch('/publish', { method: 'POST' });
-  subscribed = new Promise((r) => sub.once('subscribed', r));
-  client.connect();
+%(away)s
   results.second = fields(await subscribed);
   await waitFor(() => received.length >= 4);
   results.received = received;
@@ -69,6 +71,15 @@ main().catch((e) => fetch('/result', { method: 'POST',
 </script></body></html>"""
 
 
+# How the page's client misses three publications: it disconnects itself, or the server restarts.
+AWAY_RECONNECT = """  client.disconnect();
+  await fetch('/publish', { method: 'POST' });
+  subscribed = new Promise((r) => sub.once('subscribed', r));
+  client.connect();"""
+AWAY_RESTART = """  subscribed = new Promise((r) => sub.once('subscribed', r));
+  await fetch('/restart', { method: 'POST' });"""
+
+
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
@@ -78,15 +89,18 @@ def chromium() -> str:
 
 
 @contextmanager
-def page_server(srv: RunningServer, protobuf: bool) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The page, the bundle, a /publish that publishes three messages while the page's client
-    is away, and /result where the page posts what happened."""
+def page_server(
+    url: str, protobuf: bool, away: str, actions: dict[str, Callable[[], None]]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The page (its client on `url`), the bundle, the `actions` the page posts to (e.g. a
+    /publish that publishes three messages while the page's client is away), and /result where
+    the page posts what happened."""
     done = threading.Event()
     state: dict[str, Any] = {}
     bundle = (DIST / ("centrifuge.protobuf.js" if protobuf else "centrifuge.js")).read_bytes()
     page = PAGE % {
-        "protobuf": "true" if protobuf else "false", "url": json.dumps(srv.url),
-        "token": json.dumps(token("42")), "channel": json.dumps(CHANNEL),
+        "protobuf": "true" if protobuf else "false", "url": json.dumps(url),
+        "token": json.dumps(token("42")), "channel": json.dumps(CHANNEL), "away": away,
     }  # fmt: skip
 
     class Handler(BaseHTTPRequestHandler):
@@ -110,14 +124,8 @@ def page_server(srv: RunningServer, protobuf: bool) -> Iterator[tuple[str, dict[
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.path == "/publish":
-                node = srv.server.node
-
-                async def publish() -> None:
-                    for n in (1, 2, 3):
-                        await node.publish(node.resolve(CHANNEL), raw_json({"n": n}))
-
-                srv.acall(publish)
+            if self.path in actions:
+                actions[self.path]()
                 self._answer(b"ok")
             elif self.path == "/result":
                 state["result"] = json.loads(body)
@@ -138,28 +146,27 @@ def page_server(srv: RunningServer, protobuf: bool) -> Iterator[tuple[str, dict[
         thread.join(5)
 
 
-@pytest.mark.parametrize("protobuf", [False, True], ids=["json", "protobuf"])
-def test_the_browser_build_subscribes_receives_and_recovers(protobuf: bool) -> None:
-    browser = chromium()
-    config = make_config({"server": {"allowed_origins": ["http://127.0.0.1:*"]}})
-    with running_server(config) as srv, page_server(srv, protobuf) as (url, state):
-        with tempfile.TemporaryDirectory() as profile:
-            process = subprocess.Popen(
-                [browser, "--headless=new", "--no-sandbox", "--disable-gpu",
-                 "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={profile}", url],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
+def run_page(url: str, done: threading.Event) -> None:
+    """Chromium on the page until it posts its result (or RESULT_TIMEOUT)."""
+    with tempfile.TemporaryDirectory() as profile:
+        process = subprocess.Popen(
+            [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu",
+             "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={profile}", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            finished = done.wait(RESULT_TIMEOUT)
+        finally:
+            process.terminate()
             try:
-                finished = state["done"].wait(RESULT_TIMEOUT)
-            finally:
-                process.terminate()
-                try:
-                    _, stderr = process.communicate(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    _, stderr = process.communicate()
-        assert finished, f"the page posted no result; Chromium said: {stderr.decode()[-2000:]}"
-    result = state["result"]
+                _, stderr = process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                _, stderr = process.communicate()
+    assert finished, f"the page posted no result; Chromium said: {stderr.decode()[-2000:]}"
+
+
+def check_result(result: dict[str, Any]) -> None:
     assert "error" not in result, result
     assert "Chrome" in result["user_agent"]
     assert result["first"] == {
@@ -168,3 +175,86 @@ def test_the_browser_build_subscribes_receives_and_recovers(protobuf: bool) -> N
     assert result["second"]["was_recovering"] is True
     assert result["second"]["recovered"] is True
     assert result["received"] == [{"data": {"n": n}, "offset": n + 1} for n in range(4)]
+
+
+@pytest.mark.parametrize("protobuf", [False, True], ids=["json", "protobuf"])
+def test_the_browser_build_subscribes_receives_and_recovers(protobuf: bool) -> None:
+    config = make_config({"server": {"allowed_origins": ["http://127.0.0.1:*"]}})
+    with running_server(config) as srv:
+        node = srv.server.node
+
+        async def publish() -> None:
+            for n in (1, 2, 3):
+                await node.publish(node.resolve(CHANNEL), raw_json({"n": n}))
+
+        actions = {"/publish": lambda: srv.acall(publish)}
+        with page_server(srv.url, protobuf, AWAY_RECONNECT, actions) as (url, state):
+            run_page(url, state["done"])
+    check_result(state["result"])
+
+
+RESTART_CONFIG = """
+[server]
+host = "127.0.0.1"
+port = {port}
+allowed_origins = ["http://127.0.0.1:*"]
+shutdown_drain_seconds = 1.0
+close_wait_seconds = 0.5
+
+[http]
+port = {http_port}
+
+[token]
+hmac_secret = "{secret}"
+
+[admin]
+data_dir = "{data}"
+
+[engine]
+persist_history = true
+
+[api]
+keys = [{{ name = "test", key = "{key}", roles = ["publisher"] }}]
+
+[channel.without_namespace]
+history_size = 100
+history_ttl = 300.0
+allow_recovery = true
+allow_subscribe_for_client = true
+allow_publish_for_client = true
+"""
+
+
+@pytest.mark.parametrize("protobuf", [False, True], ids=["json", "protobuf"])
+def test_the_browser_build_recovers_across_a_server_restart(protobuf: bool, tmp_path: Path) -> None:
+    """A graceful restart of the process (3001 to the page's client, the history snapshot
+    written and restored with its epoch): the SDK reconnects by itself and recovers the three
+    publications made right after the restart, or gets them live, exactly once either way."""
+    base, key = free_base_port(2), "browser-test-key"
+    config = tmp_path / "aether.toml"
+    config.write_text(RESTART_CONFIG.format(
+        port=base, http_port=base + 1, secret=SECRET, data=tmp_path / "data", key=key,
+    ))  # fmt: skip
+    process = AetherProcess(config, 1, tmp_path / "aether.log")  # ports + 1
+    process.start()
+    try:
+
+        def restart() -> None:
+            process.restart()
+            for n in (1, 2, 3):
+                answer = httpx.post(
+                    f"http://127.0.0.1:{base + 2}/api/publish", headers={"X-API-Key": key},
+                    json={"channel": CHANNEL, "data": {"n": n}}, timeout=10,
+                )  # fmt: skip
+                assert answer.status_code == 200, answer.text
+                assert "error" not in answer.json(), answer.text
+
+        ws_url = f"ws://127.0.0.1:{base + 1}/connection/websocket"
+        with page_server(ws_url, protobuf, AWAY_RESTART, {"/restart": restart}) as (url, state):
+            run_page(url, state["done"])
+        assert re.search(
+            r"history snapshot loaded from .*: 1 streams, 1 publications", process.log()
+        )
+    finally:
+        process.kill()
+    check_result(state["result"])
