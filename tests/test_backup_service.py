@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio.lowlevel
 from backup_helpers import MotoServer, Node, free_port, running_moto
 from conftest import make_config, running_server
 from prometheus_client import CollectorRegistry
@@ -132,7 +133,7 @@ async def test_runs_never_overlap(tmp_path: Path, moto: MotoServer) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(one)
         while not service.running:  # the first one is under way (in its thread)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         nursery.start_soon(one)
     assert sorted(results) == [False, True]
     assert value(service, "runs", "ok") == 1
