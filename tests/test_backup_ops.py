@@ -117,3 +117,23 @@ def test_just_backup_creates_verifies_and_prunes(installed: tuple[Path, Node]) -
     assert re.search(r"^backup \S+: .* uploaded to s3://", done.stdout, re.M)
     assert "verified; RPO" in done.stdout
     assert [d["ok"] for d in drills(node)] == [True]
+
+
+def test_the_readme_commands_back_up_and_verify_against_a_local_s3(tmp_path: Path) -> None:
+    """The README's "Try it" block as written, but with this test's own moto server (on a free
+    port, started and stopped here) instead of the block's background one on port 5000."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("Try it against a local S3 endpoint", 1)[1].split("```sh\n", 1)[1]
+    lines = block.split("```", 1)[0].strip().splitlines()
+    assert any("moto_server -p 5000" in line for line in lines)
+    with running_moto() as s3:
+        script = "\n".join(
+            line.replace(".venv/bin/", f"{BIN}/").replace("127.0.0.1:5000", f"127.0.0.1:{s3.port}")
+            for line in lines
+            if "moto_server" not in line and not line.startswith("sleep")
+        )
+        done = run("bash", "-euc", script, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^backup \S+: .* uploaded to s3://aether/aether/\S+\.aeb at ", done.stdout,
+                     re.M), done.stdout  # fmt: skip
+    assert re.search(r"^backup \S+: verified; RPO [\d.]+ s, RTO [\d.]+ s$", done.stdout, re.M)

@@ -23,7 +23,7 @@ from .drill import DrillReport, verify_backup
 from .errors import BackupError
 from .restore import restore_backup
 from .retention import Candidate, to_keep
-from .storage import Entry, Progress, Storage
+from .storage import ARCHIVE_SUFFIX, Entry, Progress, Storage
 
 __all__ = ["add_parsers", "human_bytes", "human_seconds"]
 
@@ -103,9 +103,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         if bars is not None:
             bars.close()
     redis = "" if created.redis_keys is None else f", {created.redis_keys} Redis keys"
+    where = storage.where(created.id + ARCHIVE_SUFFIX)
     print(
         f"backup {created.id}: {human_bytes(created.size)}, {created.members} files{redis}, "
-        f"uploaded to {storage.where(created.id)} in {human_seconds(created.seconds)}"
+        f"uploaded to {where} in {human_seconds(created.seconds)}"
     )
     return 0
 
