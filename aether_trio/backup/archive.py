@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,7 +70,6 @@ def unpack(
     key: bytes,
     backup_id: str,
     dest: Path,
-    on_member: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Authenticate, decrypt, decompress and extract into `dest`; returns the manifest. Crypto
     failures raise the `ArchiveError` subclasses of crypto.py (check "authenticate"), anything
@@ -84,8 +82,6 @@ def unpack(
                     if not member.isfile():
                         raise ArchiveError(f"unexpected archive member {member.name!r}")
                     tar.extract(member, dest, filter="data")
-                    if on_member is not None:
-                        on_member(member.name)
             # The tar stream ends with zero blocks; read on to the authenticated end, so a cut
             # after the tar's last block is still seen.
             while zfh.read(1 << 16):

@@ -320,9 +320,16 @@ def _config(dest: Path, manifest: dict[str, Any]) -> str:
     described = manifest["config"]
     if described is None:
         return "no configuration in this backup"
-    data = tomllib.loads((dest / described["file"]).read_text())
+    try:
+        data = tomllib.loads((dest / described["file"]).read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CheckFailed("config", f"not valid TOML: {exc}") from None
     for key_path, member in described["references"].items():
-        _set(data, key_path, str(dest / member))
+        try:
+            _set(data, key_path, str(dest / member))
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise CheckFailed("config", f"the manifest names {key_path}, which the configuration "
+                              "does not have") from None  # fmt: skip
     try:
         config = parse_config(data, dest / "config")
     except ConfigError as exc:
