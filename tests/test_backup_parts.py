@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -182,6 +183,7 @@ def test_a_drill_record_that_is_not_json_counts_as_none(
     [entry] = s3.entries()
     assert entry.drill is None
     assert not entry.verified
+    assert backup_cli._status(entry) == "not verified"
 
 
 # --- the service ------------------------------------------------------------------------------
@@ -289,3 +291,61 @@ def test_sqlite_copies_are_single_files(tmp_path: Path) -> None:
     copy = sqlite3.connect(tmp_path / "copy" / "a.sqlite3")
     assert copy.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     copy.close()
+
+
+# --- archives that decrypt but are not ours ----------------------------------------------------
+
+
+def sealed(payload: bytes, key: bytes = bytes(32), backup_id: str = "b") -> io.BytesIO:
+    out = io.BytesIO()
+    enc = crypto.Encryptor(out, key, backup_id)
+    enc.write(payload)
+    enc.close()
+    return io.BytesIO(out.getvalue())
+
+
+def tar_of(*members: tuple[str, bytes | None]) -> bytes:
+    import tarfile
+
+    import zstandard
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return zstandard.ZstdCompressor().compress(raw.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (tar_of(("link", None)), "unexpected archive member 'link'"),
+        (b"not zstd at all", "the archive cannot be unpacked"),
+        (tar_of(("other.txt", b"x")), "the archive has no readable manifest"),
+        (tar_of(("manifest.json", b"{not json")), "the archive has no readable manifest"),
+    ],
+)
+def test_authentic_archives_that_are_not_backups_are_refused(
+    tmp_path: Path, payload: bytes, words: str
+) -> None:
+    from aether_trio.backup.archive import unpack
+    from aether_trio.backup.errors import ArchiveError
+
+    with pytest.raises(ArchiveError, match=re.escape(words)):
+        unpack(sealed(payload), bytes(32), "b", tmp_path)
+    assert not (tmp_path / "etc").exists()
+
+
+def test_a_named_profile_of_a_credentials_file(tmp_path: Path, moto: MotoServer) -> None:
+    bucket = moto.new_bucket()
+    (tmp_path / "aws").write_text(
+        "[backups]\naws_access_key_id = a\naws_secret_access_key = b\n"
+    )  # fmt: skip
+    s3 = storage(moto, bucket=bucket, credentials_file=str(tmp_path / "aws"), profile="backups")
+    assert s3.entries() == []
