@@ -318,3 +318,43 @@ def test_the_object_checksum_is_the_uploaded_files(
     with tempfile.NamedTemporaryFile() as fh:
         node.moto.client().download_file(node.bucket, object_key(backup_id), fh.name)
         assert found["Metadata"]["sha256"] == file_sha256(Path(fh.name))
+
+
+# --- --rdb: Redis's own snapshot file ---------------------------------------------------------
+
+
+def test_rdb_mode_takes_redis_s_file_and_restores_its_keys(
+    node: Node, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = run(capsys, node.argv("create", "--rdb"))
+    assert code == 0, err
+    backup_id = re.search(r"^backup (\S+): ", out, re.M)[1]  # type: ignore[index]
+    code, out, _ = run(capsys, node.argv("verify", backup_id))
+    assert code == 0, out
+    assert "11 keys, 5 streams at their recorded positions" in out
+    archive = tmp_path / "r.aeb"
+    node.moto.client().download_file(node.bucket, object_key(backup_id), str(archive))
+    with archive.open("rb") as fh:
+        manifest = unpack(fh, load_key(node.etc / "backup.key"), backup_id, tmp_path / "x")
+    assert manifest["redis"]["mode"] == "rdb"
+    assert (tmp_path / "x" / "redis" / "dump.rdb").read_bytes().startswith(b"REDIS")
+    with running_redis() as target:
+        code, out, err = run(capsys, node.argv(
+            "restore", backup_id, "--data-dir", str(tmp_path / "d"), "--redis",
+            target.address))  # fmt: skip
+        assert code == 0, err
+        assert "11 Redis keys" in out
+        source, dest = node.redis.client(), target.client()
+        ours = sorted(k for k in source.scan_iter(f"{node.prefix}.*") if b".presence." not in k)
+        assert sorted(dest.scan_iter("*")) == ours
+        for key in ours:
+            assert dest.dump(key) == source.dump(key)
+
+
+def test_rdb_mode_needs_a_redis_to_back_up(
+    tmp_path: Path, moto: MotoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = Node(tmp_path / "bare", moto, moto.new_bucket())
+    code, _, err = run(capsys, node.argv("create", "--rdb"))
+    assert code == 1
+    assert "--rdb: Redis is not backed up" in err

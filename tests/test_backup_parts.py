@@ -349,3 +349,27 @@ def test_a_named_profile_of_a_credentials_file(tmp_path: Path, moto: MotoServer)
     )  # fmt: skip
     s3 = storage(moto, bucket=bucket, credentials_file=str(tmp_path / "aws"), profile="backups")
     assert s3.entries() == []
+
+
+# --- --rdb ------------------------------------------------------------------------------------
+
+
+def test_a_failed_bgsave_and_an_rdb_file_not_on_this_host_are_named(
+    tmp_path: Path,
+    moto: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # This Redis lets `dir` change at runtime (Redis 7 protects it by default).
+    with running_redis("--enable-protected-configs", "yes") as redis:
+        node = Node(tmp_path / "n", moto, moto.new_bucket(), redis)
+        node.fill_redis()
+        redis.command("CONFIG", "SET", "dir", "/proc")  # a directory no one can write to
+        assert main(node.argv("create", "--rdb")) == 1
+        assert "BGSAVE failed (see the Redis log)" in capsys.readouterr().err
+        redis.command("CONFIG", "SET", "dir", str(redis.dir))
+    monkeypatch.setattr(keyspace, "bgsave", lambda address: tmp_path / "elsewhere" / "dump.rdb")
+    assert main(node.argv("create", "--rdb")) == 1
+    err = capsys.readouterr().err
+    assert "--rdb: cannot read Redis's RDB file" in err
+    assert "it must be on this host" in err

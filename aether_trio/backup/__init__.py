@@ -8,5 +8,7 @@ create.py     `aether backup create` (one at a time: a lock file)
 drill.py      `aether backup verify`: restore into scratch SQLite and Redis, check, RPO/RTO
 restore.py    `aether backup restore` (refuses to overwrite live state without --force)
 retention.py  which backups `aether backup prune` keeps (pure)
+scratch.py    a private redis-server on a free port (the drill; RDB restores)
+service.py    the scheduled backups inside the server, and their metrics
 cli.py        the `aether backup` commands
 """

@@ -98,7 +98,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     config, path, storage = _setup(args)
     bars = _bars()
     try:
-        created = create_backup(config, path, storage, bar=bars)
+        created = create_backup(config, path, storage, bar=bars, rdb=args.rdb)
     finally:
         if bars is not None:
             bars.close()
@@ -235,7 +235,9 @@ def add_parsers(
     keygen = commands.add_parser("keygen", help="write a new random key file (mode 0600)")
     keygen.add_argument("file")
     keygen.set_defaults(func=cmd_keygen)
-    command("create", "back up now and upload", cmd_create)
+    command("create", "back up now and upload", cmd_create).add_argument(
+        "--rdb", action="store_true", help="take Redis's RDB file (BGSAVE; Redis on this host)"
+    )
     command("list", "backups with age, size and drill status", cmd_list).add_argument(
         "--json", action="store_true"
     )

@@ -5,6 +5,8 @@ sqlite/aether.sqlite3    bans, revocations, the audit log: SQLite's online backu
 sqlite/history.sqlite3   the memory engine's history snapshot, when there is one (at rest
                          between runs, or written live by the server's own backup service)
 redis/keys.bin           Aether's Redis keys (engines/keyspace.py), stream positions recorded
+redis/dump.rdb           or, with --rdb, Redis's own snapshot file (BGSAVE), described by
+                         loading it into a scratch redis-server
 config/config.toml       the configuration file, and under config/files/ every file it
                          names (`*_file`: TLS, token keys, API keys); the backup's own key
                          and credentials are left out: they must live elsewhere anyway
@@ -13,6 +15,8 @@ logs/...                 files under `[backup] log_dir` changed since the previo
 
 from __future__ import annotations
 
+import io
+import shutil
 import sqlite3
 import tomllib
 from collections.abc import Callable, Iterator
@@ -39,6 +43,9 @@ class Sources:
     config_path: Path | None = None
     redis_address: str | None = None
     redis_prefix: str = "aether"
+    # Take Redis's own RDB file (BGSAVE) instead of DUMPing the keys: the Redis is on this host.
+    redis_rdb: bool = False
+    redis_server: str = "redis-server"
     log_dir: Path | None = None
     logs_since: float = 0.0
     # The running server writes its live history snapshot here (memory engine); None: take the
@@ -144,12 +151,18 @@ def collect(sources: Sources, staging: Path) -> dict[str, Any]:
         manifest["sqlite"][SNAPSHOT_NAME] = copy_sqlite(sources.data_dir / SNAPSHOT_NAME, history)
     if sources.redis_address is not None:
         (staging / "redis").mkdir()
-        with (staging / "redis" / "keys.bin").open("wb") as out:
-            try:
-                dumped = keyspace.dump_keyspace(sources.redis_address, sources.redis_prefix, out)
-            except keyspace.KeyspaceError as exc:
-                raise BackupError(str(exc)) from None
+        try:
+            if sources.redis_rdb:
+                dumped = _collect_rdb(sources, staging / "redis" / "dump.rdb")
+            else:
+                with (staging / "redis" / "keys.bin").open("wb") as out:
+                    dumped = keyspace.dump_keyspace(
+                        sources.redis_address, sources.redis_prefix, out
+                    )
+        except keyspace.KeyspaceError as exc:
+            raise BackupError(str(exc)) from None
         manifest["redis"] = {
+            "mode": "rdb" if sources.redis_rdb else "dump",
             "prefix": sources.redis_prefix,
             "keys": dumped.keys,
             "streams": {ch: list(position) for ch, position in dumped.streams.items()},
@@ -161,6 +174,25 @@ def collect(sources: Sources, staging: Path) -> dict[str, Any]:
     if sources.log_dir is not None and sources.log_dir.is_dir():
         manifest["logs"] = _collect_logs(sources.log_dir, sources.logs_since, staging)
     return manifest
+
+
+def _collect_rdb(sources: Sources, dest: Path) -> keyspace.KeyspaceDump:
+    """Redis's RDB file, and what it holds of ours: read back from a scratch server that loads
+    it, so the manifest describes the file exactly (a snapshot of one instant: every stream at
+    a consistent position)."""
+    from .scratch import scratch_redis
+
+    assert sources.redis_address is not None
+    path = keyspace.bgsave(sources.redis_address)
+    try:
+        shutil.copyfile(path, dest)
+    except OSError as exc:
+        raise BackupError(
+            f"--rdb: cannot read Redis's RDB file {path} ({exc.strerror}): it must be on this "
+            "host and readable; without --rdb the keys are copied over the connection"
+        ) from None
+    with scratch_redis(sources.redis_server, rdb=dest) as address:
+        return keyspace.dump_keyspace(address, sources.redis_prefix, io.BytesIO())
 
 
 def _counts(path: Path) -> dict[str, int]:

@@ -62,6 +62,7 @@ def sources_for(
     *,
     logs_since: float = 0.0,
     history: Callable[[Path], None] | None = None,
+    rdb: bool = False,
 ) -> Sources:
     cfg = config.backup
     use_redis = cfg.include_redis and config.engine.type == "redis"
@@ -71,6 +72,8 @@ def sources_for(
         config_path=Path(config_path) if cfg.include_config and config_path else None,
         redis_address=config.engine.redis.address if use_redis else None,
         redis_prefix=config.engine.redis.prefix,
+        redis_rdb=rdb,
+        redis_server=cfg.redis_server,
         log_dir=Path(cfg.log_dir) if cfg.log_dir else None,
         logs_since=logs_since,
         history=history,
@@ -85,6 +88,7 @@ def create_backup(
     now: float | None = None,
     bar: Bar | None = None,
     history: Callable[[Path], None] | None = None,
+    rdb: bool = False,
 ) -> Created:
     key = load_key(config.backup.key_file)
     started = time.monotonic()
@@ -93,7 +97,10 @@ def create_backup(
         logs_since = 0.0
         if config.backup.log_dir:  # logs newer than the newest backup in the bucket
             logs_since = max((e.created_at for e in storage.entries()), default=0.0)
-        sources = sources_for(config, config_path, logs_since=logs_since, history=history)
+        sources = sources_for(config, config_path, logs_since=logs_since, history=history, rdb=rdb)
+        if rdb and sources.redis_address is None:
+            raise BackupError('--rdb: Redis is not backed up ([engine] type = "redis" and '
+                              "[backup] include_redis = true)")  # fmt: skip
         backup_id = new_id(config.server.node_name, now)
         with tempfile.TemporaryDirectory(prefix="aether-backup-") as tmp:
             staging = Path(tmp) / "staging"

@@ -23,14 +23,11 @@ The result is stored next to the archive (`<id>.drill.json`), which `aether back
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
 import sqlite3
-import subprocess
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +42,10 @@ from .archive import check_members, file_sha256, unpack
 from .collect import table_counts
 from .crypto import load_key
 from .errors import ArchiveError, BackupError, CheckFailed, Tampered, Truncated, WrongKey
+from .scratch import scratch_redis
 from .storage import Entry, Progress, Storage
 
-__all__ = ["Check", "DrillReport", "scratch_redis", "verify_backup"]
+__all__ = ["Check", "DrillReport", "verify_backup"]
 
 Bar = Callable[[str, int], Progress]
 
@@ -86,42 +84,6 @@ class DrillReport:
             "rto_seconds": self.rto,
             "checks": [attrs.asdict(c) for c in self.checks],
         }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def scratch_redis(binary: str, timeout: float = 10.0) -> Iterator[str]:
-    """A private redis-server on a free loopback port, no persistence; its address."""
-    path = shutil.which(binary)
-    if path is None:
-        raise BackupError(f"[backup] redis_server: {binary!r} not found (install redis-server)")
-    workdir = tempfile.mkdtemp(prefix="aether-drill-redis-")
-    port = _free_port()
-    args = [path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-            "no", "--dir", workdir]  # fmt: skip
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + timeout
-        while not keyspace.ping(address):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BackupError(f"the scratch redis-server did not start on port {port}")
-            time.sleep(0.05)  # redis-server gives no readiness signal but answering
-        yield address
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class _Drill:
@@ -290,13 +252,17 @@ def _redis(drill: _Drill, config: Config, dest: Path, manifest: dict[str, Any]) 
     if described is None:
         return "no Redis keys in this backup"
     prefix = described["prefix"]
-    with scratch_redis(config.backup.redis_server) as address:
-        started = time.monotonic()
+    rdb = dest / "redis" / "dump.rdb" if described.get("mode") == "rdb" else None
+    started = time.monotonic()
+    with scratch_redis(config.backup.redis_server, rdb=rdb) as address:
         try:
-            with (dest / "redis" / "keys.bin").open("rb") as source:
-                restored = keyspace.restore_keyspace(
-                    address, keyspace.read_records(source), keep_ttl=False
-                )
+            if rdb is not None:  # loaded by the scratch server at its start
+                restored = keyspace.live_keys(address, prefix)
+            else:
+                with (dest / "redis" / "keys.bin").open("rb") as source:
+                    restored = keyspace.restore_keyspace(
+                        address, keyspace.read_records(source), keep_ttl=False
+                    )
         except keyspace.KeyspaceError as exc:
             raise CheckFailed("redis", f"RESTORE into the scratch server: {exc}") from None
         drill.restore_seconds += time.monotonic() - started

@@ -18,6 +18,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -27,6 +28,7 @@ from .archive import check_members, unpack
 from .collect import config_references
 from .crypto import load_key
 from .errors import BackupError, RefusedOverwrite
+from .scratch import scratch_redis
 from .storage import Progress, Storage
 
 __all__ = ["Restored", "restore_backup"]
@@ -97,14 +99,26 @@ def restore_backup(
         redis_keys = None
         if redis_address is not None and manifest["redis"] is not None:
             try:
-                with (dest / "redis" / "keys.bin").open("rb") as source:
-                    redis_keys = keyspace.restore_keyspace(
-                        redis_address, keyspace.read_records(source), replace=force
-                    )
+                redis_keys = _redis(config, dest, manifest["redis"], redis_address, force)
             except keyspace.KeyspaceError as exc:
                 raise BackupError(str(exc)) from None
         config_files = _config(dest, config_dir, manifest) if config_dir else 0
     return Restored(backup_id, databases, redis_keys, config_files)
+
+
+def _redis(config: Config, dest: Path, described: dict[str, Any], address: str, force: bool) -> int:
+    records = dest / "redis" / "keys.bin"
+    if described.get("mode") == "rdb":
+        # An RDB file cannot be loaded into a running Redis: a scratch server loads it, and
+        # Aether's keys are copied from there like a DUMP backup's.
+        rdb = dest / "redis" / "dump.rdb"
+        with (
+            scratch_redis(config.backup.redis_server, rdb=rdb) as scratch,
+            records.open("wb") as out,
+        ):
+            keyspace.dump_keyspace(scratch, described["prefix"], out)
+    with records.open("rb") as source:
+        return keyspace.restore_keyspace(address, keyspace.read_records(source), replace=force)
 
 
 def _databases(dest: Path, data_dir: Path, manifest: dict[str, object]) -> tuple[str, ...]:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 import attrs
@@ -27,6 +29,7 @@ import redis
 __all__ = [
     "KeyspaceDump",
     "KeyspaceError",
+    "bgsave",
     "dump_keyspace",
     "dump_value",
     "key_sha256",
@@ -238,3 +241,31 @@ def ping(address: str) -> bool:
             return bool(conn.ping())
     except redis.RedisError:
         return False
+
+
+def bgsave(address: str, timeout: float = 300.0) -> Path:
+    """Have Redis write its RDB file (BGSAVE: a fork's point-in-time snapshot of everything) and
+    return where it is; a save already running is waited for and used instead. The path is on
+    the Redis host: only useful when that is this host (Aether owns the Redis)."""
+    try:
+        with _client(address) as conn:
+            try:
+                conn.bgsave()
+            except redis.ResponseError as exc:
+                if "in progress" not in str(exc):
+                    raise
+            deadline = time.monotonic() + timeout
+            # Polling: Redis announces the end of a background save to no one.
+            while (info := conn.info("persistence"))["rdb_bgsave_in_progress"]:
+                if time.monotonic() > deadline:
+                    raise KeyspaceError(
+                        f"Redis at {address}: BGSAVE still running after {timeout} s"
+                    )
+                time.sleep(0.05)
+            if info["rdb_last_bgsave_status"] != "ok":
+                raise KeyspaceError(f"Redis at {address}: BGSAVE failed (see the Redis log)")
+            directory = str(conn.config_get("dir")["dir"])
+            name = str(conn.config_get("dbfilename")["dbfilename"])
+            return Path(directory) / name
+    except redis.RedisError as exc:
+        raise KeyspaceError(f"Redis at {address}: {exc}") from None
