@@ -12,18 +12,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..config import Config
-from .create import create_backup
-from .crypto import generate_key_file
-from .drill import DrillReport, verify_backup
 from .errors import BackupError
-from .restore import restore_backup
 from .retention import Candidate, to_keep
-from .storage import ARCHIVE_SUFFIX, Entry, Progress, Storage
+
+# boto3, zstandard and cryptography are imported by the commands that use them, not by every
+# `aether` command (building the parser imports this module): they cost half a second.
+if TYPE_CHECKING:
+    from .drill import DrillReport
+    from .storage import Entry, Progress, Storage
 
 __all__ = ["add_parsers", "human_bytes", "human_seconds"]
 
@@ -72,6 +73,8 @@ def _bars() -> _Bars | None:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     try:
+        from .crypto import generate_key_file
+
         generate_key_file(Path(args.file))
     except FileExistsError:
         print(f"error: {args.file} exists; never replace a key older backups need",
@@ -83,6 +86,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def _setup(args: argparse.Namespace) -> tuple[Config, str | None, Storage]:
     config, path = args.load_config(args.config, args.instance)
+    from .storage import Storage
+
     return config, path, Storage(config.backup)
 
 
@@ -95,6 +100,9 @@ def _run(args: argparse.Namespace, fn: Callable[[argparse.Namespace], int]) -> i
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from .create import create_backup
+    from .storage import ARCHIVE_SUFFIX
+
     config, path, storage = _setup(args)
     bars = _bars()
     try:
@@ -157,6 +165,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     config, _path, storage = _setup(args)
     bars = _bars()
     try:
+        from .drill import verify_backup
+
         report = verify_backup(config, storage, args.id, bar=bars)
     finally:
         if bars is not None:
@@ -199,6 +209,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         redis = config.engine.redis.address
     bars = _bars()
     try:
+        from .restore import restore_backup
+
         restored = restore_backup(
             config,
             storage,
