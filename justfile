@@ -39,6 +39,12 @@ bench *args:
     {{bin}}/pip install -q -e '.[bench]'
     {{bin}}/python ops/bench/run.py "$@"
 
+# the Redis engine with 1 and 2 workers beside the memory engine (burst, paced, capacity, storm;
+# a private redis-server): only the Redis section of ops/bench/RESULTS.md is rewritten
+bench-redis *args:
+    {{bin}}/pip install -q -e '.[bench]'
+    {{bin}}/python ops/bench/run.py --redis "$@"
+
 # ruff (lint + format check) and mypy --strict
 lint:
     {{bin}}/ruff check aether_trio tests

@@ -13,13 +13,36 @@ from .config import load_config as load_config
 
 if TYPE_CHECKING:
     from .app import Server as Server
+    from .app import open_server as open_server
+    from .backend import AppDisconnect as AppDisconnect
+    from .backend import AppError as AppError
+    from .backend import Hooks as Hooks
 
-__all__ = ["Config", "ConfigError", "Server", "__version__", "load_config"]
+__all__ = [
+    "AppDisconnect",
+    "AppError",
+    "Config",
+    "ConfigError",
+    "Hooks",
+    "Server",
+    "__version__",
+    "load_config",
+    "open_server",
+]
+
+# Loaded on first use: the server and the backend import Trio and httpx.
+_LAZY = {
+    "Server": "app",
+    "open_server": "app",
+    "AppDisconnect": "backend",
+    "AppError": "backend",
+    "Hooks": "backend",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Server":
-        from .app import Server
+    if name in _LAZY:
+        import importlib
 
-        return Server
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

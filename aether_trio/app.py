@@ -15,18 +15,21 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from .admin.service import PREFIX as ADMIN_PREFIX
 from .admin.service import AdminService
+from .backend import Hooks
 from .backup.service import BackupMetrics, BackupService
 from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
 from .connection.serve import serve_connection
 from .engines.base import Broker, PresenceManager
+from .engines.control import ControlPlane, SharedState
 from .engines.memory import MemoryBroker, MemoryPresenceManager
 from .engines.persist import HistoryPersistence
 from .engines.snapshot import write_snapshot
@@ -43,22 +46,30 @@ from .observe.monitor import ResourceMonitor
 from .observe.readiness import Check
 from .protocol.codes import Disconnect
 from .transport import HandshakeRequest, TransportClosed, serve_websocket, tls
+from .workers import child
 
-__all__ = ["Server", "serve_forever"]
+__all__ = ["Server", "open_server", "serve_forever"]
 
 log = logging.getLogger(__name__)
 
 
 class Server:
     def __init__(
-        self, config: Config, config_path: str | None = None, instance: int | None = None
+        self,
+        config: Config,
+        config_path: str | None = None,
+        instance: int | None = None,
+        *,
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         # One process of several sharing the file (`--instance`): a reload applies it again.
         self.instance = instance
         broker, presence = _engines(config)
-        self.node: Node[Client] = Node(config, broker, presence)
+        control, shared = _cluster(config, broker)
+        # `hooks`: the application's in-process hooks (aether_trio/backend/hooks.py).
+        self.node: Node[Client] = Node(config, broker, presence, control, shared, hooks=hooks)
         self.durable_history = _durable_history(config, broker)
         if self.durable_history is not None:
             self.node.reports["history_snapshot"] = self.durable_history.statistics
@@ -158,6 +169,8 @@ class Server:
                 max_message_size=cfg.max_message_size,
                 connect_timeout=cfg.handshake_timeout,
                 on_failure=self.node.metrics.handshake_failed,
+                # Workers share the port (`[server] workers`, workers/).
+                reuse_port=cfg.workers > 1,
                 task_status=task_status,
             )
 
@@ -181,8 +194,10 @@ class Server:
                     refusal.status, extra_headers=refusal.headers, body=refusal.body
                 )
                 return
+            # What the application's backend is passed (read before `accept` lets them go).
+            headers = self.node.backend.keep_headers(request.headers)
             try:
-                await serve_connection(self.node, await request.accept())
+                await serve_connection(self.node, await request.accept(), headers)
             finally:
                 limits.close_connection(ip)
         except* (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -206,6 +221,8 @@ class Server:
             await self.node.wait_idle()
         if drain.cancelled_caught:
             log.warning("drain time over with %d connections left", len(self.node.clients))
+        # While the engine still runs: the other nodes drop this one from `info` at once.
+        await self.node.cluster.goodbye()
 
     def reload(self) -> bool:
         """Re-read the config file; a bad file is rejected and the running config stays."""
@@ -228,6 +245,22 @@ class Server:
         return True
 
 
+@asynccontextmanager
+async def open_server(config: Config, *, hooks: Hooks | None = None) -> AsyncIterator[Server]:
+    """Run Aether inside the caller's own Trio program, with the application's in-process
+    `hooks`: listening once this yields, shut down gracefully (3001 to every client, then the
+    drain) when the block is left."""
+    server = Server(config, hooks=hooks)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        try:
+            yield server
+        finally:
+            with trio.CancelScope(shield=True):
+                await server.shutdown()
+            nursery.cancel_scope.cancel()
+
+
 def _engines(config: Config) -> tuple[Broker, PresenceManager]:
     if config.engine.type == "redis":
         # Imported only then: importing trio-asyncio changes how asyncio makes loops in the
@@ -236,6 +269,17 @@ def _engines(config: Config) -> tuple[Broker, PresenceManager]:
 
         return open_redis_engine(config.engine.redis)
     return MemoryBroker(), MemoryPresenceManager()
+
+
+def _cluster(config: Config, broker: Broker) -> tuple[ControlPlane | None, SharedState | None]:
+    """The control plane and shared state of a shared engine; a memory node is alone (None:
+    the node's own in-memory twins)."""
+    if config.engine.type != "redis":
+        return None, None
+    from .engines.redis import RedisBroker, open_redis_cluster
+
+    assert isinstance(broker, RedisBroker)
+    return open_redis_cluster(broker)
 
 
 def _durable_history(config: Config, broker: Broker) -> HistoryPersistence | None:
@@ -285,14 +329,18 @@ def tune_gc() -> None:
 
 
 async def serve_forever(
-    config: Config, config_path: str | None, instance: int | None = None
+    config: Config, config_path: str | None, instance: int | None = None, supervised: bool = False
 ) -> None:
-    """Run until SIGTERM/SIGINT (graceful shutdown); SIGHUP reloads the configuration."""
+    """Run until SIGTERM/SIGINT (graceful shutdown); SIGHUP reloads the configuration.
+    `supervised`: a worker of `aether serve`'s parent (workers/child.py): it is told once this
+    process listens, and the parent's end is watched (its death is a SIGTERM)."""
     server = Server(config, config_path, instance)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             tune_gc()
+            if supervised:
+                nursery.start_soon(child.report_to_parent)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     ok = server.reload()

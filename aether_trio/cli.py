@@ -47,13 +47,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .observe.logs import setup_logging
 
     config, path = _load(args.config, args.instance)
-    setup_logging(config.log.level, config.log.format, sys.stderr)
+    worker = args.instance if config.server.workers > 1 else None
+    setup_logging(config.log.level, config.log.format, sys.stderr, worker=worker)
+    if config.server.workers > 1 and args.instance is None:
+        return _supervise(config, path, args.pid_file)
     logging.getLogger("aether_trio").info(
         "aether %s starting with %s", __version__, path or "embedded defaults"
     )
     with _pid_file(args.pid_file):
-        trio.run(serve_forever, config, path, args.instance)
+        trio.run(serve_forever, config, path, args.instance, args.supervised)
     return 0
+
+
+def _supervise(config: Config, path: str | None, pid_file: str | None) -> int:
+    """`[server] workers` > 1: this process runs the workers (`aether serve --instance K`) and
+    serves nothing itself (workers/supervisor.py)."""
+    import trio
+
+    from .workers import RestartPolicy, Supervisor
+    from .workers.supervisor import stop_timeout
+
+    server = config.server
+    base = [sys.executable, "-m", "aether_trio", "serve", *(["-c", path] if path else [])]
+    supervisor = Supervisor(
+        server.workers,
+        lambda k: [*base, "--instance", str(k), "--supervised"],
+        lambda: RestartPolicy(
+            first_delay=server.worker_restart_delay,
+            max_delay=server.worker_restart_max_delay,
+            max_failed_starts=server.worker_max_failed_starts,
+        ),
+        stop_timeout(server.shutdown_drain_seconds, config.engine.persist_timeout),
+    )
+    logging.getLogger("aether_trio").info(
+        "aether %s starting %d workers on port %d with %s",
+        __version__, server.workers, server.port, path or "embedded defaults",
+    )  # fmt: skip
+    with _pid_file(pid_file):
+        return trio.run(supervisor.run)
 
 
 @contextlib.contextmanager
@@ -131,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = with_config(sub.add_parser("serve", help="run the server"))
     serve.add_argument("--pid-file", help="write the process id here while running")
+    # A worker started by the parent of `[server] workers` > 1 (workers/child.py): not for users.
+    serve.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
     with_config(sub.add_parser("check-config", help="validate the configuration")).set_defaults(
         func=cmd_check_config

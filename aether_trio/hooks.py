@@ -11,12 +11,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-__all__ = ["NO_AUDIT", "OPEN_ACCESS", "AccessPolicy", "Auditor"]
+__all__ = ["NO_AUDIT", "OPEN_ACCESS", "AccessControl", "AccessPolicy", "Auditor"]
 
 
 class AccessPolicy(Protocol):
     def check(self, user: str, token_id: str, issued_at: int | None) -> None:
         """Raise `DisconnectError` to refuse credentials (banned user, revoked token)."""
+
+
+class AccessControl(Protocol):
+    """Changes to the bans and revocations (the server API's block_user, unblock_user,
+    revoke_token, invalidate_user_tokens); durable once the call returns. The admin package's
+    `AccessState` is the one implementation; a node alone has none (`Node.access_control`)."""
+
+    async def ban(self, user: str, expire_at: float | None, reason: str) -> object: ...
+
+    async def unban(self, user: str) -> bool: ...
+
+    async def revoke(self, token_id: str, expire_at: float | None) -> None: ...
+
+    async def set_cutoff(self, user: str, before: int) -> None: ...
 
 
 class Auditor(Protocol):

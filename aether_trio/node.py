@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -32,12 +33,16 @@ import trio
 from ._version import __version__
 from .auth.jwks import JwksCache
 from .auth.tokens import TokenVerifier
+from .backend import Backend, ChannelEvent, Hooks, Notifier
 from .broker_channels import BrokerChannels
+from .channel_states import ChannelStates
+from .cluster import Cluster
 from .config import Config
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
+from .engines.control import ControlPlane, MemoryControl, MemorySharedState, SharedState
 from .flusher import Flusher
 from .guards.limits import Limits
-from .hooks import NO_AUDIT, OPEN_ACCESS, AccessPolicy, Auditor
+from .hooks import NO_AUDIT, OPEN_ACCESS, AccessControl, AccessPolicy, Auditor
 from .hub import Hub, HubStatistics
 from .observe.errors import ErrorTracker
 from .observe.metrics import Metrics, NodeLevels
@@ -51,6 +56,7 @@ from .protocol.options import ChannelOptions
 from .subscriptions import SYSTEM_OPTIONS, ChannelSubscription, SystemSubscription
 from .system_channel import Receivers
 from .timers import Scheduler
+from .user_status import UserStatuses
 
 __all__ = ["Node", "history_options"]
 
@@ -67,10 +73,26 @@ def history_options(options: ChannelOptions) -> HistoryOptions:
 
 
 class Node(Generic[C]):
-    def __init__(self, config: Config, broker: Broker, presence: PresenceManager) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        presence: PresenceManager,
+        control: ControlPlane | None = None,
+        shared: SharedState | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
         # Read by tests; the code above reaches them only through the node's methods.
         self.broker = broker
         self.presence = presence
+        # The other nodes (cluster.py) and what every node must see; alone by default.
+        self.cluster = Cluster(control or MemoryControl(), self.describe)
+        self.shared: SharedState = shared or MemorySharedState()
+        # A node alone needs no shared count: `admit` counts its own connections.
+        self._count_shared = shared is not None
+        # Connections counted in `shared` against their user's limit: client id -> user.
+        self._counted: dict[str, str] = {}
+        self.started = time.time()
         self.hub = Hub()
         self.scheduler = Scheduler()
         self.flusher = Flusher()  # coalesced writes of every connection (flusher.py)
@@ -93,15 +115,31 @@ class Node(Generic[C]):
         self.draining = False
         self.access: AccessPolicy = OPEN_ACCESS
         self.audit: Auditor = NO_AUDIT
+        # Bans and revocations changed by the server API (None until the admin package is up).
+        self.access_control: AccessControl | None = None
+        # Last activity and connection times of users (the server API's user status).
+        self.user_status = UserStatuses()
         # Named read-only views the composition root adds for `aether admin node` (e.g. what the
         # history snapshot restored), each a function returning a JSON-able dict.
-        self.reports: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.reports: dict[str, Callable[[], dict[str, Any]]] = {"cluster": self.cluster.statistics}
         # Rate and connection limits, the origin check ([limits], aether_trio.guards.limits).
         self.limits = Limits(config, self.metrics.refused)
         # Every name the system channel has had: connections keep the name they were told about.
         self._system: dict[str, Receivers] = {}
         self._nursery: trio.Nursery | None = None
+        # The application's backend: [[proxies]] and in-process hooks (aether_trio/backend).
+        self.backend = Backend(config.proxies, hooks, self.metrics.proxy_call, self.errors.capture)
+        # Events the backend is told, not asked (disconnects, channel states), in the background.
+        self.notifier = Notifier(self.backend)
+        # Occupied/vacated across the cluster (channel_states.py); this process's own id.
+        self.node_id = uuid.uuid4().hex
+        self.channel_states = ChannelStates(
+            presence, self.scheduler, self.node_id,
+            lambda channel: self.hub.num_subscribers(channel) > 0,
+            self._channel_state, self.errors.capture,
+        )  # fmt: skip
         self._apply(config)
+        self._apply_cluster(config)
         self._idle = trio.Event()
         self._idle.set()
 
@@ -118,6 +156,9 @@ class Node(Generic[C]):
         )
         # Assigned together, after everything was built: a bad config changes nothing.
         self.config, self.verifier, self.rules = config, verifier, rules
+        self.channel_states.delay = config.channel.state_delay
+        if config.client.presence_update_interval > 0:
+            self.channel_states.refresh_interval = config.client.presence_update_interval
         self._add_system_channel(config.admin.system_channel)
 
     def _add_system_channel(self, name: str) -> None:
@@ -136,10 +177,19 @@ class Node(Generic[C]):
             log.error("subscribing the broker to %s failed", name, exc_info=True)
             self.errors.capture(exc, f"broker subscribe {name}")
 
+    def _apply_cluster(self, config: Config) -> None:
+        cfg = config.cluster
+        self.cluster.configure(cfg.heartbeat_interval, cfg.node_expire, cfg.survey_timeout)
+
     def reload(self, config: Config) -> None:
         """Swap channel rules and keys; existing connections and subscriptions stay."""
         self._apply(config)
         self.limits.configure(config)
+        retired = self.backend.configure(config.proxies)
+        if self._nursery is not None:
+            for proxy in retired:  # calls under way finish (or fail) on their own
+                self._nursery.start_soon(proxy.aclose)
+        self._apply_cluster(config)
         log.info("configuration reloaded: %d namespaces", len(config.channel.namespaces))
 
     # --- lifecycle ---
@@ -151,6 +201,11 @@ class Node(Generic[C]):
             await nursery.start(self.errors.supervise, "scheduler", self.scheduler.run)
             await nursery.start(self.errors.supervise, "flusher", self.flusher.run)
             await nursery.start(self.errors.supervise, "broker channels", self._channels.run)
+            await nursery.start(self.errors.supervise, "backend events", self.notifier.run)
+            await nursery.start(self.errors.supervise, "channel states", self.channel_states.run)
+            # After the broker: the Redis control plane rides on its PUB/SUB connection.
+            await nursery.start(self.errors.supervise, "cluster", self.cluster.run)
+            nursery.start_soon(self._refresh_counted)
             # Other nodes' broadcasts arrive through the broker even before anyone connects here;
             # a name a reload adds from now on is subscribed in a task of this nursery.
             self._nursery = nursery
@@ -161,9 +216,12 @@ class Node(Generic[C]):
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+                with trio.move_on_after(1.0, shield=True):  # the backend's connection pools
+                    await self.backend.aclose()
 
     def register(self, client: C) -> None:
         self.clients[client.client_id] = client
+        self.user_status.seen(client.user)
         self.users.setdefault(client.user, {})[client.client_id] = client
         if self._idle.is_set():
             # A new Event only when the node was idle: one per connect would be work on the
@@ -171,13 +229,68 @@ class Node(Generic[C]):
             self._idle = trio.Event()
 
     def unregister(self, client: C) -> None:
+        if (user := self._counted.pop(client.client_id, None)) is not None:
+            self._uncount(user, client.client_id)
         connections = self.users.get(client.user)
         if connections is not None:
             connections.pop(client.client_id, None)
             if not connections:
                 del self.users[client.user]
-        if self.clients.pop(client.client_id, None) is not None and not self.clients:
-            self._idle.set()
+        if self.clients.pop(client.client_id, None) is not None:
+            self.user_status.seen(client.user)
+            if not self.clients:
+                self._idle.set()
+
+    # --- connections counted across the cluster ([limits] connection_limit_per_user) ---
+
+    async def count_connection(self, user: str, client_id: str) -> None:
+        """Count a connecting client against its user's limit on every node, or raise
+        `DisconnectError` 3504 if the user already has that many live connections (the engine
+        decides atomically: two nodes admitting the same user at once cannot both pass).
+        `EngineError` if the engine cannot say. Undone by `unregister`."""
+        limit = self.limits.config.connection_limit_per_user
+        if not user or not limit or not self._count_shared:
+            return
+        ttl = self.config.cluster.connection_ttl
+        found = await self.shared.add_connection(user, client_id, limit, ttl)
+        if found is not None:
+            self.limits.check_user_connections(user, found)  # raises: found >= limit
+        self._counted[client_id] = user
+
+    def _uncount(self, user: str, client_id: str) -> None:
+        async def remove() -> None:
+            try:
+                await self.shared.remove_connection(user, client_id)
+            except EngineError:  # the entry expires on its own (connection_ttl)
+                log.warning("uncounting connection %s failed", client_id, exc_info=True)
+
+        if self._nursery is not None:
+            self._nursery.start_soon(remove)
+
+    async def _refresh_counted(self) -> None:
+        """Renew the counted connections before their entries expire (a dead node's fade)."""
+        while True:
+            ttl = self.config.cluster.connection_ttl
+            await trio.sleep(ttl / 3)
+            if entries := [(user, client) for client, user in self._counted.items()]:
+                try:
+                    await self.shared.refresh_connections(entries, ttl)
+                except EngineError:
+                    log.warning("renewing %d counted connections failed", len(entries),
+                                exc_info=True)  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        """This node's info for the other nodes and the server API's `info`."""
+        stats = self.hub.statistics()
+        return {
+            "name": self.config.server.node_name,
+            "version": self.version,
+            "num_clients": len(self.clients),
+            "num_users": len(self.users),
+            "num_channels": stats.channels,
+            "num_subs": stats.subscriptions,
+            "uptime": int(time.time() - self.started),
+        }
 
     def user_clients(self, user: str) -> list[C]:
         """The registered (connected) connections of `user` on this node."""
@@ -208,7 +321,8 @@ class Node(Generic[C]):
         if isinstance(sub, SystemSubscription):
             return
         channel = sub.channel
-        self.hub.add(channel, sub)
+        if self.hub.add(channel, sub) and self._state_target() is not None:
+            self.channel_states.local_occupied(channel)
         try:
             await self._channels.ensure(channel)
         except BaseException:
@@ -222,6 +336,7 @@ class Node(Generic[C]):
             return
         if self.hub.remove(sub.channel, sub.client_id):
             self._channels.release(sub.channel)
+            self.channel_states.local_vacated(sub.channel)  # nothing unless it was occupied
 
     async def join(self, sub: AnySubscription, info: ClientInfo) -> None:
         """Announce a subscriber that went live: presence, then a join (as the options say)."""
@@ -242,6 +357,15 @@ class Node(Generic[C]):
             await self.presence.remove_presence(sub.channel, info.client)
         if sub.options.join_leave:
             await self.broker.publish_leave(sub.channel, info)
+
+    def _state_target(self) -> object:
+        return self.backend.target(self.config.channel.state_proxy_name, "channel_state")
+
+    def _channel_state(self, channel: str, kind: str, time_ms: int) -> None:
+        target = self.backend.target(self.config.channel.state_proxy_name, "channel_state")
+        if target is not None:
+            event = ChannelEvent(channel=channel, type=kind, time_ms=time_ms)
+            self.notifier.tell(target, "channel_state", event)
 
     def num_subscribers(self, channel: str) -> int:
         return self.hub.num_subscribers(channel)
@@ -322,13 +446,22 @@ class Node(Generic[C]):
         tags: dict[str, str] | None = None,
         *,
         source: str = "api",
+        history: bool = True,
+        idempotency_key: str = "",
     ) -> StreamPosition:
         """Publish into `channel`; `source` ("client" from a connection's publish command, "api"
-        otherwise) labels aether_publications_total. Raises `ReplyError` 107 (data over the
-        channel's max_publication_size) or 111 (channel over its publication rate)."""
+        otherwise) labels aether_publications_total; `history=False` keeps it out of the
+        channel's history (a publish proxy's `skip_history`). A repeat of `idempotency_key` in
+        `channel` within `[api] idempotent_result_ttl` gets the first result and publishes
+        nothing (the broker keeps the results). Raises `ReplyError` 107 (data over the channel's
+        max_publication_size) or 111 (channel over its publication rate)."""
         self.limits.check_publication(channel, len(data))
         pub = Publication(data=data, info=info, tags=tags or None)
-        position = await self.broker.publish(channel.name, pub, history_options(channel.options))
+        options = history_options(channel.options) if history else HistoryOptions()
+        position = await self.broker.publish(
+            channel.name, pub, options, idempotency_key=idempotency_key,
+            result_ttl=self.config.api.idempotent_result_ttl,
+        )  # fmt: skip
         self.metrics.published(channel.namespace, source)
         return position
 

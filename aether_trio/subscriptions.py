@@ -5,6 +5,12 @@ It starts *buffering*: it is in the hub before the stream position is read, so n
 in between is missed, but what arrives is held back. Once the subscribe (or connect) reply is
 queued, `go_live` releases the buffer, skipping publications the reply already carried (offset <=
 the position it reported), so a client sees the reply first, then every later publication once.
+With Redis a publication can also reach the node *after* `go_live` although the reply covered it:
+the publish script appends and publishes in one step, but the node reads the stream position on
+a command connection and the publication on its PUB/SUB connection, and the history answer may
+come first. Such late copies are dropped too, until the first publication past the reply's
+position arrives (PUB/SUB delivers a channel's publications in offset order, so none can follow).
+Found by tests/test_redis_faults.py (a repeated publication after a recovery).
 
 `SystemSubscription`: the operators' system channel (system_channel.py), one object shared by
 every connection that holds it. It never buffers and is never in the hub: the hub's group for its
@@ -36,6 +42,7 @@ class ChannelSubscription:
     __slots__ = (
         "_buffer",
         "_buffered_bytes",
+        "_covered",
         "chan_info",
         "channel",
         "connection",
@@ -74,6 +81,8 @@ class ChannelSubscription:
         self.max_buffer_bytes = max_buffer_bytes
         self._buffer: list[tuple[bytes, int]] | None = []
         self._buffered_bytes = 0
+        # Once live: the offset the reply covered, until a publication past it arrives (0 then).
+        self._covered = 0
 
     @property
     def client_id(self) -> str:
@@ -83,6 +92,10 @@ class ChannelSubscription:
         """The hub's call: queue `message` on the connection, or hold it while buffering."""
         buffer = self._buffer
         if buffer is None:
+            if offset and self._covered:
+                if offset <= self._covered:
+                    return  # a late copy of what the reply carried (see the module docstring)
+                self._covered = 0
             self.connection.send(message)
             return
         self._buffered_bytes += len(message)
@@ -95,10 +108,14 @@ class ChannelSubscription:
         """The reply is queued and covered the stream up to `delivered_offset`: release what was
         held back that it did not carry, and deliver directly from now on."""
         buffer, self._buffer = self._buffer, None
-        for message, offset in buffer or ():
+        if buffer is None:
+            return  # live already
+        for message, offset in buffer:
             if offset and offset <= delivered_offset:
                 continue  # already in the reply's recovered publications
             self.connection.send(message)
+        past = any(offset > delivered_offset for _message, offset in buffer)
+        self._covered = 0 if past else delivered_offset
 
 
 class SystemSubscription:

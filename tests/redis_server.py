@@ -53,14 +53,16 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, port: int | None = None) -> None:
         self.extra = extra
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
         self.binary = binary
         self.dir = Path(tempfile.mkdtemp(prefix="aether-redis-"))
-        self.port = _free_port()
+        # A test that restarts the server may choose a port outside the ephemeral range: while
+        # the server is down, its port cannot become some outgoing connection's local port.
+        self.port = port or _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -129,9 +131,9 @@ def new_prefix() -> str:
 
 
 @contextmanager
-def running_redis(*extra: str) -> Iterator[RedisServer]:
+def running_redis(*extra: str, port: int | None = None) -> Iterator[RedisServer]:
     """A redis-server of the caller's own (`extra`: more command-line options)."""
-    server = RedisServer(*extra)
+    server = RedisServer(*extra, port=port)
     try:
         yield server
     finally:

@@ -22,7 +22,6 @@ import cent
 import httpx
 import orjson
 import pytest
-import trio
 from cent import (
     BroadcastRequest,
     ChannelsRequest,
@@ -54,11 +53,9 @@ from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 from aether_trio.config import ConfigError, parse_config
 from aether_trio.connection.client import Client as ServerClient
 from aether_trio.http.api.glob import compile_glob
-from aether_trio.http.api.idempotency import IdempotencyCache
 from aether_trio.http.apiauth import presented_key
 from aether_trio.http.asgi import Request, Response
 from aether_trio.node import Node
-from aether_trio.protocol.messages import StreamPosition as ServerPosition
 
 T = TypeVar("T")
 
@@ -219,21 +216,34 @@ def test_publish_reaches_subscribers_with_offset_and_tags() -> None:
 
 
 def test_publish_idempotency_key_skip_history_and_b64data() -> None:
-    with api_server() as srv:
+    with api_server({"api": {"idempotent_result_ttl": 3.0}}) as srv:
         client = api(srv, PUBLISHER)
         first = client.publish(PublishRequest(channel="news", data={"n": 1}, idempotency_key="a"))
         again = client.publish(PublishRequest(channel="news", data={"n": 9}, idempotency_key="a"))
         assert again.offset == first.offset == 1
         assert again.epoch == first.epoch
         # The key is per channel.
+        stored = time.monotonic()
         other = client.publish(PublishRequest(channel="news2", data={"n": 1}, idempotency_key="a"))
         assert other.offset == 1
+        # A broadcast with a key: each channel once, a repeat answered with the same results.
+        request = BroadcastRequest(channels=["news2", "news3"], data={"b": 1}, idempotency_key="b")
+        broadcasts = [client.broadcast(request).responses for _ in range(2)]
+        offsets = [[r.result.offset if r.result else None for r in rs] for rs in broadcasts]
+        assert offsets == [[2, 1], [2, 1]]
+        assert history_data(srv, "news3") == [{"b": 1}]
+        # [api] idempotent_result_ttl: after it, the key publishes again.
+        # Real time: the server runs on its own clock in its own thread.
+        time.sleep(max(0.0, stored + 3.2 - time.monotonic()))
+        late = client.publish(PublishRequest(channel="news2", data={"n": 3}, idempotency_key="a"))
+        assert late.offset == 3
         skipped = client.publish(PublishRequest(channel="news", data={"n": 2}, skip_history=True))
         assert skipped.offset == 0
         encoded = base64.b64encode(b'{"bin": "ary"}').decode()
         from_b64 = client.publish(PublishRequest(channel="news", data=None, b64data=encoded))
         assert from_b64.offset == 2
         assert history_data(srv, "news") == [{"n": 1}, {"bin": "ary"}]
+        assert history_data(srv, "news2") == [{"n": 1}, {"b": 1}, {"n": 3}]
 
 
 def test_publish_refusals() -> None:
@@ -802,33 +812,6 @@ def test_glob(pattern: str, matches: list[str], misses: list[str]) -> None:
 def test_malformed_glob(pattern: str) -> None:
     with pytest.raises(ValueError, match=r"unclosed|backslash|empty|bad character range"):
         compile_glob(pattern)
-
-
-async def test_idempotency_cache_expires_bounds_and_serializes(autojump_clock: Any) -> None:
-    cache = IdempotencyCache(ttl=300.0, max_entries=2)
-    calls = 0
-
-    async def publish() -> ServerPosition:
-        nonlocal calls
-        calls += 1
-        await trio.sleep(1)  # a slow engine: a concurrent retry must wait, not publish again
-        return ServerPosition(calls, "e")
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(3):
-            nursery.start_soon(cache.publish_once, "ch", "k", publish)
-    stored = trio.current_time()  # when the first result was kept
-    assert calls == 1
-    assert await cache.publish_once("ch", "k", publish) == ServerPosition(1, "e")
-    assert (await cache.publish_once("other", "k", publish)).offset == 2
-    assert (await cache.publish_once("ch", "", publish)).offset == 3  # no key: no dedup
-    await trio.sleep_until(stored + 299)
-    assert (await cache.publish_once("ch", "k", publish)).offset == 1
-    await trio.sleep_until(stored + 300.5)  # 5 minutes on: published again
-    assert (await cache.publish_once("ch", "k", publish)).offset == 4
-    for key in ("a", "b", "c"):
-        await cache.publish_once("ch", key, publish)
-    assert cache.statistics().entries == 2  # the oldest were dropped
 
 
 def test_api_key_configuration(tmp_path: Path) -> None:

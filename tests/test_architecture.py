@@ -290,7 +290,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protocol", ("protocol", "_version")),
     ("config", ("config",)),
     # Independent of each other (see INDEPENDENT_LAYERS).
-    ("infrastructure", ("observe", "guards", "auth", "engines", "transport")),
+    ("infrastructure", ("observe", "guards", "auth", "engines", "transport", "workers", "backend")),
     # The node and what it is made of; cycles among them are caught by the cycle check.
     (
         "core",
@@ -303,6 +303,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "subscriptions",
             "system_channel",
             "broker_channels",
+            "channel_states",
+            "user_status",
+            "cluster",
             "node",
         ),
     ),
@@ -395,7 +398,13 @@ def test_the_operations_unit_imports_no_server_internals() -> None:
 # --- libraries in their rooms -------------------------------------------------------------------
 
 # Library -> the units that may import it.
-CONFINED = {"wsproto": ("transport",), "redis": ("engines",), "trio_asyncio": ("engines",)}
+CONFINED = {
+    "wsproto": ("transport",),
+    "redis": ("engines",),
+    "trio_asyncio": ("engines",),
+    # The HTTP client of the application's backend proxies.
+    "httpx": ("backend",),
+}
 
 
 def confinement_violations(imports: dict[str, set[str]]) -> list[str]:
@@ -517,7 +526,17 @@ def _declared_all(module: str) -> list[str] | None:
     return None
 
 
-PINNED_PACKAGE_ALL = ["Config", "ConfigError", "Server", "__version__", "load_config"]
+PINNED_PACKAGE_ALL = [
+    "AppDisconnect",
+    "AppError",
+    "Config",
+    "ConfigError",
+    "Hooks",
+    "Server",
+    "__version__",
+    "load_config",
+    "open_server",
+]
 
 
 def test_package_all_is_pinned() -> None:
@@ -530,11 +549,16 @@ def test_package_all_is_pinned() -> None:
 
 
 def test_package_exports_are_the_real_objects() -> None:
-    from aether_trio.app import Server
+    from aether_trio.app import Server, open_server
+    from aether_trio.backend import Hooks
     from aether_trio.config import Config, ConfigError, load_config
+    from aether_trio.protocol.errors import AppDisconnect, AppError
 
     package = load_module(PACKAGE)
     assert package.Server is Server
+    assert package.open_server is open_server
+    assert package.Hooks is Hooks
+    assert (package.AppError, package.AppDisconnect) == (AppError, AppDisconnect)
     assert package.Config is Config
     assert package.ConfigError is ConfigError
     assert package.load_config is load_config
@@ -597,6 +621,7 @@ OTHER_JSON = {
     (f"{PACKAGE}.admin.cli", "_http_error"): "the CLI reading the server's error answer",
     (f"{PACKAGE}.admin.cli", "_body"): "the CLI's --data argument",
     (f"{PACKAGE}.admin.cli", "cmd_audit"): "the CLI printing audit entries",
+    (f"{PACKAGE}.admin.state", "_decode"): "bans and revocations read back from the shared state",
 }
 # What a route hands `request.body` to; each decodes through DECODING.
 BODY_DECODERS = {

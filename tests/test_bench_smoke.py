@@ -154,3 +154,87 @@ def test_report_records_the_machine_and_ratios(smoke: dict[str, Any]) -> None:
     assert all(ratio[p] > 0 for p in peers)
     for heading in ("## Fan-out burst", "## Connect storm", "## Idle memory", "relative to"):
         assert heading in smoke["markdown"]
+
+
+# --- the Redis rows (`just bench-redis`): a second run into the same directory ------------------
+
+
+@pytest.fixture(scope="module")
+def redis_smoke(smoke: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`run.py --redis --smoke` (a private redis-server; one and two workers) into a directory
+    that already holds the main run's results: only the Redis section may change."""
+    out = tmp_path_factory.mktemp("bench-redis")
+    main = {k: v for k, v in smoke.items() if k != "markdown"}
+    (out / "results.json").write_text(json.dumps(main))
+    cmd = [sys.executable, str(RUN), "--redis", "--smoke", "--no-api", "--out-dir", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+        for p in sorted((out / "logs").glob("*.log"))
+        if p.stat().st_size
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{logs}"
+    doc: dict[str, Any] = json.loads((out / "results.json").read_text())
+    doc["markdown"] = (out / "RESULTS.md").read_text()
+    return doc
+
+
+def test_a_redis_run_leaves_the_main_results_as_they_were(
+    smoke: dict[str, Any], redis_smoke: dict[str, Any]
+) -> None:
+    for key in ("generated", "results", "ratios", "notes", "aether_code"):
+        assert redis_smoke[key] == smoke[key]
+    main_report = smoke["markdown"].rstrip("\n")
+    assert redis_smoke["markdown"].startswith(main_report)
+    assert "## Redis engine and workers" in redis_smoke["markdown"][len(main_report) :]
+
+
+def test_redis_rows_count_every_process_and_redis(redis_smoke: dict[str, Any]) -> None:
+    section = redis_smoke["redis"]
+    assert "load average" in section["uptime_before"]
+    assert section["redis_server"].startswith("Redis server")
+    ran = {(r["scenario"], r["server"]) for r in section["results"]}
+    for scenario in ("burst", "paced", "capacity", "storm"):
+        for server in ("aether", "aether-redis", "aether-redis-2w"):
+            assert (scenario, server) in ran
+    doc = {"results": section["results"]}
+    for server in ("aether-redis", "aether-redis-2w"):
+        for scenario in ("burst", "paced"):
+            for row in rows(doc, scenario, server):
+                assert row["delivered"] == row["expected"] > 0, (server, row)
+                assert row["redis_cpu_us_per_delivery"] is not None
+                assert not row["server_closes"], row
+        (storm,) = rows(doc, "storm", server)
+        assert storm["connected"] == storm["connections"] > 0
+        assert storm["redis_cpu_us_per_connect"] is not None
+    # No Redis CPU where there is no Redis.
+    (paced,) = rows(doc, "paced", "aether")
+    assert "redis_cpu_s" not in paced
+
+
+def test_capacity_rows_climb_until_a_stage_falls_behind(redis_smoke: dict[str, Any]) -> None:
+    doc = {"results": redis_smoke["redis"]["results"]}
+    for server in ("aether", "aether-redis", "aether-redis-2w"):
+        stages = rows(doc, "capacity", server)
+        rates = [row["target_deliveries_per_s"] for row in stages]
+        assert rates == sorted(rates)
+        assert rates[0] == 2000
+        assert all(row["held"] for row in stages[:-1])  # it stops at the first that did not
+        held = [row["target_deliveries_per_s"] for row in stages if row["held"]]
+        assert {row["capacity_deliveries_per_s"] for row in stages} == {max(held, default=0)}
+
+
+def test_the_redis_section_reports_the_targets(redis_smoke: dict[str, Any]) -> None:
+    targets = redis_smoke["redis"]["targets"]
+    assert [t["target"][:24] for t in targets] == [
+        "2 workers' paced capacit", "2 workers' connects/s ≥ ", "CPU µs per delivery thro",
+        "... the same with redis-", "CPU µs per delivery thro", "... the same with redis-",
+    ]  # fmt: skip
+    for target in targets:
+        assert target["met"] in (True, False, None)
+        if target["ratio"] is not None:
+            assert target["ratio"] == round(target["value"] / target["reference"], 2)
+    markdown = redis_smoke["markdown"]
+    for heading in ("### Paced capacity", "### Connect storm", "### Targets (issue 11)"):
+        assert heading in markdown
+    assert "aether-redis-2w, 2 workers" in markdown

@@ -115,7 +115,7 @@ def _undocumented(cls: type, table: dict[str, Any], path: str) -> list[str]:
     missing: list[str] = []
     for field in attrs.fields(cls):
         key = f"{path}.{field.name}" if path else field.name
-        if key in ("subscription_token", "channel.namespaces"):
+        if key in ("subscription_token", "channel.namespaces", "proxies"):
             continue  # deliberately empty / examples only: checked by their own tests
         if field.name not in table:
             missing.append(key)
@@ -420,6 +420,12 @@ INVALID = [
     ),
     pytest.param(
         '[engine.redis]\nhost = "x"\n', "engine.redis.host", "unknown key", id="redis-unknown-key"
+    ),
+    pytest.param(
+        "[api]\nidempotent_result_ttl = -1.0\n",
+        "api.idempotent_result_ttl",
+        "-1.0",
+        id="negative-idempotent-result-ttl",
     ),
     pytest.param(
         '[channel.without_namespace]\npublication_data_format = "xml"\n',

@@ -496,6 +496,111 @@ async def test_what_was_published_before_unsubscribe_returns_is_delivered(
     assert [p.offset for p in engines.handler.publications("news")] == [1]
 
 
+# --- idempotent publish (issue 11) -----------------------------------------------------------
+
+
+async def publish_keyed(
+    engines: Engines,
+    channel: str,
+    n: int,
+    key: str,
+    history: HistoryOptions = HISTORY,
+    ttl: float = 300.0,
+) -> StreamPosition:
+    return await engines.broker.publish(
+        channel, pub(n), history, idempotency_key=key, result_ttl=ttl
+    )
+
+
+@pytest.mark.parametrize("history", [HISTORY, NO_HISTORY], ids=["history", "no-history"])
+async def test_a_repeated_idempotency_key_returns_the_first_result_and_publishes_nothing(
+    engines: Engines, history: HistoryOptions
+) -> None:
+    await engines.broker.subscribe("news")
+    first = await publish_keyed(engines, "news", 1, "k", history)
+    # The retry carries other data: it is still the same publish, answered with the first result.
+    repeats = [await publish_keyed(engines, "news", 9, "k", history) for _ in range(3)]
+    assert repeats == [first] * 3
+    assert first.offset == (1 if history.enabled else 0)
+    unkeyed = await engines.broker.publish("news", pub(2), history)  # no key: no dedup
+    await engines.settle()
+    expected_offsets = [1, 2] if history.enabled else [0, 0]
+    delivered = engines.handler.publications("news")
+    assert [(p.data, p.offset) for p in delivered] == list(
+        zip([pub(1).data, pub(2).data], expected_offsets, strict=True)
+    )
+    offsets, top = await read(engines, "news")
+    assert offsets == (expected_offsets if history.enabled else [])
+    assert top.offset == unkeyed.offset
+
+
+async def test_idempotency_keys_are_per_channel_and_per_key(engines: Engines) -> None:
+    # "a.b" with key "c" and "a" with key "b.c" too: no two (channel, key) pairs share a result.
+    pairs = [("a", "k"), ("b", "k"), ("a", "k2"), ("a.b", "c"), ("a", "b.c")]
+    results = [await publish_keyed(engines, ch, n, key) for n, (ch, key) in enumerate(pairs, 1)]
+    assert [p.offset for p in results] == [1, 1, 2, 1, 3]
+    again = [await publish_keyed(engines, ch, 0, key) for ch, key in pairs]
+    assert again == results
+    assert (await read(engines, "a"))[0] == [1, 2, 3]
+    assert (await read(engines, "a.b"))[0] == [1]
+
+
+async def test_concurrent_publishes_with_one_key_publish_once(engines: Engines) -> None:
+    await engines.broker.subscribe("news")
+    results: list[StreamPosition] = []
+
+    async def one(n: int) -> None:
+        results.append(await publish_keyed(engines, "news", n, "k"))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(1, 11):
+            nursery.start_soon(one, n)
+    await engines.settle()
+    assert len(results) == 10
+    assert len(set(results)) == 1
+    assert len(engines.handler.publications("news")) == 1
+    assert (await read(engines, "news"))[0] == [1]
+
+
+@pytest.mark.parametrize("history", [HISTORY, NO_HISTORY], ids=["history", "no-history"])
+async def test_an_idempotency_result_expires_after_its_ttl(
+    engines: Engines, engine_time: MockClock | None, history: HistoryOptions
+) -> None:
+    await engines.broker.subscribe("news")
+    first = await publish_keyed(engines, "news", 1, "k", history, ttl=60.0)
+    await engines.elapse(59)
+    assert await publish_keyed(engines, "news", 2, "k", history, ttl=60.0) == first
+    await engines.elapse(2)  # 61 s after the first publish: the key is free again
+    second = await publish_keyed(engines, "news", 3, "k", history, ttl=60.0)
+    assert second.offset == (2 if history.enabled else 0)
+    assert await publish_keyed(engines, "news", 4, "k", history, ttl=60.0) == second
+    await engines.settle()
+    assert [p.data for p in engines.handler.publications("news")] == [pub(1).data, pub(3).data]
+
+
+async def test_the_memory_engines_idempotency_results_are_bounded_and_swept(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: MockClock
+) -> None:
+    monkeypatch.setattr(memory_module, "MAX_IDEMPOTENT_RESULTS", 3)
+    async with memory_engines() as engines:
+        for n, key in enumerate("abcd", 1):
+            await publish_keyed(engines, "news", n, key)
+        # "a" was dropped (the oldest): it publishes again; "d" is still known.
+        assert (await publish_keyed(engines, "news", 0, "a")).offset == 5
+        assert (await publish_keyed(engines, "news", 0, "d")).offset == 4
+        # An expired result is not used, even before a sweep dropped it.
+        first = await publish_keyed(engines, "other", 1, "short", ttl=1.0)
+        await trio.sleep(2)
+        assert (await publish_keyed(engines, "other", 2, "short", ttl=1.0)).offset == 2
+        assert first.offset == 1
+        # The periodic sweep drops expired results of any ttl, not only the oldest.
+        assert isinstance(engines.broker, MemoryBroker)
+        await trio.sleep(2)
+        engines.broker.sweep()
+        assert ("other", "short") not in engines.broker._results
+        assert ("news", "d") in engines.broker._results
+
+
 # --- presence --------------------------------------------------------------------------------
 
 

@@ -287,9 +287,9 @@ async def test_a_large_sequential_batch_lets_other_tasks_run(server: Server) -> 
     seen: list[int] = []
     real_publish = node.broker.publish
 
-    async def publish(channel: str, pub: Any, history: Any) -> Any:
+    async def publish(channel: str, pub: Any, history: Any, **options: Any) -> Any:
         seen.append(canary[0])
-        return await real_publish(channel, pub, history)
+        return await real_publish(channel, pub, history, **options)
 
     node.broker.publish = publish  # type: ignore[method-assign]
     done = trio.Event()

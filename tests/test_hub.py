@@ -261,9 +261,22 @@ def test_subscription_buffers_until_live_then_skips_what_the_reply_covered() -> 
 
     assert client.sent == [b"join", b"p3", b"p4"]
     sub.deliver(b"p5", 5)
-    sub.deliver(b"p2-again", 2)  # once live, nothing is filtered
+    sub.deliver(b"p2-again", 2)  # past the reply's position, nothing is filtered
     assert client.sent == [b"join", b"p3", b"p4", b"p5", b"p2-again"]
     assert client.closed == []
+
+
+def test_subscription_drops_late_copies_of_what_the_reply_covered_until_one_past_it() -> None:
+    """Redis: the stream position is read on one connection, publications come on the PUB/SUB
+    connection, so one the reply covered can arrive after `go_live`: it is dropped. Once one past
+    the reply arrived, nothing is filtered (PUB/SUB keeps a channel's order)."""
+    client = FakeClient()
+    sub = make_subscription(client)
+    sub.deliver(b"p1", 1)
+    sub.go_live(3)  # the reply carried the stream up to offset 3; 2 and 3 are still on their way
+    for message, offset in [(b"p2", 2), (b"join", 0), (b"p3", 3), (b"p4", 4), (b"p1-again", 1)]:
+        sub.deliver(message, offset)
+    assert client.sent == [b"join", b"p4", b"p1-again"]
 
 
 def test_subscription_never_skips_publications_without_offsets() -> None:

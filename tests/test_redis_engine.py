@@ -95,6 +95,32 @@ async def test_presence_keys_have_the_presence_ttl(redis_server: RedisServer) ->
         assert redis_server.command("HGETALL", users) == {b"alice": b"1"}
 
 
+async def test_an_idempotency_result_is_a_hash_with_the_result_ttl_seen_by_every_node(
+    redis_server: RedisServer,
+) -> None:
+    prefix = new_prefix()
+    async with (
+        engine(redis_server, prefix) as (first, _p1, _h1),
+        engine(redis_server, prefix) as (second, _p2, handler),
+    ):
+        await second.subscribe("news")
+        position = await first.publish("news", pub(1), HISTORY, idempotency_key="k", result_ttl=90)
+        result = first.keys.result("news", "k")
+        assert result == f"{prefix}.result.4.news.k"
+        fields = redis_server.command("HGETALL", result)
+        assert fields == {b"s": b"1", b"e": position.epoch.encode()}
+        assert 89_000 < redis_server.command("PTTL", result) <= 90_000
+        # The retry through another node: the first result, nothing appended or delivered.
+        assert await second.publish("news", pub(2), HISTORY, idempotency_key="k") == position
+        await second.pubsub.probe()
+        assert [p.offset for p in handler.publications("news")] == [1]
+        assert redis_server.command("XLEN", first.keys.stream("news")) == 1
+        await first.publish("plain", pub(1), HistoryOptions(), idempotency_key="k")
+        assert redis_server.command("HGETALL", first.keys.result("plain", "k")) == {
+            b"s": b"0", b"e": b""
+        }  # fmt: skip
+
+
 async def test_concurrent_publishes_of_two_nodes_never_reuse_an_offset(
     redis_server: RedisServer,
 ) -> None:

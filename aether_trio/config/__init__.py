@@ -9,6 +9,7 @@ The names below are the package's public surface; modules inside it import each 
 """
 
 from .channels import ChannelConfig as ChannelConfig
+from .cluster import ClusterConfig as ClusterConfig
 from .loader import Config as Config
 from .loader import ConfigError as ConfigError
 from .loader import for_instance as for_instance
@@ -26,6 +27,7 @@ from .sections import LimitsConfig as LimitsConfig
 from .sections import LogConfig as LogConfig
 from .sections import MonitorConfig as MonitorConfig
 from .sections import PersonalChannelConfig as PersonalChannelConfig
+from .sections import ProxyConfig as ProxyConfig
 from .sections import RedisEngineConfig as RedisEngineConfig
 from .sections import ServerConfig as ServerConfig
 from .sections import TokenConfig as TokenConfig
@@ -38,6 +40,7 @@ __all__ = [
     "BackupConfig",
     "ChannelConfig",
     "ClientConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "EngineConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "LogConfig",
     "MonitorConfig",
     "PersonalChannelConfig",
+    "ProxyConfig",
     "RedisEngineConfig",
     "ServerConfig",
     "TokenConfig",

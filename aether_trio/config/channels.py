@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import attrs
 
-from ..protocol.options import ChannelOptions, Namespace
+from ..protocol.options import ChannelOptions, Namespace, non_negative
 
 __all__ = ["ChannelConfig"]
 
@@ -14,6 +14,11 @@ __all__ = ["ChannelConfig"]
 class ChannelConfig:
     without_namespace: ChannelOptions = ChannelOptions()
     namespaces: tuple[Namespace, ...] = ()
+    # Channel occupied (first subscriber anywhere in the cluster) and vacated (the last one gone
+    # for state_delay seconds) told to this [[proxies]] entry ("" = none; or the
+    # on_channel_event hook).
+    state_proxy_name: str = ""
+    state_delay: float = attrs.field(default=2.0, validator=non_negative)
 
     def __attrs_post_init__(self) -> None:
         seen: set[str] = set()

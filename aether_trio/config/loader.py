@@ -28,6 +28,7 @@ from cattrs.gen import make_dict_structure_fn
 from ..protocol.decoding import error_paths
 from ..protocol.options import Namespace
 from .channels import ChannelConfig
+from .cluster import ClusterConfig
 from .sections import (
     AdminConfig,
     ApiConfig,
@@ -39,6 +40,7 @@ from .sections import (
     LimitsConfig,
     LogConfig,
     MonitorConfig,
+    ProxyConfig,
     ServerConfig,
     TokenConfig,
 )
@@ -66,11 +68,44 @@ class Config:
     monitor: MonitorConfig = MonitorConfig()
     limits: LimitsConfig = LimitsConfig()
     backup: BackupConfig = BackupConfig()
+    # The application's backend endpoints, by name (aether_trio/backend).
+    proxies: tuple[ProxyConfig, ...] = ()
+    cluster: ClusterConfig = ClusterConfig()
 
     def __attrs_post_init__(self) -> None:
         ns = self.client.personal_channel.namespace
         if ns and ns not in {n.name for n in self.channel.namespaces}:
             raise ValueError(f"client.personal_channel.namespace: unknown namespace {ns!r}")
+        if self.server.workers > 1 and self.engine.type != "redis":
+            raise ValueError(
+                f'server.workers: {self.server.workers} workers need engine.type = "redis"; '
+                f"with the {self.engine.type} engine each worker would have channels, history "
+                "and presence of its own and a publication would reach a part of the "
+                "subscribers only (use workers = 1, or the Redis engine: docs/redis.md)"
+            )
+        self._check_proxy_names()
+
+    def _check_proxy_names(self) -> None:
+        names = [proxy.name for proxy in self.proxies]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"proxies: duplicate proxy name(s) {duplicates}")
+        references = [
+            (f"client.{key}", getattr(self.client, key))
+            for key in (
+                "connect_proxy_name", "refresh_proxy_name", "rpc_proxy_name",
+                "disconnect_proxy_name",
+            )
+        ]  # fmt: skip
+        references.append(("channel.state_proxy_name", self.channel.state_proxy_name))
+        spaces = [("channel.without_namespace", self.channel.without_namespace)]
+        spaces += [(f"channel.namespaces[{i}]", ns) for i, ns in enumerate(self.channel.namespaces)]
+        for path, options in spaces:
+            for key in ("subscribe_proxy_name", "publish_proxy_name", "sub_refresh_proxy_name"):
+                references.append((f"{path}.{key}", getattr(options, key)))
+        for path, name in references:
+            if name and name not in names:
+                raise ValueError(f"{path}: no [[proxies]] entry is named {name!r}")
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -116,6 +151,15 @@ def _strict_converter() -> cattrs.Converter:
             raise TypeError(f"expected an array of strings, got {value!r}")
         return tuple(value)
 
+    def structure_str_table(value: Any, _t: Any) -> dict[str, str]:
+        # An inline table of strings ([[proxies]] static_headers).
+        if type(value) is not dict or not all(type(v) is str for v in value.values()):
+            raise TypeError(f"expected a table of strings, got {value!r}")
+        return dict(value)
+
+    def is_str_table(t: Any) -> bool:
+        return bool(t == dict[str, str])
+
     table_hooks: dict[Any, Any] = {}
 
     def structure_table(value: Any, t: Any) -> Any:
@@ -130,7 +174,11 @@ def _strict_converter() -> cattrs.Converter:
         return bool(t == tuple[str, ...])
 
     # Arrays of tables, by element type, with their TOML spelling for error messages.
-    table_arrays: dict[Any, str] = {Namespace: "channel.namespaces", ApiKey: "api.keys"}
+    table_arrays: dict[Any, str] = {
+        Namespace: "channel.namespaces",
+        ApiKey: "api.keys",
+        ProxyConfig: "proxies",
+    }
 
     def is_namespaces(t: Any) -> bool:
         args = typing.get_args(t)
@@ -157,6 +205,7 @@ def _strict_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, structure_float)
     conv.register_structure_hook_func(is_literal, structure_literal)
     conv.register_structure_hook_func(is_str_tuple, structure_str_tuple)
+    conv.register_structure_hook_func(is_str_table, structure_str_table)
     conv.register_structure_hook_func(attrs.has, structure_table)
     conv.register_structure_hook_func(is_namespaces, structure_namespaces)
     return conv
@@ -209,7 +258,9 @@ def for_instance(config: Config, instance: int) -> Config:
     """The configuration of process `instance` (1, 2, ...) of several on one host sharing one
     file (`aether serve --instance N`, the supervisor and systemd templates in ops/): both
     ports are the file's plus N (0 stays 0: the system picks), the node is `<node_name>-N`, and
-    its state (history snapshot, bans, audit log) lives in `<[admin] data_dir>/N`, its own."""
+    its state (history snapshot, bans, audit log) lives in `<[admin] data_dir>/N`, its own.
+    With `[server] workers` > 1, process N is worker N: the same, except that every worker
+    listens on the file's WebSocket port itself (shared with SO_REUSEPORT)."""
     if instance < 1:
         raise ConfigError(f"--instance: expected a number >= 1, got {instance}")
 
@@ -222,7 +273,11 @@ def for_instance(config: Config, instance: int) -> Config:
         config,
         server=attrs.evolve(
             config.server,
-            port=port(config.server.port, "server"),
+            port=(
+                config.server.port
+                if config.server.workers > 1
+                else port(config.server.port, "server")
+            ),
             node_name=f"{config.server.node_name}-{instance}",
         ),
         http=attrs.evolve(config.http, port=port(config.http.port, "http")),

@@ -28,6 +28,7 @@ __all__ = [
     "LogConfig",
     "MonitorConfig",
     "PersonalChannelConfig",
+    "ProxyConfig",
     "RedisEngineConfig",
     "ServerConfig",
     "TokenConfig",
@@ -46,6 +47,16 @@ TOKEN_ALGORITHMS = frozenset(
 def _port(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"{attr.name}: expected a port number 0..65535, got {value!r}")
+
+
+MAX_WORKERS = 64
+
+
+def _workers(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(
+            f"{attr.name}: expected a number of processes 1..{MAX_WORKERS}, got {value!r}"
+        )
 
 
 # Private ("$": no client subscribes without a subscription token) and without a namespace (so no
@@ -91,8 +102,23 @@ class ServerConfig:
     # Reverse proxies (CIDRs) whose X-Forwarded-For / X-Real-IP name the client
     # (guards/proxies.py); from any other peer those headers are ignored.
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
+    # Processes sharing `port` on this host (SO_REUSEPORT), run and restarted by `aether serve`
+    # (workers/); more than one needs the Redis engine (checked in `Config`).
+    workers: int = attrs.field(default=1, validator=_workers)
+    # A worker that exits before it listens has failed to start; this many failed starts in a
+    # row and the parent stops every worker and exits 1 instead of restarting for ever.
+    worker_max_failed_starts: int = attrs.field(default=5, validator=positive)
+    # Restart back-off of a worker that exited: the first delay, doubled per exit in a row (an
+    # exit after a minute up starts again from the first), at most the second.
+    worker_restart_delay: float = attrs.field(default=0.5, validator=positive)
+    worker_restart_max_delay: float = attrs.field(default=30.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError(
+                f"port: {self.workers} workers share one port; name it (0 would give each "
+                "worker a port of its own)"
+            )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
             raise ValueError(f"{missing}: tls_cert_file and tls_key_file go together; set both")
@@ -155,6 +181,14 @@ class ClientConfig:
     disallow_anonymous_connection_tokens: bool = False
     insecure: bool = False
     personal_channel: PersonalChannelConfig = PersonalChannelConfig()
+    # Backend proxies ([[proxies]] names, "" = none; aether_trio/backend): a connect without a
+    # token goes to the connect proxy, a refresh to the refresh proxy, every `rpc` command to
+    # the RPC proxy.
+    connect_proxy_name: str = ""
+    refresh_proxy_name: str = ""
+    rpc_proxy_name: str = ""
+    # Told (never asked) when a connection that had connected is gone: user, client, code, reason.
+    disconnect_proxy_name: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.ping_interval and self.pong_timeout >= self.ping_interval:
@@ -322,6 +356,9 @@ class ApiConfig:
     # Commands one `batch` request may carry (more: 400): a batch runs in one task, and its size
     # bounds how long one request may keep the server busy.
     max_batch_commands: int = attrs.field(default=1000, validator=positive)
+    # How long a publish's result is kept for its `idempotency_key` (centrifuge's
+    # idempotent_result_ttl): a retry with the key within it is answered with that result.
+    idempotent_result_ttl: float = attrs.field(default=300.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         names = [key.name for key in self.keys]
@@ -481,3 +518,71 @@ class BackupConfig:
             if getattr(self, name)
         }
         return attrs.evolve(self, **changes)  # type: ignore[arg-type]
+
+
+# --- the application's backend (issue 15) ---
+
+PROXY_NAME = re.compile(r"^[-a-zA-Z0-9_.]+$")
+
+
+def _proxy_name(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not PROXY_NAME.match(value):
+        raise ValueError(
+            f"{attr.name}: expected a name matching {PROXY_NAME.pattern}, got {value!r}"
+        )
+
+
+def _endpoint(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest:
+        raise ValueError(f"{attr.name}: expected an http:// or https:// URL, got {value!r}")
+
+
+def _header_names(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for name in value:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValueError(f"{attr.name}: {name!r} is not an HTTP header name")
+
+
+def _static_headers(_inst: object, attr: attrs.Attribute[Any], value: dict[str, str]) -> None:
+    _header_names(_inst, attr, tuple(value))
+    for name, text in value.items():
+        if "\r" in text or "\n" in text:
+            raise ValueError(f"{attr.name}: the value of {name!r} holds a line break")
+
+
+def _lowercase(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name.lower() for name in value)
+
+
+@attrs.frozen
+class ProxyConfig:
+    """One `[[proxies]]` entry: an HTTP endpoint of the application's backend speaking
+    Centrifugo's proxy protocol, referenced by name ([client] connect_proxy_name, ...,
+    a namespace's subscribe_proxy_name, ...)."""
+
+    name: str = attrs.field(default="", validator=_proxy_name)
+    endpoint: str = attrs.field(default="", validator=_endpoint)
+    # The whole call, retries included (Centrifugo's default: 1 s).
+    timeout: float = attrs.field(default=1.0, validator=positive)
+    # Headers of the client's WebSocket upgrade request passed on (e.g. Cookie, Authorization);
+    # any other header is not.
+    http_headers: tuple[str, ...] = attrs.field(
+        default=(), validator=_header_names, converter=_lowercase
+    )
+    # Headers the client sent in its connect command (SDK header emulation) passed on: the
+    # client controls them, list only what the backend checks itself (a signed token).
+    emulated_headers: tuple[str, ...] = attrs.field(
+        default=(), validator=_header_names, converter=_lowercase
+    )
+    # Calls that decide without side effects (connect, refresh, subscribe, sub_refresh) are
+    # tried again after a connection failure or a 502/503/504, at most this many times, after
+    # pauses doubling from retry_backoff up to retry_backoff_max; publish and rpc never are.
+    max_retries: int = attrs.field(default=2, validator=non_negative)
+    retry_backoff: float = attrs.field(default=0.05, validator=positive)
+    retry_backoff_max: float = attrs.field(default=0.5, validator=positive)
+    # Headers sent with every request (e.g. a secret the backend checks to know Aether is
+    # calling); a client's passed-on header of the same name wins, as in Centrifugo.
+    static_headers: dict[str, str] = attrs.field(
+        factory=dict, validator=_static_headers, repr=False
+    )

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from logging import INFO
 from typing import TYPE_CHECKING
 
+from ..backend import wire
 from ..engines.base import EngineError
-from ..protocol.codec import encode_push, encode_reply
+from ..protocol.codec import encode_push, encode_reply, raw_json
 from ..protocol.codes import Disconnect, Unsubscribe
+from ..protocol.errors import AppDisconnect, AppError, ReplyError
 from ..protocol.messages import NO_JSON, ClientInfo, RawJSON, UnsubscribePush
 from ..protocol.session import Session
 from ..subscriptions import ChannelSubscription, SystemSubscription
@@ -32,9 +34,13 @@ if TYPE_CHECKING:
     from ..node import Node
     from ..transport import Transport
 
-__all__ = ["Client", "Subscription"]
+__all__ = ["REFRESH_RETRY_SECONDS", "Client", "Subscription"]
 
 log = logging.getLogger(__name__)
+
+# When the backend could not answer a refresh (down, slow, an error), the connection or
+# subscription lives this much longer and the backend is asked again then (as Centrifugo does).
+REFRESH_RETRY_SECONDS = 60.0
 
 Subscription = ChannelSubscription | SystemSubscription
 
@@ -43,10 +49,16 @@ class Client:
     __slots__ = (
         "__weakref__",
         "_nursery",
+        "app_name",
+        "app_version",
+        "backend_connected",
         "client_id",
         "conn_info",
         "connect_failed",
+        "connected_at",
+        "emulated_headers",
         "expire_at",
+        "headers",
         "issued_at",
         "last_activity",
         "limiter",
@@ -60,9 +72,22 @@ class Client:
         "writer",
     )
 
-    def __init__(self, node: Node[Client], transport: Transport) -> None:
+    def __init__(
+        self, node: Node[Client], transport: Transport, headers: dict[str, str] | None = None
+    ) -> None:
         self.node = node
         self.transport = transport
+        # What the application's backend is passed of the upgrade request's headers and of the
+        # connect command's (aether_trio/backend: only names some proxy or hook lists are kept).
+        self.headers: dict[str, str] = headers or {}
+        self.emulated_headers: dict[str, str] = {}
+        # Who the connection is was said by the backend's connect proxy or hook (not a token):
+        # a refresh proxy or hook then refreshes it at its expiry.
+        self.backend_connected = False
+        # What the connect command said of the SDK (`name`, `version`) and when it connected
+        # (Unix time; 0 before), for the server API's `connections`.
+        self.app_name = self.app_version = ""
+        self.connected_at = 0.0
         self.client_id = str(uuid.uuid4())
         self.session = Session()
         self.user = ""
@@ -152,6 +177,7 @@ class Client:
 
     def authenticated(self, user: str, conn_info: RawJSON, expire_at: int | None) -> None:
         self.user, self.conn_info, self.expire_at = user, conn_info, expire_at
+        self.connected_at = time.time()
         self.session.connected(self.client_id, user)
         self.timers.cancel("stale")
         self.node.register(self)
@@ -233,6 +259,71 @@ class Client:
                     await self.node.refresh_presence(sub, self.info(sub.chan_info))
                 except EngineError:
                     log.info("refreshing the presence of %s in %s failed", self, channel)
+
+    # --- refreshes the server makes with the application's backend (aether_trio/backend) ---
+
+    def refreshes_itself(self, sub: ChannelSubscription | None = None) -> bool:
+        backend, cfg = self.node.backend, self.node.config.client
+        if sub is None:
+            return self.backend_connected and bool(
+                backend.target(cfg.refresh_proxy_name, "refresh")
+            )
+        return bool(backend.target(sub.options.sub_refresh_proxy_name, "sub_refresh"))
+
+    def refresh_due(self, sub: ChannelSubscription | None = None) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._backend_refresh, sub)
+
+    async def _backend_refresh(self, sub: ChannelSubscription | None) -> None:
+        """Ask the backend whether the connection (or `sub`) lives on: expired or no result
+        ends it, a new `expire_at` (0: none) and `info` renew it, a `disconnect` closes the
+        connection; no usable answer gives it REFRESH_RETRY_SECONDS more."""
+        node = self.node
+        backend, cfg = node.backend, node.config.client
+        if sub is None:
+            target = backend.target(cfg.refresh_proxy_name, "refresh")
+        else:
+            target = backend.target(sub.options.sub_refresh_proxy_name, "sub_refresh")
+        if target is None:  # a reload took it away: expire as without one
+            self._expire(sub)
+            return
+        who = {"client": self.client_id, "user": self.user}
+        headers = target.headers(self.headers, self.emulated_headers)
+        result: wire.RefreshResult | wire.SubRefreshResult | None
+        try:
+            if sub is None:
+                event = wire.RefreshEvent(**who, headers=headers)
+                result = await backend.call(target, "refresh", event, wire.RefreshResult)
+            else:
+                sub_event = wire.SubRefreshEvent(**who, headers=headers, channel=sub.channel)
+                result = await backend.call(target, "sub_refresh", sub_event, wire.SubRefreshResult)
+        except AppDisconnect as exc:
+            self.close_with(exc.code, exc.reason, detail="by the backend at a refresh")
+            return
+        except (AppError, ReplyError):
+            log.info("refresh of %s%s failed: trying again in %.0f s", self,
+                     f" in {sub.channel}" if sub else "", REFRESH_RETRY_SECONDS)  # fmt: skip
+            result = wire.RefreshResult(expire_at=int(time.time() + REFRESH_RETRY_SECONDS))
+        if self.closing or (sub is not None and self.subscriptions.get(sub.channel) is not sub):
+            return  # gone meanwhile
+        if result is None or result.expired:
+            self._expire(sub)
+            return
+        expire_at = result.expire_at or None
+        info = raw_json(result.info) if result.info is not None else None
+        if sub is None:
+            self.refreshed(expire_at, info)
+        else:
+            sub.expire_at = expire_at
+            if info is not None:
+                sub.chan_info = info
+            self.timers.watch_subscription(sub)
+
+    def _expire(self, sub: ChannelSubscription | None) -> None:
+        if sub is None:
+            self.close(Disconnect.EXPIRED)
+        else:
+            self.subscription_expired(sub)
 
     async def _leave_quietly(self, sub: Subscription) -> None:
         try:

@@ -24,6 +24,7 @@ from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
 from ..subscriptions import ChannelSubscription
+from . import proxied
 from .subscribe import (
     Grant,
     Opened,
@@ -49,6 +50,8 @@ Handler = Callable[["Client", int, Any], Awaitable[None]]
 async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
     node = client.node
     cfg = node.config.client
+    # Kept for every later call to the backend (subscribe, publish, rpc, refresh proxies too).
+    client.emulated_headers = proxied.emulated_headers(client, req.headers)
     if req.token:
         if not node.verifier.enabled:
             raise DisconnectError(Disconnect.INVALID_TOKEN, "no key configured for tokens")
@@ -63,14 +66,24 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
             raise DisconnectError(Disconnect.INVALID_TOKEN, f"connection token: {exc}") from None
         if not creds.user and cfg.disallow_anonymous_connection_tokens:
             raise DisconnectError(Disconnect.PERMISSION_DENIED, "anonymous token disallowed")
+        # The user's connections on every node (3504 over the limit); undone at unregister.
+        await node.count_connection(creds.user, client.client_id)
         # Maintenance, bans, revocations; no await from here to `authenticated`, so an operator's
         # ban either refuses this connection or finds it registered.
         node.admit(creds.user, creds.token_id, creds.issued_at)
         client.token_id, client.issued_at = creds.token_id, creds.issued_at
         user, info, expire_at, subs = creds.user, creds.info, creds.expire_at, dict(creds.subs)
+        data = m.NO_JSON
+    elif (target := node.backend.target(cfg.connect_proxy_name, "connect")) is not None:
+        # No token: the application's backend says who this is (cookies, headers, data).
+        backend = await proxied.connect(client, req, target)
+        node.admit(backend.user, "", None)
+        client.backend_connected = True
+        user, info, expire_at, subs = backend.user, backend.info, backend.expire_at, backend.subs
+        data = backend.data
     elif cfg.insecure or cfg.allow_anonymous_connect_without_token:
         node.admit("", "", None)
-        user, info, expire_at, subs = "", m.NO_JSON, None, {}
+        user, info, expire_at, subs, data = "", m.NO_JSON, None, {}, m.NO_JSON
     else:
         raise DisconnectError(Disconnect.BAD_REQUEST, "client credentials not found")
     if expire_at is not None and expire_at <= time.time():
@@ -98,14 +111,19 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
         for ch in (node.resolve(channel),)
     ]
 
+    client.app_name, client.app_version = req.name, req.version
     client.authenticated(user, m.RawJSON(info), expire_at)
+
+    # The client refreshes unless the server does it with the backend (refresh proxy or hook).
+    client_refresh = expire_at is not None and not client.refreshes_itself()
 
     def reply(opened: list[Opened]) -> None:
         result = m.ConnectResult(
             client=client.client_id,
             version=node.version,
-            expires=expire_at is not None,
-            ttl=ttl_seconds(expire_at),
+            expires=client_refresh,
+            ttl=ttl_seconds(expire_at) if client_refresh else 0,
+            data=data,
             subs={o.sub.channel: o.result for o in opened} or None,
             ping=int(cfg.ping_interval),
             pong=cfg.ping_interval > 0 and cfg.pong_timeout > 0,
@@ -136,6 +154,11 @@ async def subscribe_command(client: Client, cmd_id: int, req: m.SubscribeRequest
             chan_info=m.RawJSON(claims.info), data=m.RawJSON(claims.data),
             expire_at=claims.expire_at,
         )  # fmt: skip
+    elif not (ch.private or ch.user_limited) and (
+        target := node.backend.target(ch.options.subscribe_proxy_name, "subscribe")
+    ):
+        # As Centrifugo: a private channel needs a token, a user-limited one its user.
+        grant = await proxied.subscribe_grant(client, ch, req, target)
     else:
         permissions.check_subscribe_without_token(ch, client.user, node.config.client.insecure)
     if grant.expire_at is not None and grant.expire_at <= time.time():
@@ -163,10 +186,20 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     ch = node.resolve(req.channel)
     _check_data_format(ch.options, req.data)
     sub = client.subscriptions.get(req.channel)
-    permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
+    data, tags, history = req.data, None, True
+    # Never the operators' system channel: no hook or proxy may open it to clients.
+    system = node.system_subscription(ch.name) is not None
+    if not system and (target := node.backend.target(ch.options.publish_proxy_name, "publish")):
+        # The application's backend decides instead of the allow_publish_* rules, and may
+        # change the data (checked again), add tags, keep it out of history.
+        allowed = await proxied.publish(client, ch, req, target)
+        data, tags, history = allowed.data, allowed.tags, allowed.history
+        _check_data_format(ch.options, data)
+    else:
+        permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
     info = client.info(sub.chan_info if sub else m.NO_JSON)
-    payload = publication_payload(ch.options, req.data)  # the channel's publication_html
-    await node.publish(ch, payload, info, source="client")
+    payload = publication_payload(ch.options, data)  # the channel's publication_html
+    await node.publish(ch, payload, info, tags, source="client", history=history)
     client.reply(cmd_id, "publish", m.EmptyResult())
 
 
@@ -264,7 +297,7 @@ async def sub_refresh(client: Client, cmd_id: int, req: m.SubRefreshRequest) -> 
 
 
 async def not_available(client: Client, cmd_id: int, req: Any) -> None:
-    # ping (removed in protocol v2) and rpc (no RPC handler is configured) are answered 108.
+    # ping (removed in protocol v2) is answered 108.
     raise ReplyError(ErrorCode.NOT_AVAILABLE)
 
 
@@ -283,7 +316,8 @@ HANDLERS: dict[str, Handler] = {
     "history": history,
     "refresh": refresh,
     "sub_refresh": sub_refresh,
-    "rpc": not_available,
+    # 108 without an RPC proxy or hook.
+    "rpc": proxied.rpc,
     "ping": not_available,
     "send": send,
 }

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..backend import DisconnectEvent
 from ..engines.base import EngineError
 from ..observe.logs import client_id_var
-from ..protocol.codec import Command, decode_frame, encode_error
+from ..protocol.codec import Command, decode_frame, encode_app_error, encode_error
 from ..protocol.codes import Disconnect, ErrorCode
-from ..protocol.errors import DisconnectError, ReplyError
+from ..protocol.errors import AppDisconnect, AppError, DisconnectError, ReplyError
 from ..transport import PEER_PROTOCOL_ERRORS, TransportClosed
 from .client import Client
 from .handlers import HANDLERS
@@ -39,9 +40,12 @@ log = logging.getLogger(__name__)
 CLEANUP_SECONDS = 5.0
 
 
-async def serve_connection(node: Node[Client], transport: Transport) -> None:
-    """Serve one accepted WebSocket until it is closed, then clean up after it."""
-    await run(Client(node, transport))
+async def serve_connection(
+    node: Node[Client], transport: Transport, headers: dict[str, str] | None = None
+) -> None:
+    """Serve one accepted WebSocket until it is closed, then clean up after it; `headers` are
+    the upgrade request's that the application's backend is passed."""
+    await run(Client(node, transport, headers))
 
 
 async def run(client: Client) -> None:
@@ -64,10 +68,33 @@ async def run(client: Client) -> None:
     finally:
         request = client.writer.close_request
         client.node.metrics.disconnected(request.code if request is not None else None)
+        _tell_disconnect(client)
         client.session.close()
         client.timers.cancel_all()
         with trio.move_on_after(CLEANUP_SECONDS, shield=True):
             await _cleanup(client)
+
+
+def _tell_disconnect(client: Client) -> None:
+    """A connection that had connected is gone: the backend's disconnect proxy or hook is told
+    (in the background), with the close the server sent or 3000 when the client left."""
+    node = client.node
+    if node.clients.get(client.client_id) is not client:
+        return  # never connected (refused, stale, gone during the handshake)
+    target = node.backend.target(node.config.client.disconnect_proxy_name, "disconnect")
+    if target is None:
+        return
+    request = client.writer.close_request
+    code, reason = (
+        (request.code, request.reason)
+        if request is not None
+        else (int(Disconnect.CONNECTION_CLOSED), Disconnect.CONNECTION_CLOSED.reason)
+    )
+    event = DisconnectEvent(
+        client=client.client_id, user=client.user, code=code, reason=reason,
+        headers=target.headers(client.headers, client.emulated_headers),
+    )  # fmt: skip
+    node.notifier.tell(target, "disconnect", event)
 
 
 async def _cleanup(client: Client) -> None:
@@ -136,23 +163,30 @@ async def _dispatch(client: Client, command: Command) -> None:
     except ReplyError as exc:
         outcome = exc.code
         log.info("%s %s refused for %s: %s", command.method, int(exc.code), client, exc.detail)
-        _fail(client, command, exc.code)
+        _fail(client, command, encode_error(command.id, exc.code))
     except DisconnectError as exc:
         outcome = exc.disconnect
         raise
+    except AppError as exc:  # the application's backend refused: its code and message
+        outcome = "error"
+        log.info("%s %d refused by the backend for %s", command.method, exc.code, client)
+        _fail(client, command, encode_app_error(command.id, exc.code, exc.message, exc.temporary))
+    except AppDisconnect as exc:
+        outcome = "disconnect"
+        client.close_with(exc.code, exc.reason, detail=f"{command.method}: by the backend")
     except trio.Cancelled:
         raise
     except Exception as exc:
         outcome = "internal"
         log.exception("%s failed for %s", command.method, client)
         node.errors.capture(exc, f"command {command.method}")
-        _fail(client, command, ErrorCode.INTERNAL)
+        _fail(client, command, encode_error(command.id, ErrorCode.INTERNAL))
     finally:
         node.metrics.command(command.method, outcome, time.perf_counter() - started)
 
 
-def _fail(client: Client, command: Command, code: ErrorCode) -> None:
-    client.send(encode_error(command.id, code))
+def _fail(client: Client, command: Command, error: bytes) -> None:
+    client.send(error)
     if command.method == "connect":
         # Stop handling commands; give the client time to close, then drop it.
         client.connect_failed = True

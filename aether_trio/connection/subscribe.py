@@ -229,8 +229,10 @@ async def open_subscription(
         if client.subscriptions.get(ch.name) is sub:
             client.detach(ch.name)
         raise
+    # The client refreshes unless the server does it with the backend (sub_refresh proxy, hook).
+    client_refresh = grant.expire_at is not None and not client.refreshes_itself(sub)
     result = attrs.evolve(
-        result, expires=grant.expire_at is not None, ttl=ttl_seconds(grant.expire_at),
+        result, expires=client_refresh, ttl=ttl_seconds(grant.expire_at) if client_refresh else 0,
         data=grant.data, was_recovering=req.recover,
     )  # fmt: skip
     client.timers.watch_subscription(sub)

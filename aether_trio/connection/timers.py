@@ -47,6 +47,14 @@ class TimerOwner(Protocol):
     def refresh_presence(self) -> None:
         """Add the connection's presence entries again (in a task of its own)."""
 
+    def refreshes_itself(self, sub: ChannelSubscription | None = None) -> bool:
+        """Whether the server refreshes the connection (`sub` None) or `sub` by asking the
+        application's backend at its expiry, rather than waiting for the client's refresh."""
+
+    def refresh_due(self, sub: ChannelSubscription | None = None) -> None:
+        """The expiry of the connection (`sub` None) or of `sub` arrived and the server refreshes
+        it itself: ask the backend (in a task of its own)."""
+
 
 class ConnectionTimers:
     # Two references and a dict: an idle connection pays for nothing else here (no callbacks
@@ -126,10 +134,15 @@ class ConnectionTimers:
         expire_at = self._owner.expire_at
         if expire_at is None:
             return
+        owner = self._owner
+        if owner.refreshes_itself():
+            # The backend is asked at the expiry itself (no client is waiting to refresh).
+            self.call_later("expire", max(expire_at - time.time(), 0), owner.refresh_due)
+            return
         # A refresh cancels this timer and arms a new one, so when it fires the connection was
         # not refreshed in time (no wall-clock re-check: tests run on a virtual clock).
         delay = expire_at - time.time() + self._config().expired_close_delay
-        self.call_later("expire", max(delay, 0), lambda: self._owner.close(Disconnect.EXPIRED))
+        self.call_later("expire", max(delay, 0), lambda: owner.close(Disconnect.EXPIRED))
 
     # --- subscriptions ---
 
@@ -138,8 +151,13 @@ class ConnectionTimers:
         self.forget_subscription(sub)
         if sub.expire_at is None:
             return
-        delay = sub.expire_at - time.time() + self._config().expired_sub_close_delay
         owner = self._owner
+        if owner.refreshes_itself(sub):
+            sub.expiry_timer = self._scheduler.call_later(
+                max(sub.expire_at - time.time(), 0), lambda: owner.refresh_due(sub)
+            )
+            return
+        delay = sub.expire_at - time.time() + self._config().expired_sub_close_delay
         sub.expiry_timer = self._scheduler.call_later(
             max(delay, 0), lambda: owner.subscription_expired(sub)
         )

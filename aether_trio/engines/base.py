@@ -8,6 +8,12 @@ about hubs or connections. Delivery is only promised to nodes that `subscribe`d 
 may come after `publish` returns (Redis delivers through PUB/SUB; the memory engine delivers to
 its one node before `publish` returns). A broker that may have lost events of some channels (a
 PUB/SUB connection re-established) says so with `handle_gap`.
+
+A publish may carry an idempotency key (the server API's `idempotency_key`): the broker keeps the
+result under (channel, key) for `result_ttl` and answers a repeat with the first result, appending
+and delivering nothing. Checking and storing the result is one atomic step with the append (one
+Lua script in Redis), so a retry of a publish whose answer was lost -- through the same node or
+another -- is never applied twice, and neither are two concurrent retries.
 A `PresenceManager` keeps who is in a channel.
 
 Errors:
@@ -25,6 +31,7 @@ import trio
 from ..protocol.messages import ClientInfo, Publication, StreamPosition
 
 __all__ = [
+    "IDEMPOTENT_RESULT_TTL",
     "READ_CREATED_TTL",
     "Broker",
     "BrokerEventHandler",
@@ -40,6 +47,10 @@ __all__ = [
 # lives this long at most from that read, whatever `meta_ttl` says, and later reads do not renew
 # it: reads must not keep state for a month. Its first publication makes it an ordinary stream.
 READ_CREATED_TTL = 3600.0
+
+# How long a publish's result is kept for its idempotency key unless the caller says otherwise
+# (centrifuge's default `idempotent_result_ttl`; `[api] idempotent_result_ttl` sets Aether's).
+IDEMPOTENT_RESULT_TTL = 300.0
 
 
 class EngineError(Exception):
@@ -95,9 +106,17 @@ class Broker(Protocol):
     async def unsubscribe(self, channel: str) -> None: ...
 
     async def publish(
-        self, channel: str, pub: Publication, history: HistoryOptions
+        self,
+        channel: str,
+        pub: Publication,
+        history: HistoryOptions,
+        *,
+        idempotency_key: str = "",
+        result_ttl: float = IDEMPOTENT_RESULT_TTL,
     ) -> StreamPosition:
-        """Append (when history is on) and deliver; returns the new top (0 without history)."""
+        """Append (when history is on) and deliver; returns the new top (0 without history).
+        With `idempotency_key`: if a publish with that key in `channel` returned within
+        `result_ttl`, its result is returned and nothing is appended or delivered."""
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
 

@@ -16,6 +16,11 @@ read, and at most `MAX_READ_CREATED` of them are kept (the oldest go first); its
 publication makes it an ordinary stream. A client whose read-created epoch was forgotten is told
 its position is unrecoverable: never a wrong recovery.
 
+Idempotency results (a publish's idempotency key, engines/base.py) are kept per (channel, key)
+until their ttl passes, at most `MAX_IDEMPOTENT_RESULTS` of them (the oldest go first). Looking
+one up, publishing and storing the result happen without a checkpoint in between, so concurrent
+publishes with one key publish once. They are not saved across a restart.
+
 `export_streams` and `import_streams` carry the streams across a restart (engines/persist.py):
 the deadlines are kept by this broker's clock, which starts anew with each process, so they
 leave and enter as wall-clock times, converted through the caller's `wall_now`.
@@ -33,6 +38,7 @@ import trio
 
 from ..protocol.messages import ClientInfo, Publication, StreamPosition
 from .base import (
+    IDEMPOTENT_RESULT_TTL,
     READ_CREATED_TTL,
     BrokerEventHandler,
     HistoryOptions,
@@ -47,6 +53,8 @@ _EPOCH_ALPHABET = string.ascii_letters
 # Streams created by a read, not a publication: at most this many are kept (the oldest go first;
 # how long each lives is the engines' common READ_CREATED_TTL). Redis keeps them by TTL alone.
 MAX_READ_CREATED = 10_000
+# Idempotency results kept at most (the oldest go first), whatever their ttl.
+MAX_IDEMPOTENT_RESULTS = 100_000
 
 
 def new_epoch() -> str:
@@ -71,6 +79,8 @@ class MemoryBroker:
         self._streams: dict[str, _Stream] = {}
         # Channels whose stream a read created and no publication has used yet, oldest first.
         self._read_created: dict[str, None] = {}
+        # (channel, idempotency key) -> (expires at, result), in insertion order.
+        self._results: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
         self._handler: BrokerEventHandler | None = None
 
     async def run(
@@ -98,6 +108,9 @@ class MemoryBroker:
                 self._read_created.pop(channel, None)
             elif stream.pubs and now >= stream.pubs_expire:
                 stream.pubs.clear()
+        # A full pass: results of different ttls do not expire in insertion order.
+        for entry in [e for e, (expires, _) in self._results.items() if now >= expires]:
+            del self._results[entry]
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -153,11 +166,22 @@ class MemoryBroker:
         pass
 
     async def publish(
-        self, channel: str, pub: Publication, history: HistoryOptions
+        self,
+        channel: str,
+        pub: Publication,
+        history: HistoryOptions,
+        *,
+        idempotency_key: str = "",
+        result_ttl: float = IDEMPOTENT_RESULT_TTL,
     ) -> StreamPosition:
+        now = self._clock()
+        entry = (channel, idempotency_key)
+        if idempotency_key and (found := self._results.get(entry)) is not None:
+            if now < found[0]:
+                return found[1]  # a repeat: the first result, nothing appended or delivered
+            del self._results[entry]
         position = StreamPosition()
         if history.enabled:
-            now = self._clock()
             stream = self._stream(channel, history.meta_ttl, now)
             self._read_created.pop(channel, None)  # an ordinary stream from now on
             stream.top += 1
@@ -169,6 +193,10 @@ class MemoryBroker:
             position = StreamPosition(stream.top, stream.epoch)
         if self._handler is not None:
             self._handler.handle_publication(channel, pub)
+        if idempotency_key:
+            self._results[entry] = (now + result_ttl, position)
+            while len(self._results) > MAX_IDEMPOTENT_RESULTS:
+                del self._results[next(iter(self._results))]
         return position
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:

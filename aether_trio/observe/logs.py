@@ -46,8 +46,12 @@ def redact(text: str) -> str:
     return _JWT.sub("<redacted jwt>", text) if "eyJ" in text else text
 
 
+# Set in a worker of several (`[server] workers`, `--instance N`): every line says which one.
+_process: dict[str, str] = {}
+
+
 def _context() -> dict[str, str]:
-    fields = {}
+    fields = dict(_process)
     if client := client_id_var.get():
         fields["client"] = client
     if request_id := request_id_var.get():
@@ -96,12 +100,17 @@ def setup_logging(
     level: str = "info",
     fmt: Literal["json", "text"] = "json",
     stream: TextIO | None = None,
+    worker: int | None = None,
 ) -> logging.Handler:
-    """Send every log record to `stream` (stderr) in `fmt`, at `level` and above.
+    """Send every log record to `stream` (stderr) in `fmt`, at `level` and above; with `worker`
+    (the `--instance` number), every record names it.
 
     Replaces the handler a previous call installed; returns the new one (tests remove it).
     """
     global _handler
+    _process.clear()
+    if worker is not None:
+        _process["worker"] = str(worker)
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)

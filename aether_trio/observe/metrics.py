@@ -188,6 +188,19 @@ class Metrics:
             "How late the monitor's timer woke up (time the event loop was busy elsewhere)",
             LAG_BUCKETS,
         )
+        self.proxy_calls = counter(
+            "aether_proxy_calls",
+            'Calls to the application\'s backend by proxy name ("hook": in-process), kind '
+            "(connect, refresh, subscribe, publish, sub_refresh, rpc) and result (ok, error, "
+            "disconnect, timeout, unreachable, status, bad_response, hook_error, cancelled)",
+            ["proxy", "kind", "result"],
+        )
+        self.proxy_call_duration = histogram(
+            "aether_proxy_call_duration_seconds",
+            "Time a call to the application's backend took, retries included",
+            LATENCY_BUCKETS,
+            ["proxy", "kind"],
+        )
         self.threshold_exceeded = Gauge(
             "aether_resource_threshold_exceeded",
             "1 while a [monitor] threshold is exceeded",
@@ -260,6 +273,11 @@ class Metrics:
         self._capped_child(self.api_requests, method, str(status)).inc()
         if seconds is not None:
             self._capped_child(self.api_request_duration, method).observe(seconds)
+
+    def proxy_call(self, proxy: str, kind: str, result: str, seconds: float) -> None:
+        """A call to the backend ended; `proxy` is a [[proxies]] name (bounded by the config)."""
+        self._capped_child(self.proxy_calls, proxy, kind, result).inc()
+        self._capped_child(self.proxy_call_duration, proxy, kind).observe(seconds)
 
     def error(self, kind: str) -> None:
         self._capped_child(self.errors, kind).inc()

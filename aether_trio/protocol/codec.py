@@ -28,6 +28,7 @@ __all__ = [
     "Command",
     "compact",
     "decode_frame",
+    "encode_app_error",
     "encode_error",
     "encode_push",
     "encode_reply",
@@ -95,7 +96,7 @@ def _make_converter() -> cattrs.Converter:
     for cls in (
         m.ClientInfo, m.Publication, m.SubscribeResult, m.ConnectResult, m.EmptyResult,
         m.PresenceResult, m.PresenceStatsResult, m.HistoryResult, m.RefreshResult,
-        m.SubRefreshResult, m.SubscribePush, m.UnsubscribePush, m.JoinLeave,
+        m.SubRefreshResult, m.SubscribePush, m.UnsubscribePush, m.JoinLeave, m.RPCResult,
     ):  # fmt: skip
         conv.register_unstructure_hook(
             cls, make_dict_unstructure_fn(cls, conv, _cattrs_omit_if_default=True)
@@ -179,6 +180,14 @@ def encode_reply(command_id: int, method: str, result: Any) -> bytes:
 def encode_error(command_id: int, code: ErrorCode) -> bytes:
     error: dict[str, Any] = {"code": int(code), "message": code.message}
     if code.temporary:
+        error["temporary"] = True
+    return compact(orjson.dumps({"id": command_id, "error": error}))
+
+
+def encode_app_error(command_id: int, code: int, message: str, temporary: bool) -> bytes:
+    """An error reply the application chose (`errors.AppError`)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if temporary:
         error["temporary"] = True
     return compact(orjson.dumps({"id": command_id, "error": error}))
 

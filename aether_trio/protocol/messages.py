@@ -26,6 +26,7 @@ __all__ = [
     "Publication",
     "PublishRequest",
     "RPCRequest",
+    "RPCResult",
     "RawJSON",
     "RefreshRequest",
     "RefreshResult",
@@ -246,3 +247,10 @@ class UnsubscribePush:
 @attrs.frozen
 class JoinLeave:
     info: ClientInfo
+
+
+@attrs.frozen
+class RPCResult:
+    """The `rpc` reply: what the application's RPC handler (proxy or hook) answered."""
+
+    data: RawJSON = NO_JSON

@@ -80,6 +80,13 @@ class ChannelOptions:
     # HTML in the string values of published data (aether_trio.guards.sanitize): left as it is,
     # escaped, or stripped of tags.
     publication_html: PublicationHtml = "keep"
+    # The application's backend ([[proxies]] names, "" = none; Centrifugo's names): a subscribe
+    # without a token is decided by the subscribe proxy (instead of the allow_subscribe_* rules),
+    # a client's publication by the publish proxy (which may change its data), a subscription
+    # refresh without a token by the sub_refresh proxy.
+    subscribe_proxy_name: str = ""
+    publish_proxy_name: str = ""
+    sub_refresh_proxy_name: str = ""
 
     @property
     def history_enabled(self) -> bool:

@@ -9,12 +9,18 @@ by this same task (websocket.py): no reader task, no channel, no nursery per con
 
 `serve_connection` is also the last-resort boundary of a connection: nothing that fails inside
 it reaches the listener's nursery (which would end every connection); it is logged.
+
+With `reuse_port` the sockets are opened here instead of by `trio.open_tcp_listeners`, the
+same way plus SO_REUSEPORT: several worker processes (`[server] workers`) then listen on one
+port and the kernel spreads new connections over them. (It also lets any other process of the
+same user bind that port: workers.md says so.)
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,22 +57,23 @@ async def serve_websocket(
     max_message_size: int,
     connect_timeout: float,
     on_failure: FailureCounter | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSockets on `host`:`port` (TLS with `ssl_context`) until cancelled, each
     connection in a task of `handler_nursery`; reports `Listening` (its `port`) through
     `task_status`. `connect_timeout` bounds the TLS handshake and, separately, the upgrade
-    request."""
+    request. `reuse_port`: share the port with other processes (SO_REUSEPORT)."""
     listeners: list[Any]
-    if ssl_context is None:
-        listeners = list(await trio.open_tcp_listeners(port, host=host))
+    if reuse_port:
+        listeners = list(await open_reuse_port_listeners(port, host))
     else:
+        listeners = list(await trio.open_tcp_listeners(port, host=host))
+    if ssl_context is not None:
         # https_compatible: no close_notify exchange on close, as browsers and servers do.
-        listeners = list(
-            await trio.open_ssl_over_tcp_listeners(
-                port, ssl_context, host=host, https_compatible=True
-            )
-        )
+        listeners = [
+            trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners
+        ]
     serve = functools.partial(
         serve_connection,
         handler=handler,
@@ -81,6 +88,33 @@ async def serve_websocket(
             )
         )
         task_status.started(Listening(listeners, _port(listeners[0])))
+
+
+# What trio.open_tcp_listeners asks for (the kernel caps it at net.core.somaxconn).
+BACKLOG = 65535
+
+
+async def open_reuse_port_listeners(port: int, host: str) -> list[trio.SocketListener]:
+    """`trio.open_tcp_listeners(port, host=host)` with SO_REUSEPORT on every socket."""
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets = []
+    try:
+        for family, kind, proto, _name, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(BACKLOG)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in sockets]
 
 
 async def serve_connection(

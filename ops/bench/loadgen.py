@@ -9,6 +9,8 @@ Scenarios (sizes in the spec's `params`):
            first, then `seconds` of measurement.
 - many_channels: N connections, each on its own channel plus `shared` shared channels; one
            message per own channel (`rounds` times), then a burst on the shared channels.
+- capacity: the paced fan-out at rising rates until a stage falls behind (a delivery missing or
+           p99 latency over `p99_ms`): the highest rate that held.
 - storm:   N connects (token verified by the server), at most `concurrency` in progress.
 - idle:    N idle connections; server RSS before and after (and after closing them).
 Every wait has a deadline; a SIGALRM at the spec's `timeout` ends the process regardless.
@@ -36,43 +38,59 @@ SHARED = "bench.shared."
 
 
 class Proc:
-    """CPU time and memory of the server process, from /proc."""
+    """CPU time and memory of the server, from /proc: the sum over its processes (one, or the
+    parent and the workers of `[server] workers`; a process gone meanwhile counts as 0)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def cpu(self) -> float:
         return sum(self.cpu_split())
 
     def cpu_split(self) -> tuple[float, float]:
-        """User and system CPU seconds (all threads)."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
-        return int(fields[11]) / self.tick, int(fields[12]) / self.tick
+        """User and system CPU seconds (all threads of all its processes)."""
+        user = system = 0.0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except FileNotFoundError:
+                continue
+            # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+            user += int(fields[11]) / self.tick
+            system += int(fields[12]) / self.tick
+        return user, system
 
     def status(self, key: str) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        total = 0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith(key + ":"):
+                            total += int(line.split()[1]) * 1024
+                            break
+            except FileNotFoundError:
+                continue
+        return total
 
     def rss(self) -> int:
         return self.status("VmRSS")
 
     def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in self.pids)
 
 
 class Window:
-    """Server CPU, load generator CPU and wall time between `__init__` and `close`."""
+    """Server CPU, Redis CPU (when the server uses one), load generator CPU and wall time
+    between `__init__` and `close`."""
 
-    def __init__(self, proc: Proc) -> None:
-        self.proc = proc
+    def __init__(self, proc: Proc, redis: Proc | None = None) -> None:
+        self.proc, self.redis = proc, redis
         self.t0 = time.monotonic_ns()
         self.user0, self.sys0 = proc.cpu_split()
+        self.redis0 = redis.cpu() if redis else 0.0
         self.self0 = time.process_time()
         self.self_sys0 = os.times().system
 
@@ -83,7 +101,7 @@ class Window:
         server = user + system
         own = time.process_time() - self.self0
         own_sys = os.times().system - self.self_sys0
-        return {
+        usage = {
             "wall_s": round(wall, 3),
             "server_cpu_s": round(server, 3),
             "server_sys_cpu_s": round(system, 3),
@@ -92,6 +110,11 @@ class Window:
             "loadgen_cpu_pct": round(100 * own / wall, 1) if wall else 0.0,
             "loadgen_sys_cpu_s": round(own_sys, 3),
         }
+        if self.redis is not None:
+            redis = self.redis.cpu() - self.redis0
+            usage["redis_cpu_s"] = round(redis, 3)
+            usage["redis_cpu_pct"] = round(100 * redis / wall, 1) if wall else 0.0
+        return usage
 
 
 def percentiles(values_ns: Any) -> dict[str, float] | None:
@@ -130,7 +153,8 @@ class Run:
         self.spec = spec
         self.params: dict[str, Any] = spec["params"]
         self.proto = wire.PROTOCOLS[spec["protocol"]]()
-        self.proc = Proc(spec["server_pid"])
+        self.proc = Proc(spec.get("server_pids") or [spec["server_pid"]])
+        self.redis = Proc([spec["redis_pid"]]) if spec.get("redis_pid") else None
         self.engine = Engine(
             spec["host"], spec["port"], spec["src_addrs"], self.params.get("setup_concurrency", 200)
         )
@@ -193,7 +217,7 @@ class Run:
         eng.min_seq = 0
         state = {"seq": 0, "t_done": 0.0}
         total = len(targets)
-        window = Window(self.proc)
+        window = Window(self.proc, self.redis)
         t_first = time.monotonic_ns()
 
         def tick() -> float | None:
@@ -231,7 +255,7 @@ class Run:
         eng.min_seq = first
         interval = 1 / per_s
         state = {"seq": 0, "lag": 0.0, "t_done": 0.0}
-        window = Window(self.proc)
+        window = Window(self.proc, self.redis)
         t0 = time.monotonic()
         t_first = time.monotonic_ns()
 
@@ -285,7 +309,7 @@ class Run:
     ) -> dict[str, Any]:
         eng = self.engine
         delivered = eng.delivered
-        return {
+        row = {
             **self.base_row(),
             "expected": expected,
             "delivered": delivered,
@@ -305,6 +329,11 @@ class Run:
             "server_rss_peak_bytes": self.proc.status("VmHWM"),
             **usage,
         }
+        if "redis_cpu_s" in usage:
+            row["redis_cpu_us_per_delivery"] = (
+                round(usage["redis_cpu_s"] * 1e6 / delivered, 2) if delivered else None
+            )
+        return row
 
     # --- scenarios ---
 
@@ -356,13 +385,43 @@ class Run:
              "messages": count, **row}
         ]  # fmt: skip
 
+    def scenario_capacity(self) -> list[dict[str, Any]]:
+        """The paced fan-out at rising rates (x `step` per stage, `seconds` each): the capacity
+        is the highest rate whose stage delivered everything with p99 latency under `p99_ms`.
+        Stops at the first stage that did not (or at `max_rate`). One row per stage."""
+        p = self.params
+        subs, pub, info = self.fanout_setup()
+        n = info["subscribers"]
+        ws = WsPublisher(pub, 0)
+        self.paced(ws, CHANNEL, 0, max(1, int(p["rate"] / n * p.get("warmup_s", 1.0))),
+                   p["rate"] / n, n)  # fmt: skip
+        rows, rate, first = [], float(p["rate"]), 10**6
+        while rate <= p.get("max_rate", 2_000_000):
+            per_s = rate / n
+            count = max(1, int(per_s * p["seconds"]))
+            row = self.paced(ws, CHANNEL, first, count, per_s, n)
+            first += count
+            p99 = (row.get("latency_ms") or {}).get("p99")
+            held = row["delivered"] >= row["expected"] and p99 is not None and p99 <= p["p99_ms"]
+            rows.append({**info, "publisher": "websocket", "target_deliveries_per_s": round(rate),
+                         "messages": count, "held": held, **row})  # fmt: skip
+            if not held:
+                break
+            self.idle(0.5)  # what the previous stage left in buffers drains
+            rate *= p.get("step", 1.5)
+        self.engine.close_all([*subs, pub])
+        capacity = max((r["target_deliveries_per_s"] for r in rows if r["held"]), default=0)
+        for row in rows:
+            row["capacity_deliveries_per_s"] = capacity
+        return rows
+
     def scenario_many_channels(self) -> list[dict[str, Any]]:
         p = self.params
         n, k = p["connections"], p["shared"]
         shared = [f"{SHARED}{j}" for j in range(k)]
         conns = self.conns("sub", n, lambda i: [f"{OWN}{i}", *shared])
         pub = Conn(self.engine, self.proto, "pub", n, [], self.token("publisher"))
-        window = Window(self.proc)
+        window = Window(self.proc, self.redis)
         took = self.open(conns, 60 + n / 50)
         setup_usage = window.close()
         self.open([pub], 30)
@@ -403,7 +462,7 @@ class Run:
         conns = self.conns("idle", n, lambda i: [])
         self.engine.max_opening = p.get("concurrency", 100)
         fds0 = self.proc.fds()
-        window = Window(self.proc)
+        window = Window(self.proc, self.redis)
         t0 = time.monotonic_ns()
         self.open(conns, 60 + n / 50)
         ready = [c for c in conns if c.state == READY]
@@ -424,6 +483,10 @@ class Run:
             "jwt": self.spec["protocol"] == "centrifuge",
             **usage,
         }
+        if "redis_cpu_s" in usage:
+            row["redis_cpu_us_per_connect"] = (
+                round(usage["redis_cpu_s"] * 1e6 / len(ready), 1) if ready else None
+            )
         row["close_drain_s"] = self.close_and_drain(conns, fds0, 60)
         return [row]
 

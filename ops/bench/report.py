@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_fingerprint", "machine_facts", "markdown", "ratios"]
+__all__ = ["code_fingerprint", "machine_facts", "markdown", "ratios", "redis_targets"]
 
 PACKAGES = [
     "aether-trio", "trio", "trio-websocket", "wsproto", "orjson", "PyJWT", "hypercorn",
@@ -164,7 +164,8 @@ def _delivery_rows(results: list[dict[str, Any]], scenario: str) -> list[list[st
         if res.get("error") and not res.get("rows"):
             rows.append([res["server"], f"error: {res['error']}"] + [""] * 10)
         for row in res.get("rows", []):
-            label = row.get("phase") or (row.get("publisher") if res["server"] == "aether" else "")
+            aether = res["server"].startswith("aether")
+            label = row.get("phase") or (row.get("publisher") if aether else "")
             rows.append(
                 [
                     res["server"] + (f" ({label})" if label else ""),
@@ -193,6 +194,15 @@ DELIVERY_HEAD = [
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    """The whole report: the main run (Aether and its peers), then the Redis section when the
+    results file has one (a run of its own: `just bench-redis`)."""
+    lines = _main(doc) if "results" in doc else ["# Aether benchmark results", ""]
+    if doc.get("redis"):
+        lines += _redis(doc["redis"])
+    return "\n".join(lines)
+
+
+def _main(doc: dict[str, Any]) -> list[str]:
     m, sizes, results = doc["machine"], doc["sizes"], doc["results"]
     dirty = f", {m['git_dirty_files']} files changed in the tree" if m["git_dirty_files"] else ""
     lines = [
@@ -367,4 +377,219 @@ def markdown(doc: dict[str, Any]) -> str:
                 )
             )
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+# --- the Redis section ---
+
+REDIS_NAMES = {
+    "aether": "aether, memory engine (this run's baseline)",
+    "aether-redis": "aether-redis, 1 process",
+    "aether-redis-2w": "aether-redis-2w, 2 workers",
+}
+
+
+def _by_server(results: list[dict[str, Any]], scenario: str) -> dict[str, list[dict[str, Any]]]:
+    return {r["server"]: r.get("rows", []) for r in results if r["scenario"] == scenario}
+
+
+def _load(res: dict[str, Any]) -> str:
+    start, end = res.get("loadavg") or [None], res.get("loadavg_end") or [None]
+    return f"{_fmt(start[0], 2)} → {_fmt(end[0], 2)}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def redis_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 11's targets, each with the two values, their ratio and whether it is met."""
+
+    def value(scenario: str, server: str, metric: str, match: dict[str, Any]) -> float | None:
+        row = _row(results, scenario, server, match)
+        return _get(row, metric) if row else None
+
+    def total(scenario: str, server: str, unit: str) -> float | None:
+        own = value(scenario, server, f"server_cpu_us_per_{unit}", {"publisher": "websocket"})
+        redis = value(scenario, server, f"redis_cpu_us_per_{unit}", {"publisher": "websocket"})
+        return own + (redis or 0.0) if own is not None else None
+
+    capacity = {
+        name: value("capacity", name, "capacity_deliveries_per_s", {})
+        for name in ("aether-redis", "aether-redis-2w")
+    }
+    connects = {
+        name: value("storm", name, "connects_per_s", {})
+        for name in ("aether-redis", "aether-redis-2w")
+    }
+    ws = {"publisher": "websocket"}
+    cpu = {
+        (scenario, name): value(scenario, name, "server_cpu_us_per_delivery", ws)
+        for scenario in ("paced", "burst")
+        for name in ("aether", "aether-redis")
+    }
+    targets = [
+        ("2 workers' paced capacity ≥ 1.6 x one worker's (deliveries/s)",
+         capacity["aether-redis-2w"], capacity["aether-redis"], ">=", 1.6),
+        ("2 workers' connects/s ≥ 1.6 x one worker's (storm)",
+         connects["aether-redis-2w"], connects["aether-redis"], ">=", 1.6),
+        ("CPU µs per delivery through Redis ≤ 2 x memory engine's, paced (Aether's processes)",
+         cpu["paced", "aether-redis"], cpu["paced", "aether"], "<=", 2.0),
+        ("... the same with redis-server's CPU added, paced",
+         total("paced", "aether-redis", "delivery"), cpu["paced", "aether"], "<=", 2.0),
+        ("CPU µs per delivery through Redis ≤ 2 x memory engine's, burst (Aether's processes)",
+         cpu["burst", "aether-redis"], cpu["burst", "aether"], "<=", 2.0),
+        ("... the same with redis-server's CPU added, burst",
+         total("burst", "aether-redis", "delivery"), cpu["burst", "aether"], "<=", 2.0),
+    ]  # fmt: skip
+    out = []
+    for name, a, b, op, bound in targets:
+        ratio = _ratio(a, b)
+        met = None if ratio is None else (ratio >= bound if op == ">=" else ratio <= bound)
+        out.append({"target": name, "value": a, "reference": b, "ratio": ratio, "met": met})
+    return out
+
+
+def _redis(doc: dict[str, Any]) -> list[str]:
+    results, sizes = doc["results"], doc["sizes"]
+    m = doc["machine"]
+    lines = [
+        "## Redis engine and workers",
+        "",
+        f"A run of its own: generated {doc['generated']} by `{doc['command']}` in "
+        f"{doc['runtime_s']:.0f} s (commit {m['git_commit']}, Aether source fingerprint "
+        f"{doc['aether_code']}), {m['cores']} cores. "
+        f"`uptime` before: `{doc.get('uptime_before')}`; "
+        f"after: `{doc.get('uptime_after')}`. The machine's other work takes from the same cores: "
+        "the 1-minute load average at the start and end of each row is in its last column.",
+        "",
+        f"{doc.get('redis_server') or 'redis-server'}, started by the harness on a free port with "
+        "AOF (`appendfsync always`) and `noeviction` (docs/redis.md's settings), on the same "
+        "cores. Aether's config is the main run's (no history or presence) with `[engine] type = "
+        '"redis"` (a prefix per server) and, for `aether-redis-2w`, `[server] workers = 2`: the '
+        'parent and two workers sharing the port. "Aether CPU" sums every Aether process (the '
+        'parent and the workers); "Redis CPU" is the redis-server\'s. The load generator, '
+        "Aether's processes and redis-server all share the machine's cores.",
+        "",
+    ]
+    lines += [
+        "A connection's commands are handled in order, so one WebSocket publisher's publishes "
+        "reach the hub one Redis round trip apart: through Redis the burst arrives one "
+        "publication per scheduling round and every subscriber gets a frame per publication "
+        '("deliveries/read" about 1), while the memory engine fans a whole read of publishes out '
+        "at once (tens per frame). The burst's CPU per delivery therefore compares batching; "
+        "the paced rows (one publication at a time for every engine) compare the engines.",
+        "",
+    ]
+    head = ["server", "deliveries/s", "Aether CPU µs/delivery", "Redis CPU µs/delivery",
+            "Aether CPU %", "p50 ms", "p99 ms", "delivered/expected", "deliveries/read",
+            "loadgen CPU %", "closes/failures", "load 1 min"]  # fmt: skip
+    for scenario, title in (
+        ("burst", f"Burst: {sizes['burst']['subscribers']:,} subscribers x "
+                  f"{sizes['burst']['messages']:,} messages"),
+        ("paced", f"Paced: {sizes['paced']['subscribers']:,} subscribers, "
+                  f"{sizes['paced']['rate']:,} deliveries/s for {sizes['paced']['seconds']} s"),
+    ):  # fmt: skip
+        rows = []
+        for res in (r for r in results if r["scenario"] == scenario):
+            if res.get("error") and not res.get("rows"):
+                rows.append([res["server"], f"error: {res['error']}"] + [""] * (len(head) - 2))
+            for row in res.get("rows", []):
+                rows.append([
+                    REDIS_NAMES.get(res["server"], res["server"]) + f" ({row.get('publisher')})",
+                    _fmt(row.get("deliveries_per_s"), 0),
+                    _fmt(row.get("server_cpu_us_per_delivery"), 2),
+                    _fmt(row.get("redis_cpu_us_per_delivery"), 2),
+                    _fmt(row.get("server_cpu_pct")),
+                    *(_lat(row)[i] for i in (0, 2)),
+                    f"{_fmt(row.get('delivered'))}/{_fmt(row.get('expected'))}",
+                    _fmt(row.get("deliveries_per_read")),
+                    _fmt(row.get("loadgen_cpu_pct")),
+                    _closes(row),
+                    _load(res),
+                ])  # fmt: skip
+        if rows:
+            lines += [f"### {title}", "", *_table(head, rows)]
+    capacity = []
+    for res in (r for r in results if r["scenario"] == "capacity"):
+        if res.get("error") and not res.get("rows"):
+            capacity.append([res["server"], f"error: {res['error']}", "", "", "", _load(res)])
+        rows = res.get("rows", [])
+        if not rows:
+            continue
+        best = [r for r in rows if r.get("held")]
+        at = best[-1] if best else rows[0]
+        stages = ", ".join(
+            f"{r['target_deliveries_per_s'] / 1000:,.0f}k "
+            f"{'ok' if r['held'] else 'fell behind'} "
+            f"(p99 {_fmt((r.get('latency_ms') or {}).get('p99'), 0)} ms, "
+            f"{_fmt(r['delivered'])}/{_fmt(r['expected'])})"
+            for r in rows
+        )
+        capacity.append([
+            REDIS_NAMES.get(res["server"], res["server"]),
+            _fmt(rows[0].get("capacity_deliveries_per_s"), 0),
+            _fmt(at.get("server_cpu_us_per_delivery"), 2),
+            _fmt(at.get("redis_cpu_us_per_delivery"), 2),
+            stages,
+            _load(res),
+        ])  # fmt: skip
+    if capacity:
+        c = sizes["capacity"]
+        lines += [
+            f"### Paced capacity: {c['subscribers']:,} subscribers, from {c['rate']:,} "
+            f"deliveries/s up x{c['step']} per {c['seconds']} s stage",
+            "",
+            "The highest rate whose stage delivered everything with p99 latency ≤ "
+            f"{c['p99_ms']:g} ms; CPU at that stage.",
+            "",
+            *_table(["server", "capacity deliveries/s", "Aether CPU µs/delivery",
+                     "Redis CPU µs/delivery", "stages", "load 1 min"], capacity),
+        ]  # fmt: skip
+    storm = []
+    for res in (r for r in results if r["scenario"] == "storm"):
+        if res.get("error") and not res.get("rows"):
+            storm.append([res["server"], f"error: {res['error']}"] + [""] * 7)
+        for row in res.get("rows", []):
+            storm.append([
+                REDIS_NAMES.get(res["server"], res["server"]),
+                _fmt(row["connects_per_s"], 0),
+                _fmt(row["server_cpu_us_per_connect"], 0),
+                _fmt(row.get("redis_cpu_us_per_connect"), 0),
+                *(_lat(row, "connect_latency_ms")[i] for i in (0, 2)),
+                f"{_fmt(row['connected'])}/{_fmt(row['connections'])}",
+                _closes(row),
+                _load(res),
+            ])  # fmt: skip
+    if storm:
+        lines += [
+            f"### Connect storm: {sizes['storm']['connections']:,} connects, "
+            f"{sizes['storm']['concurrency']} in progress",
+            "",
+            *_table(["server", "connects/s", "Aether CPU µs/connect", "Redis CPU µs/connect",
+                     "p50 ms", "p99 ms", "connected", "closes/failures", "load 1 min"], storm),
+        ]  # fmt: skip
+    targets = redis_targets(results)
+    if any(t["ratio"] is not None for t in targets):
+        lines += [
+            "### Targets (issue 11)",
+            "",
+            *_table(
+                ["target", "measured", "reference", "ratio", "met"],
+                [[t["target"], _fmt(t["value"], 2), _fmt(t["reference"], 2), _fmt(t["ratio"], 2),
+                  {True: "yes", False: "**no**", None: "-"}[t["met"]]] for t in targets],
+            ),
+        ]  # fmt: skip
+    lines += ["### Notes", "", *(f"- {n}" for n in doc["notes"]), ""]
+    problems = [
+        r for r in results if r.get("server_status", {}).get("log_error_lines") or r.get("error")
+    ]
+    for r in problems:
+        st = r.get("server_status", {})
+        excerpt = st.get("log_error_excerpt") or [""]
+        lines.append(
+            f"- error: {r['scenario']} / {r['server']}: {r.get('error') or ''} "
+            f"{st.get('log_error_lines', 0)} error/warning lines in the server log "
+            f"`{excerpt[0][:160]}`"
+        )
+    return [*lines, ""]

@@ -25,16 +25,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-from report import code_fingerprint, machine_facts, markdown, ratios
-from servers import NODE_DIR, SERVERS, Server, api_support, raise_nofile
+from report import code_fingerprint, machine_facts, markdown, ratios, redis_targets
+from servers import (
+    NODE_DIR,
+    REDIS_SERVERS,
+    SERVERS,
+    RedisServer,
+    Server,
+    api_support,
+    raise_nofile,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+# What a run does unless told otherwise; `capacity` (and the Redis servers) on request.
 SCENARIOS = ["burst", "paced", "many_channels", "storm", "idle"]
-# The peers only have one room and no tokens: many_channels is Aether's alone.
-AETHER_ONLY = {"many_channels"}
+ALL_SCENARIOS = [*SCENARIOS, "capacity"]
+DEFAULT_SERVERS = ["aether", "websockets", "socketio-py", "socketio-node"]
+# The peers only have one room and no tokens: many_channels is Aether's alone; capacity is
+# measured for Aether's engines and worker counts.
+AETHER_ONLY = {"many_channels", "capacity"}
+# The Redis rows: `just bench-redis` (a run with a Redis server writes the report's Redis section).
+REDIS_RUN = {
+    "servers": ["aether", "aether-redis", "aether-redis-2w"],
+    "scenarios": ["burst", "paced", "capacity", "storm"],
+}
 # Hard time limit of one load generator run, in seconds (phases have tighter deadlines).
-TIMEOUTS = {"burst": 600, "paced": 300, "many_channels": 600, "storm": 300, "idle": 300}
+TIMEOUTS = {"burst": 600, "paced": 300, "many_channels": 600, "storm": 300, "idle": 300,
+            "capacity": 300}  # fmt: skip
 PY_DEPS = {"websockets": ["websockets"], "socketio-py": ["socketio", "engineio", "uvicorn"]}
 
 FULL = {
@@ -46,6 +64,10 @@ FULL = {
     },
     "storm": {"connections": 5000, "concurrency": 100},
     "idle": {"connections": 10000, "settle_s": 10.0},
+    # A stage that falls behind queues: its p99 grows to seconds; 250 ms leaves room for the
+    # scheduling jitter of a shared machine (quiet, paced p99 is ~12 ms).
+    "capacity": {"subscribers": 1000, "rate": 10000, "seconds": 3.0, "step": 1.5,
+                 "p99_ms": 250.0, "max_rate": 2000000, "latency_sample": 100},
 }  # fmt: skip
 SMOKE = {
     "burst": {"subscribers": 20, "messages": 200, "latency_sample": 10},
@@ -57,14 +79,30 @@ SMOKE = {
     },
     "storm": {"connections": 50, "concurrency": 20},
     "idle": {"connections": 100, "settle_s": 2.0},
+    "capacity": {"subscribers": 20, "rate": 2000, "seconds": 0.5, "step": 2.0, "p99_ms": 250.0,
+                 "max_rate": 8000, "latency_sample": 10, "warmup_s": 0.2},
 }  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: a seconds-long check")
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: %(default)s")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: %(default)s")
+    p.add_argument(
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        help=f"comma-separated: %(default)s; also {', '.join(sorted(REDIS_SERVERS))}",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated: %(default)s; also capacity",
+    )
+    p.add_argument(
+        "--redis",
+        action="store_true",
+        help=f"the Redis rows: --servers {','.join(REDIS_RUN['servers'])} "
+        f"--scenarios {','.join(REDIS_RUN['scenarios'])}",
+    )
     p.add_argument("--out-dir", type=Path, default=HERE, help="where results go (%(default)s)")
     p.add_argument("--src-addrs", type=int, default=4, help="127.0.0.x source addresses to use")
     p.add_argument("--subscribers", type=int, help="burst and paced subscribers")
@@ -87,6 +125,7 @@ def sizes_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("paced", "subscribers"): args.subscribers,
         ("burst", "messages"): args.messages,
         ("paced", "rate"): args.rate,
+        ("capacity", "subscribers"): args.subscribers,
         ("paced", "seconds"): args.seconds,
         ("many_channels", "connections"): args.channels,
         ("many_channels", "shared"): args.shared,
@@ -163,7 +202,10 @@ def run_one(
     }
     if spec["api"]:
         spec["api"]["conns"] = 4
-    if server.name == "aether":
+    if server.redis is not None:
+        spec["redis_pid"] = server.redis.pid
+    spec["server_pids"] = server.pids()
+    if server.aether:
         result["api"] = server.api_note or "not probed"
     spec_path = server.run_dir / f"{tag}.spec.json"
     out_path = server.run_dir / f"{tag}.out.json"
@@ -186,15 +228,18 @@ def run_one(
         result.update(rows=[], error=f"load generator: {type(exc).__name__}: {exc}")
     finally:
         result["server_status"] = server.stop()
+        result["loadavg_end"] = os.getloadavg()
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.redis:
+        args.servers, args.scenarios = (",".join(REDIS_RUN[k]) for k in ("servers", "scenarios"))
     t0 = time.monotonic()
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
-    unknown = sorted(set(servers) - set(SERVERS)) + sorted(set(scenarios) - set(SCENARIOS))
+    unknown = sorted(set(servers) - set(SERVERS)) + sorted(set(scenarios) - set(ALL_SCENARIOS))
     if unknown:
         sys.exit(f"error: unknown server/scenario {unknown}")
     sizes = sizes_from(args)
@@ -206,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     src_addrs = [f"127.0.0.{i}" for i in range(1, args.src_addrs + 1)]
     secret = secrets.token_hex(32)
     loadavg_before = os.getloadavg()
+    uptime_before = uptime()
     results: list[dict[str, Any]] = []
+    redis_run = any(name in REDIS_SERVERS for name in servers)
+    if redis_run and not shutil.which("redis-server"):
+        sys.exit("error: the Redis servers need redis-server (apt-get install -y redis-server)")
     with tempfile.TemporaryDirectory(prefix="aether-bench-") as tmp:
         # Other work may edit aether_trio/ while this runs: every Aether server of the run starts
         # from one copy (PYTHONPATH wins over the editable install's finder), and so does this
@@ -219,18 +268,23 @@ def main(argv: list[str] | None = None) -> int:
         code = code_fingerprint(src / "aether_trio")
         api_settings, api_reason = (None, "disabled by --no-api") if args.no_api else api_support()
         notes = [f"HTTP API: {api_reason}"]
-        for scenario in scenarios:
-            for name in servers:
-                if name in skip or (scenario in AETHER_ONLY and name != "aether"):
-                    continue
-                print(f"[{time.monotonic() - t0:6.1f}s] {scenario} / {name}", flush=True)
-                server = Server(name, Path(tmp), secret, api_settings, pythonpath=src)
-                res = run_one(
-                    scenario, server, sizes[scenario], src_addrs, logs, api_settings is not None
-                )
-                results.append(res)
-                if res.get("error"):
-                    print(f"    error: {res['error']}", flush=True)
+        redis = RedisServer(Path(tmp)) if redis_run else None
+        try:
+            for scenario in scenarios:
+                for name in servers:
+                    if name in skip or (scenario in AETHER_ONLY and not name.startswith("aether")):
+                        continue
+                    print(f"[{time.monotonic() - t0:6.1f}s] {scenario} / {name}", flush=True)
+                    server = Server(name, Path(tmp), secret, api_settings, src, redis)
+                    res = run_one(
+                        scenario, server, sizes[scenario], src_addrs, logs, api_settings is not None
+                    )
+                    results.append(res)
+                    if res.get("error"):
+                        print(f"    error: {res['error']}", flush=True)
+        finally:
+            if redis is not None:
+                redis.stop()
     notes += [f"{name} skipped: {why}" for name, why in skip.items()]
     if results:
         loads = [r["loadavg"][0] for r in results]
@@ -253,13 +307,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"{res['scenario']} / {res['server']}: the load generator used "
                     f"{row['loadgen_cpu_pct']}% of a core: the measured rate may be its limit"
                 )
-    peers = [s for s in servers if s != "aether" and s not in skip]
+    peers = [s for s in servers if not s.startswith("aether") and s not in skip]
     doc = {
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["ops/bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "runtime_s": round(time.monotonic() - t0, 1),
         "loadavg_before": [round(x, 2) for x in loadavg_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "uptime_before": uptime_before,
+        "uptime_after": uptime(),
         "machine": machine_facts(),
         "aether_code": code,
         "servers": {name: SERVERS[name][1] for name in servers},
@@ -269,13 +325,42 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios(results, peers),
         "notes": notes,
     }
+    if redis_run:
+        doc["redis_server"] = _output(["redis-server", "--version"])
+        doc["targets"] = redis_targets(results)
     out_dir.mkdir(parents=True, exist_ok=True)
+    doc = merged(out_dir / "results.json", doc, redis_run)
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     report = markdown(doc)
     (out_dir / "RESULTS.md").write_text(report)
     print(report, flush=True)  # the table, Aether next to its peers
-    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'} in {doc['runtime_s']} s")
+    took = round(time.monotonic() - t0, 1)
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'} in {took} s")
     return 1 if any(r.get("error") for r in results) else 0
+
+
+def merged(path: Path, run: dict[str, Any], redis_run: bool) -> dict[str, Any]:
+    """The results file after this run: a run with a Redis server replaces only the Redis section
+    (`doc["redis"]`), every other run only the rest, so neither overwrites the other's rows."""
+    try:
+        previous: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    if redis_run:
+        return {**{k: v for k, v in previous.items() if k != "redis"}, "redis": run}
+    return {**run, **({"redis": previous["redis"]} if "redis" in previous else {})}
+
+
+def uptime() -> str:
+    """`uptime`'s line (the load averages the report quotes beside the numbers)."""
+    return _output(["uptime"])
+
+
+def _output(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 if __name__ == "__main__":

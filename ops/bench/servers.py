@@ -6,6 +6,11 @@ file that the report scans for errors. Aether gets a config written for the run:
 secret, permissive channels without namespace (subscribe and publish for clients), no history or
 presence (a plain fan-out like the peers), rate and count limits off, and the HTTP API when the
 code base has one; everything else at its defaults.
+
+The Redis servers (`aether-redis`, `aether-redis-2w`) are that config on the Redis engine, with
+one process or `[server] workers = 2`, against one private redis-server the harness starts for
+the run (`RedisServer`: its own port and directory, the settings docs/redis.md recommends, so
+Aether warns about nothing); each server of the run uses a prefix of its own.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SERVERS", "Server", "api_support", "free_port", "raise_nofile"]
+__all__ = [
+    "REDIS_SERVERS", "SERVERS", "RedisServer", "Server", "api_support", "free_port",
+    "raise_nofile",
+]  # fmt: skip
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -36,7 +44,13 @@ SERVERS: dict[str, tuple[str, str]] = {
     "websockets": ("plain", "minimal broadcast server on `websockets` (asyncio)"),
     "socketio-py": ("socketio", "python-socketio (ASGI) on uvicorn"),
     "socketio-node": ("socketio", "Socket.IO's Node.js server (npm socket.io)"),
-}
+    "aether-redis": ("centrifuge", "Aether on the Redis engine (private redis-server), 1 process"),
+    "aether-redis-2w": (
+        "centrifuge", "Aether on the Redis engine, [server] workers = 2 (SO_REUSEPORT)",
+    ),
+}  # fmt: skip
+# Aether servers on the Redis engine -> their number of worker processes.
+REDIS_SERVERS = {"aether-redis": 1, "aether-redis-2w": 2}
 # Plain-text and JSON log lines of level warning and above, and tracebacks.
 ERROR_LINE = re.compile(
     r'Traceback|\b(?:ERROR|CRITICAL|WARNING)\b|"level":\s*"(?:error|critical|warning)"|Error:'
@@ -54,6 +68,89 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_ports(count: int) -> int:
+    """A port P such that P .. P + count were free when asked (worker K: internal port P + K)."""
+    for _ in range(50):
+        base = free_port()
+        sockets = []
+        try:
+            for port in range(base, base + count + 1):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no run of free ports")
+
+
+class RedisServer:
+    """A private redis-server for the run: a free port, a directory of its own, AOF with fsync
+    always and no eviction (docs/redis.md's settings: Aether's start-up check stays quiet)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.port = free_port()
+        self.dir = run_dir / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.dir / "redis.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy",
+             "noeviction", "--dir", str(self.dir), "--protected-mode", "no"],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not self._ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @property
+    def address(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a workers' parent forks from several threads, so
+    /proc/<pid>/task/<pid>/children does not list them all)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def api_support() -> tuple[dict[str, Any] | None, str]:
@@ -108,14 +205,25 @@ def _toml(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
 
 
-def aether_config(port: int, http_port: int, secret: str, api: dict[str, Any] | None) -> str:
+def aether_config(
+    port: int,
+    http_port: int,
+    secret: str,
+    api: dict[str, Any] | None,
+    redis: str = "",
+    workers: int = 1,
+) -> str:
+    """`redis`: the Redis engine at that address (prefix and all), with `workers` processes."""
+    server: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "shutdown_drain_seconds": 2.0,
+        "close_wait_seconds": 1.0,
+    }
+    if workers > 1:
+        server["workers"] = workers
     sections: dict[str, dict[str, Any]] = {
-        "server": {
-            "host": "127.0.0.1",
-            "port": port,
-            "shutdown_drain_seconds": 2.0,
-            "close_wait_seconds": 1.0,
-        },
+        "server": server,
         "http": {"enabled": True, "host": "127.0.0.1", "port": http_port},
         "token": {"hmac_secret": secret},
         "channel.without_namespace": {
@@ -125,6 +233,10 @@ def aether_config(port: int, http_port: int, secret: str, api: dict[str, Any] | 
         "log": {"level": "info"},
         "limits": limits_off(),
     }
+    if redis:
+        address, prefix = redis.split("#")
+        sections["engine"] = {"type": "redis"}
+        sections["engine.redis"] = {"address": address, "prefix": prefix}
     return "".join(
         f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in body.items()) + "\n"
         for name, body in sections.items()
@@ -140,25 +252,35 @@ class Server:
         secret: str,
         api: dict[str, Any] | None,
         pythonpath: Path | None = None,
+        redis: RedisServer | None = None,
     ) -> None:
         self.name = name
         self.pythonpath = pythonpath
         self.protocol = SERVERS[name][0]
         self.run_dir = run_dir
         self.secret = secret
-        self.api_settings = api if name == "aether" else None
+        self.aether = name.startswith("aether")
+        self.api_settings = api if self.aether else None
+        self.workers = REDIS_SERVERS.get(name, 1)
+        self.redis = redis if name in REDIS_SERVERS else None
+        if name in REDIS_SERVERS and redis is None:
+            raise RuntimeError(f"{name} needs a redis-server")
         self.port = free_port()
-        self.http_port = free_port()
+        # Worker K's internal port is http_port + K; one process has http_port itself.
+        self.http_port = free_ports(self.workers)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = run_dir / f"{name}.log"
         self.api: dict[str, Any] | None = None
         self.api_note = ""
 
     def command(self) -> list[str]:
-        if self.name == "aether":
-            config = self.run_dir / "aether.toml"
+        if self.aether:
+            config = self.run_dir / f"{self.name}.toml"
+            redis = f"{self.redis.address}#b{os.urandom(5).hex()}" if self.redis else ""
             config.write_text(
-                aether_config(self.port, self.http_port, self.secret, self.api_settings)
+                aether_config(
+                    self.port, self.http_port, self.secret, self.api_settings, redis, self.workers
+                )
             )
             return [sys.executable, "-m", "aether_trio", "serve", "-c", str(config)]
         if self.name == "websockets":
@@ -172,7 +294,7 @@ class Server:
         log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed in stop()
         self._log = log
         env = dict(os.environ)
-        if self.name == "aether" and self.pythonpath is not None:
+        if self.aether and self.pythonpath is not None:
             env["PYTHONPATH"] = str(self.pythonpath)
         self.proc = subprocess.Popen(
             self.command(),
@@ -183,19 +305,32 @@ class Server:
             stderr=subprocess.STDOUT,
             preexec_fn=raise_nofile,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} on start")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            if self._listening():
                 break
-            except OSError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         else:
-            raise RuntimeError(f"{self.name} did not listen on {self.port} within 30 s")
-        if self.name == "aether":
+            raise RuntimeError(f"{self.name} did not listen on {self.port} within 60 s")
+        if self.aether:
             self._probe_api()
+
+    def _listening(self) -> bool:
+        if self.workers > 1:  # every worker, not just the first to open the shared port
+            text = self.log_path.read_text(errors="replace")
+            return len(re.findall(r"worker \d+ \(pid \d+\) is listening", text)) >= self.workers
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def api_port(self) -> int:
+        """The internal port the API is published to: worker 1's with workers."""
+        return self.http_port + 1 if self.workers > 1 else self.http_port
 
     def _probe_api(self) -> None:
         """Use `POST /api/publish` only if it answers a publish with a result."""
@@ -204,7 +339,7 @@ class Server:
         key = self.api_settings["key"]
         body = json.dumps({"channel": "bench.probe", "data": "probe"})
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
+            conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=5)
             conn.request(
                 "POST",
                 "/api/publish",
@@ -218,7 +353,7 @@ class Server:
             self.api_note = f"probe failed: {exc}"
             return
         if response.status == 200 and b'"result"' in text:
-            self.api = {"port": self.http_port, "path": "/api/publish", "key": str(key)}
+            self.api = {"port": self.api_port, "path": "/api/publish", "key": str(key)}
             self.api_note = "POST /api/publish answered a publish"
         else:
             self.api_note = f"POST /api/publish answered {response.status} {text!r}"
@@ -227,6 +362,10 @@ class Server:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def pids(self) -> list[int]:
+        """The server's processes: itself, and with workers its children."""
+        return [self.pid, *children(self.pid)] if self.workers > 1 else [self.pid]
 
     def stop(self) -> dict[str, Any]:
         """SIGTERM, then SIGKILL after 10 s; returns the exit status and the log's error lines."""

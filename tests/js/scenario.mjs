@@ -12,6 +12,9 @@
 //   recovery       subscribe, disconnect(), another client publishes, connect() again:
 //                  the subscription is recovered with the missed publications
 //   invalid-token  a token the server rejects: `disconnected` 3500 and no reconnect attempt
+//   rpc            connect without a token, a Cookie header on the upgrade request (--cookie:
+//                  the backend's connect proxy authenticates it), then `rpc` calls: one the
+//                  backend answers, one it refuses
 //
 // Every step has a deadline; a step that does not finish prints {"event":"step_timeout"} and the
 // whole script exits non-zero after --timeout ms at the latest.
@@ -28,6 +31,7 @@ const { values: args } = parseArgs({
     'other-token': { type: 'string', default: process.env.AETHER_OTHER_TOKEN },
     channel: { type: 'string', default: 'js_chat' },
     timeout: { type: 'string', default: '20000' },
+    cookie: { type: 'string', default: '' },
   },
 });
 
@@ -64,10 +68,20 @@ function recordingWebSocket(sockets) {
   };
 }
 
-function makeClient(token, sockets) {
+// The `ws` package's WebSocket sends extra upgrade headers given as an option.
+function cookieWebSocket(sockets, cookie) {
+  const Recording = recordingWebSocket(sockets);
+  return class CookieWebSocket extends Recording {
+    constructor(url, protocols) {
+      super(url, protocols, { headers: { Cookie: cookie } });
+    }
+  };
+}
+
+function makeClient(token, sockets, websocket = recordingWebSocket(sockets)) {
   return new Centrifuge(args.url, {
     token,
-    websocket: recordingWebSocket(sockets),
+    websocket,
     name: 'aether-js-test',
     timeout: 5000,
     minReconnectDelay: 100,
@@ -260,7 +274,26 @@ async function invalidToken() {
   });
 }
 
-const scenarios = { pubsub, recovery, 'invalid-token': invalidToken };
+async function rpc() {
+  const sockets = [];
+  const client = makeClient(undefined, sockets, cookieWebSocket(sockets, args.cookie));
+  client.on('error', (ctx) => emit('client_error', errorFields(ctx.error)));
+  const connected = next(client, 'connected');
+  client.connect();
+  const cctx = await connected;
+  emit('connected', { client: cctx.client, data: cctx.data ?? null });
+  const answered = await client.rpc('add', { n: [1, 2, 3] });
+  emit('rpc_result', { data: answered.data });
+  try {
+    await client.rpc('unknown', {});
+    emit('rpc_result', { unexpected: true });
+  } catch (err) {
+    emit('rpc_error', errorFields(err));
+  }
+  client.disconnect();
+}
+
+const scenarios = { pubsub, recovery, 'invalid-token': invalidToken, rpc };
 
 async function main() {
   if (!args.url) fail('--url (or AETHER_URL) is required');

@@ -18,6 +18,7 @@ import trio
 from ...config.sections import RedisEngineConfig
 from ...protocol.messages import ClientInfo, Publication, StreamPosition
 from ..base import (
+    IDEMPOTENT_RESULT_TTL,
     READ_CREATED_TTL,
     BrokerEventHandler,
     EngineError,
@@ -29,7 +30,7 @@ from .client import RedisClient
 from .codec import decode_publication, encode_info, encode_publication
 from .durability import check_durability
 from .pubsub import PubSub
-from .scripts import HISTORY, PUBLISH, Keys
+from .scripts import HISTORY, PUBLISH, PUBLISH_ONCE, Keys
 
 __all__ = ["RedisBroker"]
 
@@ -82,16 +83,30 @@ class RedisBroker:
         await self.pubsub.unsubscribe(channel)
 
     async def publish(
-        self, channel: str, pub: Publication, history: HistoryOptions
+        self,
+        channel: str,
+        pub: Publication,
+        history: HistoryOptions,
+        *,
+        idempotency_key: str = "",
+        result_ttl: float = IDEMPOTENT_RESULT_TTL,
     ) -> StreamPosition:
         payload = encode_publication(pub)
+        # With a key, the result key and its ttl go last (scripts.py).
+        result_keys = (self.keys.result(channel, idempotency_key),) if idempotency_key else ()
+        result_args = (_ms(result_ttl),) if idempotency_key else ()
         if not history.enabled:
-            await self.client.call("PUBLISH", self.keys.client(channel), b"p0:" + payload)
-            return StreamPosition()
-        keys = (self.keys.stream(channel), self.keys.meta(channel))
-        args = (payload, history.size, _ms(history.ttl), self.keys.client(channel),
-                _ms(history.meta_ttl), new_epoch())  # fmt: skip
-        offset, epoch = await self.client.script(PUBLISH, keys, args)
+            message = b"p0:" + payload
+            if not idempotency_key:
+                await self.client.call("PUBLISH", self.keys.client(channel), message)
+                return StreamPosition()
+            args = (self.keys.client(channel), message, *result_args)
+            offset, epoch = await self.client.script(PUBLISH_ONCE, result_keys, args)
+        else:
+            keys = (self.keys.stream(channel), self.keys.meta(channel), *result_keys)
+            args = (payload, history.size, _ms(history.ttl), self.keys.client(channel),
+                    _ms(history.meta_ttl), new_epoch(), *result_args)  # fmt: skip
+            offset, epoch = await self.client.script(PUBLISH, keys, args)
         return StreamPosition(int(offset), epoch.decode())
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:

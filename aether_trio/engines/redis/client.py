@@ -88,6 +88,10 @@ class RedisClient:
         self._reachable = False
         self.trouble.set()
 
+    def register(self, script: Script) -> None:
+        """Another module's script, sent again with its source after a Redis restart too."""
+        self._scripts[script.sha] = script
+
     # --- the bridge ---
 
     @asynccontextmanager

@@ -25,7 +25,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -59,6 +59,9 @@ class PubSub:
         self._client = client
         self._keys = keys
         self.wanted: set[str] = set()
+        # Redis channel names subscribed in every session besides the node's channels, each
+        # with what takes its messages (the control plane's, engines/redis/control.py).
+        self.raw: dict[bytes, Callable[[bytes], None]] = {}
         self._conn: AbstractConnection | None = None
         # Per Redis channel name: (command, waiter) in the order the commands were sent; Redis
         # confirms each channel of each command in that order.
@@ -186,7 +189,8 @@ class PubSub:
                 await client.aio(conn.disconnect)
 
     async def _resubscribe(self, channels: Sequence[str]) -> None:
-        names = [self._keys.probe, *(self._keys.client(c) for c in channels)]
+        raw = [name.decode() for name in self.raw]
+        names = [self._keys.probe, *raw, *(self._keys.client(c) for c in channels)]
         waiting = []
         for name in names:
             pending = _Pending()
@@ -238,6 +242,8 @@ class PubSub:
                     self._event(channel, data, handler)
                 except (CodecError, ValueError):
                     log.warning("ignored a message in %s that is not Aether's", channel)
+            elif (take := self.raw.get(name)) is not None:
+                take(data)
             elif (back := self._probes.get(data)) is not None:
                 back.set()
         elif kind in (b"subscribe", b"unsubscribe"):

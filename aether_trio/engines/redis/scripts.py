@@ -1,14 +1,16 @@
 """Key names and the Lua scripts of the Redis engine (docs/redis.md describes the layout).
 
-The history scripts follow centrifuge's `broker_history_add_stream.lua` and
-`broker_history_stream.lua`, the presence scripts its `presence_*.lua` (github.com/centrifugal/
-centrifuge, internal/redis_lua, MIT licence, Copyright (c) 2016 Alexander Emelin), adapted: the
-offset is the stream entry's id `<offset>-0`, TTLs are in milliseconds, and the per-user counts
-are kept exact (an expired client is taken off its user's count when it is pruned).
+The history scripts follow centrifuge's `broker_history_add_stream.lua`,
+`broker_publish_idempotent.lua` and `broker_history_stream.lua`, the presence scripts its
+`presence_*.lua` (github.com/centrifugal/centrifuge, internal/redis_lua, MIT licence,
+Copyright (c) 2016 Alexander Emelin), adapted: the offset is the stream entry's id `<offset>-0`,
+TTLs are in milliseconds, and the per-user counts are kept exact (an expired client is taken off
+its user's count when it is pruned).
 
 Each script runs atomically in Redis: that is what makes "append, then publish" one step (two
 nodes publishing at once never get the same offset, and no subscriber sees a publication live
-before it is in history).
+before it is in history). The same step checks and stores a publish's idempotency result, so a
+retried publish is applied once whichever node it goes through.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import attrs
 
 __all__ = ["ALL_SCRIPTS", "HISTORY", "PRESENCE_ADD", "PRESENCE_GET", "PRESENCE_REMOVE",
-           "PRESENCE_STATS", "PUBLISH", "Keys", "Script"]  # fmt: skip
+           "PRESENCE_STATS", "PUBLISH", "PUBLISH_ONCE", "Keys", "Script"]  # fmt: skip
 
 
 @attrs.frozen
@@ -50,6 +52,12 @@ class Keys:
     def meta(self, channel: str) -> str:
         return f"{self.prefix}.stream.meta.{channel}"
 
+    def result(self, channel: str, idempotency_key: str) -> str:
+        """The idempotency result of a publish. Unlike centrifuge's `P.result.<ch>.<key>` the
+        channel's length leads, so channel "a.b" with key "c" and channel "a" with key "b.c"
+        cannot share a result (each would be answered with the other's position)."""
+        return f"{self.prefix}.result.{len(channel)}.{channel}.{idempotency_key}"
+
     def presence(self, channel: str) -> tuple[str, str, str]:
         """The data hash, the expiry zset and the per-user hash of `channel`."""
         p = self.prefix
@@ -57,11 +65,37 @@ class Keys:
                 f"{p}.presence.users.{channel}")  # fmt: skip
 
 
-# KEYS stream, meta. ARGV payload, size, stream ttl (ms), PUB/SUB channel, meta ttl (ms),
-# epoch if new. Returns {offset, epoch}.
+# Shared by the publish scripts: an idempotency result is a hash {s = offset, e = epoch} with
+# the result ttl; `stored_result` gives it as the publish script's answer, or nil.
+_RESULT_HELPERS = """
+local function stored_result(key)
+  local found = redis.call("hmget", key, "s", "e")
+  if found[1] then
+    return {tonumber(found[1]), found[2]}
+  end
+  return nil
+end
+local function store_result(key, ttl, offset, epoch)
+  redis.call("hset", key, "s", offset, "e", epoch)
+  redis.call("pexpire", key, ttl)
+end
+"""
+
+# KEYS stream, meta[, result]. ARGV payload, size, stream ttl (ms), PUB/SUB channel, meta ttl
+# (ms), epoch if new[, result ttl (ms)]. Returns {offset, epoch}. With the result key (an
+# idempotency key): a result stored there is returned at once, nothing appended or published;
+# otherwise this publish's result is stored there.
 PUBLISH = Script(
     "publish",
-    """
+    _RESULT_HELPERS
+    + """
+local idempotent = #KEYS == 3
+if idempotent then
+  local found = stored_result(KEYS[3])
+  if found then
+    return found
+  end
+end
 local epoch = redis.call("hget", KEYS[2], "e")
 if not epoch then
   epoch = ARGV[6]
@@ -77,7 +111,26 @@ end
 redis.call("xadd", KEYS[1], "MAXLEN", ARGV[2], offset .. "-0", "d", ARGV[1])
 redis.call("pexpire", KEYS[1], ARGV[3])
 redis.call("publish", ARGV[4], "p" .. offset .. ":" .. ARGV[1])
+if idempotent then
+  store_result(KEYS[3], ARGV[7], offset, epoch)
+end
 return {offset, epoch}
+""",
+)
+
+# A publish without history but with an idempotency key. KEYS result. ARGV PUB/SUB channel,
+# message, result ttl (ms). Returns {offset, epoch}: {0, ""}, as the first publish returned.
+PUBLISH_ONCE = Script(
+    "publish_once",
+    _RESULT_HELPERS
+    + """
+local found = stored_result(KEYS[1])
+if found then
+  return found
+end
+redis.call("publish", ARGV[1], ARGV[2])
+store_result(KEYS[1], ARGV[3], 0, "")
+return {0, ""}
 """,
 )
 
@@ -174,4 +227,5 @@ PRESENCE_STATS = Script(
     + '\nprune(ARGV[1])\nreturn {redis.call("hlen", KEYS[1]), redis.call("hlen", KEYS[3])}\n',
 )
 
-ALL_SCRIPTS = (PUBLISH, HISTORY, PRESENCE_ADD, PRESENCE_REMOVE, PRESENCE_GET, PRESENCE_STATS)
+ALL_SCRIPTS = (PUBLISH, PUBLISH_ONCE, HISTORY, PRESENCE_ADD, PRESENCE_REMOVE, PRESENCE_GET,
+               PRESENCE_STATS)  # fmt: skip

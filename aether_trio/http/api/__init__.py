@@ -5,7 +5,6 @@
     methods.py      publish, broadcast, presence, history, channels, info
     users.py        subscribe, unsubscribe, disconnect, refresh: acting on a user's connections
     errors.py       API error codes and their HTTP statuses
-    idempotency.py  `idempotency_key`: a publish is done once per key for a while
     glob.py         the `channels` method's pattern
 
 Importing the package loads nothing; import the module you need.

@@ -1,14 +1,14 @@
 """The server API methods that publish and read (reference 10.3), and what every method shares.
 
 Every method checks all of its input first and raises `ApiError` before any effect, so a refused
-call changed nothing. Methods acting on a user's connections live in `api_users`.
+call changed nothing. Methods acting on a user's connections live in `api_users`; `info` and the
+cluster-wide versions of `channels` and of those in `cluster.py`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -26,7 +26,6 @@ from . import requests as rq
 from .errors import ApiError
 from .errors import ApiErrorCode as Code
 from .glob import compile_glob
-from .idempotency import IdempotencyCache
 
 if TYPE_CHECKING:
     from ...connection.client import Client
@@ -40,7 +39,6 @@ __all__ = [
     "error_body",
     "history",
     "history_remove",
-    "info",
     "json_value",
     "presence",
     "presence_stats",
@@ -57,7 +55,6 @@ CHANNELS_YIELD_EVERY = 1024
 @attrs.define
 class ApiContext:
     node: Node[Client]
-    idempotency: IdempotencyCache
     uid: str
     started: float  # time.time() at start, for `info.uptime`
 
@@ -107,12 +104,12 @@ async def _publish(
         ch = attrs.evolve(ch, options=attrs.evolve(ch.options, history_size=0))
     node = ctx.node
     try:
-        position = await ctx.idempotency.publish_once(
-            ch.name,
-            opts.idempotency_key,
+        position = await node.publish(
             # Cleaned per channel (publication_html), from the caller's unchanged `data`.
-            lambda: node.publish(ch, publication_payload(ch.options, data), tags=opts.tags),
-        )
+            ch, publication_payload(ch.options, data), tags=opts.tags,
+            # The broker keeps the results (in Redis for every node), not this node.
+            idempotency_key=opts.idempotency_key,
+        )  # fmt: skip
     except ReplyError as exc:  # [limits]: 107 data over max_publication_size, 111 too many
         raise ApiError.from_reply_error(exc) from None
     # Both omitted without history, as upstream's encoder omits zero values.
@@ -213,22 +210,3 @@ async def channels(ctx: ApiContext, req: rq.Channels) -> Result:
         if index % CHANNELS_YIELD_EVERY == CHANNELS_YIELD_EVERY - 1:
             await trio.lowlevel.checkpoint()  # a node with 100k channels: others run meanwhile
     return {"channels": found}
-
-
-async def info(ctx: ApiContext, req: rq.Info) -> Result:
-    node = ctx.node
-    stats = node.hub_statistics()
-    return {
-        "nodes": [
-            {
-                "uid": ctx.uid,
-                "name": node.config.server.node_name,
-                "version": node.version,
-                "num_clients": len(node.clients),
-                "num_users": len(node.users),
-                "num_channels": stats.channels,
-                "num_subs": stats.subscriptions,
-                "uptime": int(time.time() - ctx.started),
-            }
-        ]
-    }

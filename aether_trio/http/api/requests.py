@@ -41,17 +41,24 @@ __all__ = [
     "REQUESTS",
     "Batch",
     "BatchCommand",
+    "BlockUser",
     "Broadcast",
     "ChannelRequest",
     "Channels",
+    "Connections",
     "Disconnect",
     "History",
     "Info",
+    "InvalidateUserTokens",
     "Publish",
     "PublishOptions",
     "Refresh",
+    "RevokeToken",
     "Subscribe",
+    "UnblockUser",
     "Unsubscribe",
+    "UpdateUserStatus",
+    "Users",
     "decode_batch",
     "decode_request",
 ]
@@ -154,6 +161,53 @@ class Info:
     pass
 
 
+# --- connections, user status, bans and revocations (Centrifugo's shapes) ---
+
+
+@attrs.frozen
+class Connections:
+    user: str = ""
+    expression: str = ""
+
+
+@attrs.frozen
+class UpdateUserStatus:
+    users: tuple[str, ...] = ()
+    state: str = ""
+
+
+@attrs.frozen
+class Users:
+    """get_user_status and delete_user_status."""
+
+    users: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class BlockUser:
+    user: str = ""
+    expire_at: int = 0  # Unix seconds; 0: for good
+
+
+@attrs.frozen
+class UnblockUser:
+    user: str = ""
+
+
+@attrs.frozen
+class RevokeToken:
+    uid: str = ""  # the token's `jti`
+    expire_at: int = 0  # Unix seconds the revocation is kept; 0: for good
+
+
+@attrs.frozen
+class InvalidateUserTokens:
+    user: str = ""
+    issued_before: int = 0  # Unix seconds; 0: now
+    expire_at: int = 0
+    channel: str = ""
+
+
 REQUESTS: Final[dict[str, type]] = {
     "publish": Publish,
     "broadcast": Broadcast,
@@ -167,13 +221,23 @@ REQUESTS: Final[dict[str, type]] = {
     "history_remove": ChannelRequest,
     "channels": Channels,
     "info": Info,
+    "connections": Connections,
+    "update_user_status": UpdateUserStatus,
+    "get_user_status": Users,
+    "delete_user_status": Users,
+    "block_user": BlockUser,
+    "unblock_user": UnblockUser,
+    "revoke_token": RevokeToken,
+    "invalidate_user_tokens": InvalidateUserTokens,
 }
 """Method name -> the class its body decodes into."""
 
 # Upstream's order: a batch command carrying several method keys is the first of these.
 BATCH_ORDER: Final = (
     "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "history", "history_remove",
-    "presence", "presence_stats", "info", "refresh", "channels",
+    "presence", "presence_stats", "info", "refresh", "channels", "connections",
+    "update_user_status", "get_user_status", "delete_user_status", "block_user", "unblock_user",
+    "revoke_token", "invalidate_user_tokens",
 )  # fmt: skip
 
 

@@ -38,10 +38,11 @@ from ...config import ApiKey
 from ...engines.base import EngineError
 from ..apiauth import ApiAuth, ApiAuthError, Role, has_role
 from ..asgi import Request, Response
+from . import access as api_access
+from . import cluster as api_cluster
 from . import methods as api_methods
-from . import users as api_users
+from .cluster import everywhere
 from .errors import ApiError, ApiErrorCode, BadRequestBody
-from .idempotency import IdempotencyCache
 from .methods import ApiContext, Result, error_body
 from .requests import BatchCommand, decode_batch, decode_request
 
@@ -63,13 +64,23 @@ METHODS: dict[str, tuple[Role, Runner]] = {
     "presence": ("reader", api_methods.presence),
     "presence_stats": ("reader", api_methods.presence_stats),
     "history": ("reader", api_methods.history),
-    "channels": ("reader", api_methods.channels),
-    "info": ("reader", api_methods.info),
-    "subscribe": ("admin", api_users.subscribe),
-    "unsubscribe": ("admin", api_users.unsubscribe),
-    "disconnect": ("admin", api_users.disconnect),
-    "refresh": ("admin", api_users.refresh),
+    # Every node's answer, and commands that reach every node's connections (api/cluster.py).
+    "channels": ("reader", api_cluster.channels),
+    "info": ("reader", api_cluster.info),
+    "subscribe": ("admin", everywhere("subscribe")),
+    "unsubscribe": ("admin", everywhere("unsubscribe")),
+    "disconnect": ("admin", everywhere("disconnect")),
+    "refresh": ("admin", everywhere("refresh")),
     "history_remove": ("admin", api_methods.history_remove),
+    # Centrifugo's PRO methods (api/access.py).
+    "connections": ("admin", api_access.connections),
+    "update_user_status": ("publisher", api_access.update_user_status),
+    "get_user_status": ("reader", api_access.get_user_status),
+    "delete_user_status": ("admin", api_access.delete_user_status),
+    "block_user": ("admin", api_access.block_user),
+    "unblock_user": ("admin", api_access.unblock_user),
+    "revoke_token": ("admin", api_access.revoke_token),
+    "invalidate_user_tokens": ("admin", api_access.invalidate_user_tokens),
 }
 """Each method's role (`admin` covers all) and implementation; `batch` checks each command's."""
 
@@ -80,8 +91,12 @@ BATCH_YIELD_EVERY = 16
 
 # Methods whose calls change state: each is written to the audit log with its outcome.
 STATE_CHANGING = frozenset(
-    {"publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "refresh", "history_remove"}
-)
+    {
+        "publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "refresh",
+        "history_remove", "delete_user_status", "block_user", "unblock_user", "revoke_token",
+        "invalidate_user_tokens",
+    }
+)  # fmt: skip
 
 _EMPTY_404 = Response(404, b"", "text/plain")
 _EMPTY_405 = Response(405, b"", "text/plain", (("allow", "POST"),))
@@ -94,7 +109,8 @@ def _json(value: Any, status: int = 200) -> Response:
 class ServerApi:
     def __init__(self, node: Node[Client], auth: ApiAuth) -> None:
         self.auth = auth
-        self.context = ApiContext(node, IdempotencyCache(), str(uuid.uuid4()), time.time())
+        self.context = ApiContext(node, str(uuid.uuid4()), time.time())
+        api_cluster.install(self.context)
 
     async def handle(self, request: Request) -> Response:
         """The route for every path under PREFIX."""
