@@ -60,6 +60,12 @@ fmt:
     {{bin}}/ruff check --fix aether_trio tests
     {{bin}}/ruff format aether_trio tests
 
+# take a backup now, drill it (restore into scratch SQLite and Redis) and prune by [backup] keep_*
+backup *args:
+    {{bin}}/aether backup create "$@"
+    {{bin}}/aether backup verify "$@"
+    {{bin}}/aether backup prune "$@"
+
 # --- operations: an installation made by `just deploy` (its prefix: AETHER_PREFIX, default
 # /opt/aether). ops/README.md walks through them.
 

@@ -14,14 +14,17 @@ import gc
 import logging
 import signal
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 
 from .admin.service import PREFIX as ADMIN_PREFIX
 from .admin.service import AdminService
 from .backend import Hooks
+from .backup.service import BackupMetrics, BackupService
 from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
 from .connection.serve import serve_connection
@@ -29,6 +32,7 @@ from .engines.base import Broker, PresenceManager
 from .engines.control import ControlPlane, SharedState
 from .engines.memory import MemoryBroker, MemoryPresenceManager
 from .engines.persist import HistoryPersistence
+from .engines.snapshot import write_snapshot
 from .guards.limits import request_ip, request_origins
 from .guards.proxies import TrustedProxies, forwarded_remote
 from .http.api.routes import METHODS, PREFIX, ServerApi
@@ -99,6 +103,13 @@ class Server:
         install_ops(
             self.http_app, self.node, self.monitor, lambda r: self.api_auth.protect("admin", r)
         )
+        # Scheduled backups ([backup] schedule); their metrics are exposed either way.
+        self.backup = BackupService(
+            lambda: self.config,
+            config_path,
+            BackupMetrics(node.metrics.registry),
+            history=_history_export(broker),
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. The history snapshot is read before any listener starts and
@@ -121,6 +132,8 @@ class Server:
             await services.start(self.node.errors.supervise, "monitor", self.monitor.run)
             # Durable state is loaded before any connection or API request is handled.
             await services.start(self.admin.run)
+            if self.backup.enabled:
+                await services.start(self.node.errors.supervise, "backup", self.backup.run)
             if self.config.http.enabled:
                 http = self.config.http
                 self.http_port = await services.start(
@@ -291,6 +304,21 @@ def _durable_history(config: Config, broker: Broker) -> HistoryPersistence | Non
     if not config.engine.persist_history or not isinstance(broker, MemoryBroker):
         return None
     return HistoryPersistence(broker, config.admin.data_dir, config.engine.persist_timeout)
+
+
+def _history_export(broker: Broker) -> Callable[[Path], None] | None:
+    """For the backups: the memory engine's live streams as a history snapshot at `path`."""
+    if not isinstance(broker, MemoryBroker):
+        return None  # the Redis engine's history is backed up from Redis
+
+    def export(path: Path) -> None:
+        # In the backup's worker thread: the streams are taken on the event loop at one instant
+        # (export_streams is synchronous), then written here, off the loop.
+        now = time.time()
+        streams = trio.from_thread.run_sync(broker.export_streams, now)
+        write_snapshot(path, streams, now)
+
+    return export
 
 
 def _ssl_context(cfg: ServerConfig) -> ssl.SSLContext | None:

@@ -312,6 +312,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("connection", ("connection",)),
     ("http", ("http",)),
     ("admin", ("admin",)),
+    # `aether backup` and the scheduled backups: reads the admin unit's database and audit chain.
+    ("backup", ("backup",)),
     # `aether init` and `aether healthcheck`: clients of a running server (see CLIENT_UNITS).
     ("operations", ("ops",)),
     ("composition", ("app", "cli", "__main__", "")),

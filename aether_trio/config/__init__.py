@@ -19,6 +19,7 @@ from .sections import TOKEN_ALGORITHMS as TOKEN_ALGORITHMS
 from .sections import AdminConfig as AdminConfig
 from .sections import ApiConfig as ApiConfig
 from .sections import ApiKey as ApiKey
+from .sections import BackupConfig as BackupConfig
 from .sections import ClientConfig as ClientConfig
 from .sections import EngineConfig as EngineConfig
 from .sections import HttpConfig as HttpConfig
@@ -36,6 +37,7 @@ __all__ = [
     "AdminConfig",
     "ApiConfig",
     "ApiKey",
+    "BackupConfig",
     "ChannelConfig",
     "ClientConfig",
     "ClusterConfig",

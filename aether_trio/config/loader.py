@@ -33,6 +33,7 @@ from .sections import (
     AdminConfig,
     ApiConfig,
     ApiKey,
+    BackupConfig,
     ClientConfig,
     EngineConfig,
     HttpConfig,
@@ -66,6 +67,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     monitor: MonitorConfig = MonitorConfig()
     limits: LimitsConfig = LimitsConfig()
+    backup: BackupConfig = BackupConfig()
     # The application's backend endpoints, by name (aether_trio/backend).
     proxies: tuple[ProxyConfig, ...] = ()
     cluster: ClusterConfig = ClusterConfig()
@@ -222,6 +224,7 @@ def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
             token=_resolve(config.token, base, "token"),
             subscription_token=_resolve(config.subscription_token, base, "subscription_token"),
             api=_resolve_api(config.api, base),
+            backup=config.backup.resolved(base),
         )
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
         lines = [f"{path or '<root>'}: {message}" for path, message in error_paths(exc)]
