@@ -56,10 +56,20 @@ lint:
     {{bin}}/ruff format --check aether_trio tests
     {{bin}}/mypy
 
+# compile the vendored Protobuf schema into the descriptor Aether loads (aether_trio/protocol/proto)
+proto:
+    {{bin}}/python -m grpc_tools.protoc -I aether_trio/protocol/proto --descriptor_set_out=aether_trio/protocol/proto/client.binpb aether_trio/protocol/proto/client.proto
+
 # format the code in place
 fmt:
     {{bin}}/ruff check --fix aether_trio tests
     {{bin}}/ruff format aether_trio tests
+
+# take a backup now, drill it (restore into scratch SQLite and Redis) and prune by [backup] keep_*
+backup *args:
+    {{bin}}/aether backup create "$@"
+    {{bin}}/aether backup verify "$@"
+    {{bin}}/aether backup prune "$@"
 
 # --- operations: an installation made by `just deploy` (its prefix: AETHER_PREFIX, default
 # /opt/aether). ops/README.md walks through them.

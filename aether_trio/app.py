@@ -14,20 +14,25 @@ import gc
 import logging
 import signal
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 
 from .admin.service import PREFIX as ADMIN_PREFIX
 from .admin.service import AdminService
 from .backend import Hooks
+from .backup.service import BackupMetrics, BackupService
 from .config import Config, ConfigError, ServerConfig, load_config
 from .connection.client import Client
 from .connection.serve import serve_connection
 from .engines.base import Broker, PresenceManager
+from .engines.control import ControlPlane, SharedState
 from .engines.memory import MemoryBroker, MemoryPresenceManager
 from .engines.persist import HistoryPersistence
+from .engines.snapshot import write_snapshot
 from .guards.limits import request_ip, request_origins
 from .guards.proxies import TrustedProxies, forwarded_remote
 from .http.api.routes import METHODS, PREFIX, ServerApi
@@ -40,6 +45,7 @@ from .node import Node
 from .observe.monitor import ResourceMonitor
 from .observe.readiness import Check
 from .protocol.codes import Disconnect
+from .protocol.encodings import SUBPROTOCOLS, negotiate
 from .transport import HandshakeRequest, TransportClosed, serve_websocket, tls
 from .workers import child
 
@@ -62,8 +68,9 @@ class Server:
         # One process of several sharing the file (`--instance`): a reload applies it again.
         self.instance = instance
         broker, presence = _engines(config)
+        control, shared = _cluster(config, broker)
         # `hooks`: the application's in-process hooks (aether_trio/backend/hooks.py).
-        self.node: Node[Client] = Node(config, broker, presence, hooks)
+        self.node: Node[Client] = Node(config, broker, presence, control, shared, hooks=hooks)
         self.durable_history = _durable_history(config, broker)
         if self.durable_history is not None:
             self.node.reports["history_snapshot"] = self.durable_history.statistics
@@ -96,6 +103,13 @@ class Server:
         install_ops(
             self.http_app, self.node, self.monitor, lambda r: self.api_auth.protect("admin", r)
         )
+        # Scheduled backups ([backup] schedule); their metrics are exposed either way.
+        self.backup = BackupService(
+            lambda: self.config,
+            config_path,
+            BackupMetrics(node.metrics.registry),
+            history=_history_export(broker),
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. The history snapshot is read before any listener starts and
@@ -118,6 +132,8 @@ class Server:
             await services.start(self.node.errors.supervise, "monitor", self.monitor.run)
             # Durable state is loaded before any connection or API request is handled.
             await services.start(self.admin.run)
+            if self.backup.enabled:
+                await services.start(self.node.errors.supervise, "backup", self.backup.run)
             if self.config.http.enabled:
                 http = self.config.http
                 self.http_port = await services.start(
@@ -182,7 +198,12 @@ class Server:
             # What the application's backend is passed (read before `accept` lets them go).
             headers = self.node.backend.keep_headers(request.headers)
             try:
-                await serve_connection(self.node, await request.accept(), headers)
+                negotiated = negotiate(request.subprotocols)
+                if negotiated is None:
+                    await self._refuse_subprotocols(request, ip)
+                    return
+                codec, subprotocol = negotiated
+                await serve_connection(self.node, await request.accept(subprotocol), codec, headers)
             finally:
                 limits.close_connection(ip)
         except* (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -192,6 +213,17 @@ class Server:
             for exc in group.exceptions:
                 log.error("connection task failed", exc_info=exc)
                 self.node.errors.capture(exc, "connection")
+
+    async def _refuse_subprotocols(self, request: HandshakeRequest, ip: str) -> None:
+        """A client offering only subprotocols Aether does not speak gets a 400 that says so,
+        and the operator a log line (after the handshake limits: a flood of them is bounded)."""
+        offered = ", ".join(request.subprotocols)
+        served = ", ".join(SUBPROTOCOLS)
+        log.info("handshake from %s refused: unsupported WebSocket subprotocol (offered: %.200s; "
+                 "served: %s)", ip, offered, served)  # fmt: skip
+        self.node.metrics.handshake_failed("subprotocol")
+        body = f"unsupported WebSocket subprotocol; Aether serves: {served}\n".encode()
+        await request.reject(400, body=body)
 
     def _accepting(self) -> Check:
         shutting_down = self._listener.cancel_called
@@ -206,6 +238,8 @@ class Server:
             await self.node.wait_idle()
         if drain.cancelled_caught:
             log.warning("drain time over with %d connections left", len(self.node.clients))
+        # While the engine still runs: the other nodes drop this one from `info` at once.
+        await self.node.cluster.goodbye()
 
     def reload(self) -> bool:
         """Re-read the config file; a bad file is rejected and the running config stays."""
@@ -254,11 +288,37 @@ def _engines(config: Config) -> tuple[Broker, PresenceManager]:
     return MemoryBroker(), MemoryPresenceManager()
 
 
+def _cluster(config: Config, broker: Broker) -> tuple[ControlPlane | None, SharedState | None]:
+    """The control plane and shared state of a shared engine; a memory node is alone (None:
+    the node's own in-memory twins)."""
+    if config.engine.type != "redis":
+        return None, None
+    from .engines.redis import RedisBroker, open_redis_cluster
+
+    assert isinstance(broker, RedisBroker)
+    return open_redis_cluster(broker)
+
+
 def _durable_history(config: Config, broker: Broker) -> HistoryPersistence | None:
     """Only the memory engine needs it: another engine keeps its history itself."""
     if not config.engine.persist_history or not isinstance(broker, MemoryBroker):
         return None
     return HistoryPersistence(broker, config.admin.data_dir, config.engine.persist_timeout)
+
+
+def _history_export(broker: Broker) -> Callable[[Path], None] | None:
+    """For the backups: the memory engine's live streams as a history snapshot at `path`."""
+    if not isinstance(broker, MemoryBroker):
+        return None  # the Redis engine's history is backed up from Redis
+
+    def export(path: Path) -> None:
+        # In the backup's worker thread: the streams are taken on the event loop at one instant
+        # (export_streams is synchronous), then written here, off the loop.
+        now = time.time()
+        streams = trio.from_thread.run_sync(broker.export_streams, now)
+        write_snapshot(path, streams, now)
+
+    return export
 
 
 def _ssl_context(cfg: ServerConfig) -> ssl.SSLContext | None:

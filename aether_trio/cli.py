@@ -1,4 +1,5 @@
-"""`aether` command line: serve, check-config, token, version, init, healthcheck, admin, audit.
+"""`aether` command line: serve, check-config, token, version, init, healthcheck, admin, audit,
+backup.
 
 Every command that reads the configuration takes `-c FILE` and `--instance N` (process N of
 several on one host sharing the file: its own ports, node name and data directory, see
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ops_parsers(sub, with_config, _load)  # `aether init`, `aether healthcheck`
     add_admin_parsers(sub, with_config, _load)  # `aether admin ...`, `aether audit ...`
+    from .backup.cli import add_parsers as add_backup_parsers
+
+    add_backup_parsers(sub, with_config, _load)  # `aether backup ...`
     return parser
 
 

@@ -36,8 +36,10 @@ from .auth.tokens import TokenVerifier
 from .backend import Backend, ChannelEvent, Hooks, Notifier
 from .broker_channels import BrokerChannels
 from .channel_states import ChannelStates
+from .cluster import Cluster
 from .config import Config
 from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
+from .engines.control import ControlPlane, MemoryControl, MemorySharedState, SharedState
 from .flusher import Flusher
 from .guards.limits import Limits
 from .hooks import NO_AUDIT, OPEN_ACCESS, AccessControl, AccessPolicy, Auditor
@@ -76,11 +78,21 @@ class Node(Generic[C]):
         config: Config,
         broker: Broker,
         presence: PresenceManager,
+        control: ControlPlane | None = None,
+        shared: SharedState | None = None,
         hooks: Hooks | None = None,
     ) -> None:
         # Read by tests; the code above reaches them only through the node's methods.
         self.broker = broker
         self.presence = presence
+        # The other nodes (cluster.py) and what every node must see; alone by default.
+        self.cluster = Cluster(control or MemoryControl(), self.describe)
+        self.shared: SharedState = shared or MemorySharedState()
+        # A node alone needs no shared count: `admit` counts its own connections.
+        self._count_shared = shared is not None
+        # Connections counted in `shared` against their user's limit: client id -> user.
+        self._counted: dict[str, str] = {}
+        self.started = time.time()
         self.hub = Hub()
         self.scheduler = Scheduler()
         self.flusher = Flusher()  # coalesced writes of every connection (flusher.py)
@@ -109,7 +121,7 @@ class Node(Generic[C]):
         self.user_status = UserStatuses()
         # Named read-only views the composition root adds for `aether admin node` (e.g. what the
         # history snapshot restored), each a function returning a JSON-able dict.
-        self.reports: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.reports: dict[str, Callable[[], dict[str, Any]]] = {"cluster": self.cluster.statistics}
         # Rate and connection limits, the origin check ([limits], aether_trio.guards.limits).
         self.limits = Limits(config, self.metrics.refused)
         # Every name the system channel has had: connections keep the name they were told about.
@@ -127,6 +139,7 @@ class Node(Generic[C]):
             self._channel_state, self.errors.capture,
         )  # fmt: skip
         self._apply(config)
+        self._apply_cluster(config)
         self._idle = trio.Event()
         self._idle.set()
 
@@ -164,6 +177,10 @@ class Node(Generic[C]):
             log.error("subscribing the broker to %s failed", name, exc_info=True)
             self.errors.capture(exc, f"broker subscribe {name}")
 
+    def _apply_cluster(self, config: Config) -> None:
+        cfg = config.cluster
+        self.cluster.configure(cfg.heartbeat_interval, cfg.node_expire, cfg.survey_timeout)
+
     def reload(self, config: Config) -> None:
         """Swap channel rules and keys; existing connections and subscriptions stay."""
         self._apply(config)
@@ -172,6 +189,7 @@ class Node(Generic[C]):
         if self._nursery is not None:
             for proxy in retired:  # calls under way finish (or fail) on their own
                 self._nursery.start_soon(proxy.aclose)
+        self._apply_cluster(config)
         log.info("configuration reloaded: %d namespaces", len(config.channel.namespaces))
 
     # --- lifecycle ---
@@ -185,6 +203,9 @@ class Node(Generic[C]):
             await nursery.start(self.errors.supervise, "broker channels", self._channels.run)
             await nursery.start(self.errors.supervise, "backend events", self.notifier.run)
             await nursery.start(self.errors.supervise, "channel states", self.channel_states.run)
+            # After the broker: the Redis control plane rides on its PUB/SUB connection.
+            await nursery.start(self.errors.supervise, "cluster", self.cluster.run)
+            nursery.start_soon(self._refresh_counted)
             # Other nodes' broadcasts arrive through the broker even before anyone connects here;
             # a name a reload adds from now on is subscribed in a task of this nursery.
             self._nursery = nursery
@@ -208,6 +229,8 @@ class Node(Generic[C]):
             self._idle = trio.Event()
 
     def unregister(self, client: C) -> None:
+        if (user := self._counted.pop(client.client_id, None)) is not None:
+            self._uncount(user, client.client_id)
         connections = self.users.get(client.user)
         if connections is not None:
             connections.pop(client.client_id, None)
@@ -217,6 +240,57 @@ class Node(Generic[C]):
             self.user_status.seen(client.user)
             if not self.clients:
                 self._idle.set()
+
+    # --- connections counted across the cluster ([limits] connection_limit_per_user) ---
+
+    async def count_connection(self, user: str, client_id: str) -> None:
+        """Count a connecting client against its user's limit on every node, or raise
+        `DisconnectError` 3504 if the user already has that many live connections (the engine
+        decides atomically: two nodes admitting the same user at once cannot both pass).
+        `EngineError` if the engine cannot say. Undone by `unregister`."""
+        limit = self.limits.config.connection_limit_per_user
+        if not user or not limit or not self._count_shared:
+            return
+        ttl = self.config.cluster.connection_ttl
+        found = await self.shared.add_connection(user, client_id, limit, ttl)
+        if found is not None:
+            self.limits.check_user_connections(user, found)  # raises: found >= limit
+        self._counted[client_id] = user
+
+    def _uncount(self, user: str, client_id: str) -> None:
+        async def remove() -> None:
+            try:
+                await self.shared.remove_connection(user, client_id)
+            except EngineError:  # the entry expires on its own (connection_ttl)
+                log.warning("uncounting connection %s failed", client_id, exc_info=True)
+
+        if self._nursery is not None:
+            self._nursery.start_soon(remove)
+
+    async def _refresh_counted(self) -> None:
+        """Renew the counted connections before their entries expire (a dead node's fade)."""
+        while True:
+            ttl = self.config.cluster.connection_ttl
+            await trio.sleep(ttl / 3)
+            if entries := [(user, client) for client, user in self._counted.items()]:
+                try:
+                    await self.shared.refresh_connections(entries, ttl)
+                except EngineError:
+                    log.warning("renewing %d counted connections failed", len(entries),
+                                exc_info=True)  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        """This node's info for the other nodes and the server API's `info`."""
+        stats = self.hub.statistics()
+        return {
+            "name": self.config.server.node_name,
+            "version": self.version,
+            "num_clients": len(self.clients),
+            "num_users": len(self.users),
+            "num_channels": stats.channels,
+            "num_subs": stats.subscriptions,
+            "uptime": int(time.time() - self.started),
+        }
 
     def user_clients(self, user: str) -> list[C]:
         """The registered (connected) connections of `user` on this node."""
@@ -247,6 +321,7 @@ class Node(Generic[C]):
         if isinstance(sub, SystemSubscription):
             return
         channel = sub.channel
+        # Gives a compacting `sub` its channel id; True when the channel was empty here.
         if self.hub.add(channel, sub) and self._state_target() is not None:
             self.channel_states.local_occupied(channel)
         try:
@@ -459,7 +534,11 @@ def _own_checks(node: Node[C]) -> list[ReadinessCheck]:
             if not getattr(engine, "reachable", True)
         ]
         if unreachable:
-            return Check("engines", False, f"unreachable: {', '.join(unreachable)}")
+            # A sharded engine names its shards that are down or not proven yet.
+            shards = sorted({shard for engine in (node.broker, node.presence)
+                             for shard in getattr(engine, "unreachable", ())})  # fmt: skip
+            where = f" ({'; '.join(shards)})" if shards else ""
+            return Check("engines", False, f"unreachable: {', '.join(unreachable)}{where}")
         return Check("engines", state == "running", f"broker {state}")
 
     def services() -> Check:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from .protocol.codec import Codec
     from .protocol.codes import Disconnect
     from .protocol.messages import RawJSON
     from .protocol.options import ChannelOptions
@@ -59,6 +60,10 @@ class Connection(Protocol):
 
     @property
     def subscriptions(self) -> Mapping[str, Subscription]: ...
+
+    @property
+    def codec(self) -> Codec:
+        """Its wire format: what it is sent must be encoded with it."""
 
     @property
     def queued_bytes(self) -> int:

@@ -12,9 +12,9 @@ works on that dict unchanged; an unsubscribe pops the shared object like any oth
 connection stops receiving. Subscribing to the channel again (with a token, through the server
 API) gives the shared object again: a connection is never served twice.
 
-Delivery: the hub knows each name as a `hub.Group` (`Receivers`), encodes a publication once and
-hands it here; the loop sends the same bytes to every connection holding the shared object,
-synchronously, never awaiting one of them.
+Delivery: the hub knows each name as a `hub.Group` (`Receivers`), encodes a publication once per
+codec in use and hands it here; the loop sends the same bytes to every connection of a codec
+holding the shared object, synchronously, never awaiting one of them.
 
 A reload that renames the channel leaves connections with the name they were told about, as they
 were before: they keep the old name's shared object, which stays registered.
@@ -22,13 +22,14 @@ were before: they keep the old name's shared object, which stays registered.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .subscriptions import SystemSubscription
 
 if TYPE_CHECKING:
     from .peers import Connection
+    from .protocol.codec import Codec
 
 __all__ = ["Receivers"]
 
@@ -47,11 +48,11 @@ class Receivers:
     def holds(self, connection: Connection) -> bool:
         return connection.subscriptions.get(self.subscription.channel) is self.subscription
 
-    def deliver(self, message: bytes) -> int:
+    def deliver(self, encoded: Callable[[Codec], bytes]) -> int:
         # Picked before any send: a send may close a slow client, which must not change the loop.
         receivers = [c for c in self._connections.values() if self.holds(c)]
         for connection in receivers:
-            connection.send(message)
+            connection.send(encoded(connection.codec))
         return len(receivers)
 
     def count(self) -> int:

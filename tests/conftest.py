@@ -27,14 +27,18 @@ import trio
 from redis_server import RedisServer, running_redis
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from aether_trio import hub as hub_module
 from aether_trio.app import Server
 from aether_trio.auth.tokens import mint_token
 from aether_trio.config import Config, parse_config
-from aether_trio.protocol.codec import encode_push
+from aether_trio.protocol.codec import JSON
+from aether_trio.protocol.protobuf import PROTOBUF
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+# centrifuge-python's own suite (tests/compat) runs with unittest, its runner, in a subprocess of
+# tests/test_compat.py against a server started there; pytest must not collect it itself.
+collect_ignore = ["compat"]
 
 # trio-asyncio (the Redis engine's bridge) makes every asyncio loop created outside Trio one of
 # its own Trio-backed loops once imported, unless a thread asked for a policy of its own. The SDK
@@ -271,12 +275,16 @@ def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Count calls of the hub's encoder (a publication must be encoded once, whatever the
     fan-out)."""
     calls: list[tuple[str, str]] = []
+    for codec in (JSON, PROTOBUF):
 
-    def counting(channel: str, kind: str, body: Any) -> bytes:
-        calls.append((channel, kind))
-        return encode_push(channel, kind, body)
+        def counting(
+            channel: str, kind: str, body: Any, channel_id: int = 0, *, codec: Any = codec
+        ) -> bytes:
+            calls.append((channel, kind))
+            encode = type(codec).encode_push
+            return encode(codec, channel, kind, body, channel_id)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(hub_module, "encode_push", counting)
+        monkeypatch.setattr(codec, "encode_push", counting)
     return calls
 
 

@@ -56,7 +56,7 @@ def overrides(data_dir: Path, **extra: Any) -> dict[str, Any]:
             {"name": "ops", "key": ADMIN_KEY, "roles": ["admin"]},
             {"name": "pub", "key": PUBLISHER_KEY, "roles": ["publisher", "reader"]},
         ]},
-        "admin": {"data_dir": str(data_dir)},
+        "admin": {"data_dir": str(data_dir), "system_channel": SYSTEM},  # off by default
         **extra,
     }  # fmt: skip
 

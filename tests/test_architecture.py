@@ -305,12 +305,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "broker_channels",
             "channel_states",
             "user_status",
+            "cluster",
             "node",
         ),
     ),
     ("connection", ("connection",)),
     ("http", ("http",)),
     ("admin", ("admin",)),
+    # `aether backup` and the scheduled backups: reads the admin unit's database and audit chain.
+    ("backup", ("backup",)),
     # `aether init` and `aether healthcheck`: clients of a running server (see CLIENT_UNITS).
     ("operations", ("ops",)),
     ("composition", ("app", "cli", "__main__", "")),
@@ -618,6 +621,7 @@ OTHER_JSON = {
     (f"{PACKAGE}.admin.cli", "_http_error"): "the CLI reading the server's error answer",
     (f"{PACKAGE}.admin.cli", "_body"): "the CLI's --data argument",
     (f"{PACKAGE}.admin.cli", "cmd_audit"): "the CLI printing audit entries",
+    (f"{PACKAGE}.admin.state", "_decode"): "bans and revocations read back from the shared state",
 }
 # What a route hands `request.body` to; each decodes through DECODING.
 BODY_DECODERS = {

@@ -88,7 +88,7 @@ async def test_connections_of_a_user_in_centrifugos_shape(
         assert first["app_version"] == "1.2"
         assert (first["transport"], first["protocol"], first["user"]) == ("websocket", "json", "u")
         assert first["info"] == {"name": "Ann"}
-        assert set(first["state"]["channels"]) == {"room", "$aether.system"}
+        assert set(first["state"]["channels"]) == {"room"}  # the system channel is off by default
         assert first["state"]["connection_token"] == {"uid": "tok-a", "issued_at": iat}
         assert first["connected_at_ms"] <= time.time() * 1000
         # The real cent client parses it into its own classes.

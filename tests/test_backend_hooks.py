@@ -216,7 +216,8 @@ async def test_no_hook_opens_the_system_channel_to_clients(nursery: trio.Nursery
         return {}
 
     hooks = Hooks(on_publish=allow, on_subscribe=allow)
-    server = await nursery.start(Server(make_config(), hooks=hooks).run)
+    config = make_config({"admin": {"system_channel": "$aether.system"}})  # off by default
+    server = await nursery.start(Server(config, hooks=hooks).run)
     async with raw_client(server.port) as client:
         from conftest import token
 

@@ -111,7 +111,10 @@ async def test_connect_proxy_gets_centrifugos_request_and_its_answer_makes_the_c
         )
         result = reply["connect"]
         assert result["data"] == {"welcome": True}
-        assert set(result["subs"]) == {"news", "proxied:room", "$aether.system"}
+        assert set(result["subs"]) == {
+            "news",
+            "proxied:room",
+        }  # the system channel is off by default
         assert result["subs"]["proxied:room"]["data"] == {"hello": 1}
         (request,) = backend.app.recorded("/connect")
         assert request.body == {

@@ -419,6 +419,54 @@ INVALID = [
         "[engine.redis]\nio_timeout = 0\n", "engine.redis.io_timeout", "0", id="redis-io-timeout-0"
     ),
     pytest.param(
+        '[engine.redis]\naddresses = ["redis://a:1/0", "b:2"]\n',
+        "engine.redis.addresses",
+        "'b:2'",
+        id="redis-shard-address-without-scheme",
+    ),
+    pytest.param(
+        '[engine.redis]\naddresses = ["redis://a:1/0", "redis://a:1/0"]\n',
+        "engine.redis.addresses",
+        "listed twice",
+        id="redis-shard-listed-twice",
+    ),
+    pytest.param(
+        '[engine.redis]\nsentinel_addresses = ["a:26379", "b"]\nsentinel_master_name = "m"\n',
+        "engine.redis.sentinel_addresses",
+        "expected host:port, got 'b'",
+        id="redis-sentinel-without-port",
+    ),
+    pytest.param(
+        '[engine.redis]\nsentinel_addresses = ["a:99999"]\nsentinel_master_name = "m"\n',
+        "engine.redis.sentinel_addresses",
+        "expected host:port, got 'a:99999'",
+        id="redis-sentinel-port-too-large",
+    ),
+    pytest.param(
+        '[engine.redis]\nsentinel_addresses = ["a:26379"]\n',
+        "engine.redis.sentinel_master_name",
+        "go together",
+        id="redis-sentinel-without-master-name",
+    ),
+    pytest.param(
+        '[engine.redis]\nsentinel_master_name = "m"\n',
+        "engine.redis.sentinel_addresses",
+        "go together",
+        id="redis-sentinel-master-name-without-sentinels",
+    ),
+    pytest.param(
+        '[engine.redis]\naddresses = ["redis://a:1/0"]\ncluster_addresses = ["redis://b:1"]\n',
+        "engine.redis.cluster_addresses",
+        "set at most one of addresses, sentinel_addresses and cluster_addresses",
+        id="redis-shards-and-cluster",
+    ),
+    pytest.param(
+        '[engine.redis]\ncluster_addresses = ["redis://b:1"]\nprefix = "a{b}"\n',
+        "engine.redis.prefix",
+        "no braces",
+        id="redis-cluster-prefix-with-braces",
+    ),
+    pytest.param(
         '[engine.redis]\nhost = "x"\n', "engine.redis.host", "unknown key", id="redis-unknown-key"
     ),
     pytest.param(

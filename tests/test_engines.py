@@ -1,7 +1,9 @@
 """Contract tests for the engine protocols (`Broker`, `PresenceManager`) and for `Node.recover`.
 
 Every test runs against each factory in `ENGINE_FACTORIES`: the memory engine and the Redis
-engine (on the session's private redis-server, tests/redis_server.py, under a prefix of its own).
+engine (on the session's private redis-server, tests/redis_server.py, under a prefix of its own;
+with and without pipelining; sharded over that server and a second one; and on a 3-master Redis
+Cluster, tests/redis_topologies.py).
 
 Time: tests that need TTLs to pass take `engine_time` and wait through `engines.elapse`. For the
 memory engine that is Trio's autojump clock, so a day of stream lifetime costs nothing; Redis
@@ -16,15 +18,16 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import pytest
 import trio
 from conftest import make_config
-from redis_server import RedisServer, new_prefix
+from redis_server import RedisServer, new_prefix, running_redis
+from redis_topologies import RedisCluster, running_cluster
 from trio.testing import MockClock
 
 from aether_trio.config import RedisEngineConfig
@@ -99,23 +102,38 @@ async def memory_engines() -> AsyncIterator[Engines]:
         nursery.cancel_scope.cancel()
 
 
+class _Elapsing(Protocol):
+    def elapse(self, prefix: str, seconds: float) -> object: ...
+
+
 @asynccontextmanager
-async def redis_engines(server: RedisServer, **options: Any) -> AsyncIterator[Engines]:
+async def redis_engines(
+    server: RedisServer | RedisCluster, *more: RedisServer, **options: Any
+) -> AsyncIterator[Engines]:
+    """The Redis engine on `server` (sharded over `more` servers too, if any) or a cluster."""
     prefix = new_prefix()
-    config = RedisEngineConfig(address=server.address, prefix=prefix, **options)
+    if isinstance(server, RedisCluster):
+        options["cluster_addresses"] = tuple(server.addresses)
+    elif more:
+        options["addresses"] = (server.address, *(s.address for s in more))
+    else:
+        options["address"] = server.address
+    config = RedisEngineConfig(prefix=prefix, **options)
     broker, presence = open_redis_engine(config)
     shift = 0.0
     presence.clock = lambda: time.time() + shift
     handler = RecordingHandler()
+    servers: list[_Elapsing] = [server, *more]
 
     async def elapse(seconds: float) -> None:
         nonlocal shift
         shift += seconds
-        await trio.to_thread.run_sync(server.elapse, prefix, seconds)
+        for each in servers:
+            await trio.to_thread.run_sync(each.elapse, prefix, seconds)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(broker.run, handler)
-        yield Engines(broker, presence, handler, elapse, broker.pubsub.probe)
+        yield Engines(broker, presence, handler, elapse, broker.probe)
         nursery.cancel_scope.cancel()
 
 
@@ -133,11 +151,37 @@ def _redis_unpipelined(request: pytest.FixtureRequest) -> tuple[Opener, bool]:
     return functools.partial(redis_engines, server, pipelining=False), False
 
 
+def _redis_sharded(request: pytest.FixtureRequest) -> tuple[Opener, bool]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    second: RedisServer = request.getfixturevalue("second_redis_server")
+    return functools.partial(redis_engines, server, second), False
+
+
+def _redis_cluster(request: pytest.FixtureRequest) -> tuple[Opener, bool]:
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return functools.partial(redis_engines, cluster), False
+
+
+@pytest.fixture(scope="module")
+def second_redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three masters with `--cluster-enabled yes`, joined by `redis-cli --cluster create`."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
 # Each gives the engines' opener and whether they follow Trio's clock.
 ENGINE_FACTORIES = [
     pytest.param(_memory, id="memory"),
     pytest.param(_redis, id="redis"),
     pytest.param(_redis_unpipelined, id="redis-unpipelined"),
+    pytest.param(_redis_sharded, id="redis-sharded"),
+    pytest.param(_redis_cluster, id="redis-cluster"),
 ]
 
 

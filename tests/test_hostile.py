@@ -34,11 +34,10 @@ from trio_websocket import ConnectionClosed
 from aether_trio.app import Server
 from aether_trio.auth.tokens import TokenVerifier
 from aether_trio.config import TokenConfig
-from aether_trio.connection import client as client_module
 from aether_trio.engines.base import EngineError, HistoryOptions, HistoryQuery
 from aether_trio.engines.memory import MemoryBroker
 from aether_trio.http.api.glob import compile_glob
-from aether_trio.protocol.codec import encode_push, encode_reply, raw_json
+from aether_trio.protocol.codec import JSON, encode_push, encode_reply, raw_json
 from aether_trio.protocol.messages import Publication
 
 __all__ = ["bystander"]  # the fixture, used here by name
@@ -228,7 +227,7 @@ async def test_a_subscribe_whose_reply_fails_leaves_no_subscription_behind(
             raise OverflowError("injected: the reply cannot be encoded")
         return encode_reply(cmd_id, method, result)
 
-    monkeypatch.setattr(client_module, "encode_reply", failing_once)
+    monkeypatch.setattr(JSON, "encode_reply", failing_once)  # the connection's codec
     node = server.node
     async with open_connected(ws_url(server)) as client:
         reply = await client.command("subscribe", {"channel": "kept:room"})

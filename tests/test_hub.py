@@ -11,14 +11,15 @@ import gc
 import inspect
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
 import pytest
 import trio
 import trio.testing
 
-from aether_trio.hub import Hub, HubStatistics
+from aether_trio.hub import DeltaPush, Hub, HubStatistics, Route
+from aether_trio.protocol.codec import JSON, Codec
 from aether_trio.protocol.codes import Disconnect
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
 from aether_trio.protocol.options import ChannelOptions
@@ -38,6 +39,12 @@ class FakeSubscriber:
     ) -> None:
         self.client_id = client_id
         self.push_join_leave = push_join_leave
+        self.codec: Codec = JSON
+        self.accepts: Callable[[Mapping[str, str]], bool] | None = None
+        self.delta = False
+        self.compact = False
+        self.channel_id = 0
+        self.route: Route | None = None
         self.received: list[tuple[bytes, int]] = []
         self._on_deliver = on_deliver
 
@@ -45,6 +52,9 @@ class FakeSubscriber:
         self.received.append((message, offset))
         if self._on_deliver is not None:
             self._on_deliver(self)
+
+    def deliver_delta(self, source: DeltaPush, data: RawJSON, offset: int) -> None:
+        raise AssertionError("not a delta subscriber")
 
 
 def publication(offset: int = 7) -> Publication:
@@ -227,6 +237,7 @@ def test_a_subscriber_leaving_during_join_delivery_does_not_break_the_loop() -> 
 class FakeClient:
     def __init__(self, max_bytes: int = 1000) -> None:
         self.client_id = "client-1"
+        self.codec: Codec = JSON
         self.max_bytes = max_bytes
         self.sent: list[bytes] = []
         self.closed: list[tuple[Disconnect, bool]] = []

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aether_trio.hub import Hub
 from aether_trio.observe.metrics import MAX_LABEL_VALUES, Metrics
+from aether_trio.protocol.codec import JSON
 from aether_trio.protocol.codes import Disconnect, ErrorCode
 from aether_trio.protocol.messages import Publication, RawJSON
 
@@ -272,6 +273,12 @@ def test_auth_failures_come_from_the_refusal_codes_of_auth_commands() -> None:
 
 class _Subscriber:
     push_join_leave = False
+    codec = JSON
+    accepts = None
+    delta = False
+    compact = False
+    channel_id = 0
+    route: Any = None
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
@@ -279,6 +286,9 @@ class _Subscriber:
 
     def deliver(self, message: bytes, offset: int) -> None:
         self.received += 1
+
+    def deliver_delta(self, source: Any, data: Any, offset: int) -> None:
+        raise AssertionError("not a delta subscriber")
 
 
 def test_a_broadcast_costs_one_metric_update_whatever_its_fan_out(

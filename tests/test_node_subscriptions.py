@@ -21,6 +21,7 @@ from conftest import make_config, open_raw, serve_in, token, ws_url
 from aether_trio.engines.base import EngineError
 from aether_trio.engines.memory import MemoryBroker, MemoryPresenceManager
 from aether_trio.node import Node
+from aether_trio.protocol.codec import JSON, Codec
 from aether_trio.protocol.codes import Disconnect
 from aether_trio.protocol.options import ChannelOptions
 from aether_trio.subscriptions import ChannelSubscription
@@ -62,6 +63,7 @@ class FakeConnection:
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
         self.user = ""
+        self.codec: Codec = JSON
         self.subscriptions: dict[str, Any] = {}
         self.sent: list[bytes] = []
         self.lost: list[str] = []
@@ -93,7 +95,8 @@ def subscription(client_id: str, channel: str = "news") -> ChannelSubscription:
 @asynccontextmanager
 async def running_node() -> AsyncIterator[tuple[Node[Any], ScriptedBroker]]:
     broker = ScriptedBroker()
-    node: Node[Any] = Node(make_config(), broker, MemoryPresenceManager())
+    config = make_config({"admin": {"system_channel": "$aether.system"}})  # off by default
+    node: Node[Any] = Node(config, broker, MemoryPresenceManager())
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         broker.calls.clear()  # the system channel's subscribe at start

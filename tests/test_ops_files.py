@@ -48,7 +48,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_checks_the_alert_rules() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_alert_rules_fire_as_their_unit_tests_expect() -> None:
@@ -70,6 +70,8 @@ def test_the_alerts_cover_what_operators_page_on() -> None:
         "AetherErrorRate",
         "AetherSlowConsumers",
         "AetherOpenFilesNearLimit",
+        "AetherBackupStale",
+        "AetherBackupDrillFailed",
     }
 
 

@@ -396,3 +396,18 @@ def test_error_replies_are_built_from_the_code_table_only() -> None:
         sent = orjson.loads(encode_error(7, code))
         assert sent["error"]["message"] == code.message
         assert set(sent["error"]) <= {"code", "message", "temporary"}
+
+
+def test_a_protobuf_payload_is_published_as_sent_unless_rewritten() -> None:
+    from aether_trio.guards.sanitize import publication_payload
+    from aether_trio.protocol.options import ChannelOptions
+
+    raw = b'{"a": "<b>x</b>"}'
+    value = {"a": "<b>x</b>"}
+    assert publication_payload(ChannelOptions(), value, raw) == raw
+    # Cleaned, or holding a raw newline (a JSON frame splits on them): compact JSON instead.
+    escaped = publication_payload(ChannelOptions(publication_html="escape"), value, raw)
+    assert escaped == b'{"a":"&lt;b&gt;x&lt;/b&gt;"}'
+    assert publication_payload(ChannelOptions(), value, b'{"a":\n"<b>x</b>"}') == (
+        b'{"a":"<b>x</b>"}'
+    )

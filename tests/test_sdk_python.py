@@ -42,7 +42,6 @@ from conftest import RunningServer, make_config, running_server, token
 from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.auth.tokens import mint_token
-from aether_trio.config import AdminConfig
 from aether_trio.connection.client import Client as ServerClient
 from aether_trio.node import Node
 from aether_trio.protocol.codec import raw_json
@@ -54,8 +53,6 @@ T = TypeVar("T")
 WAIT = 5.0  # longest single wait for an expected event
 SCENARIO_LIMIT = 40.0  # a whole scenario
 QUIET = 0.5  # how long "nothing more happens" is observed
-# Every connection is also subscribed server-side to the operators' system channel.
-SYSTEM_CHANNEL = AdminConfig().system_channel
 
 Scenario = Callable[[RunningServer], Awaitable[None]]
 
@@ -1156,8 +1153,11 @@ def test_server_side_subscription_from_token_channels() -> None:
     async def scenario(srv: RunningServer) -> None:
         async with sdk(srv.url) as clients:
             client, rec = await clients.connected("42", channels=["news", "chat:lobby"])
-            subs = {ctx.channel: ctx for ctx in await rec.wait("subscribed", count=3)}
-            assert set(subs) == {"news", "chat:lobby", SYSTEM_CHANNEL}
+            subs = {ctx.channel: ctx for ctx in await rec.wait("subscribed", count=2)}
+            # Only the token's channels: the operators' system channel is off by default.
+            await asyncio.sleep(0.1)
+            assert [ctx.channel for ctx in rec.of("subscribed")] == ["news", "chat:lobby"]
+            assert set(subs) == {"news", "chat:lobby"}
             assert await num_subscribers(srv, "news") == 1
 
             bob, _ = await clients.connected("43")
@@ -1193,7 +1193,7 @@ def test_server_side_subscription_from_token_subs_with_data_and_info() -> None:
             assert (ctx.channel, ctx.data) == ("news", {"welcome": True})
             await asyncio.sleep(0.1)
             # `subs` wins over `channels`.
-            assert [c.channel for c in rec.of("subscribed")] == ["news", SYSTEM_CHANNEL]
+            assert [c.channel for c in rec.of("subscribed")] == ["news"]
             await client.publish("news", {"n": 1})
             pub: ServerPublicationContext = await rec.one("publication")
             assert pub.pub.info.chan_info == {"seat": 7}

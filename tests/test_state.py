@@ -263,7 +263,7 @@ def test_system_channel_must_be_private_and_outside_namespaces(name: str) -> Non
 def test_admin_options_have_documented_defaults_and_bounds() -> None:
     admin = parse_config({}).admin
     assert (admin.system_channel, admin.drain_rate, admin.audit_auth_failures_per_minute) == (
-        "$aether.system", 100.0, 10
+        "", 100.0, 10
     )  # fmt: skip
     assert parse_config({"admin": {"system_channel": ""}}).admin.system_channel == ""
     for bad in ({"drain_rate": 0}, {"audit_auth_failures_per_minute": -1}):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,18 +38,19 @@ from test_hub import FakeSubscriber, publication
 from trio_websocket import ConnectionClosed
 
 from aether_trio.app import Server
-from aether_trio.config import AdminConfig, Config
+from aether_trio.config import Config
 from aether_trio.hub import Hub, HubStatistics
-from aether_trio.protocol.codec import raw_json
+from aether_trio.protocol.codec import JSON, Codec, raw_json
 from aether_trio.protocol.messages import ClientInfo
 from aether_trio.subscriptions import SystemSubscription
 
-SYSTEM = AdminConfig().system_channel
+SYSTEM = "$aether.system"
 ADMIN_KEY = "admin-key-for-system-channel-tests"
 WAIT = 5.0
 
 
 def overrides(**extra: Any) -> dict[str, Any]:
+    extra.setdefault("admin", {"system_channel": SYSTEM})  # off by default
     return {"api": {"keys": [{"name": "ops", "key": ADMIN_KEY, "roles": ["admin"]}]}, **extra}
 
 
@@ -61,8 +62,8 @@ class FakeGroup:
         self.members = members
         self.received: list[bytes] = []
 
-    def deliver(self, message: bytes) -> int:
-        self.received.append(message)
+    def deliver(self, encoded: Callable[[Codec], bytes]) -> int:
+        self.received.append(encoded(JSON))
         return self.members
 
     def count(self) -> int:

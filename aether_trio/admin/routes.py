@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..engines.base import EngineError
 from ..http.apiauth import ApiAuth, ApiAuthError
 from ..http.asgi import Request, Response, json_response
 from .commands import COMMANDS, CommandError
@@ -90,6 +91,9 @@ class AdminRoutes:
             return 400, {"error": exc.message, **field}, raw
         except CommandError as exc:
             return exc.status, {"error": exc.message}, raw
+        except EngineError:  # the shared state (Redis) cannot be written: nothing changed
+            log.warning("operator command %s failed in the engine", name, exc_info=True)
+            return 503, {"error": "the engine is unavailable, nothing changed: retry"}, raw
         except Exception:  # answered like any failed route, but audited as failed first
             log.exception("operator command %s failed", name)
             return 500, {"error": "internal server error"}, raw

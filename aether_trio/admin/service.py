@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .audit import AuditLog
+from .cluster import ClusterAccess
 from .commands import AdminContext, ConfigReload
 from .drain import Drain
 from .routes import PREFIX, AdminRoutes
@@ -48,10 +49,12 @@ class AdminService:
             audit = AuditLog(
                 store, head, auth_failures_per_minute=admin.audit_auth_failures_per_minute
             )
-            state = AccessState(store, audit)
+            state = AccessState(store, audit, node.shared, node.cluster)
             await state.load()
             async with trio.open_nursery() as nursery:
                 await nursery.start(audit.run)
+                # The other nodes' bans and revocations, before any connection is admitted.
+                await nursery.start(ClusterAccess(node, state).run)
                 self.state, self.audit = state, audit
                 node.access, node.audit = state, audit
                 node.access_control = state  # the server API's block_user, revoke_token, ...

@@ -10,6 +10,7 @@ testable without sleeping. Raw JSON claims are re-serialized compactly.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -103,7 +104,7 @@ def _decode(
     if not isinstance(claims, dict):
         raise TokenInvalid("claims are not a JSON object")
     claims = _present(claims)
-    for name in ("sub", "iss", "jti"):
+    for name in ("sub", "iss", "jti", config.user_id_claim):
         _get(claims, name, str, "")
     for name in ("exp", "nbf", "iat"):
         if name in claims:
@@ -115,6 +116,10 @@ def _decode(
     if config.audience and config.audience not in audiences:
         raise TokenInvalid("audience mismatch")
     if config.issuer and claims.get("iss") != config.issuer:
+        raise TokenInvalid("issuer mismatch")
+    if config.audience_regex and not any(re.search(config.audience_regex, a) for a in audiences):
+        raise TokenInvalid("audience mismatch")
+    if config.issuer_regex and not re.search(config.issuer_regex, claims.get("iss", "")):
         raise TokenInvalid("issuer mismatch")
     return claims
 
@@ -254,7 +259,7 @@ class TokenVerifier:
         if "channel" in claims:
             raise TokenInvalid("connection token has a 'channel' claim")
         credentials = ConnectCredentials(
-            user=claims.get("sub", ""),
+            user=claims.get(self._connect[0].user_id_claim, ""),
             expire_at=_expire_at(claims),
             info=_raw(claims, "info"),
             subs=_subs(claims),
@@ -271,7 +276,7 @@ class TokenVerifier:
         if not channel:
             raise TokenInvalid("subscription token without 'channel' claim")
         result = SubscribeClaims(
-            user=claims.get("sub", ""),
+            user=claims.get(self._subscribe[0].user_id_claim, ""),
             channel=channel,
             client=_get(claims, "client", str, ""),
             expire_at=_expire_at(claims),

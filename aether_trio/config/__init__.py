@@ -9,6 +9,7 @@ The names below are the package's public surface; modules inside it import each 
 """
 
 from .channels import ChannelConfig as ChannelConfig
+from .cluster import ClusterConfig as ClusterConfig
 from .loader import Config as Config
 from .loader import ConfigError as ConfigError
 from .loader import for_instance as for_instance
@@ -18,6 +19,7 @@ from .sections import TOKEN_ALGORITHMS as TOKEN_ALGORITHMS
 from .sections import AdminConfig as AdminConfig
 from .sections import ApiConfig as ApiConfig
 from .sections import ApiKey as ApiKey
+from .sections import BackupConfig as BackupConfig
 from .sections import ClientConfig as ClientConfig
 from .sections import EngineConfig as EngineConfig
 from .sections import HttpConfig as HttpConfig
@@ -35,8 +37,10 @@ __all__ = [
     "AdminConfig",
     "ApiConfig",
     "ApiKey",
+    "BackupConfig",
     "ChannelConfig",
     "ClientConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "EngineConfig",

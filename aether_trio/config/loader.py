@@ -28,10 +28,12 @@ from cattrs.gen import make_dict_structure_fn
 from ..protocol.decoding import error_paths
 from ..protocol.options import Namespace
 from .channels import ChannelConfig
+from .cluster import ClusterConfig
 from .sections import (
     AdminConfig,
     ApiConfig,
     ApiKey,
+    BackupConfig,
     ClientConfig,
     EngineConfig,
     HttpConfig,
@@ -65,8 +67,10 @@ class Config:
     admin: AdminConfig = AdminConfig()
     monitor: MonitorConfig = MonitorConfig()
     limits: LimitsConfig = LimitsConfig()
+    backup: BackupConfig = BackupConfig()
     # The application's backend endpoints, by name (aether_trio/backend).
     proxies: tuple[ProxyConfig, ...] = ()
+    cluster: ClusterConfig = ClusterConfig()
 
     def __attrs_post_init__(self) -> None:
         ns = self.client.personal_channel.namespace
@@ -220,6 +224,7 @@ def parse_config(data: dict[str, Any], base: Path = Path()) -> Config:
             token=_resolve(config.token, base, "token"),
             subscription_token=_resolve(config.subscription_token, base, "subscription_token"),
             api=_resolve_api(config.api, base),
+            backup=config.backup.resolved(base),
         )
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
         lines = [f"{path or '<root>'}: {message}" for path, message in error_paths(exc)]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ..protocol.options import non_negative, positive
+from ..protocol.options import non_negative, positive, valid_regex
 from .pem import check_files
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "AdminConfig",
     "ApiConfig",
     "ApiKey",
+    "BackupConfig",
     "ClientConfig",
     "EngineConfig",
     "HttpConfig",
@@ -194,6 +195,19 @@ class ClientConfig:
             raise ValueError("pong_timeout: must be smaller than ping_interval")
 
 
+# Claims with a meaning of their own cannot hold the user id.
+_RESERVED_CLAIMS = frozenset(
+    {"exp", "nbf", "iat", "aud", "iss", "jti", "info", "b64info", "channels", "subs", "meta",
+     "expire_at", "channel", "client", "data", "override"}
+)  # fmt: skip
+
+
+def _claim_name(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not value or value in _RESERVED_CLAIMS:
+        reserved = sorted(_RESERVED_CLAIMS)
+        raise ValueError(f"{attr.name}: expected a claim name other than {reserved}")
+
+
 @attrs.frozen
 class TokenConfig:
     """Keys that verify JWTs. A key given inline and as a file is an error; empty means not set."""
@@ -217,6 +231,12 @@ class TokenConfig:
     )  # fmt: skip
     audience: str = ""
     issuer: str = ""
+    # Regular expressions (searched, as Centrifugo's Go regexp MatchString) one `aud` entry, or
+    # the `iss` claim, must match; each excludes its exact-match twin.
+    audience_regex: str = attrs.field(default="", validator=valid_regex)
+    issuer_regex: str = attrs.field(default="", validator=valid_regex)
+    # The claim holding the user id (a string), as Centrifugo's `user_id_claim`.
+    user_id_claim: str = attrs.field(default="sub", validator=_claim_name)
     leeway: float = attrs.field(default=0.0, validator=non_negative)
     # JWKS endpoint as a key source (keys chosen by the token header's `kid`).
     jwks_url: str = ""
@@ -232,6 +252,9 @@ class TokenConfig:
             raise ValueError(
                 f"algorithms: unknown algorithm(s) {unknown}; allowed: {sorted(TOKEN_ALGORITHMS)}"
             )
+        for name in ("audience", "issuer"):
+            if getattr(self, name) and getattr(self, name + "_regex"):
+                raise ValueError(f"{name}: give either {name} or {name}_regex, not both")
         for name in ("hmac_secret", "hmac_previous_secret", "rsa_public_key", "ecdsa_public_key",
                      "ed25519_public_key"):  # fmt: skip
             if getattr(self, name) and getattr(self, name + "_file"):
@@ -273,11 +296,35 @@ def _redis_address(_inst: object, attr: attrs.Attribute[Any], value: str) -> Non
         raise ValueError(f"{attr.name}: expected {expected}, got {value!r}")
 
 
+def _redis_addresses(inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for address in value:
+        _redis_address(inst, attr, address)
+    if len(set(value)) != len(value):
+        raise ValueError(f"{attr.name}: an address is listed twice")
+
+
+def _host_ports(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for item in value:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{attr.name}: expected host:port, got {item!r}")
+
+
 @attrs.frozen
 class RedisEngineConfig:
-    """`[engine.redis]`: read only when `[engine] type = "redis"` (docs/redis.md)."""
+    """`[engine.redis]`: read only when `[engine] type = "redis"` (docs/redis.md).
+
+    One Redis (`address`), several sharded by channel (`addresses`), a master found through
+    Sentinel (`sentinel_addresses` + `sentinel_master_name`; `address` then gives the scheme,
+    credentials and db), or a Redis Cluster (`cluster_addresses`): one of the last three at most.
+    """
 
     address: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_address)
+    addresses: tuple[str, ...] = attrs.field(default=(), validator=_redis_addresses)
+    sentinel_addresses: tuple[str, ...] = attrs.field(default=(), validator=_host_ports)
+    sentinel_master_name: str = ""
+    sentinel_password: str = ""
+    cluster_addresses: tuple[str, ...] = attrs.field(default=(), validator=_redis_addresses)
     # Every key and PUB/SUB channel name starts with it: nodes sharing a Redis share a prefix.
     prefix: str = attrs.field(default="aether", validator=attrs.validators.min_len(1))
     connect_timeout: float = attrs.field(default=1.0, validator=positive)
@@ -285,6 +332,18 @@ class RedisEngineConfig:
     presence_ttl: float = attrs.field(default=60.0, validator=positive)
     probe_interval: float = attrs.field(default=2.0, validator=positive)
     pipelining: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        chosen = [name for name in ("addresses", "sentinel_addresses", "cluster_addresses")
+                  if getattr(self, name)]  # fmt: skip
+        if len(chosen) > 1:
+            raise ValueError(f"{chosen[1]}: set at most one of addresses, sentinel_addresses and "
+                             "cluster_addresses")  # fmt: skip
+        if bool(self.sentinel_addresses) != bool(self.sentinel_master_name):
+            missing = "sentinel_master_name" if self.sentinel_addresses else "sentinel_addresses"
+            raise ValueError(f"{missing}: sentinel_addresses and sentinel_master_name go together")
+        if self.cluster_addresses and ("{" in self.prefix or "}" in self.prefix):
+            raise ValueError("prefix: no braces with cluster_addresses (they make hash tags)")
 
 
 @attrs.frozen
@@ -383,8 +442,9 @@ class AdminConfig:
     """Operator commands, durable state (bans, revocations) and the audit log."""
 
     data_dir: str = "data"
-    # Every connection is subscribed to it server-side; "" = no system channel.
-    system_channel: str = attrs.field(default="$aether.system", validator=_system_channel)
+    # Every connection is subscribed to it server-side; "" = no system channel. Off by default:
+    # SDKs report it as a server-side subscription the application never asked for.
+    system_channel: str = attrs.field(default="", validator=_system_channel)
     drain_rate: float = attrs.field(default=100.0, validator=positive)
     audit_auth_failures_per_minute: int = attrs.field(default=10, validator=non_negative)
 
@@ -433,6 +493,90 @@ class MonitorConfig:
             raise ValueError(
                 f"open_files_max_ratio: expected a ratio 0..1, got {self.open_files_max_ratio!r}"
             )
+
+
+# --- backups (issue 13) ---
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """ "90s", "30m", "6h", "1d" in seconds; "" = 0 (off)."""
+    if not text:
+        return 0.0
+    match = DURATION.match(text)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f'expected "" or a duration such as "30m", "6h", "1d", got {text!r}')
+    return float(match[1]) * DURATION_UNITS[match[2]]
+
+
+def _duration(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{attr.name}: {exc}") from None
+
+
+def _key_prefix(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value.startswith("/") or ".." in value.split("/"):
+        raise ValueError(f'{attr.name}: expected a relative key prefix such as "aether/"')
+
+
+@attrs.frozen
+class BackupConfig:
+    """`aether backup` and the scheduled backups (docs: README, ops/README.md)."""
+
+    bucket: str = ""
+    # Object keys start with it; "" = the bucket's root.
+    prefix: str = attrs.field(default="aether/", validator=_key_prefix)
+    # Any S3-compatible endpoint (MinIO, Ceph, a cloud's); "" = AWS's for `region`.
+    endpoint_url: str = ""
+    region: str = ""
+    # An AWS shared credentials file and its profile; "" = the environment (AWS_ACCESS_KEY_ID...).
+    credentials_file: str = ""
+    profile: str = ""
+    # 64 hex digits (`aether backup keygen`); keep a copy off this host: without it no restore.
+    key_file: str = ""
+    # How often the server itself takes a backup ("6h", "1d"; "" = never: a timer or cron does).
+    schedule: str = attrs.field(default="", validator=_duration)
+    # Each wait is the schedule +- this fraction of it, so nodes sharing a bucket spread out.
+    jitter: float = attrs.field(default=0.1, validator=non_negative)
+    # Run the drill (`aether backup verify`) after each scheduled backup.
+    verify_after: bool = True
+    # Retention (`aether backup prune`): the newest N, one a day for D days, one a week for W
+    # weeks; the newest verified backup is always kept.
+    keep_last: int = attrs.field(default=7, validator=non_negative)
+    keep_daily: int = attrs.field(default=7, validator=non_negative)
+    keep_weekly: int = attrs.field(default=4, validator=non_negative)
+    # What goes in besides the SQLite databases of [admin] data_dir.
+    include_redis: bool = True
+    include_config: bool = True
+    # Logs modified since the previous backup are taken from here ("" = none).
+    log_dir: str = ""
+    # The drill restores Redis keys into a scratch server started from this program.
+    redis_server: str = "redis-server"
+    # Archives larger than this are uploaded in parts of this size (S3 multipart).
+    multipart_threshold: int = attrs.field(default=8 << 20, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.jitter >= 1:
+            raise ValueError(f"jitter: expected a fraction 0..1, got {self.jitter!r}")
+        if self.multipart_threshold < 5 << 20:
+            raise ValueError("multipart_threshold: S3 parts are at least 5 MiB (5242880)")
+
+    @property
+    def interval(self) -> float:
+        return parse_duration(self.schedule)
+
+    def resolved(self, base: Path) -> BackupConfig:
+        """A copy with the file paths made absolute (relative to the config file)."""
+        changes = {
+            name: str(base / getattr(self, name))
+            for name in ("key_file", "credentials_file", "log_dir")
+            if getattr(self, name)
+        }
+        return attrs.evolve(self, **changes)  # type: ignore[arg-type]
 
 
 # --- the application's backend (issue 15) ---

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..backend import wire
 from ..engines.base import EngineError
-from ..protocol.codec import encode_push, encode_reply, raw_json
+from ..protocol.codec import JSON, Codec, raw_json
 from ..protocol.codes import Disconnect, Unsubscribe
 from ..protocol.errors import AppDisconnect, AppError, ReplyError
 from ..protocol.messages import NO_JSON, ClientInfo, RawJSON, UnsubscribePush
@@ -53,6 +53,7 @@ class Client:
         "app_version",
         "backend_connected",
         "client_id",
+        "codec",
         "conn_info",
         "connect_failed",
         "connected_at",
@@ -73,10 +74,17 @@ class Client:
     )
 
     def __init__(
-        self, node: Node[Client], transport: Transport, headers: dict[str, str] | None = None
+        self,
+        node: Node[Client],
+        transport: Transport,
+        codec: Codec = JSON,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.node = node
         self.transport = transport
+        # The wire format negotiated at the handshake (JSON or Protobuf): every message to this
+        # client is encoded with it, and the hub encodes a publication once per codec in use.
+        self.codec = codec
         # What the application's backend is passed of the upgrade request's headers and of the
         # connect command's (aether_trio/backend: only names some proxy or hook lists are kept).
         self.headers: dict[str, str] = headers or {}
@@ -111,6 +119,7 @@ class Client:
             per_frame=cfg.client.max_messages_in_frame,
             close_wait=cfg.server.close_wait_seconds,
             owner=self,
+            binary=codec.binary,
         )
         self.timers = ConnectionTimers(self, node.scheduler)
         # Where tasks of this connection start (the subscription-expiry cleanup); None once
@@ -132,7 +141,11 @@ class Client:
         self.writer.send(message)
 
     def reply(self, cmd_id: int, method: str, result: object) -> None:
-        self.writer.send(encode_reply(cmd_id, method, result))
+        self.writer.send(self.codec.encode_reply(cmd_id, method, result))
+
+    def push(self, channel: str, kind: str, body: object) -> None:
+        """Queue a push for this client alone (encoded here: nobody else gets these bytes)."""
+        self.writer.send(self.codec.encode_push(channel, kind, body))
 
     @property
     def queued_bytes(self) -> int:
@@ -239,7 +252,7 @@ class Client:
             self.close(server_side)
             return
         self.detach(sub.channel)
-        self.send(encode_push(sub.channel, "unsubscribe", UnsubscribePush(code, code.reason)))
+        self.push(sub.channel, "unsubscribe", UnsubscribePush(code, code.reason))
         if self._nursery is not None:
             self._nursery.start_soon(self._leave_quietly, sub)
 

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ..auth.tokens import ServerSubscription, TokenExpired, TokenInvalid
 from ..engines.base import HistoryQuery, UnrecoverablePosition
 from ..guards.sanitize import format_problem, publication_payload
@@ -23,9 +25,11 @@ from ..protocol.channels import ResolvedChannel
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
+from ..protocol.tags_filter import TagsPredicate, compile_filter
 from ..subscriptions import ChannelSubscription
 from . import proxied
 from .subscribe import (
+    FLAG_CHANNEL_COMPACTION,
     Grant,
     Opened,
     Request,
@@ -66,6 +70,8 @@ async def connect(client: Client, cmd_id: int, req: m.ConnectRequest) -> None:
             raise DisconnectError(Disconnect.INVALID_TOKEN, f"connection token: {exc}") from None
         if not creds.user and cfg.disallow_anonymous_connection_tokens:
             raise DisconnectError(Disconnect.PERMISSION_DENIED, "anonymous token disallowed")
+        # The user's connections on every node (3504 over the limit); undone at unregister.
+        await node.count_connection(creds.user, client.client_id)
         # Maintenance, bans, revocations; no await from here to `authenticated`, so an operator's
         # ban either refuses this connection or finds it registered.
         node.admit(creds.user, creds.token_id, creds.issued_at)
@@ -161,12 +167,31 @@ async def subscribe_command(client: Client, cmd_id: int, req: m.SubscribeRequest
         permissions.check_subscribe_without_token(ch, client.user, node.config.client.insecure)
     if grant.expire_at is not None and grant.expire_at <= time.time():
         raise ReplyError(ErrorCode.EXPIRED, "subscription expire_at is in the past")
+    if req.tf is not None:
+        grant = attrs.evolve(grant, accepts=_tags_filter(grant.options, req))
+    if req.delta and req.delta in grant.options.allowed_delta_types:
+        # Not allowed in the channel: not negotiated (the reply says `delta: false`), as upstream.
+        grant = attrs.evolve(grant, delta=True)
+    if req.flag & FLAG_CHANNEL_COMPACTION and grant.options.allow_channel_compaction:
+        grant = attrs.evolve(grant, compact=True)
 
     def reply(opened: list[Opened]) -> None:
         for o in opened:
             client.reply(cmd_id, "subscribe", o.result)
 
     await subscribe(client, [Request(ch, req, grant)], reply)
+
+
+def _tags_filter(options: ChannelOptions, req: m.SubscribeRequest) -> TagsPredicate:
+    """The subscription's tags filter, or 107: a filter is applied or refused, never ignored."""
+    if not options.allow_tags_filter:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "tags filter not allowed in this channel")
+    if req.delta:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "tags filter and delta cannot be combined")
+    try:
+        return compile_filter(req.tf)
+    except ValueError as exc:
+        raise ReplyError(ErrorCode.BAD_REQUEST, f"tags filter: {exc}") from None
 
 
 # --- the rest ---
@@ -182,7 +207,13 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     require_channel(req.channel)
     node = client.node
     ch = node.resolve(req.channel)
-    _check_data_format(ch.options, req.data)
+    data, raw = req.data, None
+    if isinstance(data, m.Binary):
+        # Channels carry JSON, which every subscriber can be given, whatever it speaks.
+        raise ReplyError(ErrorCode.BAD_REQUEST, "publication data is not JSON")
+    if isinstance(data, m.JsonBytes):  # a Protobuf client's: published as sent if it may be
+        data, raw = data.value, data.raw
+    _check_data_format(ch.options, data)
     sub = client.subscriptions.get(req.channel)
     data, tags, history = req.data, None, True
     # Never the operators' system channel: no hook or proxy may open it to clients.
@@ -196,7 +227,7 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     else:
         permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
     info = client.info(sub.chan_info if sub else m.NO_JSON)
-    payload = publication_payload(ch.options, data)  # the channel's publication_html
+    payload = publication_payload(ch.options, data, raw)  # the channel's publication_html
     await node.publish(ch, payload, info, tags, source="client", history=history)
     client.reply(cmd_id, "publish", m.EmptyResult())
 

@@ -22,7 +22,7 @@ import trio
 from ..backend import DisconnectEvent
 from ..engines.base import EngineError
 from ..observe.logs import client_id_var
-from ..protocol.codec import Command, decode_frame, encode_app_error, encode_error
+from ..protocol.codec import JSON, Codec, Command
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import AppDisconnect, AppError, DisconnectError, ReplyError
 from ..transport import PEER_PROTOCOL_ERRORS, TransportClosed
@@ -41,11 +41,14 @@ CLEANUP_SECONDS = 5.0
 
 
 async def serve_connection(
-    node: Node[Client], transport: Transport, headers: dict[str, str] | None = None
+    node: Node[Client],
+    transport: Transport,
+    codec: Codec = JSON,
+    headers: dict[str, str] | None = None,
 ) -> None:
-    """Serve one accepted WebSocket until it is closed, then clean up after it; `headers` are
-    the upgrade request's that the application's backend is passed."""
-    await run(Client(node, transport, headers))
+    """Serve one accepted WebSocket speaking `codec` until it is closed, then clean up after it;
+    `headers` are the upgrade request's that the application's backend is passed."""
+    await run(Client(node, transport, codec, headers))
 
 
 async def run(client: Client) -> None:
@@ -128,9 +131,12 @@ async def read_loop(client: Client) -> None:
 
 async def _handle_frame(client: Client, frame: str | bytes) -> None:
     try:
-        if isinstance(frame, bytes):
-            raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, "binary frame on JSON")
-        for command in decode_frame(frame, client.node.config.limits.max_json_depth):
+        codec = client.codec
+        if isinstance(frame, bytes) is not codec.binary:
+            kind = "binary" if isinstance(frame, bytes) else "text"
+            detail = f"{kind} frame on {codec.name}"
+            raise DisconnectError(Disconnect.INAPPROPRIATE_PROTOCOL, detail)
+        for command in codec.decode_frame(frame, client.node.config.limits.max_json_depth):
             if client.closing or client.connect_failed:
                 break
             if client.session.check(command) and not _rate_limited(client, command):
@@ -147,7 +153,7 @@ def _rate_limited(client: Client, command: Command) -> bool:
         return False
     if isinstance(verdict, ErrorCode):
         if command.id:  # `send` has no id and gets no reply
-            client.send(encode_error(command.id, verdict))
+            client.send(client.codec.encode_error(command.id, verdict))
     else:
         client.close(verdict, detail="kept sending over the command rate limit")
     return True
@@ -163,14 +169,18 @@ async def _dispatch(client: Client, command: Command) -> None:
     except ReplyError as exc:
         outcome = exc.code
         log.info("%s %s refused for %s: %s", command.method, int(exc.code), client, exc.detail)
-        _fail(client, command, encode_error(command.id, exc.code))
+        _fail(client, command, client.codec.encode_error(command.id, exc.code))
     except DisconnectError as exc:
         outcome = exc.disconnect
         raise
     except AppError as exc:  # the application's backend refused: its code and message
         outcome = "error"
         log.info("%s %d refused by the backend for %s", command.method, exc.code, client)
-        _fail(client, command, encode_app_error(command.id, exc.code, exc.message, exc.temporary))
+        _fail(
+            client,
+            command,
+            client.codec.encode_app_error(command.id, exc.code, exc.message, exc.temporary),
+        )
     except AppDisconnect as exc:
         outcome = "disconnect"
         client.close_with(exc.code, exc.reason, detail=f"{command.method}: by the backend")
@@ -180,7 +190,7 @@ async def _dispatch(client: Client, command: Command) -> None:
         outcome = "internal"
         log.exception("%s failed for %s", command.method, client)
         node.errors.capture(exc, f"command {command.method}")
-        _fail(client, command, encode_error(command.id, ErrorCode.INTERNAL))
+        _fail(client, command, client.codec.encode_error(command.id, ErrorCode.INTERNAL))
     finally:
         node.metrics.command(command.method, outcome, time.perf_counter() - started)
 

@@ -33,6 +33,7 @@ from ..protocol.channels import ResolvedChannel
 from ..protocol.codes import Disconnect, ErrorCode
 from ..protocol.errors import DisconnectError, ReplyError
 from ..protocol.options import ChannelOptions
+from ..protocol.tags_filter import TagsPredicate
 from ..subscriptions import ChannelSubscription
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from .client import Client, Subscription
 
 __all__ = [
+    "FLAG_CHANNEL_COMPACTION",
     "FLAG_REJECT_UNRECOVERED",
     "Grant",
     "Opened",
@@ -53,7 +55,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Bit of SubscribeRequest.flag asking for error 112 instead of `recovered: false`.
+# Bits of SubscribeRequest.flag: channel compaction (an id in pushes instead of the channel),
+# error 112 instead of `recovered: false`.
+FLAG_CHANNEL_COMPACTION = 1
 FLAG_REJECT_UNRECOVERED = 2
 
 
@@ -107,6 +111,12 @@ class Grant:
     chan_info: m.RawJSON = m.NO_JSON
     data: m.RawJSON = m.NO_JSON
     expire_at: int | None = None
+    # The subscriber's publication tags filter (`tf`), compiled.
+    accepts: TagsPredicate | None = None
+    # Fossil delta compression, negotiated (asked for, and in the channel's allowed_delta_types).
+    delta: bool = False
+    # Channel compaction, negotiated (flag 1, and the channel's allow_channel_compaction).
+    compact: bool = False
 
 
 @attrs.frozen
@@ -122,13 +132,21 @@ class Request:
 class Opened:
     """A subscription the node delivers to, whose announcement is not queued yet."""
 
-    __slots__ = ("delivered", "result", "sub")
+    __slots__ = ("base", "delivered", "result", "sub")
 
-    def __init__(self, sub: Subscription, result: m.SubscribeResult, delivered: int) -> None:
+    def __init__(
+        self,
+        sub: Subscription,
+        result: m.SubscribeResult,
+        delivered: int,
+        base: m.RawJSON | None = None,
+    ) -> None:
         self.sub = sub
         self.result = result
         # The offset up to which the result covers the stream (go_live skips what it carried).
         self.delivered = delivered
+        # The data of the last publication the result carries (a delta subscription's base).
+        self.base = base
 
 
 async def subscribe(
@@ -156,7 +174,7 @@ async def subscribe(
         raise
     for o in live:
         if isinstance(o.sub, ChannelSubscription):
-            o.sub.go_live(o.delivered)
+            o.sub.go_live(o.delivered, o.base)
         else:
             # The shared system subscription: held from now on, right after the announcement.
             client.subscriptions[o.sub.channel] = o.sub
@@ -218,13 +236,19 @@ async def open_subscription(
         client, ch.name, options,
         push_join_leave=permissions.grant_join_leave(options, user, req.join_leave, insecure),
         server_side=grant.server_side, max_buffer_bytes=client.writer.max_bytes,
-        chan_info=grant.chan_info, expire_at=grant.expire_at,
+        chan_info=grant.chan_info, expire_at=grant.expire_at, accepts=grant.accepts,
+        delta=grant.delta, compact=grant.compact,
     )  # fmt: skip
     # Held before anything is awaited, so the connection's cleanup finds it whatever happens.
     client.subscriptions[ch.name] = sub
     try:
         await node.subscribe(sub)
         result, delivered = await _position(client, ch, req, recoverable, positioned)
+        if grant.accepts is not None and result.publications:
+            # Recovered publications pass the same filter as live ones (upstream too).
+            accepts = grant.accepts
+            kept = tuple(p for p in result.publications if accepts(p.tags or {}))
+            result = attrs.evolve(result, publications=kept)
     except BaseException:
         if client.subscriptions.get(ch.name) is sub:
             client.detach(ch.name)
@@ -233,10 +257,18 @@ async def open_subscription(
     client_refresh = grant.expire_at is not None and not client.refreshes_itself(sub)
     result = attrs.evolve(
         result, expires=client_refresh, ttl=ttl_seconds(grant.expire_at) if client_refresh else 0,
-        data=grant.data, was_recovering=req.recover,
+        data=grant.data, was_recovering=req.recover, id=sub.channel_id,
     )  # fmt: skip
+    base = None
+    if grant.delta:
+        # The recovered publications go in full, in the form of a delta subscription (JSON: the
+        # data as a string); the last one is the base of the first delta.
+        codec, pubs = client.codec, result.publications
+        base = pubs[-1].data if pubs else None
+        full = tuple(attrs.evolve(p, data=codec.delta_payload(p.data) or p.data) for p in pubs)
+        result = attrs.evolve(result, delta=True, publications=full)
     client.timers.watch_subscription(sub)
-    return Opened(sub, result, delivered)
+    return Opened(sub, result, delivered, base)
 
 
 async def _position(

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ..protocol.codec import PING_FRAME
 from ..protocol.codes import Disconnect
 from ..subscriptions import ChannelSubscription
 
 if TYPE_CHECKING:
     from ..config import ClientConfig
+    from ..protocol.codec import Codec
     from ..protocol.session import Session
     from ..timers import Scheduler, Timer
 
@@ -36,6 +36,10 @@ class TimerOwner(Protocol):
 
     @property
     def expire_at(self) -> int | None: ...
+
+    @property
+    def codec(self) -> Codec:
+        """Its wire format (the ping is an empty reply in it)."""
 
     def send(self, message: bytes) -> None: ...
 
@@ -109,7 +113,7 @@ class ConnectionTimers:
         cfg, owner = self._config(), self._owner
         if not owner.session.is_connected:
             return
-        owner.send(PING_FRAME)
+        owner.send(owner.codec.ping)
         if cfg.pong_timeout > 0:
             owner.session.ping_sent()
             self.call_later("pong", cfg.pong_timeout, self._check_pong)

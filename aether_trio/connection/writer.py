@@ -37,7 +37,7 @@ import trio
 
 from ..protocol.codes import Disconnect
 from ..transport import TransportClosed
-from ..transport.frames import text_frames
+from ..transport.frames import binary_frames, text_frames
 
 if TYPE_CHECKING:
     from ..flusher import Flusher, Round
@@ -76,6 +76,7 @@ class Writer:
         "_bytes",
         "_close_wait",
         "_flusher",
+        "_frames",
         "_kicked",
         "_marked",
         "_nursery",
@@ -100,6 +101,7 @@ class Writer:
         per_frame: int,
         close_wait: float,
         owner: WriterOwner,
+        binary: bool = False,
     ) -> None:
         self.transport = transport
         self.max_bytes = max_bytes
@@ -107,6 +109,9 @@ class Writer:
         self._flusher = flusher
         self._close_wait = close_wait
         self._owner = owner
+        # Text frames of newline-separated JSON messages, or binary frames of length-delimited
+        # Protobuf ones (`binary`): the codec's choice, fixed for the connection.
+        self._frames = binary_frames if binary else text_frames
         # A list, not a deque: batches are taken from the front (a slice), and an idle
         # connection's empty list is 56 bytes where an empty deque is 760.
         self._queue: list[bytes] = []
@@ -203,13 +208,20 @@ class Writer:
         if not queued:
             return
         # The next subscriber flushed in this round usually has the same messages queued (the
-        # same objects, handed out by the hub): the bytes are built once for all of them.
-        key = round.key
-        if key is not None and len(key) == len(queued) and all(map(operator.is_, key, queued)):
+        # same objects, handed out by the hub): the bytes are built once for all of them. The
+        # same objects come from the same codec, so they make the same kind of frame; the frame
+        # builder is compared all the same.
+        key, frames = round.key, self._frames
+        if (
+            key is not None
+            and key[0] is frames
+            and len(key[1]) == len(queued)
+            and all(map(operator.is_, key[1], queued))
+        ):
             data: bytes = round.value
         else:
-            data = text_frames(queued, self.per_frame)
-            round.key, round.value = tuple(queued), data
+            data = frames(queued, self.per_frame)
+            round.key, round.value = (frames, tuple(queued)), data
         transport = self.transport
         if not transport.write_nowait(data):
             self._start_task()
@@ -248,7 +260,7 @@ class Writer:
                     if not batch and not transport.has_pending:
                         break  # closing
                     # While this write waits for the socket, new messages queue behind it.
-                    await transport.write(text_frames(batch, self.per_frame) if batch else b"")
+                    await transport.write(self._frames(batch, self.per_frame) if batch else b"")
             request = self.close_request
             assert request is not None
             sent = await transport.close(request.code, request.reason, self._close_wait)

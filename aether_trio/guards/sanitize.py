@@ -86,6 +86,10 @@ def clean_html(data: Any, mode: PublicationHtml) -> Any:
     return root
 
 
-def publication_payload(options: ChannelOptions, data: Any) -> RawJSON:
-    """The bytes to publish: `data` cleaned by the channel's `publication_html`, compact JSON."""
+def publication_payload(options: ChannelOptions, data: Any, raw: bytes | None = None) -> RawJSON:
+    """The bytes to publish: `data` cleaned by the channel's `publication_html`, compact JSON;
+    or `raw`, the JSON text of `data` as a Protobuf client sent it, when nothing is cleaned and
+    it holds no raw newline (a JSON subscriber's frame is split on newlines)."""
+    if raw is not None and options.publication_html == "keep" and b"\n" not in raw:
+        return RawJSON(raw)
     return raw_json(clean_html(data, options.publication_html))

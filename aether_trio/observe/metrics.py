@@ -180,7 +180,7 @@ class Metrics:
         self.handshake_failures = counter(
             "aether_handshake_failures",
             "WebSocket handshakes that did not complete, by reason (peer_gone, bad_request, "
-            "too_large, timeout, tls)",
+            "too_large, timeout, tls, subprotocol)",
             ["reason"],
         )
         self.loop_lag = histogram(

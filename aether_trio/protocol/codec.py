@@ -1,5 +1,10 @@
-"""The wire format: frames of newline-separated JSON commands in, encoded replies and pushes out.
+"""The wire formats. `Codec` is what a connection encodes and decodes with: the JSON protocol
+(here, `JSON`) or the Protobuf one (`protobuf.PROTOBUF`), chosen at the handshake by the
+WebSocket subprotocol (`encodings.negotiate`). Both decode a frame into the same `Command`s of
+the attrs classes in `messages`, and encode the same results and push bodies; only the bytes
+differ, so everything above the codec is the same for both.
 
+The JSON protocol: frames of newline-separated JSON commands in, encoded replies and pushes out.
 One cattrs converter (orjson preconf) owns the mapping between the attrs classes in `messages` and
 JSON. Decoding is strict about types (a string offset is a bad request, as with upstream's typed
 decoder) and lenient about unknown keys (SDKs add new ones). Encoding omits default-valued fields,
@@ -9,7 +14,7 @@ and embeds `RawJSON` bytes verbatim through `orjson.Fragment`, so a payload is n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import cattrs
@@ -24,8 +29,11 @@ from .errors import DisconnectError
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
+    "JSON",
     "PING_FRAME",
+    "Codec",
     "Command",
+    "JsonCodec",
     "compact",
     "decode_frame",
     "encode_app_error",
@@ -69,6 +77,40 @@ class Command:
     id: int
     method: str
     request: Any
+
+
+class Codec(Protocol):
+    """One wire format. Encoders return one complete message (a JSON line, or a length-delimited
+    Protobuf `Reply`): the writer puts several into one frame, text or binary as `binary` says.
+    Decoding refuses anything malformed with `DisconnectError` 3501, whatever the format."""
+
+    @property
+    def name(self) -> str:
+        """ "json" or "protobuf" (logs, metrics)."""
+
+    @property
+    def binary(self) -> bool:
+        """Binary frames (Protobuf) or text frames (JSON), both ways."""
+
+    @property
+    def ping(self) -> bytes:
+        """The server's ping message (an empty reply)."""
+
+    def decode_frame(self, frame: str | bytes, max_depth: int) -> list[Command]: ...
+
+    def encode_reply(self, command_id: int, method: str, result: Any) -> bytes: ...
+
+    def encode_error(self, command_id: int, code: ErrorCode) -> bytes: ...
+
+    def encode_app_error(self, command_id: int, code: int, message: str, temporary: bool) -> bytes:
+        """An error reply the application chose (`errors.AppError`)."""
+
+    def encode_push(self, channel: str, kind: str, body: Any, channel_id: int = 0) -> bytes:
+        """A push; with `channel_id` (channel compaction) that id stands for the channel."""
+
+    def delta_payload(self, raw: bytes) -> m.RawJSON | None:
+        """`raw` (a payload or a fossil delta) as a delta-compressed subscription carries it:
+        a JSON string in JSON, the bytes themselves in Protobuf; None if it cannot be."""
 
 
 def _make_converter() -> cattrs.Converter:
@@ -192,7 +234,50 @@ def encode_app_error(command_id: int, code: int, message: str, temporary: bool) 
     return compact(orjson.dumps({"id": command_id, "error": error}))
 
 
-def encode_push(channel: str, kind: str, body: Any) -> bytes:
-    push: dict[str, Any] = {"channel": channel} if channel else {}
+def encode_push(channel: str, kind: str, body: Any, channel_id: int = 0) -> bytes:
+    push: dict[str, Any] = {}
+    if channel_id:
+        push["id"] = channel_id  # channel compaction: the subscribe reply gave the id
+    elif channel:
+        push["channel"] = channel
     push[kind] = unstructure(body)
     return compact(orjson.dumps({"push": push}))
+
+
+class JsonCodec:
+    """The JSON protocol as a `Codec` (the module's functions)."""
+
+    name = "json"
+    binary = False
+    ping = PING_FRAME
+
+    def __repr__(self) -> str:
+        return "<codec json>"
+
+    def decode_frame(self, frame: str | bytes, max_depth: int) -> list[Command]:
+        return decode_frame(frame, max_depth)
+
+    def encode_reply(self, command_id: int, method: str, result: Any) -> bytes:
+        return encode_reply(command_id, method, result)
+
+    def encode_error(self, command_id: int, code: ErrorCode) -> bytes:
+        return encode_error(command_id, code)
+
+    def encode_app_error(self, command_id: int, code: int, message: str, temporary: bool) -> bytes:
+        return encode_app_error(command_id, code, message, temporary)
+
+    def encode_push(self, channel: str, kind: str, body: Any, channel_id: int = 0) -> bytes:
+        return encode_push(channel, kind, body, channel_id)
+
+    def delta_payload(self, raw: bytes) -> m.RawJSON | None:
+        # As upstream: with delta on, JSON publications carry their data as a string (the SDK
+        # parses it after applying the delta). A delta that is not UTF-8 (an edit splitting a
+        # character) cannot be a JSON string: the caller sends the full data instead.
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            return None
+        return m.RawJSON(compact(orjson.dumps(text)))
+
+
+JSON: Final = JsonCodec()

@@ -14,11 +14,13 @@ from typing import Any, NewType
 import attrs
 
 __all__ = [
+    "Binary",
     "ClientInfo",
     "ConnectRequest",
     "ConnectResult",
     "HistoryRequest",
     "HistoryResult",
+    "JsonBytes",
     "PresenceRequest",
     "PresenceResult",
     "PresenceStatsRequest",
@@ -43,6 +45,25 @@ RawJSON = NewType("RawJSON", bytes)
 """Compact JSON text (no raw newlines) embedded verbatim; b"" means absent."""
 
 NO_JSON = RawJSON(b"")
+
+
+@attrs.frozen
+class Binary:
+    """A Protobuf client's payload that is not JSON (a request's `data`). Channels carry JSON,
+    which every client can be given, so a publication of it is refused (107)."""
+
+    data: bytes
+
+
+@attrs.frozen
+class JsonBytes:
+    """A Protobuf client's publication payload holding JSON: the parsed value (for the checks)
+    and the bytes as sent, which are published verbatim (as Centrifugo passes them on) unless
+    the channel rewrites them (`publication_html`) or they hold a raw newline (which would split
+    a JSON subscriber's frame)."""
+
+    value: Any
+    raw: bytes
 
 
 # --- requests (client -> server); unknown keys are ignored, as the SDKs send new ones freely ---
@@ -75,6 +96,8 @@ class SubscribeRequest:
     delta: str = ""
     # Bit 2 asks for error 112 instead of `recovered: false`; other bits (compaction) are ignored.
     flag: int = 0
+    # A publication tags filter (a FilterNode object); checked by the subscribe handler.
+    tf: Any = None
 
 
 @attrs.frozen
@@ -161,6 +184,8 @@ class Publication:
     offset: int = 0
     # Empty maps are omitted on the wire, like every other zero value.
     tags: dict[str, str] | None = attrs.field(default=None, converter=_empty_to_none)
+    # `data` is a fossil delta against the subscriber's previous publication (delta: "fossil").
+    delta: bool = False
 
 
 @attrs.frozen
@@ -175,6 +200,10 @@ class SubscribeResult:
     positioned: bool = False
     data: RawJSON = NO_JSON
     was_recovering: bool = False
+    # Fossil delta compression was negotiated: publications' `data` may be deltas.
+    delta: bool = False
+    # Channel compaction: pushes of this channel carry this id instead of its name.
+    id: int = 0
 
 
 @attrs.frozen

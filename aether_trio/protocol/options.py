@@ -40,6 +40,15 @@ def valid_regex(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
             raise ValueError(f"{attr.name}: not a valid regular expression ({exc})") from None
 
 
+DELTA_TYPES = ("fossil",)
+
+
+def _delta_types(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for item in value:
+        if item not in DELTA_TYPES:
+            raise ValueError(f"{attr.name}: expected items of {list(DELTA_TYPES)}, got {item!r}")
+
+
 NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
 
 PublicationDataFormat = Literal["", "json", "json_object"]
@@ -87,6 +96,12 @@ class ChannelOptions:
     subscribe_proxy_name: str = ""
     publish_proxy_name: str = ""
     sub_refresh_proxy_name: str = ""
+    # Subscribers may give a publication tags filter (`tf`, protocol/tags_filter.py).
+    allow_tags_filter: bool = False
+    # Subscribers that ask (subscribe flag 1) get pushes with a numeric channel id for the name.
+    allow_channel_compaction: bool = False
+    # Delta compressions a subscriber may ask for (`delta` on subscribe): only "fossil" exists.
+    allowed_delta_types: tuple[str, ...] = attrs.field(default=(), validator=_delta_types)
 
     @property
     def history_enabled(self) -> bool:

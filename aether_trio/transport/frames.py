@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["binary_frame", "text_frame_header", "text_frames"]
+__all__ = ["binary_frame", "binary_frames", "text_frame_header", "text_frames"]
 
 
 def text_frames(messages: list[bytes], per_frame: int) -> bytes:
@@ -22,12 +22,25 @@ def text_frames(messages: list[bytes], per_frame: int) -> bytes:
     )
 
 
+def binary_frames(messages: list[bytes], per_frame: int) -> bytes:
+    """The binary frames carrying `messages` (length-delimited Protobuf replies, which
+    concatenate), `per_frame` to a frame."""
+    if len(messages) == 1:
+        return binary_frame(messages[0])
+    return b"".join(
+        [
+            binary_frame(b"".join(messages[start : start + per_frame]))
+            for start in range(0, len(messages), per_frame)
+        ]
+    )
+
+
 def _text_frame(payload: bytes) -> bytes:
     return text_frame_header(len(payload)) + payload
 
 
 def binary_frame(payload: bytes) -> bytes:
-    """The binary frame of `payload` (nothing of Aether's JSON protocol is binary)."""
+    """The binary frame of `payload`."""
     return _header(0x82, len(payload)) + payload
 
 

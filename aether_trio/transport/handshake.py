@@ -44,8 +44,11 @@ __all__ = [
 
 # Why a handshake may not complete (the listener counts them; none is an error of the server's):
 # the peer went away (EOF, a reset), sent something that is not an upgrade (400/426), a head over
-# MAX_HEAD (431), not all of it within the handshake timeout, or failed the TLS handshake.
-HANDSHAKE_FAILURES: Final = ("peer_gone", "bad_request", "too_large", "timeout", "tls")
+# MAX_HEAD (431), not all of it within the handshake timeout, failed the TLS handshake, or offered
+# only WebSocket subprotocols the server does not speak (400, refused by the application).
+HANDSHAKE_FAILURES: Final = (
+    "peer_gone", "bad_request", "too_large", "timeout", "tls", "subprotocol",
+)  # fmt: skip
 
 
 class HandshakeFailed(Exception):
@@ -95,7 +98,7 @@ def peer_of(stream: trio.abc.Stream) -> Endpoint | str:
 class HandshakeRequest:
     """An upgrade request: `path` (with the query string), `headers` (names lowercased, as
     wsproto gives them; Host, Sec-WebSocket-Extensions and -Protocol are not among them),
-    `remote`. Answer it once, with `reject` or `accept`."""
+    `remote`, `subprotocols` (offered). Answer it once, with `reject` or `accept`."""
 
     __slots__ = (
         "_handshake",
@@ -105,6 +108,7 @@ class HandshakeRequest:
         "headers",
         "path",
         "remote",
+        "subprotocols",
     )
 
     def __init__(
@@ -124,6 +128,8 @@ class HandshakeRequest:
         self._max_message_size = max_message_size
         self.path = request.target
         self.headers: Headers = request.extra_headers
+        # The Sec-WebSocket-Protocol values the client offered, in its order of preference.
+        self.subprotocols: list[str] = list(request.subprotocols)
         self.remote = remote
 
     def _answering(self) -> H11Handshake:
@@ -133,6 +139,7 @@ class HandshakeRequest:
         # Nothing of the request is needed once answered.
         self._handshake = None
         self.headers = []
+        self.subprotocols = []
         return handshake
 
     async def reject(
@@ -154,10 +161,11 @@ class HandshakeRequest:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed from None
 
-    async def accept(self) -> WebSocketTransport:
-        """Send the 101 and return the WebSocket (no subprotocol, no extension)."""
+    async def accept(self, subprotocol: str | None = None) -> WebSocketTransport:
+        """Send the 101 (naming `subprotocol`, one of those offered) and return the WebSocket
+        (no extension)."""
         handshake = self._answering()
-        data = handshake.send(AcceptConnection())
+        data = handshake.send(AcceptConnection(subprotocol=subprotocol))
         connection = handshake.connection
         assert connection is not None
         transport = WebSocketTransport(

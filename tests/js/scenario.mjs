@@ -3,7 +3,7 @@
 // tests/test_sdk_js.py runs it and asserts on those lines.
 //
 //   node scenario.mjs --scenario NAME --url ws://127.0.0.1:PORT/connection/websocket \
-//        [--token JWT] [--other-token JWT] [--channel CH] [--timeout MS]
+//        [--token JWT] [--other-token JWT] [--channel CH] [--timeout MS] [--protocol json|protobuf]
 // (AETHER_URL, AETHER_TOKEN, AETHER_OTHER_TOKEN may replace the flags.)
 //
 // Scenarios:
@@ -15,13 +15,17 @@
 //   rpc            connect without a token, a Cookie header on the upgrade request (--cookie:
 //                  the backend's connect proxy authenticates it), then `rpc` calls: one the
 //                  backend answers, one it refuses
+//   delta          a `delta: 'fossil'` subscription: five similar publications, exact, four as deltas
+//
+// --protocol protobuf runs the SDK's Protobuf build (`centrifuge/build/protobuf`, subprotocol
+// `centrifuge-protobuf`): payloads are then bytes, so the scenarios publish JSON text as bytes and
+// parse what they receive, and binary frames are recorded as "base64:..." strings.
 //
 // Every step has a deadline; a step that does not finish prints {"event":"step_timeout"} and the
 // whole script exits non-zero after --timeout ms at the latest.
 
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
-import { Centrifuge } from 'centrifuge';
 
 const { values: args } = parseArgs({
   options: {
@@ -32,8 +36,22 @@ const { values: args } = parseArgs({
     channel: { type: 'string', default: 'js_chat' },
     timeout: { type: 'string', default: '20000' },
     cookie: { type: 'string', default: '' },
+    protocol: { type: 'string', default: 'json' },
   },
 });
+
+const PROTOBUF = args.protocol === 'protobuf';
+const { Centrifuge } = await import(PROTOBUF ? 'centrifuge/build/protobuf' : 'centrifuge');
+
+// Payloads: JSON values in the JSON protocol, bytes (here: JSON text) in the Protobuf one.
+function encode(value) {
+  return PROTOBUF ? new TextEncoder().encode(JSON.stringify(value)) : value;
+}
+
+function decode(data) {
+  if (!PROTOBUF || data === undefined || data === null) return data;
+  return JSON.parse(new TextDecoder().decode(data));
+}
 
 const STEP_MS = 5000;
 
@@ -62,7 +80,9 @@ function recordingWebSocket(sockets) {
     }
 
     send(data, ...rest) {
-      this.sentFrames.push(typeof data === 'string' ? data : Buffer.from(data).toString());
+      this.sentFrames.push(
+        typeof data === 'string' ? data : `base64:${Buffer.from(data).toString('base64')}`,
+      );
       return super.send(data, ...rest);
     }
   };
@@ -134,8 +154,17 @@ function subscribedFields(ctx) {
   };
 }
 
+// The Protobuf build gives absent connInfo/chanInfo as empty byte arrays: left out, as JSON does.
+function infoFields(info) {
+  if (!info || !PROTOBUF) return info ?? null;
+  const fields = { user: info.user, client: info.client };
+  if (info.connInfo?.length) fields.connInfo = decode(info.connInfo);
+  if (info.chanInfo?.length) fields.chanInfo = decode(info.chanInfo);
+  return fields;
+}
+
 function publicationFields(ctx) {
-  return { data: ctx.data, offset: ctx.offset, info: ctx.info ?? null };
+  return { data: decode(ctx.data), offset: ctx.offset, info: infoFields(ctx.info) };
 }
 
 function errorFields(err) {
@@ -157,7 +186,8 @@ async function pubsub() {
 
   const cctx = await connected;
   emit('connected', { client: cctx.client, transport: cctx.transport });
-  emit('subscribed', subscribedFields(await subscribed));
+  // The channel compaction id the server gave (0: pushes carry the channel name).
+  emit('subscribed', { ...subscribedFields(await subscribed), push_id: Number(sub._id ?? 0) });
   emit('frames', {
     sockets: sockets.length,
     first: sockets[0].sentFrames[0] ?? null,
@@ -165,7 +195,7 @@ async function pubsub() {
   });
 
   const own = next(sub, 'publication');
-  const publishResult = await sub.publish({ text: 'hello from js' });
+  const publishResult = await sub.publish(encode({ text: 'hello from js' }));
   emit('published', { result: publishResult });
   emit('publication', publicationFields(await own));
 
@@ -209,7 +239,7 @@ async function recovery() {
   emit('subscribed', subscribedFields(await first));
 
   const live = next(sub, 'publication');
-  await sub.publish({ n: 0 });
+  await sub.publish(encode({ n: 0 }));
   await live;
   emit('live', { received: received.slice() });
 
@@ -225,7 +255,7 @@ async function recovery() {
   other.connect();
   await otherConnected;
   for (const n of [1, 2, 3]) {
-    await other.publish(args.channel, { n });
+    await other.publish(args.channel, encode({ n }));
   }
   emit('missed_published', { count: 3 });
 
@@ -239,8 +269,8 @@ async function recovery() {
   emit('reconnect_frame', { sockets: sockets.length, first: sockets[1].sentFrames[0] ?? null });
 
   // Live delivery still works after the recovery.
-  const after = next(sub, 'publication', (ctx) => ctx.data && ctx.data.n === 4);
-  await other.publish(args.channel, { n: 4 });
+  const after = next(sub, 'publication', (ctx) => ctx.data && decode(ctx.data).n === 4);
+  await other.publish(args.channel, encode({ n: 4 }));
   emit('live_after_recovery', publicationFields(await after));
 
   other.disconnect();
@@ -293,7 +323,38 @@ async function rpc() {
   client.disconnect();
 }
 
-const scenarios = { pubsub, recovery, 'invalid-token': invalidToken, rpc };
+
+// Fossil delta compression: five publications that differ in one field, the SDK's own fossil
+// decoder applying what the server sends; reports what arrived and how (the SDK's counters).
+function doc(n) {
+  return { seq: n, ticker: 'AAPL', history: Array.from({ length: 60 }, (_, i) => i),
+           note: 'x'.repeat(100) };
+}
+
+async function delta() {
+  const client = makeClient(args.token, []);
+  const sub = client.newSubscription(args.channel, { delta: 'fossil' });
+  sub.on('error', (ctx) => emit('subscription_error', errorFields(ctx.error)));
+  const received = [];
+  sub.on('publication', (ctx) => received.push(decode(ctx.data)));
+  const subscribed = next(sub, 'subscribed');
+  sub.subscribe();
+  client.connect();
+  await subscribed;
+  for (let n = 0; n < 5; n++) {
+    await sub.publish(encode(doc(n)));
+  }
+  await waitFor(() => received.length >= 5, 'publications');
+  emit('delta', {
+    negotiated: sub._delta_negotiated,
+    received,
+    deltas: sub._deltaNumDelta,
+    full: sub._deltaNumFull,
+  });
+  client.disconnect();
+}
+
+const scenarios = { pubsub, recovery, delta, 'invalid-token': invalidToken, rpc };
 
 async function main() {
   if (!args.url) fail('--url (or AETHER_URL) is required');

@@ -8,16 +8,33 @@ redis-py's asyncio client bridged into Trio by trio-asyncio (docs/redis.md).
     scripts.py     key names and the Lua scripts
     codec.py       the compact encoding of publications and client infos
     durability.py  the start-up check of Redis's eviction policy and persistence
+    control.py     the control plane (node-to-node messages) and the cluster-wide state
 """
+
+import uuid
 
 from ...config.sections import RedisEngineConfig
 from .broker import RedisBroker as RedisBroker
+from .control import RedisControl as RedisControl
+from .control import RedisSharedState as RedisSharedState
 from .presence import RedisPresenceManager as RedisPresenceManager
 
-__all__ = ["RedisBroker", "RedisPresenceManager", "open_redis_engine"]
+__all__ = [
+    "RedisBroker",
+    "RedisControl",
+    "RedisPresenceManager",
+    "RedisSharedState",
+    "open_redis_cluster",
+    "open_redis_engine",
+]
 
 
 def open_redis_engine(config: RedisEngineConfig) -> tuple[RedisBroker, RedisPresenceManager]:
     """A broker and a presence manager sharing one connection (the node runs the broker)."""
     broker = RedisBroker(config)
     return broker, RedisPresenceManager(broker)
+
+
+def open_redis_cluster(broker: RedisBroker) -> tuple[RedisControl, RedisSharedState]:
+    """The control plane and the shared state, on `broker`'s connections (its run owns them)."""
+    return RedisControl(broker, uuid.uuid4().hex), RedisSharedState(broker)

@@ -1,5 +1,7 @@
 """The Redis `Broker`: history in a Redis Stream per channel, events over PUB/SUB, and the
-engine's lifetime (`run` owns the bridge and the PUB/SUB connection, presence.py shares them).
+engine's lifetime (`run` owns the bridge and every shard's client and PUB/SUB connection,
+presence.py shares them). A channel lives on one shard (shards.py); with a single Redis, a
+Sentinel-managed master or a Redis Cluster there is one shard.
 
 Delivery differs from the memory engine in one way the contract allows: a publication reaches
 the node's handler through the PUB/SUB connection, i.e. after `publish` returns and only on
@@ -9,11 +11,10 @@ nodes subscribed to the channel, like every other node's publications (docs/redi
 from __future__ import annotations
 
 import logging
-import random
-import string
 import uuid
 
 import trio
+import trio_asyncio
 
 from ...config.sections import RedisEngineConfig
 from ...protocol.messages import ClientInfo, Publication, StreamPosition
@@ -26,20 +27,14 @@ from ..base import (
     HistoryQuery,
     UnrecoverablePosition,
 )
-from .client import RedisClient
 from .codec import decode_publication, encode_info, encode_publication
-from .durability import check_durability
-from .pubsub import PubSub
-from .scripts import HISTORY, PUBLISH, PUBLISH_ONCE, Keys
+from .scripts import HISTORY, PUBLISH, PUBLISH_ONCE, Keys, new_epoch
+from .shards import Shard, shard_index
+from .topology import topologies
 
 __all__ = ["RedisBroker"]
 
 log = logging.getLogger(__name__)
-
-
-def new_epoch() -> str:
-    # Like the memory engine's: opaque to clients, new whenever a stream is (re)created.
-    return "".join(random.choices(string.ascii_letters, k=8))
 
 
 def _ms(seconds: float) -> int:
@@ -48,13 +43,26 @@ def _ms(seconds: float) -> int:
 
 class RedisBroker:
     def __init__(self, config: RedisEngineConfig) -> None:
-        self.client = RedisClient(config)
-        self.keys = Keys(config.prefix, uuid.uuid4().hex)
-        self.pubsub = PubSub(self.client, self.keys)
+        found = topologies(config)
+        self.keys = Keys(config.prefix, uuid.uuid4().hex, cluster=found[0].cluster)
+        self.shards = [Shard(config, topology, self.keys, i, len(found))
+                       for i, topology in enumerate(found)]  # fmt: skip
+        # The first shard's: what is not about one channel (probes in tests, benchmarks).
+        self.client = self.shards[0].client
+        self.pubsub = self.shards[0].pubsub
+
+    def shard(self, channel: str) -> Shard:
+        """The shard `channel` lives on: its publications, history and presence."""
+        return self.shards[shard_index(channel, len(self.shards))]
 
     @property
     def reachable(self) -> bool:
-        return self.client.reachable
+        return all(shard.reachable for shard in self.shards)
+
+    @property
+    def unreachable(self) -> list[str]:
+        """The shards that are unreachable or not proven yet (for `/ready`'s details)."""
+        return [shard.name for shard in self.shards if not shard.reachable]
 
     async def run(
         self,
@@ -62,25 +70,33 @@ class RedisBroker:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Connect (retrying until Redis answers), then deliver events until cancelled."""
-        async with self.client.opened(), trio.open_nursery() as nursery:
-            await nursery.start(self.pubsub.run, handler)
-            await self.pubsub.connected.wait()
-            await check_durability(self.client)
+        """Connect every shard (retrying until each answers), then deliver events until
+        cancelled. One asyncio loop serves every shard."""
+        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as starting:
+                for shard in self.shards:
+                    starting.start_soon(nursery.start, shard.run, loop, handler)
             task_status.started()
 
+    async def probe(self) -> None:
+        """Return once everything published before has been delivered, on every shard."""
+        async with trio.open_nursery() as nursery:
+            for shard in self.shards:
+                nursery.start_soon(shard.pubsub.probe)
+
     def statistics(self) -> dict[str, int]:
-        client = self.client
-        return {"subscribed_channels": len(self.pubsub.wanted), "pipelines": client.batches,
-                "pipelined_commands": client.commands}  # fmt: skip
+        shards = self.shards
+        return {"subscribed_channels": sum(len(s.pubsub.wanted) for s in shards),
+                "pipelines": sum(s.client.batches for s in shards),
+                "pipelined_commands": sum(s.client.commands for s in shards)}  # fmt: skip
 
     # --- Broker ---
 
     async def subscribe(self, channel: str) -> None:
-        await self.pubsub.subscribe(channel)
+        await self.shard(channel).pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        await self.pubsub.unsubscribe(channel)
+        await self.shard(channel).pubsub.unsubscribe(channel)
 
     async def publish(
         self,
@@ -91,6 +107,7 @@ class RedisBroker:
         idempotency_key: str = "",
         result_ttl: float = IDEMPOTENT_RESULT_TTL,
     ) -> StreamPosition:
+        client = self.shard(channel).client
         payload = encode_publication(pub)
         # With a key, the result key and its ttl go last (scripts.py).
         result_keys = (self.keys.result(channel, idempotency_key),) if idempotency_key else ()
@@ -98,22 +115,26 @@ class RedisBroker:
         if not history.enabled:
             message = b"p0:" + payload
             if not idempotency_key:
-                await self.client.call("PUBLISH", self.keys.client(channel), message)
+                await client.publish(self.keys.client(channel), message, self.keys.meta(channel))
                 return StreamPosition()
             args = (self.keys.client(channel), message, *result_args)
-            offset, epoch = await self.client.script(PUBLISH_ONCE, result_keys, args)
+            offset, epoch = await client.script(PUBLISH_ONCE, result_keys, args)
         else:
             keys = (self.keys.stream(channel), self.keys.meta(channel), *result_keys)
             args = (payload, history.size, _ms(history.ttl), self.keys.client(channel),
                     _ms(history.meta_ttl), new_epoch(), *result_args)  # fmt: skip
-            offset, epoch = await self.client.script(PUBLISH, keys, args)
+            offset, epoch = await client.script(PUBLISH, keys, args)
         return StreamPosition(int(offset), epoch.decode())
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self.client.call("PUBLISH", self.keys.client(channel), b"j" + encode_info(info))
+        client = self.shard(channel).client
+        message = b"j" + encode_info(info)
+        await client.publish(self.keys.client(channel), message, self.keys.meta(channel))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self.client.call("PUBLISH", self.keys.client(channel), b"l" + encode_info(info))
+        client = self.shard(channel).client
+        message = b"l" + encode_info(info)
+        await client.publish(self.keys.client(channel), message, self.keys.meta(channel))
 
     async def history(
         self, channel: str, query: HistoryQuery, meta_ttl: float
@@ -129,7 +150,7 @@ class RedisBroker:
         keys = (self.keys.stream(channel), self.keys.meta(channel))
         read_created_ttl = _ms(min(meta_ttl, READ_CREATED_TTL))
         args = (_ms(meta_ttl), new_epoch(), command, start, end, count, read_created_ttl)
-        top, epoch, entries = await self.client.script(HISTORY, keys, args)
+        top, epoch, entries = await self.shard(channel).client.script(HISTORY, keys, args)
         position = StreamPosition(int(top), epoch.decode())
         if since is not None and since.epoch and since.epoch != position.epoch:
             raise UnrecoverablePosition(f"epoch {since.epoch!r} is not the stream's")
@@ -143,4 +164,4 @@ class RedisBroker:
         return pubs, position
 
     async def remove_history(self, channel: str) -> None:
-        await self.client.call("DEL", self.keys.stream(channel))
+        await self.shard(channel).client.call("DEL", self.keys.stream(channel))

@@ -10,6 +10,10 @@ wire -- and sends it as one pipeline: one bridge crossing and one round trip per
 command (centrifuge's automatic pipelining). With pipelining off every call crosses the bridge
 itself on a connection of redis-py's pool.
 
+Where commands go is the topology's business (topology.py): `refresh` asks it (at the start of
+every PUB/SUB session and at every probe) and, when the answer changed (a Sentinel promoted
+another master), replaces the redis-py client.
+
 Errors, in one place: whatever redis-py raises becomes `EngineError`; so does a call not answered
 within `io_timeout`, and a call made while the engine is not `reachable` fails at once instead of
 waiting (a temporary error 100 for clients). pubsub.py decides reachability: it marks the engine
@@ -23,16 +27,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import redis.asyncio as aredis
 import trio
 import trio_asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 from ...config.sections import RedisEngineConfig
 from ..base import EngineError
-from .scripts import ALL_SCRIPTS, Script
+from .scripts import ALL_SCRIPTS, PUBLISH_VIA, Script
+from .topology import ClusterTopology, RedisLike, Topology, public_name
 
 __all__ = ["RedisClient"]
 
@@ -42,7 +44,6 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 # What redis-py raises for a lost or silent server (besides its own RedisError family).
 CONNECTION_ERRORS = (RedisError, OSError, EOFError, TimeoutError)
-MAX_CONNECTIONS = 32
 
 
 class _Waiter:
@@ -55,11 +56,14 @@ class _Waiter:
 
 
 class RedisClient:
-    def __init__(self, config: RedisEngineConfig) -> None:
+    def __init__(self, config: RedisEngineConfig, topology: Topology | None = None) -> None:
         self.config = config
+        self.topology = topology or Topology(config, config.address)
         self.pipelining = config.pipelining
         self._loop: trio_asyncio.TrioEventLoop | None = None
-        self._redis: aredis.Redis | None = None
+        self._redis: RedisLike | None = None
+        # Where commands go now (`refresh`): None until the topology was first asked.
+        self.address: str | None = None
         self._reachable = False
         # Set when a call found Redis silent: the PUB/SUB supervisor probes at once.
         self.trouble = trio.Event()
@@ -79,52 +83,64 @@ class RedisClient:
 
     def mark_reachable(self) -> None:
         if not self._reachable:
-            log.info("redis at %s is reachable", self.config.address)
+            log.info("redis %s is reachable", self.topology.name)
         self._reachable = True
 
     def mark_unreachable(self, why: str) -> None:
         if self._reachable:
-            log.warning("redis at %s is unreachable: %s", self.config.address, why)
+            log.warning("redis %s is unreachable: %s", self.topology.name, why)
         self._reachable = False
         self.trouble.set()
+
+    def register(self, script: Script) -> None:
+        """Another module's script, sent again with its source after a Redis restart too."""
+        self._scripts[script.sha] = script
 
     # --- the bridge ---
 
     @asynccontextmanager
-    async def opened(self) -> AsyncIterator[None]:
-        """The asyncio loop, the client and the batcher, for the body's duration: the PUB/SUB
-        connection runs inside it, so it is closed while the loop still runs."""
-        async with trio_asyncio.open_loop() as loop:
-            self._loop = loop
-            redis = self._redis = self.new_client()
-            try:
-                async with trio.open_nursery() as nursery:
-                    if self.pipelining:
-                        await nursery.start(self._batcher)
-                    yield
-                    nursery.cancel_scope.cancel()
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await loop.run_aio_coroutine(redis.aclose(close_connection_pool=True))
-                self._loop = None
+    async def opened(self, loop: trio_asyncio.TrioEventLoop) -> AsyncIterator[None]:
+        """The client and the batcher on `loop` (the asyncio loop every shard shares), for the
+        body's duration: the PUB/SUB connection runs inside it, so it is closed while the loop
+        still runs."""
+        self._loop = loop
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.pipelining:
+                    await nursery.start(self._batcher)
+                yield
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                if self._redis is not None:
+                    await loop.run_aio_coroutine(self.topology.close_client(self._redis))
+                await loop.run_aio_coroutine(self.topology.aclose())
+            self._redis = None
+            self._loop = None
 
-    def new_client(self) -> aredis.Redis:
+    async def refresh(self) -> bool:
+        """Ask the topology where commands go; a new client when that changed. True when it
+        changed from an earlier answer (a failover: the caller rebuilds PUB/SUB)."""
         cfg = self.config
-        pool = aredis.BlockingConnectionPool.from_url(
-            cfg.address,
-            # Without pipelining every concurrent call holds a connection of its own: callers
-            # beyond these wait for one (within their io_timeout) instead of failing.
-            max_connections=MAX_CONNECTIONS,
-            timeout=cfg.io_timeout,
-            socket_timeout=cfg.io_timeout,
-            socket_connect_timeout=cfg.connect_timeout,
-            # No retries inside redis-py: a failure is reported at once and retried, if at all,
-            # by whoever asked (a client resubscribes, the PUB/SUB supervisor reconnects).
-            retry=Retry(NoBackoff(), 0),
-            client_name="aether",
-            protocol=2,
-        )
-        return aredis.Redis(connection_pool=pool)
+        if self._redis is not None and not self.topology.moves:
+            return False
+        try:
+            with trio.fail_after(cfg.connect_timeout + cfg.io_timeout):
+                address = await self.aio(self.topology.locate)
+        except (trio.TooSlowError, *CONNECTION_ERRORS) as exc:
+            raise EngineError(f"could not locate redis {self.topology.name}: {exc}") from exc
+        if address == self.address and self._redis is not None:
+            return False
+        moved = self.address is not None
+        if moved:
+            # Unreachable until a PUB/SUB session on the new server proved itself: the old
+            # connection may be on a demoted master that misses publications.
+            self.mark_unreachable(f"moved to {public_name(address)}")
+        old, self._redis, self.address = self._redis, self.topology.new_client(address), address
+        if old is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.aio(self.topology.close_client, old)
+        return moved
 
     async def aio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run the asyncio coroutine `fn(*args)` on the engine's loop (the bridge)."""
@@ -138,7 +154,7 @@ class RedisClient:
     async def call(self, *command: Any, check: bool = True) -> Any:
         """Send one command and return Redis's answer (`EngineError` on any failure).
         `check=False` sends it even while unreachable (the probe that finds out)."""
-        if self._loop is None:
+        if self._loop is None or self._redis is None:  # not started, or not located yet
             raise EngineError("the redis engine is not running")
         if check and not self._reachable:
             raise EngineError("redis is unreachable")
@@ -148,6 +164,10 @@ class RedisClient:
                     return await self._queued_call(command)
                 return (await self.aio(self._execute, [command]))[0]
             except ResponseError as exc:
+                if isinstance(exc, ReadOnlyError) or "read only replica" in str(exc):
+                    # A demoted master (a failover the topology did not tell us about yet):
+                    # unready, and the prober asks the topology again at once.
+                    self.mark_unreachable(f"{exc}")
                 raise EngineError(f"redis refused {command[0]}: {exc}") from exc
             except CONNECTION_ERRORS as exc:
                 self.mark_unreachable(f"{type(exc).__name__}: {exc}")
@@ -156,9 +176,26 @@ class RedisClient:
         self.mark_unreachable(f"no answer within {self.config.io_timeout} s")
         raise EngineError(f"redis did not answer within {self.config.io_timeout} s")
 
-    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], *, check: bool = True
+    ) -> Any:
         # EVALSHA; a Redis that lost its script cache (restart) gets the source (`_execute`).
-        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, check=check)
+
+    async def publish(self, channel: str, message: bytes, route: str, *, check: bool = True) -> Any:
+        """PUBLISH; in a Redis Cluster through the master of `route`'s slot (`PUBLISH_VIA`)."""
+        if self.topology.cluster:
+            return await self.script(PUBLISH_VIA, (route,), (channel, message), check=check)
+        return await self.call("PUBLISH", channel, message, check=check)
+
+    async def probe_routes(self) -> list[str]:
+        """Keys to route probes by: one per cluster master (each has its own bus link to the
+        PUB/SUB connection's node), else one that does not matter."""
+        topology = self.topology
+        if not isinstance(topology, ClusterTopology) or self._redis is None:
+            return [""]
+        routes: list[str] = await self.aio(topology.probe_routes, self._redis)
+        return routes
 
     async def _queued_call(self, command: Command) -> Any:
         waiter = _Waiter()
@@ -196,7 +233,7 @@ class RedisClient:
     async def _execute(self, commands: list[Command]) -> list[Any]:
         """asyncio side: one pipeline (a single command needs no other path); results in order,
         errors in place. A script unknown to Redis is sent again with its source (EVAL)."""
-        assert self._redis is not None
+        assert self._redis is not None  # `call` checked it
         async with self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from ...protocol.messages import ClientInfo
 from .broker import RedisBroker
+from .client import RedisClient
 from .codec import CodecError, decode_info, encode_info
 from .scripts import PRESENCE_ADD, PRESENCE_GET, PRESENCE_REMOVE, PRESENCE_STATS
 
@@ -26,8 +27,9 @@ __all__ = ["RedisPresenceManager"]
 
 class RedisPresenceManager:
     def __init__(self, broker: RedisBroker, clock: Callable[[], float] = time.time) -> None:
-        # The broker's connection: the broker's `run` keeps it (the node runs the broker).
-        self._client = broker.client
+        # The broker's shards: the broker's `run` keeps them (the node runs the broker). A
+        # channel's presence lives on the shard of its publications.
+        self._broker = broker
         self._keys = broker.keys
         # Wall-clock seconds, the same on every node (expire-at scores are compared across
         # nodes); tests move it with the TTLs in Redis.
@@ -35,22 +37,32 @@ class RedisPresenceManager:
 
     @property
     def reachable(self) -> bool:
-        return self._client.reachable
+        return self._broker.reachable
+
+    @property
+    def unreachable(self) -> list[str]:
+        return self._broker.unreachable
+
+    def _client(self, channel: str) -> RedisClient:
+        return self._broker.shard(channel).client
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
     async def add_presence(self, channel: str, info: ClientInfo) -> None:
-        ttl = self._client.config.presence_ttl
+        client = self._client(channel)
+        ttl = client.config.presence_ttl
         ttl_ms = max(1, round(ttl * 1000))
         args = (info.client, encode_info(info), info.user, self._now_ms() + ttl_ms, ttl_ms)
-        await self._client.script(PRESENCE_ADD, self._keys.presence(channel), args)
+        await client.script(PRESENCE_ADD, self._keys.presence(channel), args)
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
-        await self._client.script(PRESENCE_REMOVE, self._keys.presence(channel), (client_id,))
+        await self._client(channel).script(
+            PRESENCE_REMOVE, self._keys.presence(channel), (client_id,)
+        )
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        flat = await self._client.script(
+        flat = await self._client(channel).script(
             PRESENCE_GET, self._keys.presence(channel), (self._now_ms(),)
         )
         found = {}
@@ -62,7 +74,7 @@ class RedisPresenceManager:
         return found
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
-        clients, users = await self._client.script(
+        clients, users = await self._client(channel).script(
             PRESENCE_STATS, self._keys.presence(channel), (self._now_ms(),)
         )
         return int(clients), int(users)

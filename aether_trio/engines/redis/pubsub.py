@@ -10,9 +10,16 @@ write) and the prober (every `probe_interval`, or at once when a command found R
 PUBLISH to the probe channel must come back within `io_timeout`, or the session is rebuilt: a
 connection can be up and deliver nothing, centrifuge PR #594).
 
+Each session first asks the client's topology where Redis is now (`refresh`), and so does every
+probe: when a Sentinel names another master, the session ends and the next one connects to the
+new master (and reports the gap below). A Redis Cluster delivers PUBLISH on every node, so a
+session may go to any of them (the next configured one after a failure).
+
 A new session after an earlier one means publications may have been missed in between: once it
 is resubscribed, the channels that were subscribed are reported to `handler.handle_gap`, so their
-subscribers can recover from history.
+subscribers can recover from history. Before that, each channel's stream top is checked against
+the highest offset this node delivered (`delivered`): a server that lost delivered publications
+(failover to a replica that lacked them) gets a new epoch for that stream (`_check_tops`).
 
 `subscribe` returns once Redis confirmed it (so anything published afterwards reaches this node)
 and fails with `EngineError` while no session is up; `unsubscribe` never waits for a dead
@@ -25,7 +32,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -34,7 +41,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from ..base import BrokerEventHandler, EngineError
 from .client import CONNECTION_ERRORS, RedisClient
 from .codec import CodecError, decode_info, decode_publication
-from .scripts import Keys
+from .scripts import CHECK_TOP, Keys, new_epoch
 
 __all__ = ["PubSub"]
 
@@ -59,6 +66,9 @@ class PubSub:
         self._client = client
         self._keys = keys
         self.wanted: set[str] = set()
+        # Redis channel names subscribed in every session besides the node's channels, each
+        # with what takes its messages (the control plane's, engines/redis/control.py).
+        self.raw: dict[bytes, Callable[[bytes], None]] = {}
         self._conn: AbstractConnection | None = None
         # Per Redis channel name: (command, waiter) in the order the commands were sent; Redis
         # confirms each channel of each command in that order.
@@ -67,8 +77,11 @@ class PubSub:
         self._outgoing_ready = trio.Event()
         self._probes: dict[bytes, trio.Event] = {}
         self._tokens = itertools.count()
+        # The highest offset delivered per subscribed channel (checked after a gap).
+        self.delivered: dict[str, int] = {}
         self.connected = trio.Event()  # set once the first session is up
         self.sessions = 0
+        self._attempts = 0
 
     # --- what the broker asks ---
 
@@ -82,22 +95,40 @@ class PubSub:
 
     async def unsubscribe(self, channel: str) -> None:
         self.wanted.discard(channel)
+        self.delivered.pop(channel, None)
         if self._conn is not None:
+            if self._client.topology.cluster:
+                # What the channel's master published before must arrive first: it comes over
+                # that master's bus link, not this connection, so wait for a probe sent the
+                # same way (the contract: published before `unsubscribe` returns, delivered).
+                await self.probe([self._keys.meta(channel)])
             await self._change(b"unsubscribe", channel)
 
-    async def probe(self) -> None:
+    async def probe(self, routes: Sequence[str] = ()) -> None:
         """Publish to this connection's own channel and wait for it to come back: everything
-        published before has been handed to the handler then. `EngineError` if it does not."""
-        token = b"%d" % next(self._tokens)
-        back = self._probes[token] = trio.Event()
-        try:
-            with trio.move_on_after(self._client.config.io_timeout):
-                await self._client.call("PUBLISH", self._keys.probe, token, check=False)
-                await back.wait()
+        published before has been handed to the handler then. In a Redis Cluster one probe
+        goes through each master (or the masters of `routes`' slots), as each has its own bus
+        link to this connection's node. `EngineError` if one does not come back."""
+        client = self._client
+        with trio.move_on_after(client.config.io_timeout):
+            backs = []
+            try:
+                async with trio.open_nursery() as nursery:
+                    for route in routes or await client.probe_routes():
+                        token = b"%d" % next(self._tokens)
+                        back = self._probes[token] = trio.Event()
+                        backs.append((token, back))
+                        nursery.start_soon(self._send_probe, token, route)
+                for _token, back in backs:
+                    await back.wait()
                 return
-            raise EngineError("the PUB/SUB probe did not come back in time")
-        finally:
-            del self._probes[token]
+            finally:
+                for token, _back in backs:
+                    del self._probes[token]
+        raise EngineError("the PUB/SUB probe did not come back in time")
+
+    async def _send_probe(self, token: bytes, route: str) -> None:
+        await self._client.publish(self._keys.probe, token, route, check=False)
 
     async def _change(self, command: bytes, channel: str) -> None:
         if self._conn is None:
@@ -137,8 +168,11 @@ class PubSub:
             backoff = min(backoff * 2, RECONNECT_MAX)
 
     def _new_connection(self) -> AbstractConnection:
-        cfg = self._client.config
-        kwargs: dict[str, Any] = dict(parse_url(cfg.address))
+        client, cfg = self._client, self._client.config
+        assert client.address is not None  # refreshed before
+        self._attempts += 1
+        address = client.topology.pubsub_address(client.address, self._attempts)
+        kwargs: dict[str, Any] = dict(parse_url(address))
         cls = kwargs.pop("connection_class", Connection)
         # No read timeout: a quiet channel is normal here, the prober finds a silent one.
         conn: AbstractConnection = cls(
@@ -154,6 +188,7 @@ class PubSub:
 
     async def _session(self, handler: BrokerEventHandler) -> None:
         client, cfg = self._client, self._client.config
+        await client.refresh()
         conn = self._new_connection()
         try:
             with trio.fail_after(cfg.connect_timeout + cfg.io_timeout):
@@ -167,6 +202,8 @@ class PubSub:
                 self._conn = conn
                 await self._resubscribe(channels)
                 await self.probe()
+                if self.sessions:
+                    await self._check_tops(channels)
                 client.mark_reachable()
                 self.sessions += 1
                 if self.sessions > 1 and (lost := [c for c in channels if c in self.wanted]):
@@ -185,8 +222,30 @@ class PubSub:
             with trio.CancelScope(shield=True), trio.move_on_after(cfg.io_timeout):
                 await client.aio(conn.disconnect)
 
+    async def _check_tops(self, channels: Sequence[str]) -> None:
+        """After a gap: a stream whose top is below what this node delivered lost publications
+        (a promoted replica lacked them, a restart from an older snapshot). Its epoch is
+        replaced (scripts.CHECK_TOP), so clients holding positions in it are told
+        `recovered: false` instead of recovering silently past publications the server no
+        longer has once new ones reuse their offsets. Best effort: a publication through
+        another node that already reused the offsets hides the loss (docs/redis.md)."""
+        seen = [(c, self.delivered[c]) for c in channels if c in self.delivered]
+
+        async def check(channel: str, offset: int) -> None:
+            args = (offset, new_epoch())
+            meta = (self._keys.meta(channel),)
+            if await self._client.script(CHECK_TOP, meta, args, check=False):
+                log.warning("redis lost publications of %s up to offset %d: new epoch",
+                            channel, offset)  # fmt: skip
+                self.delivered.pop(channel, None)
+
+        async with trio.open_nursery() as nursery:
+            for channel, offset in seen:
+                nursery.start_soon(check, channel, offset)
+
     async def _resubscribe(self, channels: Sequence[str]) -> None:
-        names = [self._keys.probe, *(self._keys.client(c) for c in channels)]
+        raw = [name.decode() for name in self.raw]
+        names = [self._keys.probe, *raw, *(self._keys.client(c) for c in channels)]
         waiting = []
         for name in names:
             pending = _Pending()
@@ -221,6 +280,10 @@ class PubSub:
             with trio.move_on_after(client.config.probe_interval):
                 await client.trouble.wait()
             client.trouble = trio.Event()
+            if await client.refresh():
+                # Another master (a Sentinel failover): this connection may be on a demoted
+                # server that no longer sees the publications.
+                raise EngineError(f"redis {client.topology.name} moved to another server")
             await self.probe()  # EngineError ends the session: it is rebuilt
             client.mark_reachable()
 
@@ -238,6 +301,8 @@ class PubSub:
                     self._event(channel, data, handler)
                 except (CodecError, ValueError):
                     log.warning("ignored a message in %s that is not Aether's", channel)
+            elif (take := self.raw.get(name)) is not None:
+                take(data)
             elif (back := self._probes.get(data)) is not None:
                 back.set()
         elif kind in (b"subscribe", b"unsubscribe"):
@@ -249,12 +314,14 @@ class PubSub:
                 pending.ok = True
                 pending.done.set()
 
-    @staticmethod
-    def _event(channel: str, data: bytes, handler: BrokerEventHandler) -> None:
+    def _event(self, channel: str, data: bytes, handler: BrokerEventHandler) -> None:
         kind, body = data[:1], data[1:]
         if kind == b"p":
-            offset, _, payload = body.partition(b":")
-            handler.handle_publication(channel, decode_publication(payload, int(offset)))
+            head, _, payload = body.partition(b":")
+            offset = int(head)
+            handler.handle_publication(channel, decode_publication(payload, offset))
+            if offset:
+                self.delivered[channel] = offset
         elif kind == b"j":
             handler.handle_join(channel, decode_info(body))
         elif kind == b"l":

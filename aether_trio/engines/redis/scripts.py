@@ -16,11 +16,19 @@ retried publish is applied once whichever node it goes through.
 from __future__ import annotations
 
 import hashlib
+import random
+import string
 
 import attrs
 
-__all__ = ["ALL_SCRIPTS", "HISTORY", "PRESENCE_ADD", "PRESENCE_GET", "PRESENCE_REMOVE",
-           "PRESENCE_STATS", "PUBLISH", "PUBLISH_ONCE", "Keys", "Script"]  # fmt: skip
+__all__ = ["ALL_SCRIPTS", "CHECK_TOP", "HISTORY", "PRESENCE_ADD", "PRESENCE_GET",
+           "PRESENCE_REMOVE", "PRESENCE_STATS", "PUBLISH", "PUBLISH_ONCE", "PUBLISH_VIA", "Keys",
+           "Script", "new_epoch"]  # fmt: skip
+
+
+def new_epoch() -> str:
+    # Like the memory engine's: opaque to clients, new whenever a stream is (re)created.
+    return "".join(random.choices(string.ascii_letters, k=8))
 
 
 @attrs.frozen
@@ -35,34 +43,46 @@ class Script:
 
 
 class Keys:
-    """Every name the engine uses in Redis, under one prefix (`[engine.redis] prefix`)."""
+    """Every name the engine uses in Redis, under one prefix (`[engine.redis] prefix`).
 
-    def __init__(self, prefix: str, node_id: str) -> None:
+    With a Redis Cluster (`cluster`) the channel in key names is a hash tag, `{<ch>}`: the
+    stream, meta and presence keys of a channel then share a slot, as a Lua script needs (Redis
+    hashes only what is between the first `{` and the next `}`, the same part of every key of
+    one channel). PUB/SUB channel names are not keys and stay as they are.
+    """
+
+    def __init__(self, prefix: str, node_id: str, *, cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster
         self.client_prefix = f"{prefix}.client."
         # This engine's own PUB/SUB channel: its probes come back through it.
         self.probe = f"{prefix}.probe.{node_id}"
+
+    def _tag(self, channel: str) -> str:
+        return f"{{{channel}}}" if self.cluster else channel
 
     def client(self, channel: str) -> str:
         return self.client_prefix + channel
 
     def stream(self, channel: str) -> str:
-        return f"{self.prefix}.stream.{channel}"
+        return f"{self.prefix}.stream.{self._tag(channel)}"
 
     def meta(self, channel: str) -> str:
-        return f"{self.prefix}.stream.meta.{channel}"
+        return f"{self.prefix}.stream.meta.{self._tag(channel)}"
 
     def result(self, channel: str, idempotency_key: str) -> str:
         """The idempotency result of a publish. Unlike centrifuge's `P.result.<ch>.<key>` the
         channel's length leads, so channel "a.b" with key "c" and channel "a" with key "b.c"
-        cannot share a result (each would be answered with the other's position)."""
-        return f"{self.prefix}.result.{len(channel)}.{channel}.{idempotency_key}"
+        cannot share a result (each would be answered with the other's position). In a Redis
+        Cluster the channel is the hash tag, as in the stream's keys: the publish script takes
+        this key too."""
+        return f"{self.prefix}.result.{len(channel)}.{self._tag(channel)}.{idempotency_key}"
 
     def presence(self, channel: str) -> tuple[str, str, str]:
         """The data hash, the expiry zset and the per-user hash of `channel`."""
-        p = self.prefix
-        return (f"{p}.presence.data.{channel}", f"{p}.presence.expire.{channel}",
-                f"{p}.presence.users.{channel}")  # fmt: skip
+        p, ch = self.prefix, self._tag(channel)
+        return (f"{p}.presence.data.{ch}", f"{p}.presence.expire.{ch}",
+                f"{p}.presence.users.{ch}")  # fmt: skip
 
 
 # Shared by the publish scripts: an idempotency result is a hash {s = offset, e = epoch} with
@@ -164,6 +184,30 @@ return {tonumber(top), epoch, entries}
 """,
 )
 
+# KEYS meta. ARGV the highest offset this node delivered, an epoch. Returns 1 when the stream's
+# top is below that offset and its epoch was replaced: the server lost publications that were
+# delivered (a promoted replica that lacked them, a restart from an older snapshot), so the
+# positions clients hold in the old epoch are not to be trusted (pubsub.py).
+CHECK_TOP = Script(
+    "check_top",
+    """
+local top = redis.call("hget", KEYS[1], "s")
+if top and tonumber(top) < tonumber(ARGV[1]) then
+  redis.call("hset", KEYS[1], "e", ARGV[2])
+  return 1
+end
+return 0
+""",
+)
+
+# KEYS a key of the slot whose master must send it (Redis Cluster). ARGV PUB/SUB channel,
+# message. A plain PUBLISH through redis-py's cluster client goes to any node, and messages that
+# reach a subscriber through different nodes' bus links can overtake each other: a channel's
+# joins, leaves and publications without history all go through its slot's master, like the
+# publish script, so they stay in order (scripts.Keys.meta gives the key; probes use one key
+# per master).
+PUBLISH_VIA = Script("publish_via", 'return redis.call("publish", ARGV[1], ARGV[2])\n')
+
 # Shared by the presence scripts. KEYS data, expire, users. An entry's value is the engine's
 # encoding of a ClientInfo, whose first part is the user (codec.py).
 _PRESENCE_HELPERS = """
@@ -227,5 +271,14 @@ PRESENCE_STATS = Script(
     + '\nprune(ARGV[1])\nreturn {redis.call("hlen", KEYS[1]), redis.call("hlen", KEYS[3])}\n',
 )
 
-ALL_SCRIPTS = (PUBLISH, PUBLISH_ONCE, HISTORY, PRESENCE_ADD, PRESENCE_REMOVE, PRESENCE_GET,
-               PRESENCE_STATS)  # fmt: skip
+ALL_SCRIPTS = (
+    PUBLISH,
+    PUBLISH_ONCE,
+    HISTORY,
+    CHECK_TOP,
+    PUBLISH_VIA,
+    PRESENCE_ADD,
+    PRESENCE_REMOVE,
+    PRESENCE_GET,
+    PRESENCE_STATS,
+)

@@ -1,14 +1,14 @@
 """The server API methods that publish and read (reference 10.3), and what every method shares.
 
 Every method checks all of its input first and raises `ApiError` before any effect, so a refused
-call changed nothing. Methods acting on a user's connections live in `api_users`.
+call changed nothing. Methods acting on a user's connections live in `api_users`; `info` and the
+cluster-wide versions of `channels` and of those in `cluster.py`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -39,7 +39,6 @@ __all__ = [
     "error_body",
     "history",
     "history_remove",
-    "info",
     "json_value",
     "presence",
     "presence_stats",
@@ -211,22 +210,3 @@ async def channels(ctx: ApiContext, req: rq.Channels) -> Result:
         if index % CHANNELS_YIELD_EVERY == CHANNELS_YIELD_EVERY - 1:
             await trio.lowlevel.checkpoint()  # a node with 100k channels: others run meanwhile
     return {"channels": found}
-
-
-async def info(ctx: ApiContext, req: rq.Info) -> Result:
-    node = ctx.node
-    stats = node.hub_statistics()
-    return {
-        "nodes": [
-            {
-                "uid": ctx.uid,
-                "name": node.config.server.node_name,
-                "version": node.version,
-                "num_clients": len(node.clients),
-                "num_users": len(node.users),
-                "num_channels": stats.channels,
-                "num_subs": stats.subscriptions,
-                "uptime": int(time.time() - ctx.started),
-            }
-        ]
-    }

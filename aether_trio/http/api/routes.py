@@ -39,8 +39,9 @@ from ...engines.base import EngineError
 from ..apiauth import ApiAuth, ApiAuthError, Role, has_role
 from ..asgi import Request, Response
 from . import access as api_access
+from . import cluster as api_cluster
 from . import methods as api_methods
-from . import users as api_users
+from .cluster import everywhere
 from .errors import ApiError, ApiErrorCode, BadRequestBody
 from .methods import ApiContext, Result, error_body
 from .requests import BatchCommand, decode_batch, decode_request
@@ -63,12 +64,13 @@ METHODS: dict[str, tuple[Role, Runner]] = {
     "presence": ("reader", api_methods.presence),
     "presence_stats": ("reader", api_methods.presence_stats),
     "history": ("reader", api_methods.history),
-    "channels": ("reader", api_methods.channels),
-    "info": ("reader", api_methods.info),
-    "subscribe": ("admin", api_users.subscribe),
-    "unsubscribe": ("admin", api_users.unsubscribe),
-    "disconnect": ("admin", api_users.disconnect),
-    "refresh": ("admin", api_users.refresh),
+    # Every node's answer, and commands that reach every node's connections (api/cluster.py).
+    "channels": ("reader", api_cluster.channels),
+    "info": ("reader", api_cluster.info),
+    "subscribe": ("admin", everywhere("subscribe")),
+    "unsubscribe": ("admin", everywhere("unsubscribe")),
+    "disconnect": ("admin", everywhere("disconnect")),
+    "refresh": ("admin", everywhere("refresh")),
     "history_remove": ("admin", api_methods.history_remove),
     # Centrifugo's PRO methods (api/access.py).
     "connections": ("admin", api_access.connections),
@@ -108,6 +110,7 @@ class ServerApi:
     def __init__(self, node: Node[Client], auth: ApiAuth) -> None:
         self.auth = auth
         self.context = ApiContext(node, str(uuid.uuid4()), time.time())
+        api_cluster.install(self.context)
 
     async def handle(self, request: Request) -> Response:
         """The route for every path under PREFIX."""

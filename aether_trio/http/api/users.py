@@ -22,7 +22,7 @@ import orjson
 from ...connection.subscribe import Grant, Opened, Request, apply_override, ttl_seconds
 from ...connection.subscribe import subscribe as subscribe_sequence
 from ...protocol import messages as m
-from ...protocol.codec import encode_push, raw_json
+from ...protocol.codec import raw_json
 from ...protocol.codes import Disconnect, Unsubscribe
 from . import requests as rq
 from .errors import ApiError
@@ -77,11 +77,11 @@ def _push_to(client: Client) -> Callable[[list[Opened]], None]:
             body = m.SubscribePush(
                 result.recoverable, result.epoch, result.offset, result.positioned, result.data
             )
-            client.send(encode_push(o.sub.channel, "subscribe", body))
+            client.push(o.sub.channel, "subscribe", body)
             # The push carries no publications: recovered ones follow it as ordinary `pub`
             # pushes.
             for pub in result.publications:
-                client.send(encode_push(o.sub.channel, "pub", pub))
+                client.push(o.sub.channel, "pub", pub)
 
     return push
 
@@ -89,12 +89,12 @@ def _push_to(client: Client) -> Callable[[list[Opened]], None]:
 async def unsubscribe(ctx: ApiContext, req: rq.Unsubscribe) -> Result:
     ch = resolve_channel(ctx, req.channel)
     code = Unsubscribe.SERVER
-    push = encode_push(ch.name, "unsubscribe", m.UnsubscribePush(code, code.reason))
+    body = m.UnsubscribePush(code, code.reason)
     for client in _targets(ctx, req.user, req.client, req.session):
         if ch.name in client.subscriptions:
             # No checkpoint between the push and the detach inside `unsubscribe`: nothing of
             # the channel can reach the client after its unsubscribe push.
-            client.send(push)
+            client.push(ch.name, "unsubscribe", body)
             await client.unsubscribe(ch.name)
     return {}
 
@@ -141,5 +141,5 @@ async def refresh(ctx: ApiContext, req: rq.Refresh) -> Result:
         body = (
             m.SubRefreshResult(True, ttl_seconds(expire_at)) if expire_at else m.SubRefreshResult()
         )
-        client.send(encode_push("", "refresh", body))
+        client.push("", "refresh", body)
     return {}
