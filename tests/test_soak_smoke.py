@@ -42,7 +42,8 @@ def test_the_smoke_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert faults["kill_worker"]["healed_after_s"] is not None, faults["kill_worker"]
     assert faults["restart_redis"]["healed_after_s"] is not None, faults["restart_redis"]
     # Slow consumers are cut off by the server (3008), the run undisturbed (zero loss above).
-    assert faults["slow_consumers"]["closed_3008_by_server"] == 5, faults["slow_consumers"]
+    slow = faults["slow_consumers"]
+    assert slow["closed_3008_by_server"] == 5 - len(slow["failed_to_start"]) >= 4, slow
     # Bad input is refused with the protocol's codes, never a crash.
     outcomes = faults["bad_input"]["outcomes"]
     assert outcomes == {"not json": "closed 3501", "bad token": "closed 3500",
