@@ -149,7 +149,7 @@ def test_restore_refuses_live_state_without_force_and_replaces_it_with(
     # Live state changes after the backup: a ban, a publication.
     node.fill_sqlite(entries=2)
     node.redis.command("XADD", f"{node.prefix}.stream.chat:1", "5-0", "d", "later")
-    node.redis.command("HSET", f"{node.prefix}.stream.meta.chat:1", "s", 5)
+    node.redis.command("HSET", f"{node.prefix}.meta.chat:1", "s", 5)
     etc = tmp_path / "etc-restored"
     etc.mkdir()
     (etc / "config.toml").write_text("# live\n")
