@@ -65,13 +65,21 @@ def running_server(url: str) -> str | None:
     """Why a restore must not go on while the server at `url` (its internal listener) runs:
     None when nothing answers there, or when it answers with maintenance mode on (new
     connections refused: the documented window for a restore)."""
-    import httpx
+    import json
+    import urllib.error
+    import urllib.request
 
     try:
-        answer = httpx.get(f"{url}/ready", timeout=2.0)
-        checks = {c.get("name"): c for c in answer.json().get("checks", [])}
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return None  # nothing (Aether) answers: stopped
+        with urllib.request.urlopen(f"{url}/ready", timeout=2.0) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as not_ready:  # 503: running, but not ready
+        body = not_ready.read()
+    except (OSError, ValueError):
+        return None  # nothing answers: stopped
+    try:
+        checks = {c.get("name"): c for c in json.loads(body).get("checks", [])}
+    except (ValueError, AttributeError):
+        checks = {}  # something else answers there: treated as a running server
     if checks.get("maintenance", {}).get("ok") is False:
         return None
     return (
