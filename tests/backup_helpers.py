@@ -168,7 +168,7 @@ class Node:
             ch = f"chat:{c}"
             for n in range(1, per_channel + 1):
                 self.redis.command("XADD", f"{p}.stream.{ch}", f"{n}-0", "d", f"pub-{c}-{n}")
-            self.redis.command("HSET", f"{p}.stream.meta.{ch}", "e", f"epoch{c:03d}",
+            self.redis.command("HSET", f"{p}.meta.{ch}", "e", f"epoch{c:03d}",
                                "s", per_channel)  # fmt: skip
             self.redis.command("PEXPIRE", f"{p}.stream.{ch}", 3_600_000)
         self.redis.command("HSET", f"{p}.presence.data.chat:0", "client-1", "x")

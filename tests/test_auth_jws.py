@@ -310,7 +310,9 @@ def test_the_generated_tokens_reach_every_outcome_on_both_paths() -> None:
     config = CONFIGS["rotation"]
     seen: set[tuple[str, str]] = set()
 
-    @PROPERTIES
+    # More examples than the differential tests: a guard that fails for want of one rare outcome
+    # proves nothing (seen once after another module's tests ran first, with 600).
+    @settings(PROPERTIES, max_examples=3000)
     @given(token=st.one_of(tokens(), signed_tokens()))
     def collect(token: str) -> None:
         try:

@@ -149,7 +149,7 @@ def test_restore_refuses_live_state_without_force_and_replaces_it_with(
     # Live state changes after the backup: a ban, a publication.
     node.fill_sqlite(entries=2)
     node.redis.command("XADD", f"{node.prefix}.stream.chat:1", "5-0", "d", "later")
-    node.redis.command("HSET", f"{node.prefix}.stream.meta.chat:1", "s", 5)
+    node.redis.command("HSET", f"{node.prefix}.meta.chat:1", "s", 5)
     etc = tmp_path / "etc-restored"
     etc.mkdir()
     (etc / "config.toml").write_text("# live\n")
@@ -185,3 +185,28 @@ def test_restore_of_a_backup_that_is_not_there(
                                          str(tmp_path / "d"), "--force"))  # fmt: skip
     assert code == 1
     assert "no such object" in err
+
+
+def test_restore_refuses_while_the_server_runs_unless_in_maintenance(tmp_path: Path) -> None:
+    """Whatever --force says: a running server keeps its SQLite connection and its in-memory
+    history, so a restore under it would be undone or corrupted. Maintenance mode (new
+    connections refused) is the documented window; a stopped server answers nothing."""
+    from conftest import make_config, running_server
+
+    from aether_trio.backup.errors import RefusedOverwrite
+    from aether_trio.backup.restore import restore_backup
+    from aether_trio.backup.restore import running_server as refusal
+
+    with running_server() as srv:
+        url = f"http://127.0.0.1:{srv.server.http_port}"
+        reason = refusal(url)
+        assert reason is not None
+        assert f"a server is running at {url}" in reason
+        with pytest.raises(RefusedOverwrite, match="stop it, or switch maintenance mode on"):
+            restore_backup(
+                make_config(), None, "any", data_dir=tmp_path, redis_address=None,  # type: ignore[arg-type]
+                force=True, server_url=url,
+            )  # fmt: skip
+        srv.call(setattr, srv.server.node, "maintenance", True)
+        assert refusal(url) is None
+    assert refusal(url) is None  # stopped: nothing answers

@@ -260,6 +260,17 @@ async def test_channels_have_independent_streams(engines: Engines) -> None:
     assert (await read(engines, "b"))[0] == [1]
 
 
+async def test_no_channel_name_reaches_another_channels_keys(engines: Engines) -> None:
+    # Redis: with centrifuge's layout the stream of "meta.x" (P.stream.meta.x) was the meta hash
+    # of "x", and every publish to "x" failed with WRONGTYPE after one to "meta.x".
+    names = ["x", "meta.x", "stream.x", "meta.meta.x", "result.1.x.k"]
+    for n, name in enumerate(names, 1):
+        await publish_n(engines, name, n)
+    for n, name in enumerate(names, 1):
+        await publish_n(engines, name, 1)
+        assert (await read(engines, name))[0] == list(range(1, n + 2)), name
+
+
 async def test_history_publications_keep_data_and_info(engines: Engines) -> None:
     await publish_n(engines, "news", 2)
     pubs, _top = await engines.broker.history("news", HistoryQuery(limit=-1), DAY)

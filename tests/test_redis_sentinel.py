@@ -156,7 +156,7 @@ async def test_failover_by_killing_the_master_loses_and_duplicates_nothing(senti
                 # Everything the new master's stream holds reached the subscriber exactly once.
                 new_master = setup.replica
                 top = int(new_master.command("HGET", f"{server.config.engine.redis.prefix}"
-                                             ".stream.meta.news", "s"))  # fmt: skip
+                                             ".meta.news", "s"))  # fmt: skip
                 with trio.fail_after(20):
                     while len(subscriber.offsets) < top:  # noqa: ASYNC110
                         await trio.sleep(0.01)

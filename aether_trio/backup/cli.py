@@ -220,6 +220,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             config_dir=Path(args.config_dir) if args.config_dir else None,
             force=args.force,
             bar=bars,
+            server_url=f"http://{config.http.host}:{config.http.port}",
         )
     finally:
         if bars is not None:

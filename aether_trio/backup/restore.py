@@ -61,6 +61,33 @@ def _refusals(
     return found
 
 
+def running_server(url: str) -> str | None:
+    """Why a restore must not go on while the server at `url` (its internal listener) runs:
+    None when nothing answers there, or when it answers with maintenance mode on (new
+    connections refused: the documented window for a restore)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=2.0) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as not_ready:  # 503: running, but not ready
+        body = not_ready.read()
+    except (OSError, ValueError):
+        return None  # nothing answers: stopped
+    try:
+        checks = {c.get("name"): c for c in json.loads(body).get("checks", [])}
+    except (ValueError, AttributeError):
+        checks = {}  # something else answers there: treated as a running server
+    if checks.get("maintenance", {}).get("ok") is False:
+        return None
+    return (
+        f"a server is running at {url} (its /ready answered): stop it, or switch maintenance "
+        "mode on (`aether admin maintenance on`), before a restore"
+    )
+
+
 def restore_backup(
     config: Config,
     storage: Storage,
@@ -71,7 +98,12 @@ def restore_backup(
     config_dir: Path | None = None,
     force: bool = False,
     bar: Bar | None = None,
+    server_url: str | None = None,
 ) -> Restored:
+    """`server_url`: the internal listener of the server whose state this replaces; a restore
+    refuses to run while it answers (unless in maintenance mode), whatever `force` says."""
+    if server_url is not None and (running := running_server(server_url)) is not None:
+        raise RefusedOverwrite(running)
     key = load_key(config.backup.key_file)
     entries = storage.entries()
     if backup_id is None:

@@ -93,7 +93,7 @@ def dump_keyspace(address: str, prefix: str, out: BinaryIO) -> KeyspaceDump:
 
 
 def _dump(conn: redis.Redis, prefix: str, out: BinaryIO) -> KeyspaceDump:
-    meta_head = f"{prefix}.stream.meta.".encode()
+    meta_head = f"{prefix}.meta.".encode()
     stream_head = f"{prefix}.stream.".encode()
     names = sorted(set(_names(conn, prefix)))
     types: list[bytes] = []
@@ -210,11 +210,11 @@ def live_keys(address: str, prefix: str) -> int:
 
 def stream_positions(address: str, prefix: str) -> dict[str, tuple[str, int, int]]:
     """channel -> (epoch, top offset from the meta, offset of the stream's last entry or 0)."""
-    meta_head = f"{prefix}.stream.meta."
+    meta_head = f"{prefix}.meta."
     found = {}
     try:
         with _client(address) as conn:
-            for name in conn.scan_iter(match=_pattern(f"{prefix}.stream.meta"), _type="hash"):
+            for name in conn.scan_iter(match=_pattern(f"{prefix}.meta"), _type="hash"):
                 channel = name.decode()[len(meta_head) :]
                 epoch, top = conn.hmget(name, "e", "s")
                 last = conn.xrevrange(f"{prefix}.stream.{channel}", count=1)

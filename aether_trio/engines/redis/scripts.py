@@ -68,7 +68,7 @@ class Keys:
         return f"{self.prefix}.stream.{self._tag(channel)}"
 
     def meta(self, channel: str) -> str:
-        return f"{self.prefix}.stream.meta.{self._tag(channel)}"
+        return f"{self.prefix}.meta.{self._tag(channel)}"
 
     def result(self, channel: str, idempotency_key: str) -> str:
         """The idempotency result of a publish. Unlike centrifuge's `P.result.<ch>.<key>` the
