@@ -90,9 +90,9 @@ def compute(run: Any, tops: dict[str, int], settled: float) -> dict[str, Any]:
                 f"{health_ok} of {len(run.health)} `aether healthcheck` runs exited 0 (failures "
                 f"inside a fault's window: {health_in_fault})"),
         _metric("backup success", None, "100%", None,
-                "not measured: `aether backup` has not landed (issue 13)"),
+                "not measured: the schedule has no backup + verify cycle yet"),
         _metric("backup verification success", None, "100%", None,
-                "not measured: `aether backup verify` has not landed (issue 13)"),
+                "not measured: the schedule has no backup + verify cycle yet"),
     ]  # fmt: skip
     zero_loss = lost == 0 and duplicates == 0 and double_published == 0 and witness_lost == 0
     return {
