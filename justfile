@@ -34,6 +34,11 @@ test *args:
 # everything CI checks: lint, then the whole test suite with coverage
 check: lint test
 
+# soak and chaos: two processes over Redis behind nginx under supervisord, faults on a schedule,
+# every publication accounted (ops/soak/README.md), e.g. `just soak --smoke`, `just soak --minutes 30`
+soak *args:
+    {{bin}}/python ops/soak/run.py "$@"
+
 # benchmark Aether against its peers (~2 min; ops/bench/README.md), e.g. `just bench --smoke`
 bench *args:
     {{bin}}/pip install -q -e '.[bench]'

@@ -1,0 +1,214 @@
+"""The soak's report: the seed's eight success metrics, each with the counts it is computed from
+and PASS/FAIL against the seed's threshold, what each fault did, and a plot of deliveries and
+latency over time with the faults marked. Written as REPORT.md, report.json and timeline.png.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+__all__ = ["write_report"]
+
+
+def _ratio(good: int, total: int) -> float | None:
+    return None if total == 0 else good / total
+
+
+def _metric(name: str, value: float | None, threshold: str, passed: bool | None,
+            counts: str) -> dict[str, Any]:  # fmt: skip
+    verdict = "NOT MEASURED" if passed is None else ("PASS" if passed else "FAIL")
+    return {"metric": name, "value": value, "threshold": threshold, "verdict": verdict,
+            "counts": counts}  # fmt: skip
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.3f}%"
+
+
+def compute(run: Any, tops: dict[str, int], settled: float) -> dict[str, Any]:
+    stats = run.stats
+    ledgers = [ledger for client in run.clients for ledger in client.ledgers.values()]
+    expected = sum(
+        max(0, tops.get(sub.channel, 0) - sub.first) for sub in ledgers if sub.first is not None
+    )
+    lost = sum(sub.missing(tops.get(sub.channel, 0)) for sub in ledgers)
+    duplicates = sum(sub.duplicates for sub in ledgers)
+    duplicate_paths: dict[str, int] = {}
+    for ledger in ledgers:
+        for path, count in ledger.duplicate_paths.items():
+            duplicate_paths[path] = duplicate_paths.get(path, 0) + count
+    out_of_order = sum(sub.out_of_order for sub in ledgers)
+    double_published = sum(sub.double_published for sub in ledgers)
+    never_subscribed = sum(1 for sub in ledgers if sub.first is None)
+    witness = run.witness
+    witness_lost = witness.missing(tops.get(witness.channel, 0))
+    lat = sorted(stats.latencies_ms)
+    health_ok = sum(1 for h in run.health if h["exit"] == 0)
+    latency = {
+        "samples": len(lat),
+        "mean_ms": statistics.fmean(lat) if lat else None,
+        "p50_ms": lat[len(lat) // 2] if lat else None,
+        "p99_ms": lat[int(len(lat) * 0.99)] if lat else None,
+        "max_ms": lat[-1] if lat else None,
+    }
+    delivery = _ratio(expected - lost, expected)
+    connect = _ratio(stats.connects_succeeded, stats.connects_attempted)
+    errors = sum(stats.errors.values())
+    error_rate = _ratio(errors, stats.operations)
+    # A fault's window: from its start to 10 s after it ended (reconnects and retries settle).
+    windows = [(f["t"], f.get("ended", f["t"]) + 10) for f in run.fault_log]
+    in_fault = sum(1 for t in stats.error_times if any(a <= t <= b for a, b in windows))
+    health_in_fault = sum(1 for h in run.health if h["exit"] != 0
+                          and any(a <= h["t"] <= b for a, b in windows))  # fmt: skip
+    recovery = _ratio(stats.recoveries_succeeded, stats.recoveries_attempted)
+    health = _ratio(health_ok, len(run.health))
+    mean = latency["mean_ms"]
+    metrics = [
+        _metric("connection success", connect, "≥ 99.9%", connect is not None and connect >= 0.999,
+                f"{stats.connects_succeeded} of {stats.connects_attempted} connects"),
+        _metric("delivery", delivery, "≥ 99.99%", delivery is not None and delivery >= 0.9999,
+                f"{expected - lost} of {expected} publications due to subscriptions "
+                f"({lost} lost, {duplicates} duplicated, {out_of_order} out of order)"),
+        _metric("average latency", mean, "< 50 ms", mean is not None and mean < 50,
+                f"{len(lat)} live deliveries sampled; p50 {latency['p50_ms']}, p99 "
+                f"{latency['p99_ms']}, max {latency['max_ms']} ms"),
+        _metric("error rate", error_rate, "< 0.1%", error_rate is not None and error_rate < 0.001,
+                f"{errors} errors in {stats.operations} operations ({in_fault} of them inside a "
+                "fault's window, its start to 10 s after its end)"),
+        _metric("recovery", recovery, "≥ 99.9%", recovery is not None and recovery >= 0.999,
+                f"{stats.recoveries_succeeded} of {stats.recoveries_attempted} recoveries "
+                "continuous by offset"),
+        _metric("health-check pass rate", health, "100%", health is not None and health == 1.0,
+                f"{health_ok} of {len(run.health)} `aether healthcheck` runs exited 0 (failures "
+                f"inside a fault's window: {health_in_fault})"),
+        _metric("backup success", None, "100%", None,
+                "not measured: the schedule has no backup + verify cycle yet"),
+        _metric("backup verification success", None, "100%", None,
+                "not measured: the schedule has no backup + verify cycle yet"),
+    ]  # fmt: skip
+    zero_loss = lost == 0 and duplicates == 0 and double_published == 0 and witness_lost == 0
+    return {
+        "plan": _plan_dict(run.plan),
+        "metrics": metrics,
+        "accounting": {
+            "subscriptions": len(ledgers),
+            "never_subscribed": never_subscribed,
+            "expected": expected,
+            "lost": lost,
+            "duplicates": duplicates,
+            "out_of_order": out_of_order,
+            "duplicates_by_path": duplicate_paths,
+            "double_published": double_published,
+            "deliveries": stats.deliveries,
+            "api_published": sum(run.published.values()),
+            "api_publish_retries": run.publish_retries,
+            "api_publish_failures": run.publish_failures,
+            "settled_after_s": round(settled, 2),
+            "witness": {
+                "received": len(witness.received),
+                "lost": witness_lost,
+                "duplicates": witness.duplicates,
+                "events": run.witness_events[:20],
+            },
+        },
+        "latency": latency,
+        "harness_loop_lag_ms_max": max(run.lag.values(), default=0.0),
+        "errors": dict(stats.errors.most_common()),
+        "closes": dict(stats.closes.most_common()),
+        "faults": run.fault_log,
+        "health": run.health,
+        "zero_loss": zero_loss,
+    }
+
+
+def _plan_dict(plan: Any) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(plan)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    acc = report["accounting"]
+    lines = ["# Soak report", "",
+             f"Plan: {report['plan']['clients']} load clients + 1 centrifuge-python witness, "
+             f"{report['plan']['seconds']:.0f} s, faults: "
+             + ", ".join(f"{f['fault']} at {f['t']:.0f} s" for f in report["faults"]), "",
+             "| metric | value | threshold | verdict | counts |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for m in report["metrics"]:
+        value = m["value"]
+        shown = ("—" if value is None else f"{value:.1f} ms") if "latency" in m["metric"] \
+            else _percent(value)  # fmt: skip
+        lines.append(f"| {m['metric']} | {shown} | {m['threshold']} | **{m['verdict']}** | "
+                     f"{m['counts']} |")  # fmt: skip
+    lines += ["", "## Accounting (by offset, inside the history window)", ""]
+    lines += [f"- {key}: {value}" for key, value in acc.items()]
+    lines += [
+        "",
+        f"The harness's own event loop ran at most {report['harness_loop_lag_ms_max']:.0f} ms"
+        " late (a late harness inflates the measured latencies).",
+        "",
+    ]
+    lines += ["", "## Faults", "", "| at (s) | fault | what it did |", "|---|---|---|"]
+    for fault in report["faults"]:
+        rest = {k: v for k, v in fault.items() if k not in ("t", "fault")}
+        lines.append(f"| {fault['t']:.1f} | {fault['fault']} | `{json.dumps(rest)}` |")
+    lines += ["", "## Errors by kind", ""]
+    lines += [f"- {k}: {v}" for k, v in report["errors"].items()] or ["- none"]
+    lines += ["", "## Connection endings by code", ""]
+    lines += [f"- {k}: {v}" for k, v in report["closes"].items()] or ["- none"]
+    failed = [h for h in report["health"] if h["exit"] != 0]
+    lines += ["", f"## Health checks: {len(report['health']) - len(failed)} of "
+              f"{len(report['health'])} OK", ""]  # fmt: skip
+    lines += [f"- {h['t']:.1f} s, process {h['instance']}: exit {h['exit']} {h['summary']}"
+              for h in failed]  # fmt: skip
+    lines += ["", "![deliveries and latency over time](timeline.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(run: Any, path: Path) -> None:
+    timeline = run.stats.timeline
+    seconds = sorted(timeline)
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    top.plot(seconds, [timeline[s][0] for s in seconds], linewidth=0.8)
+    top.set_ylabel("live deliveries / s")
+    bottom.plot(seconds, [timeline[s][1] / timeline[s][0] for s in seconds], linewidth=0.8,
+                label="mean")  # fmt: skip
+    bottom.plot(seconds, [timeline[s][2] for s in seconds], linewidth=0.6, label="max")
+    lag = sorted(run.lag)
+    bottom.plot(lag, [max(run.lag[s], 0.1) for s in lag], linewidth=0.6, color="grey",
+                label="harness loop lag")  # fmt: skip
+    bottom.set_yscale("log")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_xlabel("seconds into the run")
+    bottom.legend(loc="upper right")
+    for fault in run.fault_log:
+        for axis in (top, bottom):
+            axis.axvline(fault["t"], color="red", alpha=0.5, linewidth=0.8)
+        top.annotate(fault["fault"], (fault["t"], 0), rotation=90, fontsize=7, color="red",
+                     xycoords=("data", "axes fraction"), va="bottom")  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(run: Any, tops: dict[str, int], settled: float, out: Path) -> dict[str, Any]:
+    report = compute(run, tops, settled)
+    acc = report["accounting"]
+    report["summary"] = (
+        f"soak: {acc['expected']} publications due, {acc['lost']} lost, {acc['duplicates']} "
+        f"duplicated, {acc['double_published']} published twice; "
+        + "; ".join(f"{m['metric']} {m['verdict']}" for m in report["metrics"])
+    )
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "REPORT.md").write_text(_markdown(report))
+    _plot(run, out / "timeline.png")
+    return report

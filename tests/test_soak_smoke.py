@@ -1,0 +1,53 @@
+"""`just soak --smoke` as CI runs it: the whole harness (ops/soak/) against a real deployment (two
+Aether processes over a private Redis, supervisord, nginx with TLS), with its faults (bad input, a
+SIGKILLed worker, a Redis restart, slow consumers, an impaired network), in under a minute or two.
+
+It fails on any publication lost, duplicated or published twice inside the history window, and
+checks that the report carries the eight metrics with the counts behind them. Latency and error
+rate are reported, not asserted: they depend on the machine's load (the README's rule: speed is
+measured, not asserted).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_smoke_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "ops" / "soak" / "run.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert (tmp_path / "report.json").exists(), result.stdout + result.stderr[-5000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    accounting = report["accounting"]
+    assert result.returncode == 0, (json.dumps(accounting, indent=1), result.stderr[-3000:])
+    assert accounting["expected"] > 1000, accounting  # the run really delivered something
+    assert accounting["lost"] == accounting["duplicates"] == accounting["double_published"] == 0
+    assert accounting["witness"]["received"] > 0
+    assert accounting["witness"]["lost"] == 0
+    metrics = {m["metric"]: m for m in report["metrics"]}
+    assert len(metrics) == 8
+    assert metrics["delivery"]["verdict"] == "PASS"
+    assert metrics["recovery"]["verdict"] == "PASS", metrics["recovery"]
+    # Every fault ran and healed.
+    faults = {f["fault"]: f for f in report["faults"]}
+    assert set(faults) == {"bad_input", "kill_worker", "restart_redis", "slow_consumers",
+                           "impair_network"}  # fmt: skip
+    assert faults["kill_worker"]["healed_after_s"] is not None, faults["kill_worker"]
+    assert faults["restart_redis"]["healed_after_s"] is not None, faults["restart_redis"]
+    # Slow consumers are cut off by the server (3008), the run undisturbed (zero loss above).
+    slow = faults["slow_consumers"]
+    assert slow["closed_3008_by_server"] == 5 - len(slow["failed_to_start"]) >= 4, slow
+    # Bad input is refused with the protocol's codes, never a crash.
+    outcomes = faults["bad_input"]["outcomes"]
+    assert outcomes == {"not json": "closed 3501", "bad token": "closed 3500",
+                        "oversized": "closed 1009", "binary garbage": "closed 3506",
+                        "no connect first": "closed 3501"}, outcomes  # fmt: skip
+    for name in ("REPORT.md", "timeline.png"):
+        assert (tmp_path / name).stat().st_size > 0
