@@ -345,6 +345,9 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 async def serve_forever(
     config: Config, config_path: str | None, instance: int | None = None, supervised: bool = False
 ) -> None:
@@ -352,7 +355,10 @@ async def serve_forever(
     `supervised`: a worker of `aether serve`'s parent (workers/child.py): it is told once this
     process listens, and the parent's end is watched (its death is a SIGTERM)."""
     server = Server(config, config_path, instance)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+        # `aether serve` blocked these before writing its pid file (cli.py): one sent meanwhile
+        # (a supervisor's stop, `just reload` right after a start) is delivered here, now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             tune_gc()

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ def _load(arg: str | None, instance: int | None = None) -> tuple[Config, str | N
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from .app import serve_forever
+    from .app import HANDLED_SIGNALS, serve_forever
     from .observe.logs import setup_logging
 
     config, path = _load(args.config, args.instance)
@@ -54,6 +55,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("aether_trio").info(
         "aether %s starting with %s", __version__, path or "embedded defaults"
     )
+    # Held until serve_forever's receiver is in place: a SIGTERM or SIGHUP sent as soon as the pid
+    # file exists would otherwise kill the process (the default action) instead of stopping or
+    # reloading it gracefully.
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     with _pid_file(args.pid_file):
         trio.run(serve_forever, config, path, args.instance, args.supervised)
     return 0
