@@ -200,6 +200,14 @@ async def test_the_server_api_on_one_node_acts_on_a_client_of_another(
             push = await push_of(on_b, "subscribe", WITHIN)
             assert push["channel"] == "extra"
             assert "extra" in (await api(b, "channels", {}))["channels"]
+            # `connections` on any node lists the user's connections on every node.
+            async with open_raw(ws_url(c)) as on_c:
+                await connected(on_c, "dave")
+                listed = (await api(a, "connections", {"user": "dave"}))["connections"]
+                assert len(listed) == 2
+                assert {entry["user"] for entry in listed.values()} == {"dave"}
+                channels = sorted(sorted(e["state"]["channels"]) for e in listed.values())
+                assert channels == [[], ["extra"]]  # on c: none; on b: "room" left, "extra" added
             await api(a, "refresh", {"user": "dave", "expire_at": int(time.time()) + 600})
             push = await push_of(on_b, "refresh", WITHIN)
             assert push["refresh"]["expires"] is True

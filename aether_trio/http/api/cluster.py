@@ -8,7 +8,7 @@
                                 acted on a round trip later. If the broadcast fails
                                 (Redis down) the call answers an internal error: this node's
                                 connections were acted on, the others' were not.
-    channels, info              a survey: this node's answer and every live node's that came
+    channels, info, connections a survey: this node's answer and every live node's that came
                                 within `[cluster] survey_timeout`; `info` lists a live node that
                                 did not answer with its last heartbeat's counts.
 
@@ -23,13 +23,14 @@ from typing import Any
 
 import cattrs
 
+from . import access as api_access
 from . import methods as api_methods
 from . import requests as rq
 from . import users as api_users
 from .errors import ApiError
 from .methods import ApiContext, Result
 
-__all__ = ["CLUSTER_METHODS", "channels", "everywhere", "info", "install"]
+__all__ = ["CLUSTER_METHODS", "channels", "connections", "everywhere", "info", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,15 @@ def install(ctx: ApiContext) -> None:
     async def info_here(_body: dict[str, Any]) -> dict[str, Any]:
         return {"uid": cluster.node_id, **ctx.node.describe()}
 
+    async def connections_here(body: dict[str, Any]) -> dict[str, Any]:
+        user = body.get("user")
+        if not isinstance(user, str):
+            return {"error": "user must be a string"}
+        return await api_access.connections(ctx, rq.Connections(user=user))
+
     cluster.surveys["channels"] = channels_here
     cluster.surveys["info"] = info_here
+    cluster.surveys["connections"] = connections_here
 
 
 def _remote(ctx: ApiContext, method: str, cls: type, local: Any) -> Any:
@@ -118,6 +126,22 @@ def _channel_counts(reply: dict[str, Any]) -> dict[str, int]:
         if isinstance(name, str) and isinstance(count, int) and not isinstance(count, bool):
             counts[name] = count
     return counts
+
+
+async def connections(ctx: ApiContext, req: rq.Connections) -> Result:
+    """Every node's connections (of `req.user`, or all), by client id."""
+    own = await api_access.connections(ctx, req)  # refuses what it cannot do first
+    replies = await ctx.node.cluster.survey("connections", {"user": req.user})
+    found: dict[str, Any] = {}
+    for node_id, reply in replies.items():
+        if node_id == ctx.node.cluster.node_id:
+            reply = own
+        listed = reply.get("connections")
+        if isinstance(listed, dict):  # another node is not trusted to send what it should
+            found.update(
+                (k, v) for k, v in listed.items() if isinstance(k, str) and isinstance(v, dict)
+            )
+    return {"connections": found}
 
 
 _INFO_FIELDS = ("name", "version", "num_clients", "num_users", "num_channels", "num_subs",

@@ -73,7 +73,7 @@ METHODS: dict[str, tuple[Role, Runner]] = {
     "refresh": ("admin", everywhere("refresh")),
     "history_remove": ("admin", api_methods.history_remove),
     # Centrifugo's PRO methods (api/access.py).
-    "connections": ("admin", api_access.connections),
+    "connections": ("admin", api_cluster.connections),
     "update_user_status": ("publisher", api_access.update_user_status),
     "get_user_status": ("reader", api_access.get_user_status),
     "delete_user_status": ("admin", api_access.delete_user_status),
