@@ -243,8 +243,11 @@ class Cluster:
         await self.plane.broadcast(encode_control("cmd", m=method, b=body))
         self.sent += 1
 
-    async def survey(self, op: str, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Node id -> reply from this node and every live node that answered in time."""
+    async def survey(
+        self, op: str, body: dict[str, Any], mine: dict[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Node id -> reply from this node and every live node that answered in time. `mine`:
+        this node's reply when the caller already has it (no second local run of `op`)."""
         own = self.surveys[op]
         peers = set(self.live_peers())
         survey_id = uuid.uuid4().hex
@@ -253,7 +256,7 @@ class Cluster:
             if peers:
                 await self.plane.broadcast(encode_control("sreq", id=survey_id, op=op, b=body))
                 self.sent += 1
-            replies = {self.node_id: await own(body)}
+            replies = {self.node_id: mine if mine is not None else await own(body)}
             if peers:
                 with trio.move_on_after(self.survey_timeout):
                     await waiting.done.wait()

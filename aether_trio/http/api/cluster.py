@@ -103,11 +103,9 @@ def _remote(ctx: ApiContext, method: str, cls: type, local: Any) -> Any:
 
 async def channels(ctx: ApiContext, req: rq.Channels) -> Result:
     own = await api_methods.channels(ctx, req)  # checks the pattern first
-    replies = await ctx.node.cluster.survey("channels", {"pattern": req.pattern})
+    replies = await ctx.node.cluster.survey("channels", {"pattern": req.pattern}, own)
     found: dict[str, dict[str, int]] = {}
-    for node_id, reply in replies.items():
-        if node_id == ctx.node.cluster.node_id:
-            reply = own
+    for reply in replies.values():
         for name, counts in _channel_counts(reply).items():
             entry = found.setdefault(name, {"num_clients": 0})
             entry["num_clients"] += counts
@@ -131,11 +129,9 @@ def _channel_counts(reply: dict[str, Any]) -> dict[str, int]:
 async def connections(ctx: ApiContext, req: rq.Connections) -> Result:
     """Every node's connections (of `req.user`, or all), by client id."""
     own = await api_access.connections(ctx, req)  # refuses what it cannot do first
-    replies = await ctx.node.cluster.survey("connections", {"user": req.user})
+    replies = await ctx.node.cluster.survey("connections", {"user": req.user}, own)
     found: dict[str, Any] = {}
-    for node_id, reply in replies.items():
-        if node_id == ctx.node.cluster.node_id:
-            reply = own
+    for reply in replies.values():
         listed = reply.get("connections")
         if isinstance(listed, dict):  # another node is not trusted to send what it should
             found.update(
