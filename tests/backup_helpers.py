@@ -6,7 +6,6 @@ and an audit chain, a history snapshot, Redis keys in the engine's layout, a con
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -18,21 +17,24 @@ from typing import Any
 
 import boto3
 import httpx
+import pytest
+from redis_server import free_port
 
 from aether_trio.admin.store import Database
+from aether_trio.cli import main
 from aether_trio.engines.snapshot import SavedStream, write_snapshot
 from aether_trio.protocol.messages import ClientInfo, Publication, RawJSON
 
-__all__ = ["MotoServer", "Node", "running_moto"]
+__all__ = ["MotoServer", "Node", "free_port", "run", "running_moto"]
 
 ACCESS = ("testing-key-id", "testing-secret")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    """`aether ARGV` in this process: its exit code, stdout and stderr."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 class MotoServer:

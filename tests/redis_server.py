@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-__all__ = ["RedisServer", "running_redis"]
+__all__ = ["RedisServer", "free_port", "running_redis"]
 
 # Move every key of a prefix `ARGV[1]` ms forward in time: what would have expired is deleted.
 _ELAPSE = """
@@ -45,7 +45,8 @@ return moved
 """
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -62,7 +63,7 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="aether-redis-"))
         # A test that restarts the server may choose a port outside the ephemeral range: while
         # the server is down, its port cannot become some outgoing connection's local port.
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from redis_server import RedisServer, _free_port
+from redis_server import RedisServer, free_port
 
 __all__ = ["RedisCluster", "SentinelSetup", "running_cluster", "running_sentinels", "wait_for"]
 
@@ -46,7 +46,7 @@ class Sentinel:
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
         self.dir = Path(tempfile.mkdtemp(prefix="aether-sentinel-"))
-        self.port = _free_port()
+        self.port = free_port()
         conf = self.dir / "sentinel.conf"  # Sentinel rewrites its file: it must be writable
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
@@ -168,7 +168,7 @@ def running_cluster(masters: int = 3) -> Iterator[RedisCluster]:
         for _ in range(masters):
             # The cluster bus port is the port + 10000 unless given: beyond 65535 for a high
             # free port, so it gets a free port of its own.
-            bus = str(_free_port())
+            bus = str(free_port())
             node = RedisServer("--cluster-enabled", "yes", "--cluster-port", bus,
                                "--cluster-node-timeout", "5000")  # fmt: skip
             stack.callback(node.close)

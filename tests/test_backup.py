@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backup_helpers import MotoServer, Node, running_moto
+from backup_helpers import MotoServer, Node, run, running_moto
 from redis_server import RedisServer, running_redis
 
 from aether_trio.backup.archive import file_sha256, unpack
 from aether_trio.backup.crypto import load_key
-from aether_trio.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +40,6 @@ def node(tmp_path: Path, moto: MotoServer, redis: RedisServer) -> Node:
     node.fill_redis()
     node.fill_logs()
     return node
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def create(node: Node, capsys: pytest.CaptureFixture[str]) -> str:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from backup_helpers import MotoServer, Node, running_moto
+from backup_helpers import MotoServer, Node, run, running_moto
 from redis_server import RedisServer, running_redis
 
 from aether_trio.backup.retention import Candidate, to_keep
 from aether_trio.backup.storage import created_at, new_id
-from aether_trio.cli import main
 
 UTC = datetime.UTC
 
@@ -88,12 +87,6 @@ def node(tmp_path: Path, moto: MotoServer, redis: RedisServer) -> Node:
     node.fill_sqlite()
     node.fill_redis()
     return node
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_prune_deletes_what_the_policy_drops_with_their_drill_records(
