@@ -36,7 +36,7 @@ from sdk_helpers import ClientRecorder, SubscriptionRecorder, disconnect_all
 
 from aether_trio.config import ConfigError, load_config, parse_config
 from aether_trio.transport import serve_websocket
-from aether_trio.transport.listener import open_reuse_port_listeners
+from aether_trio.transport.listener import open_listening_sockets
 from aether_trio.workers import RestartPolicy, Supervisor, child
 from aether_trio.workers.supervisor import exit_description, stop_timeout
 
@@ -455,20 +455,21 @@ async def test_a_reuse_port_listener_that_cannot_bind_closes_its_sockets() -> No
         port = squatter.getsockname()[1]
         before = len(os.listdir("/proc/self/fd"))
         with pytest.raises(OSError, match="Address already in use"):
-            await open_reuse_port_listeners(port, "127.0.0.1")
+            await open_listening_sockets(port, "127.0.0.1", reuse_port=True)
         assert len(os.listdir("/proc/self/fd")) == before
 
 
 async def test_reuse_port_listeners_on_ipv6() -> None:
-    listeners = await open_reuse_port_listeners(0, "::1")
+    sockets = await open_listening_sockets(0, "::1", reuse_port=True)
     try:
-        (listener,) = listeners
-        assert listener.socket.family == socket.AF_INET6
-        assert listener.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
-        assert listener.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        (sock,) = sockets
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        assert not sock.getblocking()
     finally:
-        for item in listeners:
-            await item.aclose()
+        for item in sockets:
+            item.close()
 
 
 # --- the worker's side of the pipes -------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""The opening handshake: wsproto's `H11Handshake` reads the upgrade request; the application
-looks at it (`HandshakeRequest`: path, headers, peer) and rejects it with a status, headers and a
-body, or accepts it and gets a `WebSocketTransport`.
+"""The opening handshake: the upgrade request is read whole, parsed by llhttp when it is an
+ordinary one (upgrade.py, the connect path's fast path) and by wsproto's `H11Handshake` otherwise;
+the application looks at it (`HandshakeRequest`: path, headers, peer) and rejects it with a status,
+headers and a body, or accepts it and gets a `WebSocketTransport`. A rejection always goes through
+`H11Handshake` (fed the head then, if the fast path parsed it), so its answer is wsproto's.
 
 Only wsproto's frame-level `Connection` outlives the upgrade: the `H11Handshake`, its h11
 connection and the request's headers are let go on accept (they would otherwise live as long as
@@ -23,13 +25,14 @@ from typing import Final, NamedTuple
 
 import trio
 from wsproto import ConnectionType
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.handshake import H11Handshake
 from wsproto.typing import Headers
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .sockets import kernel_socket, receive_some
+from .upgrade import UpgradeHead, accept_response, parse_upgrade
 from .websocket import TransportClosed, WebSocketTransport
 
 __all__ = [
@@ -64,6 +67,7 @@ class HandshakeFailed(Exception):
 MAX_HEAD: Final = 16 * 1024
 # Where a head ends: a blank line, as h11 finds it (a bare LF counts as a line end).
 _END_OF_HEAD: Final = re.compile(rb"\n\r?\n")
+_BAD_REQUEST: Final = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _TOO_LARGE: Final = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"Content-Length: 0\r\nConnection: close\r\n\r\n"
@@ -98,13 +102,19 @@ def peer_of(stream: trio.abc.Stream) -> Endpoint | str:
 class HandshakeRequest:
     """An upgrade request: `path` (with the query string), `headers` (names lowercased, as
     wsproto gives them; Host, Sec-WebSocket-Extensions and -Protocol are not among them),
-    `remote`, `subprotocols` (offered). Answer it once, with `reject` or `accept`."""
+    `remote`, `subprotocols` (offered). Answer it once, with `reject` or `accept`.
+
+    It holds either the `H11Handshake` that parsed it or, from the fast path, the `UpgradeHead`
+    and the head's bytes (an `H11Handshake` is made from them only to reject)."""
 
     __slots__ = (
+        "_answered",
         "_handshake",
+        "_head",
         "_max_message_size",
         "_stream",
         "_trailing",
+        "_upgrade",
         "headers",
         "path",
         "remote",
@@ -114,9 +124,10 @@ class HandshakeRequest:
     def __init__(
         self,
         stream: trio.abc.Stream,
-        handshake: H11Handshake,
-        request: Request,
+        request: Request | UpgradeHead,
         *,
+        handshake: H11Handshake | None = None,
+        head: bytes = b"",
         remote: Endpoint | str,
         max_message_size: int,
         trailing: bytes = b"",
@@ -124,22 +135,36 @@ class HandshakeRequest:
         self._stream = stream
         # What the client sent after its request: WebSocket data, if the request is accepted.
         self._trailing = trailing
-        self._handshake: H11Handshake | None = handshake
+        self._handshake = handshake
+        self._upgrade = request if isinstance(request, UpgradeHead) else None
+        self._head = head
+        self._answered = False
         self._max_message_size = max_message_size
         self.path = request.target
-        self.headers: Headers = request.extra_headers
+        self.headers: Headers = (
+            request.headers if isinstance(request, UpgradeHead) else request.extra_headers
+        )
         # The Sec-WebSocket-Protocol values the client offered, in its order of preference.
         self.subprotocols: list[str] = list(request.subprotocols)
         self.remote = remote
 
-    def _answering(self) -> H11Handshake:
-        handshake = self._handshake
-        if handshake is None or handshake.state is not ConnectionState.CONNECTING:
+    def _answering(self) -> None:
+        if self._answered:
             raise RuntimeError("the request has been answered already")
+        self._answered = True
         # Nothing of the request is needed once answered.
-        self._handshake = None
         self.headers = []
         self.subprotocols = []
+
+    def _h11_handshake(self) -> H11Handshake:
+        """The `H11Handshake` that parsed the request, or one fed the fast path's head now."""
+        handshake = self._handshake
+        if handshake is None:
+            handshake = H11Handshake(ConnectionType.SERVER)
+            handshake.receive_data(self._head)
+            for _request in handshake.events():
+                pass
+        self._handshake, self._upgrade, self._head = None, None, b""
         return handshake
 
     async def reject(
@@ -147,7 +172,8 @@ class HandshakeRequest:
     ) -> None:
         """Answer with an HTTP error: `status_code`, `extra_headers`, `body`. The caller then
         closes the stream. TransportClosed if the peer is gone."""
-        handshake = self._answering()
+        self._answering()
+        handshake = self._h11_handshake()
         headers = list(extra_headers or ())
         if body:
             headers.append((b"Content-Length", str(len(body)).encode()))
@@ -164,10 +190,21 @@ class HandshakeRequest:
     async def accept(self, subprotocol: str | None = None) -> WebSocketTransport:
         """Send the 101 (naming `subprotocol`, one of those offered) and return the WebSocket
         (no extension)."""
-        handshake = self._answering()
-        data = handshake.send(AcceptConnection(subprotocol=subprotocol))
-        connection = handshake.connection
-        assert connection is not None
+        offered = self.subprotocols
+        self._answering()
+        upgrade = self._upgrade
+        if upgrade is not None:
+            if subprotocol is not None and subprotocol not in offered:
+                raise LocalProtocolError(f"unexpected subprotocol {subprotocol}")
+            data = accept_response(upgrade, subprotocol)
+            connection = Connection(ConnectionType.SERVER)
+            self._upgrade, self._head = None, b""
+        else:
+            handshake = self._h11_handshake()
+            data = handshake.send(AcceptConnection(subprotocol=subprotocol))
+            maybe_connection = handshake.connection
+            assert maybe_connection is not None
+            connection = maybe_connection
         transport = WebSocketTransport(
             self._stream,
             connection,
@@ -183,15 +220,20 @@ class HandshakeRequest:
         return transport
 
 
-async def read_request(stream: trio.abc.Stream, *, max_message_size: int) -> HandshakeRequest:
+async def read_request(
+    stream: trio.abc.Stream, *, max_message_size: int, remote: Endpoint | None = None
+) -> HandshakeRequest:
     """Read the upgrade request (the caller bounds the time); `HandshakeFailed` if the peer went
     away or sent something that is not one (then the answer, 400 or 431, has been sent).
-    `max_message_size` is for the WebSocket if the request is accepted."""
-    handshake = H11Handshake(ConnectionType.SERVER)
+    `max_message_size` is for the WebSocket if the request is accepted; `remote` is the peer's
+    address if the caller knows it (the accept gave it), else the socket is asked."""
     raw = kernel_socket(stream)
     # Everything read so far (at most MAX_HEAD plus one read while the head is incomplete): to
     # measure the head, and to find what follows it.
     received = bytearray()
+    # h11 reads along only once the head takes more than one read, so that a request it refuses
+    # early (a broken request line) is answered without waiting for the rest.
+    handshake: H11Handshake | None = None
     while True:
         try:
             data = await receive_some(stream, raw)
@@ -204,22 +246,50 @@ async def read_request(stream: trio.abc.Stream, *, max_message_size: int) -> Han
         if (end is None and len(received) > MAX_HEAD) or (end is not None and end.end() > MAX_HEAD):
             await _send_quietly(stream, _TOO_LARGE)
             raise HandshakeFailed("too_large")
-        try:
-            handshake.receive_data(data)
-        except RemoteProtocolError as err:
-            await _refuse(stream, handshake, err)
-            raise HandshakeFailed("bad_request") from None
-        for event in handshake.events():
-            if isinstance(event, Request):
-                assert end is not None  # h11 saw the head end too
+        if end is not None and handshake is None:
+            head = bytes(received[: end.end()])
+            upgrade = parse_upgrade(head)
+            if upgrade is not None:
                 return HandshakeRequest(
                     stream,
-                    handshake,
-                    event,
-                    remote=peer_of(stream),
+                    upgrade,
+                    head=head,
+                    remote=remote or peer_of(stream),
                     max_message_size=max_message_size,
                     trailing=bytes(received[end.end() :]),
                 )
+        if handshake is None:
+            handshake = H11Handshake(ConnectionType.SERVER)
+            data = bytes(received)
+        if request := await _h11_request(stream, handshake, data):
+            assert end is not None  # h11 saw the head end too
+            return HandshakeRequest(
+                stream,
+                request,
+                handshake=handshake,
+                remote=remote or peer_of(stream),
+                max_message_size=max_message_size,
+                trailing=bytes(received[end.end() :]),
+            )
+
+
+async def _h11_request(
+    stream: trio.abc.Stream, handshake: H11Handshake, data: bytes
+) -> Request | None:
+    """Feed `data` to `handshake`: its `Request`, or None while the head is incomplete;
+    `HandshakeFailed` (answered) when wsproto refuses it."""
+    try:
+        handshake.receive_data(data)
+    except RemoteProtocolError as err:
+        await _refuse(stream, handshake, err)
+        raise HandshakeFailed("bad_request") from None
+    except UnicodeError:  # wsproto decodes Host (IDNA) and the comma lists (ASCII) unguarded
+        await _send_quietly(stream, _BAD_REQUEST)
+        raise HandshakeFailed("bad_request") from None
+    for event in handshake.events():
+        if isinstance(event, Request):
+            return event
+    return None
 
 
 async def _refuse(
