@@ -1,9 +1,10 @@
 """The WebSocket layer: an owned server side on wsproto's sans-IO API, no protocol logic.
 
 `Transport` is the small surface a `Client` needs; `WebSocketTransport` implements it. The
-listener (`serve_websocket`, `listener.py`) is `trio.serve_listeners` with one task per
-connection: TLS handshake, upgrade request (`handshake.py`: wsproto's `H11Handshake`, with the
-application's accept/reject), then the application's handler, which reads the WebSocket in that
+listener (`serve_websocket`, `listener.py`: batched accepts on plain TCP, `trio.serve_listeners`
+under TLS) runs one task per connection: TLS handshake, upgrade request (`handshake.py`: llhttp
+for an ordinary request, `upgrade.py`, wsproto's `H11Handshake` for anything else and every
+rejection, with the application's accept/reject), then the application's handler, which reads the WebSocket in that
 same task (`websocket.py`: wsproto's frame-level `Connection`; no reader task, memory channel or
 nursery per connection). JSON-protocol frames are text frames, built by hand (`frames.py`) by
 the connection's writer.
@@ -24,7 +25,7 @@ in pyproject):
 - `websocket.py`: wsproto's `Connection._events` deque is replaced by a list (wsproto queues at
   most one close event there; an empty deque is 760 B, about 0.7 KiB per idle connection).
 Everything else is public: wsproto's `H11Handshake`, `Connection` (`receive_data`, `events()`,
-`send()`, `state`) and events; `trio.serve_listeners` and the `open_*_listeners`.
+`send()`, `state`) and events; `trio.serve_listeners`, `trio.lowlevel.wait_readable`.
 """
 
 from .frames import binary_frame, text_frame_header, text_frames
