@@ -4,10 +4,10 @@
 listener (`serve_websocket`, `listener.py`: batched accepts on plain TCP, `trio.serve_listeners`
 under TLS) runs one task per connection: TLS handshake, upgrade request (`handshake.py`: llhttp
 for an ordinary request, `upgrade.py`, wsproto's `H11Handshake` for anything else and every
-rejection, with the application's accept/reject), then the application's handler, which reads the WebSocket in that
-same task (`websocket.py`: wsproto's frame-level `Connection`; no reader task, memory channel or
-nursery per connection). JSON-protocol frames are text frames, built by hand (`frames.py`) by
-the connection's writer.
+rejection, with the application's accept/reject), then the application's handler, which
+reads the WebSocket in that same task (`websocket.py`: wsproto's frame-level `Connection`; no
+reader task, memory channel or nursery per connection). JSON-protocol frames are text frames,
+built by hand (`frames.py`) by the connection's writer.
 
 Why not trio-websocket on the server side: it runs a reader task per connection that feeds a
 memory channel, which costs every connection a task, a nursery and a channel (idle memory,
