@@ -216,6 +216,12 @@ def _jwks(config: TokenConfig, registry: dict[str, JwksCache]) -> JwksCache | No
     return cache
 
 
+# How many verified connection tokens a verifier remembers (the oldest goes first), and the
+# longest it remembers: about 2.5 MiB at most.
+VERIFIED_TOKENS = 4096
+VERIFIED_TOKEN_MAX_LENGTH = 640
+
+
 class TokenVerifier:
     """Verifies connection tokens, and subscription tokens with their own keys if configured.
 
@@ -231,6 +237,12 @@ class TokenVerifier:
         jwks_registry: dict[str, JwksCache] | None = None,
     ) -> None:
         registry = {} if jwks_registry is None else jwks_registry
+        # Connection tokens whose signature and claims were verified, with the time claims
+        # still to check at each use: a reconnect storm presents the same tokens again, and
+        # verifying one costs more than the rest of the connect's Python. Keys belong to this
+        # verifier (a reload makes a new one), so a rotated secret drops them all; tokens
+        # verified with a JWKS key are not remembered (the key set may drop that key).
+        self._verified: dict[str, tuple[Mapping[str, Any], ConnectCredentials]] = {}
         self._enabled = connect.has_any_key
         self._connect = connect, load_keys(connect, "token"), _jwks(connect, registry)
         self._subscribe = self._connect
@@ -255,6 +267,17 @@ class TokenVerifier:
         return self._enabled
 
     def verify_connect(self, token: str, now: float | None = None) -> ConnectCredentials:
+        verified = self._verified.get(token)
+        if verified is None:
+            verified = self._verify_connect(token)
+            if self._connect[2] is None and len(token) <= VERIFIED_TOKEN_MAX_LENGTH:
+                self._remember(token, verified)
+        claims, credentials = verified
+        # Every time: a remembered token expires like any other.
+        _check_time(claims, self._connect[0].leeway, now)
+        return credentials
+
+    def _verify_connect(self, token: str) -> tuple[Mapping[str, Any], ConnectCredentials]:
         claims = _decode(token, *self._connect)
         if "channel" in claims:
             raise TokenInvalid("connection token has a 'channel' claim")
@@ -267,8 +290,13 @@ class TokenVerifier:
             issued_at=int(claims["iat"]) if "iat" in claims else None,
             token_id=claims.get("jti", ""),
         )
-        _check_time(claims, self._connect[0].leeway, now)
-        return credentials
+        return {k: claims[k] for k in ("exp", "nbf") if k in claims}, credentials
+
+    def _remember(self, token: str, verified: tuple[Mapping[str, Any], ConnectCredentials]) -> None:
+        remembered = self._verified
+        if len(remembered) >= VERIFIED_TOKENS:
+            del remembered[next(iter(remembered))]  # the oldest
+        remembered[token] = verified
 
     def verify_subscribe(self, token: str, now: float | None = None) -> SubscribeClaims:
         claims = _decode(token, *self._subscribe)
