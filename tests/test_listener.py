@@ -31,10 +31,11 @@ class Served:
         self.all_done = trio.Event()
         self.expected = 0
 
-    async def serve(self, stream: trio.SocketStream, *, remote: Endpoint) -> None:
+    async def serve(self, stream: trio.SocketStream, remote: Endpoint) -> None:
         self.seen_at_start.append(self.handed_over)
         self.remotes.append(remote)
-        await stream.send_all(b"hi")
+        async with stream:  # as serve_connection(close=True) does
+            await stream.send_all(b"hi")
         if len(self.remotes) == self.expected:
             self.all_done.set()
 

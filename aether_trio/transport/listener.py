@@ -96,8 +96,9 @@ async def serve_websocket(
     try:
         async with trio.open_nursery() as nursery:
             if ssl_context is None:
+                serve_and_close = functools.partial(serve, close=True)
                 for sock in sockets:
-                    nursery.start_soon(accept_connections, sock, serve, handler_nursery)
+                    nursery.start_soon(accept_connections, sock, serve_and_close, handler_nursery)
             else:
                 # https_compatible: no close_notify exchange on close, as browsers and servers do.
                 listeners = [
@@ -155,8 +156,8 @@ async def accept_connections(
     sock: socket.socket, serve: Serve, handler_nursery: trio.Nursery
 ) -> None:
     """Accept connections on the listening `sock` until cancelled: every pending one (up to
-    ACCEPT_BATCH) per wake-up, each served by `serve(stream, remote=...)` in a task of
-    `handler_nursery` that closes the stream afterwards."""
+    ACCEPT_BATCH) per wake-up, each served by `serve(stream, remote)` in a task of
+    `handler_nursery` (`serve_connection` with `close=True`: it closes the stream)."""
     while True:
         await trio.lowlevel.wait_readable(sock)
         for _ in range(ACCEPT_BATCH):
@@ -177,30 +178,22 @@ async def accept_connections(
                 break
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
             remote = Endpoint(str(address[0]), int(address[1]))
-            handler_nursery.start_soon(_serve_and_close, serve, stream, remote)
-
-
-async def _serve_and_close(serve: Serve, stream: trio.SocketStream, remote: Endpoint) -> None:
-    try:
-        await serve(stream, remote=remote)
-    finally:
-        # What `aclose_forcefully(stream)` comes down to for a socket, without its cancel scope
-        # and scheduling round (two of the five cancel scopes a connection used to cost).
-        stream.socket.close()
+            handler_nursery.start_soon(serve, stream, remote)
 
 
 async def serve_connection(
     stream: trio.abc.Stream,
+    remote: Endpoint | None = None,
     *,
     handler: Handler,
     max_message_size: int,
     connect_timeout: float,
     on_failure: FailureCounter | None = None,
-    remote: Endpoint | None = None,
+    close: bool = False,
 ) -> None:
     """One connection, from the TLS handshake (for an `SSLStream`) to the handler's return;
-    `remote` is the peer's address if known (else asked of the socket). The caller closes
-    `stream` afterwards."""
+    `remote` is the peer's address if known (else asked of the socket). With `close`, the
+    plain `trio.SocketStream` is closed afterwards; otherwise the caller closes `stream`."""
     count = on_failure or _ignore
     try:
         if isinstance(stream, trio.SSLStream) and not await _tls_handshake(stream, connect_timeout):
@@ -224,6 +217,12 @@ async def serve_connection(
         # Server._handle already; what arrives here failed outside it.
         for exc in group.exceptions:
             log.error("WebSocket connection task failed", exc_info=exc)
+    finally:
+        if close and isinstance(stream, trio.SocketStream):
+            # What `aclose_forcefully(stream)` comes down to for a socket, without its cancel
+            # scope and scheduling round; in this task, not a wrapper's, whose coroutine frame
+            # every idle connection would keep.
+            stream.socket.close()
 
 
 async def _tls_handshake(stream: trio.SSLStream[Any], seconds: float) -> bool:
