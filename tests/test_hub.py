@@ -435,6 +435,24 @@ async def test_scheduler_drops_cancelled_timers_long_before_their_deadline(
         nursery.cancel_scope.cancel()
 
 
+async def test_scheduler_drops_the_stale_timers_of_idle_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An idle connection keeps three timers (ping, presence, expiry) and cancelled one (the
+    stale close) at connect: a quarter of the heap. Those cancelled entries must not stay."""
+    async with trio.open_nursery() as nursery:
+        scheduler = await run_scheduler(nursery)
+        for _ in range(2000):
+            stale = scheduler.call_later(10, lambda: None)
+            for delay in (25, 27, 3600):
+                scheduler.call_later(delay, lambda: None)
+            stale.cancel()
+        assert len(scheduler) == 6000
+        # At most an eighth of the heap is cancelled entries, not a quarter.
+        assert len(scheduler._heap) <= 6000 * 8 // 7 + 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_scheduler_earlier_timer_added_while_sleeping_wakes_the_loop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

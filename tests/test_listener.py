@@ -47,9 +47,9 @@ class CountingNursery:
         self._nursery = nursery
         self._served = served
 
-    def start_soon(self, fn: Any, *args: Any) -> None:
+    def start_soon(self, fn: Any, *args: Any, name: object = None) -> None:
         self._served.handed_over += 1
-        self._nursery.start_soon(fn, *args)
+        self._nursery.start_soon(fn, *args, name=name)
 
 
 async def test_every_pending_connection_is_accepted_in_one_wake_up() -> None:

@@ -66,6 +66,7 @@ _CONNECTION_ERRNOS = frozenset(
 # ...and the ones that say the process is out of a resource: wait a little, then go on.
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 CAPACITY_PAUSE = 0.1
+CONNECTION_TASK = "aether_trio.transport.listener.serve_connection"
 
 
 async def serve_websocket(
@@ -178,7 +179,8 @@ async def accept_connections(
                 break
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
             remote = Endpoint(str(address[0]), int(address[1]))
-            handler_nursery.start_soon(serve, stream, remote)
+            # A name given, not derived: Trio would build a new name string for every task.
+            handler_nursery.start_soon(serve, stream, remote, name=CONNECTION_TASK)
 
 
 async def serve_connection(
