@@ -370,6 +370,46 @@ async def test_connect_in_time_cancels_the_stale_close(
         assert await expect_open(raw) == []
 
 
+# --- presence refresh (centrifuge's updatePresence) -----------------------------------------
+
+
+async def test_presence_is_refreshed_only_while_a_presence_subscription_is_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every `presence_update_interval` the connection's presence entries are added again, as
+    centrifuge's client does; a connection without a presence subscription keeps no timer for
+    it (idle memory), gets one with its first such subscription and drops it with its last."""
+    cfg = make_config(
+        {
+            "client": {"ping_interval": 0, "presence_update_interval": 10},
+            "channel": {"namespaces": [{"name": "plain", "allow_subscribe_for_client": True}]},
+        }
+    )
+    async with open_harness(cfg) as harness:
+        refreshed: list[tuple[float, str]] = []
+        real_refresh = harness.node.refresh_presence
+
+        async def refresh_presence(sub: Any, info: Any) -> None:
+            refreshed.append((trio.current_time(), sub.channel))
+            await real_refresh(sub, info)
+
+        harness.node.refresh_presence = refresh_presence  # type: ignore[method-assign]
+        raw, client = await harness.connect_ws()
+        await raw.connect(connection_token())
+        await raw.command("subscribe", {"channel": "plain:a"})
+        assert "presence" not in client.timers._timers
+        await idle(raw, 25)
+        assert refreshed == []
+        start = trio.current_time()
+        await raw.command("subscribe", {"channel": "room"})  # presence on
+        await idle(raw, 25)
+        assert [(round(t - start), ch) for t, ch in refreshed] == [(10, "room"), (20, "room")]
+        await raw.command("unsubscribe", {"channel": "room"})
+        await idle(raw, 25)
+        assert len(refreshed) == 2
+        assert "presence" not in client.timers._timers
+
+
 # --- connection expiry (reference 9.4, 3005) -------------------------------------------------
 
 

@@ -256,12 +256,13 @@ class Client:
         if self._nursery is not None:
             self._nursery.start_soon(self._leave_quietly, sub)
 
+    def holds_presence(self) -> bool:
+        return any(s.options.presence for s in self.subscriptions.values())
+
     def refresh_presence(self) -> None:
         """Add this connection's presence entries again (the timers' call, every
         `presence_update_interval`), so an engine whose entries expire keeps them."""
-        if self._nursery is not None and any(
-            s.options.presence for s in self.subscriptions.values()
-        ):
+        if self._nursery is not None and self.holds_presence():
             self._nursery.start_soon(self._refresh_presence)
 
     async def _refresh_presence(self) -> None:

@@ -178,6 +178,8 @@ async def subscribe(
         else:
             # The shared system subscription: held from now on, right after the announcement.
             client.subscriptions[o.sub.channel] = o.sub
+    if client.session.is_connected:  # else `connect` starts the timers once it has
+        client.timers.watch_presence()
     node = client.node
     for o in live:
         try:

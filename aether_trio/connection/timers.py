@@ -48,6 +48,9 @@ class TimerOwner(Protocol):
     def subscription_expired(self, sub: ChannelSubscription) -> None:
         """`sub` was not refreshed in time (a server-side one closes the connection)."""
 
+    def holds_presence(self) -> bool:
+        """Whether one of its subscriptions is in a channel with presence."""
+
     def refresh_presence(self) -> None:
         """Add the connection's presence entries again (in a task of its own)."""
 
@@ -102,8 +105,7 @@ class ConnectionTimers:
             # The first ping at a random point of the interval spreads pings of a reconnect wave.
             self.call_later("ping", random.uniform(interval / 2, interval), self._ping)
         self.schedule_expiry()
-        if self._config().presence_update_interval > 0:
-            self.call_later("presence", self._config().presence_update_interval, self._presence)
+        self.watch_presence()
 
     def _stale(self) -> None:
         if not self._owner.session.is_connected:
@@ -119,14 +121,24 @@ class ConnectionTimers:
             self.call_later("pong", cfg.pong_timeout, self._check_pong)
         self.call_later("ping", cfg.ping_interval, self._ping)
 
+    def watch_presence(self) -> None:
+        """Refresh the connection's presence entries every `presence_update_interval` while it
+        holds a subscription with presence (called at connect and by every subscribe; a
+        connection without one keeps no timer for it)."""
+        interval = self._config().presence_update_interval
+        if interval > 0 and "presence" not in self._timers and self._owner.holds_presence():
+            self.call_later("presence", interval, self._presence)
+
     def _presence(self) -> None:
         # Like centrifuge's client (`updatePresence`): entries of a live connection are added
         # again before the engine's presence TTL lets them expire.
+        del self._timers["presence"]
         interval = self._config().presence_update_interval
         if not self._owner.session.is_connected or interval <= 0:
             return
-        self._owner.refresh_presence()
-        self.call_later("presence", interval, self._presence)
+        if self._owner.holds_presence():  # else the next subscribe with presence re-arms it
+            self._owner.refresh_presence()
+            self.call_later("presence", interval, self._presence)
 
     def _check_pong(self) -> None:
         if self._owner.session.pong_missing:
