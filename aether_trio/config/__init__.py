@@ -2,12 +2,15 @@
 
     loader.py    `Config` (the root), `load_config`/`parse_config`, the converter and its errors
     sections.py  `[server]`, `[http]`, `[client]`, `[token]`, ... one frozen class per section
+    backup.py    `[backup]` (and the durations it is written in)
+    proxies.py   `[[proxies]]`: the application's backend endpoints
     channels.py  `[channel]`: namespaces and the options of channels without one (the options
                  are the protocol layer's `ChannelOptions`)
 
 The names below are the package's public surface; modules inside it import each other directly.
 """
 
+from .backup import BackupConfig as BackupConfig
 from .channels import ChannelConfig as ChannelConfig
 from .cluster import ClusterConfig as ClusterConfig
 from .loader import Config as Config
@@ -15,11 +18,11 @@ from .loader import ConfigError as ConfigError
 from .loader import for_instance as for_instance
 from .loader import load_config as load_config
 from .loader import parse_config as parse_config
+from .proxies import ProxyConfig as ProxyConfig
 from .sections import TOKEN_ALGORITHMS as TOKEN_ALGORITHMS
 from .sections import AdminConfig as AdminConfig
 from .sections import ApiConfig as ApiConfig
 from .sections import ApiKey as ApiKey
-from .sections import BackupConfig as BackupConfig
 from .sections import ClientConfig as ClientConfig
 from .sections import EngineConfig as EngineConfig
 from .sections import HttpConfig as HttpConfig
@@ -27,7 +30,6 @@ from .sections import LimitsConfig as LimitsConfig
 from .sections import LogConfig as LogConfig
 from .sections import MonitorConfig as MonitorConfig
 from .sections import PersonalChannelConfig as PersonalChannelConfig
-from .sections import ProxyConfig as ProxyConfig
 from .sections import RedisEngineConfig as RedisEngineConfig
 from .sections import ServerConfig as ServerConfig
 from .sections import TokenConfig as TokenConfig

@@ -27,20 +27,20 @@ from cattrs.gen import make_dict_structure_fn
 
 from ..protocol.decoding import error_paths
 from ..protocol.options import Namespace
+from .backup import BackupConfig
 from .channels import ChannelConfig
 from .cluster import ClusterConfig
+from .proxies import ProxyConfig
 from .sections import (
     AdminConfig,
     ApiConfig,
     ApiKey,
-    BackupConfig,
     ClientConfig,
     EngineConfig,
     HttpConfig,
     LimitsConfig,
     LogConfig,
     MonitorConfig,
-    ProxyConfig,
     ServerConfig,
     TokenConfig,
 )

@@ -1,5 +1,6 @@
-"""The sections of the configuration (everything but channels): frozen attrs classes whose
-validators check single values; `config` structures TOML into them and names key paths in errors.
+"""The sections of the configuration (everything but channels, `[backup]` in backup.py and
+`[[proxies]]` in proxies.py): frozen attrs classes whose validators check single values;
+`config` structures TOML into them and names key paths in errors.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ __all__ = [
     "AdminConfig",
     "ApiConfig",
     "ApiKey",
-    "BackupConfig",
     "ClientConfig",
     "EngineConfig",
     "HttpConfig",
@@ -28,7 +28,6 @@ __all__ = [
     "LogConfig",
     "MonitorConfig",
     "PersonalChannelConfig",
-    "ProxyConfig",
     "RedisEngineConfig",
     "ServerConfig",
     "TokenConfig",
@@ -493,155 +492,3 @@ class MonitorConfig:
             raise ValueError(
                 f"open_files_max_ratio: expected a ratio 0..1, got {self.open_files_max_ratio!r}"
             )
-
-
-# --- backups (issue 13) ---
-
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """ "90s", "30m", "6h", "1d" in seconds; "" = 0 (off)."""
-    if not text:
-        return 0.0
-    match = DURATION.match(text)
-    if match is None or float(match[1]) <= 0:
-        raise ValueError(f'expected "" or a duration such as "30m", "6h", "1d", got {text!r}')
-    return float(match[1]) * DURATION_UNITS[match[2]]
-
-
-def _duration(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    try:
-        parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(f"{attr.name}: {exc}") from None
-
-
-def _key_prefix(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    if value.startswith("/") or ".." in value.split("/"):
-        raise ValueError(f'{attr.name}: expected a relative key prefix such as "aether/"')
-
-
-@attrs.frozen
-class BackupConfig:
-    """`aether backup` and the scheduled backups (docs: README, ops/README.md)."""
-
-    bucket: str = ""
-    # Object keys start with it; "" = the bucket's root.
-    prefix: str = attrs.field(default="aether/", validator=_key_prefix)
-    # Any S3-compatible endpoint (MinIO, Ceph, a cloud's); "" = AWS's for `region`.
-    endpoint_url: str = ""
-    region: str = ""
-    # An AWS shared credentials file and its profile; "" = the environment (AWS_ACCESS_KEY_ID...).
-    credentials_file: str = ""
-    profile: str = ""
-    # 64 hex digits (`aether backup keygen`); keep a copy off this host: without it no restore.
-    key_file: str = ""
-    # How often the server itself takes a backup ("6h", "1d"; "" = never: a timer or cron does).
-    schedule: str = attrs.field(default="", validator=_duration)
-    # Each wait is the schedule +- this fraction of it, so nodes sharing a bucket spread out.
-    jitter: float = attrs.field(default=0.1, validator=non_negative)
-    # Run the drill (`aether backup verify`) after each scheduled backup.
-    verify_after: bool = True
-    # Retention (`aether backup prune`): the newest N, one a day for D days, one a week for W
-    # weeks; the newest verified backup is always kept.
-    keep_last: int = attrs.field(default=7, validator=non_negative)
-    keep_daily: int = attrs.field(default=7, validator=non_negative)
-    keep_weekly: int = attrs.field(default=4, validator=non_negative)
-    # What goes in besides the SQLite databases of [admin] data_dir.
-    include_redis: bool = True
-    include_config: bool = True
-    # Logs modified since the previous backup are taken from here ("" = none).
-    log_dir: str = ""
-    # The drill restores Redis keys into a scratch server started from this program.
-    redis_server: str = "redis-server"
-    # Archives larger than this are uploaded in parts of this size (S3 multipart).
-    multipart_threshold: int = attrs.field(default=8 << 20, validator=positive)
-
-    def __attrs_post_init__(self) -> None:
-        if self.jitter >= 1:
-            raise ValueError(f"jitter: expected a fraction 0..1, got {self.jitter!r}")
-        if self.multipart_threshold < 5 << 20:
-            raise ValueError("multipart_threshold: S3 parts are at least 5 MiB (5242880)")
-
-    @property
-    def interval(self) -> float:
-        return parse_duration(self.schedule)
-
-    def resolved(self, base: Path) -> BackupConfig:
-        """A copy with the file paths made absolute (relative to the config file)."""
-        changes = {
-            name: str(base / getattr(self, name))
-            for name in ("key_file", "credentials_file", "log_dir")
-            if getattr(self, name)
-        }
-        return attrs.evolve(self, **changes)  # type: ignore[arg-type]
-
-
-# --- the application's backend (issue 15) ---
-
-PROXY_NAME = re.compile(r"^[-a-zA-Z0-9_.]+$")
-
-
-def _proxy_name(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    if not PROXY_NAME.match(value):
-        raise ValueError(
-            f"{attr.name}: expected a name matching {PROXY_NAME.pattern}, got {value!r}"
-        )
-
-
-def _endpoint(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    scheme, sep, rest = value.partition("://")
-    if not sep or scheme not in ("http", "https") or not rest:
-        raise ValueError(f"{attr.name}: expected an http:// or https:// URL, got {value!r}")
-
-
-def _header_names(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
-    for name in value:
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
-            raise ValueError(f"{attr.name}: {name!r} is not an HTTP header name")
-
-
-def _static_headers(_inst: object, attr: attrs.Attribute[Any], value: dict[str, str]) -> None:
-    _header_names(_inst, attr, tuple(value))
-    for name, text in value.items():
-        if "\r" in text or "\n" in text:
-            raise ValueError(f"{attr.name}: the value of {name!r} holds a line break")
-
-
-def _lowercase(value: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(name.lower() for name in value)
-
-
-@attrs.frozen
-class ProxyConfig:
-    """One `[[proxies]]` entry: an HTTP endpoint of the application's backend speaking
-    Centrifugo's proxy protocol, referenced by name ([client] connect_proxy_name, ...,
-    a namespace's subscribe_proxy_name, ...)."""
-
-    name: str = attrs.field(default="", validator=_proxy_name)
-    endpoint: str = attrs.field(default="", validator=_endpoint)
-    # The whole call, retries included (Centrifugo's default: 1 s).
-    timeout: float = attrs.field(default=1.0, validator=positive)
-    # Headers of the client's WebSocket upgrade request passed on (e.g. Cookie, Authorization);
-    # any other header is not.
-    http_headers: tuple[str, ...] = attrs.field(
-        default=(), validator=_header_names, converter=_lowercase
-    )
-    # Headers the client sent in its connect command (SDK header emulation) passed on: the
-    # client controls them, list only what the backend checks itself (a signed token).
-    emulated_headers: tuple[str, ...] = attrs.field(
-        default=(), validator=_header_names, converter=_lowercase
-    )
-    # Calls that decide without side effects (connect, refresh, subscribe, sub_refresh) are
-    # tried again after a connection failure or a 502/503/504, at most this many times, after
-    # pauses doubling from retry_backoff up to retry_backoff_max; publish and rpc never are.
-    max_retries: int = attrs.field(default=2, validator=non_negative)
-    retry_backoff: float = attrs.field(default=0.05, validator=positive)
-    retry_backoff_max: float = attrs.field(default=0.5, validator=positive)
-    # Headers sent with every request (e.g. a secret the backend checks to know Aether is
-    # calling); a client's passed-on header of the same name wins, as in Centrifugo.
-    static_headers: dict[str, str] = attrs.field(
-        factory=dict, validator=_static_headers, repr=False
-    )
