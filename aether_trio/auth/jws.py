@@ -22,7 +22,8 @@ construction).
 
 from __future__ import annotations
 
-import base64
+import binascii
+import functools
 import hmac
 import logging
 from collections.abc import Mapping
@@ -77,6 +78,9 @@ _EC_CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _HMAC_DIGESTS = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
 _BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _MALFORMED = "malformed token"
+# base64url -> standard base64 (for binascii), and each base64url character's 6-bit value.
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_SIX_BITS = {character: value for value, character in enumerate(_BASE64URL)}
 
 _PUBLIC_KEYS = {  # config field -> (first algorithm it must serve, what it must be)
     "rsa_public_key": ("RS256", "an RSA"),
@@ -137,17 +141,35 @@ def _segment(data: bytes) -> bytes:
     """A base64url segment, refused exactly when `PyJWS._decode_base64url_segment` refuses it."""
     stripped = data.rstrip(b"=")
     padding = len(data) - len(stripped)
+    tail = len(stripped) % 4
     if (
         padding > 2
         or (padding and len(data) % 4)
-        or len(stripped) % 4 == 1
+        or tail == 1
         or stripped.translate(None, _BASE64URL)  # what is left is outside the alphabet
     ):
         raise TokenInvalid(_MALFORMED)
-    decoded = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped:  # non-zero trailing bits
+    # PyJWT refuses a non-canonical encoding: the bits of the last character beyond the data
+    # (4 of them after 2 characters, 2 after 3) must be zero.
+    if tail and _SIX_BITS[stripped[-1]] & (0b1111 if tail == 2 else 0b11):
         raise TokenInvalid(_MALFORMED)
-    return decoded
+    return binascii.a2b_base64(stripped.translate(_TO_STANDARD) + b"=" * (-tail % 4))
+
+
+@functools.lru_cache(maxsize=64)  # the tokens of one issuer share their header segment
+def _parsed_header(segment: bytes) -> dict[str, Any] | None:
+    """The header segment parsed, or None when PyJWT has to judge it (see `_split`); not to be
+    changed by the caller (it is shared)."""
+    try:
+        header = orjson.loads(_segment(segment))
+    except orjson.JSONDecodeError:
+        return None  # PyJWT's stdlib json may still read it (NaN, BOM, UTF-16, lone surrogates)
+    if not isinstance(header, dict):
+        raise TokenInvalid(_MALFORMED)
+    # PyJWT validates `crit`, and the two parsers can differ on numbers and deep nesting.
+    if "crit" in header or not all(type(value) is str for value in header.values()):
+        return None
+    return header
 
 
 def _split(token: object) -> tuple[dict[str, Any], bytes, bytes, bytes] | None:
@@ -165,17 +187,11 @@ def _split(token: object) -> tuple[dict[str, Any], bytes, bytes, bytes] | None:
     if len(parts) != 3:  # PyJWT: not enough segments, or a '.' in the payload segment
         raise TokenInvalid(_MALFORMED)
     header_segment, payload_segment, signature_segment = parts
-    try:
-        header = orjson.loads(_segment(header_segment))
-    except orjson.JSONDecodeError:
-        return None  # PyJWT's stdlib json may still read it (NaN, BOM, UTF-16, lone surrogates)
-    if not isinstance(header, dict):
-        raise TokenInvalid(_MALFORMED)
-    # PyJWT validates `crit`, and the two parsers can differ on numbers and deep nesting.
-    if "crit" in header or not all(type(value) is str for value in header.values()):
+    shared = _parsed_header(header_segment)
+    if shared is None:
         return None
     signing_input = raw[: len(header_segment) + 1 + len(payload_segment)]
-    return header, signing_input, _segment(payload_segment), _segment(signature_segment)
+    return dict(shared), signing_input, _segment(payload_segment), _segment(signature_segment)
 
 
 def _header(token: str, parts: tuple[dict[str, Any], bytes, bytes, bytes] | None) -> dict[str, Any]:
