@@ -3,7 +3,9 @@
 Theory of operation. `serve_connection` makes the `Client` and runs it in a nursery of its own.
 The connection's task reads (it is the connection's only reader, until the transport is closed,
 also while closing: the peer's close frame and pongs arrive only through it): frames are decoded
-and their commands handled strictly in order, each handler queueing its reply. Writing is the
+and their commands handled in order, each handler queueing its reply; publishes are issued to
+the broker as they come and waited for together (`Issued`: one Redis pipeline for a burst),
+everything else waits for the publishes before it, so replies keep command order. Writing is the
 writer's (writer.py): the node's flusher writes what is queued once this task yields, or the
 writer task does once a write had to wait or a close was asked for; the writer task ends the
 nursery after the close handshake. Cleanup (unregister, unsubscribe, presence, leave) runs
