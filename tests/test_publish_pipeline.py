@@ -1,9 +1,10 @@
-"""A connection's publishes issued together (connection/serve.py `Issued`): the publishes of one
-frame, and of the frames one socket read brought, are issued to the broker before any is waited
-for, so through Redis they share a pipeline. What must not change: publications reach
-subscribers in the order sent with consecutive offsets, replies go in command order, a refused
-publish is answered in its place without stopping the others, a close or a rate limit mid-batch
-behaves as command by command, and what was issued before the connection went is published.
+"""A connection's publishes issued together (connection/serve.py `IssuedPublishes`): the
+publishes of one frame, and of the frames one socket read brought, are issued to the broker
+before any is waited for, so through Redis they share a pipeline. What must not change:
+publications reach subscribers in the order sent with consecutive offsets, replies go in command
+order, a refused publish is answered in its place without stopping the others, a close or a rate
+limit mid-batch behaves as command by command, and what was issued before the connection went is
+published.
 
 Real servers in the test's Trio run, on the memory engine and on the session's private
 redis-server (a prefix per test); raw protocol clients, and a raw TCP socket where several

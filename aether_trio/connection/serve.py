@@ -4,12 +4,12 @@ Theory of operation. `serve_connection` makes the `Client` and runs it in a nurs
 The connection's task reads (it is the connection's only reader, until the transport is closed,
 also while closing: the peer's close frame and pongs arrive only through it): frames are decoded
 and their commands handled in order, each handler queueing its reply; publishes are issued to
-the broker as they come and waited for together (`Issued`: one Redis pipeline for a burst),
-everything else waits for the publishes before it, so replies keep command order. Writing is the
-writer's (writer.py): the node's flusher writes what is queued once this task yields, or the
-writer task does once a write had to wait or a close was asked for; the writer task ends the
-nursery after the close handshake. Cleanup (unregister, unsubscribe, presence, leave) runs
-shielded and time-limited after the nursery, whatever ended it.
+the broker as they come and waited for together (`IssuedPublishes`: one Redis pipeline for a
+burst), everything else waits for the publishes before it, so replies keep command order.
+Writing is the writer's (writer.py): the node's flusher writes what is queued once this task
+yields, or the writer task does once a write had to wait or a close was asked for; the writer
+task ends the nursery after the close handshake. Cleanup (unregister, unsubscribe, presence,
+leave) runs shielded and time-limited after the nursery, whatever ended it.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ async def read_loop(client: Client) -> None:
     # Until the transport is closed, also while closing: the peer's close frame (and its
     # pongs) arrive only through `receive`, which is this connection's only reader.
     transport = client.transport
-    issued = Issued()
+    issued = IssuedPublishes()
     while True:
         try:
             frame = await transport.receive()
@@ -141,7 +141,7 @@ async def read_loop(client: Client) -> None:
         del frame
 
 
-class Issued(list[tuple[Command, Callable[[], Awaitable[None]]]]):
+class IssuedPublishes(list[tuple[Command, Callable[[], Awaitable[None]]]]):
     """Publish commands issued to the node but not answered yet, in command order, with what
     waits for each one's answer and replies (handlers.issue_publish).
 
@@ -168,7 +168,7 @@ class Issued(list[tuple[Command, Callable[[], Awaitable[None]]]]):
             await _dispatch(client, command, answer)
 
 
-async def _handle_frame(client: Client, frame: str | bytes, issued: Issued) -> None:
+async def _handle_frame(client: Client, frame: str | bytes, issued: IssuedPublishes) -> None:
     try:
         codec = client.codec
         if isinstance(frame, bytes) is not codec.binary:
@@ -192,11 +192,11 @@ async def _handle_frame(client: Client, frame: str | bytes, issued: Issued) -> N
         client.close(exc.disconnect, detail=exc.detail)
 
 
-def _issue(client: Client, command: Command, issued: Issued) -> bool:
-    """Issue the publish `command` without waiting for it (`Issued`); False if it must be
-    dispatched in its turn instead (the application's backend decides it). A refusal is kept in
-    its place; a `DisconnectError` is raised (what came before it is answered first)."""
-    if len(issued) >= Issued.LIMIT:
+def _issue(client: Client, command: Command, issued: IssuedPublishes) -> bool:
+    """Issue the publish `command` without waiting for it (`IssuedPublishes`); False if it must
+    be dispatched in its turn instead (the application's backend decides it). A refusal is kept
+    in its place; a `DisconnectError` is raised (what came before it is answered first)."""
+    if len(issued) >= IssuedPublishes.LIMIT:
         return False  # dispatched after the others: the next ones start a new group
     answer: Callable[[], Awaitable[None]] | None
     try:
