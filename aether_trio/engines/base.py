@@ -17,10 +17,13 @@ another -- is never applied twice, and neither are two concurrent retries.
 
 `publish_nowait` is `publish` split in two: the publication is issued at once (no checkpoint: its
 place in the channel's order is taken before the call returns) and `wait()` on what it returns is
-`publish`'s answer. Publications issued in a row, by one task without waiting in between, are
-appended and delivered in that order and get consecutive offsets in it; an engine that
-pipelines (Redis) sends them together instead of one round trip each, the memory engine has
-published each one before `publish_nowait` returns.
+`publish`'s answer. A channel's publications issued in a row, by one task without waiting in
+between, and then waited for in that order, are appended and delivered in that order and get
+consecutive offsets in it; an engine that pipelines (Redis) sends them together instead of one
+round trip each, the memory engine has published each one before `publish_nowait` returns.
+(Redis without pipelining sends each at its `wait`, hence "waited for in that order". Order
+across channels is not promised: channels on different shards never were, and on one Redis a
+script the server lost, after its restart, is sent again after the batch's other commands.)
 
 A `PresenceManager` keeps who is in a channel.
 

@@ -175,8 +175,9 @@ class RedisClient:
         """`call` in two steps: with pipelining the command is queued now (behind every command
         queued before it, ahead of every one after: commands issued in a row are executed in
         that order, in one pipeline when no checkpoint came between them), and `wait()` on the
-        result is `call`'s answer. Without pipelining `wait()` sends it. `EngineError` at once
-        when the engine is not running or unreachable."""
+        result is `call`'s answer. Without pipelining `wait()` sends it (so commands issued in a
+        row keep their order only if waited for in it). `EngineError` at once when the engine is
+        not running or unreachable."""
         self._ready(True)
         return Issued(self, command, self._enqueue(command) if self.pipelining else None)
 
