@@ -38,7 +38,14 @@ from .broker_channels import BrokerChannels
 from .channel_states import ChannelStates
 from .cluster import Cluster
 from .config import Config
-from .engines.base import Broker, EngineError, HistoryOptions, HistoryQuery, PresenceManager
+from .engines.base import (
+    Broker,
+    EngineError,
+    HistoryOptions,
+    HistoryQuery,
+    IssuedPublish,
+    PresenceManager,
+)
 from .engines.control import ControlPlane, MemoryControl, MemorySharedState, SharedState
 from .flusher import Flusher
 from .guards.limits import Limits
@@ -466,6 +473,22 @@ class Node(Generic[C]):
         self.metrics.published(channel.namespace, source)
         return position
 
+    def publish_nowait(
+        self,
+        channel: ResolvedChannel,
+        data: RawJSON,
+        info: ClientInfo | None = None,
+        *,
+        source: str = "api",
+    ) -> IssuedPublish:
+        """`publish` issued to the broker now and answered by `wait()` on the result: a
+        connection's publishes issued in a row keep their order and share the engine's pipeline
+        (engines/base.py). Raises `ReplyError` as `publish` does, before anything is issued."""
+        self.limits.check_publication(channel, len(data))
+        pub = Publication(data=data, info=info)
+        issued = self.broker.publish_nowait(channel.name, pub, history_options(channel.options))
+        return _CountedPublish(issued, self.metrics, channel.namespace, source)
+
     async def history(
         self, channel: ResolvedChannel, query: HistoryQuery
     ) -> tuple[list[Publication], StreamPosition]:
@@ -515,6 +538,24 @@ class Node(Generic[C]):
             history_publications=history.get("publications"),
             presence_entries=_engine_statistics(self.presence).get("entries"),
         )
+
+
+class _CountedPublish:
+    """An issued publish counted in aether_publications_total once the broker took it (as
+    `Node.publish` counts)."""
+
+    __slots__ = ("_issued", "_metrics", "_namespace", "_source")
+
+    def __init__(self, issued: IssuedPublish, metrics: Metrics, namespace: str, source: str):
+        self._issued = issued
+        self._metrics = metrics
+        self._namespace = namespace
+        self._source = source
+
+    async def wait(self) -> StreamPosition:
+        position = await self._issued.wait()
+        self._metrics.published(self._namespace, self._source)
+        return position
 
 
 def _engine_statistics(engine: object) -> dict[str, int]:

@@ -67,6 +67,9 @@ class _PeerGone:
         self._gone.set()
         raise TransportClosed
 
+    def receive_nowait(self) -> str | bytes | None:
+        return None
+
     def write_nowait(self, data: bytes) -> bool:
         return False
 

@@ -509,6 +509,29 @@ async def test_concurrent_publishes_are_delivered_in_offset_order(engines: Engin
     assert [p.offset for p in engines.handler.publications("news")] == list(range(1, 21))
 
 
+async def test_publishes_issued_in_a_row_keep_that_order_and_answer_later(
+    engines: Engines,
+) -> None:
+    """`publish_nowait`: issued one after another without waiting, then waited for in that
+    order, a channel's publications are numbered, stored and delivered in the order issued;
+    without history the answer is the empty position."""
+    await engines.broker.subscribe("news")
+    await engines.broker.subscribe("quiet")
+    issued = [engines.broker.publish_nowait("news", pub(n), HISTORY) for n in range(1, 21)]
+    quiet = [engines.broker.publish_nowait("quiet", pub(n), NO_HISTORY) for n in range(1, 4)]
+    positions = [await each.wait() for each in issued]
+    assert [p.offset for p in positions] == list(range(1, 21))
+    assert len({p.epoch for p in positions}) == 1
+    assert [await each.wait() for each in quiet] == [StreamPosition()] * 3
+    await engines.settle()
+    delivered = engines.handler.publications("news")
+    assert delivered == [attrs.evolve(pub(n), offset=n) for n in range(1, 21)]
+    assert engines.handler.publications("quiet") == [pub(n) for n in range(1, 4)]
+    pubs, top = await engines.broker.history("news", HistoryQuery(limit=-1), DAY)
+    assert [p.offset for p in pubs] == list(range(11, 21))  # size 10
+    assert top.offset == 20
+
+
 async def test_publications_keep_data_info_and_tags_through_delivery_and_history(
     engines: Engines,
 ) -> None:

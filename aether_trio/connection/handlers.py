@@ -43,7 +43,7 @@ from .subscribe import (
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["HANDLERS", "Handler"]
+__all__ = ["HANDLERS", "Handler", "issue_publish"]
 
 Handler = Callable[["Client", int, Any], Awaitable[None]]
 
@@ -204,6 +204,33 @@ async def unsubscribe(client: Client, cmd_id: int, req: m.UnsubscribeRequest) ->
 
 
 async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
+    issued = issue_publish(client, cmd_id, req)
+    if issued is not None:
+        await issued()
+        return
+    node = client.node
+    ch = node.resolve(req.channel)
+    target = node.backend.target(ch.options.publish_proxy_name, "publish")
+    assert target is not None  # what made `issue_publish` leave it here
+    # The application's backend decides instead of the allow_publish_* rules, and may
+    # change the data (checked again), add tags, keep it out of history.
+    allowed = await proxied.publish(client, ch, req, target)
+    _check_data_format(ch.options, allowed.data)
+    sub = client.subscriptions.get(req.channel)
+    info = client.info(sub.chan_info if sub else m.NO_JSON)
+    raw = req.data.raw if isinstance(req.data, m.JsonBytes) else None
+    payload = publication_payload(ch.options, allowed.data, raw)  # the channel's publication_html
+    await node.publish(ch, payload, info, allowed.tags, source="client", history=allowed.history)
+    client.reply(cmd_id, "publish", m.EmptyResult())
+
+
+def issue_publish(
+    client: Client, cmd_id: int, req: m.PublishRequest
+) -> Callable[[], Awaitable[None]] | None:
+    """`publish` in two steps: checked and issued to the node now (the publication's place in
+    the channel's order is taken), and the returned function waits for the broker and replies.
+    None when the application's backend decides (the channel's publish proxy or hook): `publish`
+    does that, its calls in command order. Refusals are raised as `publish` raises them."""
     require_channel(req.channel)
     node = client.node
     ch = node.resolve(req.channel)
@@ -214,22 +241,21 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     if isinstance(data, m.JsonBytes):  # a Protobuf client's: published as sent if it may be
         data, raw = data.value, data.raw
     _check_data_format(ch.options, data)
-    sub = client.subscriptions.get(req.channel)
-    data, tags, history = req.data, None, True
     # Never the operators' system channel: no hook or proxy may open it to clients.
     system = node.system_subscription(ch.name) is not None
-    if not system and (target := node.backend.target(ch.options.publish_proxy_name, "publish")):
-        # The application's backend decides instead of the allow_publish_* rules, and may
-        # change the data (checked again), add tags, keep it out of history.
-        allowed = await proxied.publish(client, ch, req, target)
-        data, tags, history = allowed.data, allowed.tags, allowed.history
-        _check_data_format(ch.options, data)
-    else:
-        permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
+    if not system and node.backend.target(ch.options.publish_proxy_name, "publish"):
+        return None
+    sub = client.subscriptions.get(req.channel)
+    permissions.check_publish(ch, client.user, sub is not None, node.config.client.insecure)
     info = client.info(sub.chan_info if sub else m.NO_JSON)
     payload = publication_payload(ch.options, data, raw)  # the channel's publication_html
-    await node.publish(ch, payload, info, tags, source="client", history=history)
-    client.reply(cmd_id, "publish", m.EmptyResult())
+    issued = node.publish_nowait(ch, payload, info, source="client")
+
+    async def reply() -> None:
+        await issued.wait()
+        client.reply(cmd_id, "publish", m.EmptyResult())
+
+    return reply
 
 
 def _check_data_format(options: ChannelOptions, data: Any) -> None:

@@ -14,6 +14,17 @@ result under (channel, key) for `result_ttl` and answers a repeat with the first
 and delivering nothing. Checking and storing the result is one atomic step with the append (one
 Lua script in Redis), so a retry of a publish whose answer was lost -- through the same node or
 another -- is never applied twice, and neither are two concurrent retries.
+
+`publish_nowait` is `publish` split in two: the publication is issued at once (no checkpoint: its
+place in the channel's order is taken before the call returns) and `wait()` on what it returns is
+`publish`'s answer. A channel's publications issued in a row, by one task without waiting in
+between, and then waited for in that order, are appended and delivered in that order and get
+consecutive offsets in it; an engine that pipelines (Redis) sends them together instead of one
+round trip each, the memory engine has published each one before `publish_nowait` returns.
+(Redis without pipelining sends each at its `wait`, hence "waited for in that order". Order
+across channels is not promised: channels on different shards never were, and on one Redis a
+script the server lost, after its restart, is sent again after the batch's other commands.)
+
 A `PresenceManager` keeps who is in a channel.
 
 Errors:
@@ -38,7 +49,9 @@ __all__ = [
     "EngineError",
     "HistoryOptions",
     "HistoryQuery",
+    "IssuedPublish",
     "PresenceManager",
+    "Published",
     "UnrecoverablePosition",
 ]
 
@@ -83,6 +96,23 @@ class HistoryQuery:
     reverse: bool = False
 
 
+class IssuedPublish(Protocol):
+    """A publish `Broker.publish_nowait` issued."""
+
+    async def wait(self) -> StreamPosition:
+        """Its answer, as `Broker.publish` would have returned it, or `EngineError`."""
+
+
+@attrs.frozen
+class Published:
+    """An `IssuedPublish` that was done as it was issued (the memory engine's)."""
+
+    position: StreamPosition
+
+    async def wait(self) -> StreamPosition:
+        return self.position
+
+
 class BrokerEventHandler(Protocol):
     def handle_publication(self, channel: str, pub: Publication) -> None: ...
     def handle_join(self, channel: str, info: ClientInfo) -> None: ...
@@ -117,6 +147,18 @@ class Broker(Protocol):
         """Append (when history is on) and deliver; returns the new top (0 without history).
         With `idempotency_key`: if a publish with that key in `channel` returned within
         `result_ttl`, its result is returned and nothing is appended or delivered."""
+
+    def publish_nowait(
+        self,
+        channel: str,
+        pub: Publication,
+        history: HistoryOptions,
+        *,
+        idempotency_key: str = "",
+        result_ttl: float = IDEMPOTENT_RESULT_TTL,
+    ) -> IssuedPublish:
+        """`publish`, issued now and answered by `wait()` on the result (module docstring).
+        May raise `EngineError` at once (an engine that knows it cannot publish now)."""
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
 

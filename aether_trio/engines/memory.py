@@ -43,6 +43,7 @@ from .base import (
     BrokerEventHandler,
     HistoryOptions,
     HistoryQuery,
+    Published,
     UnrecoverablePosition,
 )
 from .snapshot import SavedStream
@@ -173,6 +174,27 @@ class MemoryBroker:
         *,
         idempotency_key: str = "",
         result_ttl: float = IDEMPOTENT_RESULT_TTL,
+    ) -> StreamPosition:
+        return self._publish(channel, pub, history, idempotency_key, result_ttl)
+
+    def publish_nowait(
+        self,
+        channel: str,
+        pub: Publication,
+        history: HistoryOptions,
+        *,
+        idempotency_key: str = "",
+        result_ttl: float = IDEMPOTENT_RESULT_TTL,
+    ) -> Published:
+        return Published(self._publish(channel, pub, history, idempotency_key, result_ttl))
+
+    def _publish(
+        self,
+        channel: str,
+        pub: Publication,
+        history: HistoryOptions,
+        idempotency_key: str,
+        result_ttl: float,
     ) -> StreamPosition:
         now = self._clock()
         entry = (channel, idempotency_key)

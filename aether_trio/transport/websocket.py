@@ -22,6 +22,7 @@ message arriving while our close frame is out is simply not answered.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -68,6 +69,9 @@ class Transport(Protocol):
     def remote(self) -> str: ...
 
     async def receive(self) -> str | bytes: ...
+
+    def receive_nowait(self) -> str | bytes | None:
+        """The next message if it is already here (read with an earlier one), else None."""
 
     @property
     def has_pending(self) -> bool:
@@ -271,6 +275,27 @@ class WebSocketTransport:
             conn = self._conn
             conn.receive_data(data)
             self._events = conn.events()
+
+    def receive_nowait(self) -> str | bytes | None:
+        """The next message if the last read already brought all of it, else None (then
+        `receive`, which also handles what this leaves: control frames, a message over the
+        limit). Never reads, waits or writes."""
+        events = self._events
+        if events is None:
+            return None
+        for event in events:
+            if isinstance(event, Message):
+                message = self._assemble(event)
+                if message is not None:
+                    return message
+                if self._size <= self._max_message_size:
+                    continue  # a fragment, or dropped while closing
+            # `receive`'s to handle: put back in front (an oversized message is assembled
+            # again there, finds itself over the limit still and fails the connection).
+            self._events = itertools.chain((event,), events)
+            return None
+        self._events = None
+        return None
 
     def _assemble(self, event: Message[Any]) -> str | bytes | None:
         """The message `event` completes, or None (more to come, over the size limit: then

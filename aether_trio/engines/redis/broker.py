@@ -25,8 +25,10 @@ from ..base import (
     EngineError,
     HistoryOptions,
     HistoryQuery,
+    IssuedPublish,
     UnrecoverablePosition,
 )
+from .client import Issued
 from .codec import decode_publication, encode_info, encode_publication
 from .scripts import HISTORY, PUBLISH, PUBLISH_ONCE, Keys, new_epoch
 from .shards import Shard, shard_index
@@ -39,6 +41,24 @@ log = logging.getLogger(__name__)
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+class _Position:
+    """An issued publish's answer as a stream position: a script's (offset, epoch), or none for
+    a plain PUBLISH (no history, no idempotency key)."""
+
+    __slots__ = ("_issued", "_scripted")
+
+    def __init__(self, issued: Issued, *, scripted: bool = False) -> None:
+        self._issued = issued
+        self._scripted = scripted
+
+    async def wait(self) -> StreamPosition:
+        answer = await self._issued.wait()
+        if not self._scripted:
+            return StreamPosition()
+        offset, epoch = answer
+        return StreamPosition(int(offset), epoch.decode())
 
 
 class RedisBroker:
@@ -107,6 +127,22 @@ class RedisBroker:
         idempotency_key: str = "",
         result_ttl: float = IDEMPOTENT_RESULT_TTL,
     ) -> StreamPosition:
+        issued = self.publish_nowait(
+            channel, pub, history, idempotency_key=idempotency_key, result_ttl=result_ttl
+        )
+        return await issued.wait()
+
+    def publish_nowait(
+        self,
+        channel: str,
+        pub: Publication,
+        history: HistoryOptions,
+        *,
+        idempotency_key: str = "",
+        result_ttl: float = IDEMPOTENT_RESULT_TTL,
+    ) -> IssuedPublish:
+        # One command on the channel's shard: queued in issue order behind that client's earlier
+        # commands, so a channel's publications issued in a row run (and number) in that order.
         client = self.shard(channel).client
         payload = encode_publication(pub)
         # With a key, the result key and its ttl go last (scripts.py).
@@ -115,16 +151,14 @@ class RedisBroker:
         if not history.enabled:
             message = b"p0:" + payload
             if not idempotency_key:
-                await client.publish(self.keys.client(channel), message, self.keys.meta(channel))
-                return StreamPosition()
+                route = self.keys.meta(channel)
+                return _Position(client.publish_nowait(self.keys.client(channel), message, route))
             args = (self.keys.client(channel), message, *result_args)
-            offset, epoch = await client.script(PUBLISH_ONCE, result_keys, args)
-        else:
-            keys = (self.keys.stream(channel), self.keys.meta(channel), *result_keys)
-            args = (payload, history.size, _ms(history.ttl), self.keys.client(channel),
-                    _ms(history.meta_ttl), new_epoch(), *result_args)  # fmt: skip
-            offset, epoch = await client.script(PUBLISH, keys, args)
-        return StreamPosition(int(offset), epoch.decode())
+            return _Position(client.script_nowait(PUBLISH_ONCE, result_keys, args), scripted=True)
+        keys = (self.keys.stream(channel), self.keys.meta(channel), *result_keys)
+        args = (payload, history.size, _ms(history.ttl), self.keys.client(channel),
+                _ms(history.meta_ttl), new_epoch(), *result_args)  # fmt: skip
+        return _Position(client.script_nowait(PUBLISH, keys, args), scripted=True)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         client = self.shard(channel).client

@@ -36,7 +36,7 @@ from ..base import EngineError
 from .scripts import ALL_SCRIPTS, PUBLISH_VIA, Script
 from .topology import ClusterTopology, RedisLike, Topology, public_name
 
-__all__ = ["RedisClient"]
+__all__ = ["Issued", "RedisClient"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,20 @@ class _Waiter:
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+class Issued:
+    """A command `RedisClient.call_nowait` issued; `wait()` is its answer."""
+
+    __slots__ = ("_client", "_command", "_waiter")
+
+    def __init__(self, client: RedisClient, command: Command, waiter: _Waiter | None) -> None:
+        self._client = client
+        self._command = command
+        self._waiter = waiter
+
+    async def wait(self) -> Any:
+        return await self._client._answer(self._command, self._waiter)
 
 
 class RedisClient:
@@ -154,15 +168,35 @@ class RedisClient:
     async def call(self, *command: Any, check: bool = True) -> Any:
         """Send one command and return Redis's answer (`EngineError` on any failure).
         `check=False` sends it even while unreachable (the probe that finds out)."""
+        self._ready(check)
+        return await self._answer(command, self._enqueue(command) if self.pipelining else None)
+
+    def call_nowait(self, *command: Any) -> Issued:
+        """`call` in two steps: with pipelining the command is queued now (behind every command
+        queued before it, ahead of every one after: commands issued in a row are executed in
+        that order, in one pipeline when no checkpoint came between them), and `wait()` on the
+        result is `call`'s answer. Without pipelining `wait()` sends it (so commands issued in a
+        row keep their order only if waited for in it). `EngineError` at once when the engine is
+        not running or unreachable."""
+        self._ready(True)
+        return Issued(self, command, self._enqueue(command) if self.pipelining else None)
+
+    def _ready(self, check: bool) -> None:
         if self._loop is None or self._redis is None:  # not started, or not located yet
             raise EngineError("the redis engine is not running")
         if check and not self._reachable:
             raise EngineError("redis is unreachable")
+
+    async def _answer(self, command: Command, waiter: _Waiter | None) -> Any:
+        """The answer to `command`: queued with `waiter`, or (None) sent on its own now."""
         with trio.move_on_after(self.config.io_timeout) as scope:
             try:
-                if self.pipelining:
-                    return await self._queued_call(command)
-                return (await self.aio(self._execute, [command]))[0]
+                if waiter is None:
+                    return (await self.aio(self._execute, [command]))[0]
+                await waiter.done.wait()
+                if waiter.error is not None:
+                    raise waiter.error
+                return waiter.result
             except ResponseError as exc:
                 if isinstance(exc, ReadOnlyError) or "read only replica" in str(exc):
                     # A demoted master (a failover the topology did not tell us about yet):
@@ -182,11 +216,20 @@ class RedisClient:
         # EVALSHA; a Redis that lost its script cache (restart) gets the source (`_execute`).
         return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, check=check)
 
+    def script_nowait(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Issued:
+        return self.call_nowait("EVALSHA", script.sha, len(keys), *keys, *args)
+
     async def publish(self, channel: str, message: bytes, route: str, *, check: bool = True) -> Any:
         """PUBLISH; in a Redis Cluster through the master of `route`'s slot (`PUBLISH_VIA`)."""
         if self.topology.cluster:
             return await self.script(PUBLISH_VIA, (route,), (channel, message), check=check)
         return await self.call("PUBLISH", channel, message, check=check)
+
+    def publish_nowait(self, channel: str, message: bytes, route: str) -> Issued:
+        """`publish`, issued as `call_nowait` issues."""
+        if self.topology.cluster:
+            return self.script_nowait(PUBLISH_VIA, (route,), (channel, message))
+        return self.call_nowait("PUBLISH", channel, message)
 
     async def probe_routes(self) -> list[str]:
         """Keys to route probes by: one per cluster master (each has its own bus link to the
@@ -197,14 +240,11 @@ class RedisClient:
         routes: list[str] = await self.aio(topology.probe_routes, self._redis)
         return routes
 
-    async def _queued_call(self, command: Command) -> Any:
+    def _enqueue(self, command: Command) -> _Waiter:
         waiter = _Waiter()
         self._queue.append((command, waiter))
         self._queued.set()
-        await waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
+        return waiter
 
     async def _batcher(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
