@@ -505,3 +505,39 @@ async def test_a_token_connection_passes_its_emulated_headers_to_later_proxies(
     assert request.headers["x-emulated"] == "from-sdk"
     # Cookie is listed in http_headers only: an emulated one is the client's claim, not sent.
     assert "cookie" not in request.headers
+
+
+@pytest.mark.parametrize("rewritten", [True, False])
+async def test_a_protobuf_clients_publication_through_the_publish_proxy(
+    backend: RunningBackend, nursery: trio.Nursery, rewritten: bool
+) -> None:
+    """Data the backend rewrites is what subscribers get, for a Protobuf publisher too (its own
+    bytes were published instead); data it leaves alone goes out as the client sent it."""
+    from centrifuge.protocol import client_pb2 as sdk_pb
+    from test_sdk_protobuf import _delimited, _protobuf_connected, _replies
+
+    backend.app.routes["/subscribe"] = lambda body, headers: {"result": {}}
+    backend.app.routes["/publish"] = lambda body, headers: {
+        "result": {"data": {"text": body["data"]["text"].upper()}} if rewritten else {}
+    }
+    server = await serve_in(nursery, proxy_config(backend))
+    async with _protobuf_connected(ws_url(server)) as ws:
+        sent = b'{"text": "hi"}'  # with a space: the client's own bytes are recognisable
+        await ws.send_message(
+            _delimited(
+                sdk_pb.Command(id=2, subscribe=sdk_pb.SubscribeRequest(channel="proxied:pb")),
+                sdk_pb.Command(
+                    id=3, publish=sdk_pb.PublishRequest(channel="proxied:pb", data=sent)
+                ),
+            )
+        )
+        seen: list[Any] = []
+        with trio.fail_after(5):
+            while not any(r.HasField("push") or r.HasField("error") for r in seen):
+                frame = await ws.get_message()
+                assert isinstance(frame, bytes)
+                seen += _replies(frame)
+        errors = [r.error for r in seen if r.HasField("error")]
+        assert errors == []
+        (push,) = [r.push for r in seen if r.HasField("push")]
+        assert push.pub.data == (b'{"text":"HI"}' if rewritten else sent)

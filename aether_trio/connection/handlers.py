@@ -215,11 +215,13 @@ async def publish(client: Client, cmd_id: int, req: m.PublishRequest) -> None:
     # The application's backend decides instead of the allow_publish_* rules, and may
     # change the data (checked again), add tags, keep it out of history.
     allowed = await proxied.publish(client, ch, req, target)
-    _check_data_format(ch.options, allowed.data)
+    data, raw = allowed.data, None
+    if isinstance(data, m.JsonBytes):  # a Protobuf client's data, left as it was by the backend
+        data, raw = data.value, data.raw
+    _check_data_format(ch.options, data)
     sub = client.subscriptions.get(req.channel)
     info = client.info(sub.chan_info if sub else m.NO_JSON)
-    raw = req.data.raw if isinstance(req.data, m.JsonBytes) else None
-    payload = publication_payload(ch.options, allowed.data, raw)  # the channel's publication_html
+    payload = publication_payload(ch.options, data, raw)  # the channel's publication_html
     await node.publish(ch, payload, info, allowed.tags, source="client", history=allowed.history)
     client.reply(cmd_id, "publish", m.EmptyResult())
 

@@ -118,8 +118,11 @@ class Publication:
 async def publish(
     client: Client, ch: ResolvedChannel, req: m.PublishRequest, target: Target
 ) -> Publication:
+    # A Protobuf client's JSON arrives wrapped with its bytes (m.JsonBytes): the backend is
+    # given the JSON, as from any client.
+    sent = req.data.value if isinstance(req.data, m.JsonBytes) else req.data
     event = wire.PublishEvent(
-        **_event_base(client, target), user=client.user, channel=ch.name, data=req.data
+        **_event_base(client, target), user=client.user, channel=ch.name, data=sent
     )
     result = await client.node.backend.call(target, "publish", event, wire.PublishResult)
     if result is None:
