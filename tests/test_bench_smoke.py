@@ -202,14 +202,17 @@ def check_reconnect_storm(row: dict[str, Any]) -> None:
     publication once and in order; publications went on during the outage."""
     n = row["clients"]
     assert n > 0
-    assert row["server_closes"] == {"3011": n}
+    # Aether closes with 3011; a server short of time may close some sockets without the
+    # close frame (the SDKs reconnect either way).
+    assert sum(row["server_closes"].values()) == n
+    assert set(row["server_closes"]) <= {"3011", "eof"}
     assert row["back"] == row["recovered"] == row["complete"] == n, row
     assert row["failed"] == row["not_recovered"] == row["gaps"] == row["duplicates"] == 0
     assert row["all_back"] is True
     assert 0 <= row["all_dropped_s"] <= row["all_back_s"]
     assert row["epochs"] == 1
     assert row["publications_during_outage"] >= 1
-    assert row["publisher_acked"] == row["publications"]
+    assert row["publisher_acked"] == row["publications"] == row["stream_top"]
     assert row["missed_per_client_max"] >= 1
     assert row["attempts"] >= n
     assert row["server_cpu_us_per_readmission"] is not None

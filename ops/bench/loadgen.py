@@ -512,7 +512,9 @@ class Run:
         (connect + subscribe with `recoverable`), `before` publications that every client
         receives, the drop (one `POST /api/disconnect` for the storm's user, code 3011), the
         outage: publications at `rate`/s until every client is back, then the check that every
-        client holds every publication, in order, once."""
+        client holds every publication up to the stream's top (`/api/history`), in order, once.
+        Publications go through the server API: no publisher connection to keep alive through
+        a storm that may stall the server's loop for seconds."""
         p = self.params
         api = self.spec.get("admin_api")
         if not api or not api.get("admin_key"):
@@ -521,16 +523,17 @@ class Run:
         storm = ReconnectStorm(self)
         n = storm.n
         fds0 = self.proc.fds()
-        took = self.open([*storm.conns, storm.pub], 60 + n / 50)
+        took = self.open(storm.conns, 60 + n / 50)
         ready = sum(c.state == READY for c in storm.conns)
-        if storm.pub.state != READY or ready < n:
+        if ready < n:
             raise RuntimeError(f"setup failed: {ready}/{n} clients ready, {eng.failures}")
-        publisher = WsPublisher(storm.pub, p.get("window", 100))
+        publisher = HttpPublisher(eng, api["port"], api["path"], api["key"], 2)
         seq = 0
         goal = {"count": 0}
 
         def publish() -> None:
-            """Publish up to `goal["count"]` publications in all (as the socket takes them)."""
+            """Publish up to `goal["count"]` publications in all (a request at a time per
+            API connection)."""
             nonlocal seq
             while seq < goal["count"] and publisher.can_publish():
                 publisher.publish(RECOVER_CHANNEL, wire.payload(seq, time.monotonic_ns()))
@@ -554,9 +557,10 @@ class Run:
         storm.storming = True
         storm.window = Window(self.proc, self.redis)
         t_drop = time.monotonic()
-        status, text = self._disconnect(api, STORM_USER, FORCE_RECONNECT)
-        if status != 200 or b'"error"' in text:
-            raise RuntimeError(f"POST /api/disconnect answered {status} {text[:200]!r}")
+        drop = {"user": STORM_USER, "disconnect": {"code": FORCE_RECONNECT}}
+        reply = self._api(api, "disconnect", drop)
+        if "error" in reply:
+            raise RuntimeError(f"POST /api/disconnect answered {reply}")
         interval = 1 / p.get("rate", 2.0)
         state = {"next_check": 0.0}
 
@@ -578,37 +582,51 @@ class Run:
         t_all_back = time.monotonic()
         eng.on_close = None
         storm.storming = False
-        # The last publications reach everyone: every client ends at the top offset.
-        storm.set_target(goal["count"])
+        # Every publication answered, then the stream's top from the server: every client
+        # must end there.
         eng.run_until(
-            lambda: storm.reached == n and storm.pub.acked >= goal["count"],
+            lambda: publisher.acked + publisher.errors >= goal["count"],
             self.deadline(30),
             tick_publish,
         )
-        return [self._storm_row(storm, p, took, t_drop, t_all_back, all_back, usage, seq,
-                                before, epochs, fds0)]  # fmt: skip
+        top = self._api(api, "history", {"channel": RECOVER_CHANNEL, "limit": 0})
+        stream_top = int(top.get("result", {}).get("offset", 0))
+        storm.set_target(stream_top)
+        eng.run_until(lambda: storm.reached == n, self.deadline(30))
+        publisher.close()
+        row = self._storm_row(storm, p, took, t_drop, t_all_back, all_back, usage, seq,
+                              before, epochs, fds0, stream_top)  # fmt: skip
+        row["publisher_acked"], row["publisher_errors"] = publisher.acked, publisher.errors
+        row["http_statuses"] = dict(publisher.statuses)
+        return [row]
 
-    def _disconnect(self, api: dict[str, Any], user: str, code: int) -> tuple[int, bytes]:
-        body = json.dumps({"user": user, "disconnect": {"code": code, "reason": ""}})
+    def _api(self, api: dict[str, Any], method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One server API call with the admin key; the decoded answer, or {"error": ...}."""
         conn = http.client.HTTPConnection("127.0.0.1", api["port"], timeout=30)
         try:
             headers = {"Content-Type": "application/json", "X-API-Key": api["admin_key"]}
-            conn.request("POST", "/api/disconnect", body, headers)
+            conn.request("POST", f"/api/{method}", json.dumps(body), headers)
             response = conn.getresponse()
-            return response.status, response.read()
+            text = response.read()
+        except OSError as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
         finally:
             conn.close()
+        if response.status != 200:
+            return {"error": f"HTTP {response.status} {text[:200]!r}"}
+        answer: dict[str, Any] = json.loads(text)
+        return answer
 
     def _storm_row(
         self, storm: ReconnectStorm, p: dict[str, Any], took: float, t_drop: float,
         t_all_back: float, all_back: bool, usage: dict[str, float], published: int,
-        before: int, epochs: set[str], fds0: int,
+        before: int, epochs: set[str], fds0: int, stream_top: int,
     ) -> dict[str, Any]:  # fmt: skip
         conns, n = storm.conns, storm.n
         streams = [c.stream for c in conns]
         recovered = sum(s.recovered is True for s in streams)
         complete = [
-            s.recovered is True and s.offset == published and not s.gaps and not s.dups
+            s.recovered is True and s.offset == stream_top and not s.gaps and not s.dups
             for s in streams
         ]
         back = [i for i in range(n) if storm.back_at[i]]
@@ -622,8 +640,7 @@ class Run:
             "publications_before": before,
             "publications": published,
             "publications_during_outage": published - before,
-            "publisher_acked": storm.pub.acked,
-            "publisher_errors": storm.pub.errors,
+            "stream_top": stream_top,
             "epochs": len(epochs),
             "back": len(back),
             "recovered": recovered,
@@ -655,7 +672,7 @@ class Run:
             row["redis_cpu_us_per_readmission"] = (
                 round(usage["redis_cpu_s"] * 1e6 / len(back), 1) if back else None
             )
-        row["close_drain_s"] = self.close_and_drain([*conns, storm.pub], fds0, 60)
+        row["close_drain_s"] = self.close_and_drain(conns, fds0, 60)
         return row
 
     def scenario_idle(self) -> list[dict[str, Any]]:
@@ -740,7 +757,6 @@ class ReconnectStorm:
         ]  # fmt: skip
         for conn in self.conns:
             conn.stream = wire.Stream()
-        self.pub = Conn(self.engine, wire.Centrifuge(), "pub", self.n, [], run.token("publisher"))
         # Per client: when the server dropped it, when it was back, its failed attempts.
         self.dropped_at = [0] * self.n
         self.back_at = [0] * self.n
