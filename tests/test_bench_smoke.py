@@ -211,6 +211,7 @@ def check_reconnect_storm(row: dict[str, Any]) -> None:
     assert row["all_back"] is True
     assert 0 <= row["all_dropped_s"] <= row["all_back_s"]
     assert row["epochs"] == 1
+    assert row["behind_top"] == {}
     assert row["publications_during_outage"] >= 1
     assert row["publisher_acked"] == row["publications"] == row["stream_top"]
     assert row["missed_per_client_max"] >= 1
@@ -319,3 +320,14 @@ def test_the_redis_section_reports_the_targets(redis_smoke: dict[str, Any]) -> N
     for heading in ("### Paced capacity", "### Connect storm", "### Targets (issue 11)"):
         assert heading in markdown
     assert "aether-redis-2w, 2 workers" in markdown
+
+
+def test_the_load_generators_counting_path_self_test() -> None:
+    """`python ops/bench/engine.py`: every delivery counted once and every ping answered once,
+    for each protocol adapter (the Go peer's protocol v1 included), however reads are cut."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "ops/bench/engine.py")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT / "ops/bench",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ok centrifuge-v1" in done.stdout

@@ -32,6 +32,7 @@ import resource
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -633,6 +634,9 @@ class Run:
         drop_ns = int(t_drop * 1e9)
         last_back = max((storm.back_at[i] for i in back), default=0)
         missed = [s.missed for s in streams if s.recovered]
+        # Clients by how many publications short of the top they ended (complete ones: none).
+        short = Counter(stream_top - s.offset for s in streams if s.offset != stream_top)
+        behind_top = {str(k): v for k, v in sorted(short.items())}
         row: dict[str, Any] = {
             **self.base_row(),
             "clients": n,
@@ -647,6 +651,7 @@ class Run:
             "not_recovered": sum(s.recovered is False for s in streams),
             "complete": sum(complete),
             "failed": n - sum(complete),
+            "behind_top": behind_top,
             "gaps": sum(s.gaps for s in streams),
             "duplicates": sum(s.dups for s in streams),
             "all_back": all_back,

@@ -397,8 +397,8 @@ def _main(doc: dict[str, Any]) -> list[str]:
 RECONNECT_HEAD = [
     "server", "clients", "all back s", "readmissions/s", "Aether CPU µs/readmission",
     "Redis CPU µs/readmission", "Aether CPU s", "outage p50 ms", "outage p99 ms", "recovered",
-    "complete (all publications, in order)", "attempts", "missed per client (mean, max)",
-    "closes/failures", "load 1 min",
+    "complete (all publications, in order)", "ended short of the top (publications: clients)",
+    "attempts", "missed per client (mean, max)", "closes/failures", "load 1 min",
 ]  # fmt: skip
 
 
@@ -421,6 +421,8 @@ def reconnect_storm(doc: dict[str, Any], names: dict[str, str] | None = None) ->
                 _fmt(outage.get("p50"), 0), _fmt(outage.get("p99"), 0),
                 f"{_fmt(row['recovered'])}/{_fmt(row['clients'])}",
                 f"{_fmt(row['complete'])}/{_fmt(row['clients'])}",
+                ", ".join(f"{k}: {_fmt(v)}" for k, v in (row.get("behind_top") or {}).items())
+                or "none",
                 _fmt(row.get("attempts")),
                 f"{_fmt(row.get('missed_per_client_mean'), 1)}, "
                 f"{_fmt(row.get('missed_per_client_max'))}",

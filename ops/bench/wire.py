@@ -375,7 +375,10 @@ class Recovering(Centrifuge):
             else:
                 msg: dict[str, Any] = json.loads(line)
                 if "error" in msg:
-                    conn.fail(f"reply {msg['id']}: {msg['error']}")
+                    # The engine counts failures by the text before the first colon.
+                    what = "connect" if msg.get("id") == 1 else "subscribe"
+                    error = msg["error"]
+                    conn.fail(f"{what} error {error.get('code')}: {error.get('message')}")
                     return
                 if msg.get("id") != last:
                     continue
