@@ -5,6 +5,9 @@ shared and noisy, and the numbers belong in ops/bench/RESULTS.md, not in a pass/
 The bench extra (websockets, python-socketio, uvicorn) is part of the dev extra, so a missing one
 is an installation error and fails here rather than skipping. The Node.js Socket.IO peer joins
 when node and npm exist (CI installs them for the JS SDK tests; `npm ci` is done by the harness).
+The Go peer (go-centrifuge) joins when `go` exists (CI installs Debian's Go and centrifuge
+packages): the harness builds it, and a build that fails then fails the run. Without `go` the
+harness leaves the row out and says so (checked with a PATH that has no `go`).
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "ops" / "bench" / "run.py"
 BENCH_MODULES = ("websockets", "socketio", "uvicorn")
-SCENARIOS = ("burst", "paced", "many_channels", "storm", "idle")
+SCENARIOS = ("burst", "paced", "many_channels", "storm", "idle", "reconnect_storm")
+AETHER_ONLY = ("many_channels", "reconnect_storm")
 
 
 def servers() -> list[str]:
     names = ["aether", "websockets", "socketio-py"]
     if shutil.which("node") and shutil.which("npm"):
         names.append("socketio-node")
+    if shutil.which("go"):
+        names.append("go-centrifuge")
     return names
 
 
@@ -47,8 +53,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     check_bench_extra()
     out = tmp_path_factory.mktemp("bench")
     cmd = [sys.executable, str(RUN), "--smoke", "--out-dir", str(out), "--servers"]
+    # A cold build of the Go peer takes ~30 s of the budget.
     done = subprocess.run(
-        [*cmd, ",".join(servers())], capture_output=True, text=True, timeout=300, cwd=ROOT
+        [*cmd, ",".join(servers())], capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     logs = "\n".join(
         f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
@@ -85,7 +92,7 @@ def test_every_scenario_ran_against_every_server(smoke: dict[str, Any]) -> None:
     ran = {(r["scenario"], r["server"]) for r in smoke["results"]}
     for scenario in SCENARIOS:
         for server in servers():
-            if scenario == "many_channels" and server != "aether":
+            if scenario in AETHER_ONLY and server != "aether":
                 continue
             assert (scenario, server) in ran
 
@@ -126,7 +133,7 @@ def test_connect_storm(smoke: dict[str, Any]) -> None:
         (row,) = rows(smoke, "storm", server)
         assert row["connected"] == row["connections"] > 0
         assert row["connects_per_s"] > 0
-        assert row["jwt"] is (server == "aether")
+        assert row["jwt"] is (server in ("aether", "go-centrifuge"))
         ordered_latency(row["connect_latency_ms"])
 
 
@@ -152,8 +159,72 @@ def test_report_records_the_machine_and_ratios(smoke: dict[str, Any]) -> None:
     assert smoke["peers"] == peers
     ratio = next(r for r in smoke["ratios"] if r["metric"] == "deliveries_per_s")
     assert all(ratio[p] > 0 for p in peers)
-    for heading in ("## Fan-out burst", "## Connect storm", "## Idle memory", "relative to"):
+    headings = ("## Fan-out burst", "## Connect storm", "## Idle memory", "## Reconnect storm",
+                "relative to")  # fmt: skip
+    for heading in headings:
         assert heading in smoke["markdown"]
+
+
+def test_the_go_peer_runs_every_peer_scenario_when_go_is_installed(smoke: dict[str, Any]) -> None:
+    if shutil.which("go") is None:
+        assert "go-centrifuge" not in smoke["servers"]
+        return
+    assert "go-centrifuge" in smoke["servers"]
+    assert smoke["go"].startswith("go version")
+    assert not [note for note in smoke["notes"] if "go-centrifuge skipped" in note]
+    assert (ROOT / "ops/bench/peers/go_centrifuge/go_centrifuge").is_file()
+    for scenario in ("burst", "paced", "storm", "idle"):
+        assert rows(smoke, scenario, "go-centrifuge")
+    assert "| go-centrifuge (JWT HS256) |" in smoke["markdown"]
+
+
+def test_without_go_the_go_row_is_left_out_loudly(tmp_path: Path) -> None:
+    """A PATH without `go` (nor anything else: the harness runs Python by its absolute path,
+    and the websockets peer is Python): the run passes, without the row, and says why."""
+    no_tools = tmp_path / "bin"
+    no_tools.mkdir()
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(RUN), "--smoke", "--out-dir", str(out),
+           "--servers", "websockets,go-centrifuge", "--scenarios", "storm"]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env={"PATH": str(no_tools)}
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "WARNING: the go-centrifuge row is left out: go not installed" in done.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert {r["server"] for r in doc["results"]} == {"websockets"}
+    assert any(n.startswith("go-centrifuge skipped: go not installed") for n in doc["notes"])
+    assert "go-centrifuge skipped: go not installed" in (out / "RESULTS.md").read_text()
+
+
+def check_reconnect_storm(row: dict[str, Any]) -> None:
+    """Every client dropped by the server (3011), back, recovered, and holding every
+    publication once and in order; publications went on during the outage."""
+    n = row["clients"]
+    assert n > 0
+    # Aether closes with 3011; a server short of time may close some sockets without the
+    # close frame (the SDKs reconnect either way).
+    assert sum(row["server_closes"].values()) == n
+    assert set(row["server_closes"]) <= {"3011", "eof"}
+    assert row["back"] == row["recovered"] == row["complete"] == n, row
+    assert row["failed"] == row["not_recovered"] == row["gaps"] == row["duplicates"] == 0
+    assert row["all_back"] is True
+    assert 0 <= row["all_dropped_s"] <= row["all_back_s"]
+    assert row["epochs"] == 1
+    assert row["behind_top"] == {}
+    assert row["publications_during_outage"] >= 1
+    assert row["publisher_acked"] == row["publications"] == row["stream_top"]
+    assert row["missed_per_client_max"] >= 1
+    assert row["attempts"] >= n
+    assert row["server_cpu_us_per_readmission"] is not None
+    ordered_latency(row["outage_ms"])
+    # The SDK's shortest backoff is the floor of every client's outage.
+    assert row["outage_ms"]["p50"] >= 1000 * row["backoff_s"][0]
+
+
+def test_reconnect_storm_recovers_every_client(smoke: dict[str, Any]) -> None:
+    (row,) = rows(smoke, "reconnect_storm", "aether")
+    check_reconnect_storm(row)
 
 
 # --- the Redis rows (`just bench-redis`): a second run into the same directory ------------------
@@ -194,7 +265,7 @@ def test_redis_rows_count_every_process_and_redis(redis_smoke: dict[str, Any]) -
     assert "load average" in section["uptime_before"]
     assert section["redis_server"].startswith("Redis server")
     ran = {(r["scenario"], r["server"]) for r in section["results"]}
-    for scenario in ("burst", "paced", "capacity", "storm"):
+    for scenario in ("burst", "paced", "capacity", "storm", "reconnect_storm"):
         for server in ("aether", "aether-redis", "aether-redis-2w"):
             assert (scenario, server) in ran
     doc = {"results": section["results"]}
@@ -210,6 +281,17 @@ def test_redis_rows_count_every_process_and_redis(redis_smoke: dict[str, Any]) -
     # No Redis CPU where there is no Redis.
     (paced,) = rows(doc, "paced", "aether")
     assert "redis_cpu_s" not in paced
+
+
+def test_reconnect_storm_recovers_every_client_with_redis_and_workers(
+    redis_smoke: dict[str, Any],
+) -> None:
+    doc = {"results": redis_smoke["redis"]["results"]}
+    for server in ("aether", "aether-redis", "aether-redis-2w"):
+        (row,) = rows(doc, "reconnect_storm", server)
+        check_reconnect_storm(row)
+        assert ("redis_cpu_us_per_readmission" in row) is (server != "aether")
+    assert "### Reconnect storm" in redis_smoke["markdown"]
 
 
 def test_capacity_rows_climb_until_a_stage_falls_behind(redis_smoke: dict[str, Any]) -> None:
@@ -238,3 +320,14 @@ def test_the_redis_section_reports_the_targets(redis_smoke: dict[str, Any]) -> N
     for heading in ("### Paced capacity", "### Connect storm", "### Targets (issue 11)"):
         assert heading in markdown
     assert "aether-redis-2w, 2 workers" in markdown
+
+
+def test_the_load_generators_counting_path_self_test() -> None:
+    """`python ops/bench/engine.py`: every delivery counted once and every ping answered once,
+    for each protocol adapter (the Go peer's protocol v1 included), however reads are cut."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "ops/bench/engine.py")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT / "ops/bench",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ok centrifuge-v1" in done.stdout

@@ -69,6 +69,7 @@ class Conn:
         "sampled",
         "sock",
         "state",
+        "stream",
         "t_ready",
         "t_start",
         "token",
@@ -91,6 +92,12 @@ class Conn:
         self.ping_lines = proto.ping_lines
         self.sampled = False
         self.t_start = self.t_ready = 0
+        self.stream: Any = None  # the reconnect storm's position in its channel (wire.Stream)
+
+    def reset(self) -> None:
+        """Back to CONNECTING for another connection (a reconnect); `stream` is kept."""
+        self.sock, self.fd, self.state = None, -1, CONNECTING
+        self.rbuf, self.rest, self.wbuf, self.accept = bytearray(), b"", bytearray(), b""
 
     # --- writing ---
 
@@ -459,6 +466,9 @@ class Engine:
         self.latencies = array("q")
         self.min_seq = 0
         self._next_src = 0
+        # Called with a connection the server closed or that failed (the reconnect storm
+        # schedules its reconnect there).
+        self.on_close: Callable[[Conn], None] | None = None
 
     # --- opening and closing ---
 
@@ -511,6 +521,8 @@ class Engine:
         self.failures[reason.split(":")[0] if "handshake" not in reason else reason] += 1
         conn.close()
         self._start_queued()
+        if self.on_close is not None:
+            self.on_close(conn)
 
     def server_closed(self, conn: Conn, code: int | None) -> None:
         if conn.state == DONE:
@@ -519,6 +531,8 @@ class Engine:
         if conn.state == READY:
             self.ready -= 1
             conn.close()
+            if self.on_close is not None:
+                self.on_close(conn)
         else:
             self.failed(conn, f"closed by server ({code})")
 
@@ -631,13 +645,15 @@ def _test_stream(rnd: Any, proto: str, sizes: list[int], limit: int) -> tuple[by
     out = bytearray()
     seq = pings = ws_pings = 0
     while True:
-        k = rnd.choice(sizes) if proto == "centrifuge" else 1
+        k = rnd.choice(sizes) if proto.startswith("centrifuge") else 1
         lines = []
         for i in range(k):
             data = wire.payload(seq + i, time.monotonic_ns())
             lines.append(
                 b'{"push":{"channel":"bench","pub":{"data":"%s","tags":{}}}}' % data
                 if proto == "centrifuge"
+                else b'{"result":{"channel":"bench","data":{"data":"%s"}}}\n' % data
+                if proto == "centrifuge-v1"
                 else b'42["msg","%s"]' % data
                 if proto == "socketio"
                 else data
@@ -645,10 +661,11 @@ def _test_stream(rnd: Any, proto: str, sizes: list[int], limit: int) -> tuple[by
         line_ping = proto == "centrifuge" and rnd.random() < 0.3
         if line_ping:
             lines.insert(rnd.randrange(k + 1), b"{}")
-        frames = _server_frame(b"\n".join(lines))
+        # Protocol v1 ends every line with a newline (the Go library's encoder).
+        frames = _server_frame((b"" if proto == "centrifuge-v1" else b"\n").join(lines))
         r = rnd.random()
         ws_ping = r < 0.1
-        app_ping = 0.1 <= r < 0.2 and proto != "plain"
+        app_ping = 0.1 <= r < 0.2 and proto in ("centrifuge", "socketio")
         if ws_ping:
             frames += _server_frame(b"#M12", wire.OP_PING)  # a marker that is no delivery
         elif app_ping:
@@ -676,9 +693,14 @@ def _test_feed(proto_name: str, data: bytes, cuts: list[int], sampled: bool, set
         # Centrifugo: batched with 2 deliveries, which `self_test` expects on top.
         push = b'{"push":{"channel":"bench","pub":{"data":"%s"}}}'
         first = push % wire.payload(0, monotonic_ns())
+        v1 = b'{"result":{"channel":"bench","data":{"data":"%s"}}}\n' % wire.payload(
+            0, monotonic_ns()
+        )
         replies = {
             "centrifuge": b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{}}\n%s\n%s'
             % (first, first),
+            "centrifuge-v1": b'{"id":1,"result":{"client":"c"}}\n{"id":2,"result":{}}\n%s%s'
+            % (v1, v1),
             "socketio": b"431[]",
             "plain": b"ok",
         }
@@ -703,8 +725,10 @@ def _test_feed(proto_name: str, data: bytes, cuts: list[int], sampled: bool, set
             except BlockingIOError:
                 if not conn.wbuf:
                     break
-    assert conn.state == READY and eng.readers[conn.fd] == conn.on_readable_ready
-    assert not conn.rest and not conn.rbuf
+    assert conn.state == READY
+    assert eng.readers[conn.fd] == conn.on_readable_ready
+    assert not conn.rest
+    assert not conn.rbuf
     ours.close()
     theirs.close()
     return eng, _client_frames(bytes(sent))
@@ -717,8 +741,8 @@ def self_test(seed: int = 1) -> None:
     import random
 
     rnd = random.Random(seed)
-    pong_of = {"centrifuge": b"{}", "socketio": b"3", "plain": None}
-    for proto in ("centrifuge", "socketio", "plain"):
+    pong_of = {"centrifuge": b"{}", "centrifuge-v1": None, "socketio": b"3", "plain": None}
+    for proto in ("centrifuge", "centrifuge-v1", "socketio", "plain"):
         for sampled in (False, True):
             for mode in ("random", "bytewise", "setup"):
                 if mode == "bytewise":
@@ -730,7 +754,7 @@ def self_test(seed: int = 1) -> None:
                     data, expected, pings, ws_pings = _test_stream(rnd, proto, sizes, 3_000_000)
                     cuts = sorted(rnd.sample(range(1, len(data)), 400))
                 eng, replies = _test_feed(proto, data, cuts, sampled, mode == "setup")
-                if mode == "setup" and proto == "centrifuge":
+                if mode == "setup" and proto.startswith("centrifuge"):
                     expected += 2
                 what = (proto, sampled, mode)
                 assert eng.delivered == expected, (*what, eng.delivered, expected)

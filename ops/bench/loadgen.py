@@ -13,11 +13,18 @@ Scenarios (sizes in the spec's `params`):
            p99 latency over `p99_ms`): the highest rate that held.
 - storm:   N connects (token verified by the server), at most `concurrency` in progress.
 - idle:    N idle connections; server RSS before and after (and after closing them).
+- reconnect_storm (Aether only): N clients subscribed with recovery to a channel with history,
+           a few publications, then all dropped at once by the server API's `disconnect` (code
+           3011, reconnect); publications go on while they reconnect with centrifuge-js's
+           backoff and resubscribe with `recover`; every client must come back recovered with
+           every publication in order.
 Every wait has a deadline; a SIGALRM at the spec's `timeout` ends the process regardless.
 """
 
 from __future__ import annotations
 
+import heapq
+import http.client
 import json
 import math
 import os
@@ -25,6 +32,7 @@ import resource
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -32,9 +40,17 @@ import jwt
 import wire
 from engine import READY, Conn, Engine, HttpPublisher
 
+__all__ = ["Run", "main"]
+
 CHANNEL = "bench"
 OWN = "bench.own."
 SHARED = "bench.shared."
+# The reconnect storm's channel (servers.py gives the namespace history and recovery) and the one
+# user every storm client connects as: one `disconnect` call drops them all at once.
+RECOVER_CHANNEL = "recover:bench"
+STORM_USER = "storm"
+# Close code of the drop: 3011 "force reconnect" (the SDKs reconnect after 3000-3499).
+FORCE_RECONNECT = 3011
 
 
 class Proc:
@@ -163,10 +179,12 @@ class Run:
 
     # --- helpers ---
 
-    def token(self, user: str) -> str:
-        if self.spec["protocol"] != "centrifuge":
+    def token(self, user: str, later_s: int = 0) -> str:
+        """An HS256 connect token for protocols that verify one; `later_s` moves `exp` on
+        (different tokens for one user)."""
+        if not self.proto.jwt:
             return ""
-        claims = {"sub": user, "exp": int(time.time()) + 3600}
+        claims = {"sub": user, "exp": int(time.time()) + 3600 + later_s}
         return jwt.encode(claims, self.spec["secret"], algorithm="HS256")
 
     def conns(self, role: str, n: int, channels: Any, first: int = 0) -> list[Conn]:
@@ -480,7 +498,7 @@ class Run:
                 round(usage["server_cpu_s"] * 1e6 / len(ready), 1) if ready else None
             ),
             "connect_latency_ms": percentiles([c.t_ready - c.t_start for c in ready]),
-            "jwt": self.spec["protocol"] == "centrifuge",
+            "jwt": bool(self.proto.jwt),
             **usage,
         }
         if "redis_cpu_s" in usage:
@@ -489,6 +507,178 @@ class Run:
             )
         row["close_drain_s"] = self.close_and_drain(conns, fds0, 60)
         return [row]
+
+    def scenario_reconnect_storm(self) -> list[dict[str, Any]]:
+        """N clients recover after a server-side drop (see `ReconnectStorm`). Phases: set up
+        (connect + subscribe with `recoverable`), `before` publications that every client
+        receives, the drop (one `POST /api/disconnect` for the storm's user, code 3011), the
+        outage: publications at `rate`/s until every client is back, then the check that every
+        client holds every publication up to the stream's top (`/api/history`), in order, once.
+        Publications go through the server API: no publisher connection to keep alive through
+        a storm that may stall the server's loop for seconds."""
+        p = self.params
+        api = self.spec.get("admin_api")
+        if not api or not api.get("admin_key"):
+            raise RuntimeError("needs the server API's disconnect (an admin key): none answered")
+        eng = self.engine
+        storm = ReconnectStorm(self)
+        n = storm.n
+        fds0 = self.proc.fds()
+        took = self.open(storm.conns, 60 + n / 50)
+        ready = sum(c.state == READY for c in storm.conns)
+        if ready < n:
+            raise RuntimeError(f"setup failed: {ready}/{n} clients ready, {eng.failures}")
+        publisher = HttpPublisher(eng, api["port"], api["path"], api["key"], 2)
+        seq = 0
+        goal = {"count": 0}
+
+        def publish() -> None:
+            """Publish up to `goal["count"]` publications in all (a request at a time per
+            API connection)."""
+            nonlocal seq
+            while seq < goal["count"] and publisher.can_publish():
+                publisher.publish(RECOVER_CHANNEL, wire.payload(seq, time.monotonic_ns()))
+                seq += 1
+
+        def tick_publish() -> float | None:
+            publish()
+            return None
+
+        before = goal["count"] = p.get("before", 3)
+        storm.set_target(before)
+        eng.run_until(lambda: storm.reached == n, self.deadline(60), tick_publish)
+        if storm.reached < n:
+            raise RuntimeError(f"before the drop: {storm.reached}/{n} clients got publications")
+        epochs = {c.stream.epoch for c in storm.conns}
+        eng.reset_counters()
+        eng.failures.clear()
+        eng.closes.clear()
+        eng.max_opening = p.get("concurrency", 1000)
+        eng.on_close = storm.on_close
+        storm.storming = True
+        storm.window = Window(self.proc, self.redis)
+        t_drop = time.monotonic()
+        drop = {"user": STORM_USER, "disconnect": {"code": FORCE_RECONNECT}}
+        reply = self._api(api, "disconnect", drop)
+        if "error" in reply:
+            raise RuntimeError(f"POST /api/disconnect answered {reply}")
+        interval = 1 / p.get("rate", 2.0)
+        state = {"next_check": 0.0}
+
+        def tick() -> float | None:
+            now = time.monotonic()
+            if storm.back < n:  # publications go on during the outage
+                goal["count"] = before + 1 + int((now - t_drop) / interval)
+            publish()
+            if now >= state["next_check"]:
+                storm.time_out_attempts()
+                state["next_check"] = now + 0.1
+            due = storm.reconnect_due()
+            return min(due if due is not None else 0.05, 0.1)
+
+        all_back = eng.run_until(
+            lambda: storm.back == n, self.deadline(p.get("seconds_max", 60 + n / 50)), tick
+        )
+        usage = storm.usage or storm.window.close()
+        t_all_back = time.monotonic()
+        eng.on_close = None
+        storm.storming = False
+        # Every publication answered, then the stream's top from the server: every client
+        # must end there.
+        eng.run_until(
+            lambda: publisher.acked + publisher.errors >= goal["count"],
+            self.deadline(30),
+            tick_publish,
+        )
+        top = self._api(api, "history", {"channel": RECOVER_CHANNEL, "limit": 0})
+        stream_top = int(top.get("result", {}).get("offset", 0))
+        storm.set_target(stream_top)
+        eng.run_until(lambda: storm.reached == n, self.deadline(30))
+        publisher.close()
+        row = self._storm_row(storm, p, took, t_drop, t_all_back, all_back, usage, seq,
+                              before, epochs, fds0, stream_top)  # fmt: skip
+        row["publisher_acked"], row["publisher_errors"] = publisher.acked, publisher.errors
+        row["http_statuses"] = dict(publisher.statuses)
+        return [row]
+
+    def _api(self, api: dict[str, Any], method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One server API call with the admin key; the decoded answer, or {"error": ...}."""
+        conn = http.client.HTTPConnection("127.0.0.1", api["port"], timeout=30)
+        try:
+            headers = {"Content-Type": "application/json", "X-API-Key": api["admin_key"]}
+            conn.request("POST", f"/api/{method}", json.dumps(body), headers)
+            response = conn.getresponse()
+            text = response.read()
+        except OSError as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            conn.close()
+        if response.status != 200:
+            return {"error": f"HTTP {response.status} {text[:200]!r}"}
+        answer: dict[str, Any] = json.loads(text)
+        return answer
+
+    def _storm_row(
+        self, storm: ReconnectStorm, p: dict[str, Any], took: float, t_drop: float,
+        t_all_back: float, all_back: bool, usage: dict[str, float], published: int,
+        before: int, epochs: set[str], fds0: int, stream_top: int,
+    ) -> dict[str, Any]:  # fmt: skip
+        conns, n = storm.conns, storm.n
+        streams = [c.stream for c in conns]
+        recovered = sum(s.recovered is True for s in streams)
+        complete = [
+            s.recovered is True and s.offset == stream_top and not s.gaps and not s.dups
+            for s in streams
+        ]
+        back = [i for i in range(n) if storm.back_at[i]]
+        drop_ns = int(t_drop * 1e9)
+        last_back = max((storm.back_at[i] for i in back), default=0)
+        missed = [s.missed for s in streams if s.recovered]
+        # Clients by how many publications short of the top they ended (complete ones: none).
+        short = Counter(stream_top - s.offset for s in streams if s.offset != stream_top)
+        behind_top = {str(k): v for k, v in sorted(short.items())}
+        row: dict[str, Any] = {
+            **self.base_row(),
+            "clients": n,
+            "setup_s": round(took, 3),
+            "publications_before": before,
+            "publications": published,
+            "publications_during_outage": published - before,
+            "stream_top": stream_top,
+            "epochs": len(epochs),
+            "back": len(back),
+            "recovered": recovered,
+            "not_recovered": sum(s.recovered is False for s in streams),
+            "complete": sum(complete),
+            "failed": n - sum(complete),
+            "behind_top": behind_top,
+            "gaps": sum(s.gaps for s in streams),
+            "duplicates": sum(s.dups for s in streams),
+            "all_back": all_back,
+            "all_back_s": round((last_back - drop_ns) / 1e9, 3) if all_back else None,
+            "all_dropped_s": round((max(storm.dropped_at) - drop_ns) / 1e9, 3)
+            if all(storm.dropped_at) else None,
+            "outage_ms": percentiles([storm.back_at[i] - storm.dropped_at[i] for i in back]),
+            "attempts": storm.attempts,
+            "attempts_per_client_max": 1 + max(storm.steps, default=0),
+            "missed_per_client_mean": round(sum(missed) / len(missed), 2) if missed else None,
+            "missed_per_client_max": max(missed, default=None),
+            "readmissions_per_s": round(len(back) / ((last_back - drop_ns) / 1e9), 1)
+            if back and last_back > drop_ns else None,
+            "server_cpu_us_per_readmission": (
+                round(usage["server_cpu_s"] * 1e6 / len(back), 1) if back else None
+            ),
+            "backoff_s": [p.get("min_delay_s", 0.5), p.get("max_delay_s", 20.0)],
+            "concurrency": self.engine.max_opening,
+            "wall_after_all_back_s": round(time.monotonic() - t_all_back, 3),
+            **usage,
+        }  # fmt: skip
+        if "redis_cpu_s" in usage:
+            row["redis_cpu_us_per_readmission"] = (
+                round(usage["redis_cpu_s"] * 1e6 / len(back), 1) if back else None
+            )
+        row["close_drain_s"] = self.close_and_drain(conns, fds0, 60)
+        return row
 
     def scenario_idle(self) -> list[dict[str, Any]]:
         p = self.params
@@ -548,6 +738,107 @@ class Run:
             last = now
         self.notes.append("RSS still moving when measured")
         return last
+
+
+class ReconnectStorm:
+    """The reconnect storm (`Run.scenario_reconnect_storm`): N recovering clients of one
+    channel with history, dropped at once by the server, each reconnecting on its own
+    centrifuge-js schedule: a failed or timed-out attempt (no connect and subscribe reply within
+    `timeout_s`, centrifuge-js's 5 s) is retried after `backoff(step)`, step + 1. Reconnect
+    timers are a heap the engine loop's tick pops; the set of attempts in flight is checked for
+    timeouts every 100 ms."""
+
+    def __init__(self, run: Run) -> None:
+        p = run.params
+        self.run, self.engine = run, run.engine
+        self.n = p["clients"]
+        self.low, self.high = p.get("min_delay_s", 0.5), p.get("max_delay_s", 20.0)
+        self.timeout_ns = int(p.get("timeout_s", 5.0) * 1e9)
+        self.proto = wire.Recovering(on_back=self.on_back, on_publication=self.on_publication)
+        self.conns = [
+            Conn(self.engine, self.proto, "stream", i, [RECOVER_CHANNEL],
+                 run.token(STORM_USER, later_s=i))
+            for i in range(self.n)
+        ]  # fmt: skip
+        for conn in self.conns:
+            conn.stream = wire.Stream()
+        # Per client: when the server dropped it, when it was back, its failed attempts.
+        self.dropped_at = [0] * self.n
+        self.back_at = [0] * self.n
+        self.steps = [0] * self.n
+        self.timers: list[tuple[float, int]] = []
+        self.trying: dict[int, Conn] = {}
+        self.storming = False
+        self.back = 0
+        self.attempts = 0
+        self.usage: dict[str, float] | None = None
+        self.window: Window | None = None
+        # Clients whose offset reached `target` (counted as publications arrive).
+        self.target = 0
+        self.reached = 0
+        self.reached_at = [0] * self.n
+
+    # --- the adapter's callbacks ---
+
+    def on_publication(self, conn: Conn) -> None:
+        i = conn.index
+        if conn.stream.offset >= self.target and self.reached_at[i] < self.target:
+            self.reached_at[i] = self.target
+            self.reached += 1
+
+    def on_back(self, conn: Conn) -> None:
+        self.on_publication(conn)  # recovered publications came with the reply
+        if not self.storming:
+            return
+        i = conn.index
+        self.trying.pop(i, None)
+        self.back_at[i] = time.monotonic_ns()
+        self.back += 1
+        if self.back == self.n and self.window is not None:
+            self.usage = self.window.close()  # the readmission window ends with the last one
+
+    def on_close(self, conn: Conn) -> None:
+        """The server dropped `conn` or an attempt failed: the next attempt after a backoff."""
+        if not self.storming or conn.role != "stream":
+            return
+        i = conn.index
+        now = time.monotonic()
+        if not self.dropped_at[i]:
+            self.dropped_at[i] = time.monotonic_ns()
+        else:
+            self.steps[i] += 1
+        self.trying.pop(i, None)
+        delay = wire.backoff(self.steps[i], self.low, self.high)
+        heapq.heappush(self.timers, (now + delay, i))
+
+    # --- the loop's tick ---
+
+    def reconnect_due(self) -> float | None:
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, i = heapq.heappop(timers)
+            conn = self.conns[i]
+            conn.reset()
+            self.trying[i] = conn
+            self.attempts += 1
+            self.engine.open([conn])
+        return timers[0][0] - now if timers else None
+
+    def time_out_attempts(self) -> None:
+        now = time.monotonic_ns()
+        late = [
+            c for c in self.trying.values()
+            if c.sock is not None and c.state != READY and now - c.t_start > self.timeout_ns
+        ]  # fmt: skip
+        for conn in late:
+            conn.fail("timeout")
+
+    def set_target(self, top: int) -> None:
+        self.target = top
+        self.reached = 0
+        for conn in self.conns:
+            self.on_publication(conn)
 
 
 def main() -> int:

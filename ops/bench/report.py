@@ -11,7 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_fingerprint", "machine_facts", "markdown", "ratios", "redis_targets"]
+__all__ = [
+    "code_fingerprint", "machine_facts", "markdown", "ratios", "reconnect_storm", "redis_targets",
+]  # fmt: skip
 
 PACKAGES = [
     "aether-trio", "trio", "trio-websocket", "wsproto", "orjson", "PyJWT", "hypercorn",
@@ -213,7 +215,9 @@ def _main(doc: dict[str, Any]) -> list[str]:
         f"start of the run, has fingerprint {doc['aether_code']}).",
         "",
         f"Machine: {m['cpu_model']}, {m['cores']} cores ({m['cores_usable']} usable), "
-        f"{m['memory']}, Linux {m['kernel']}; Python {m['python']}, Node {m['node']}. "
+        f"{m['memory']}, Linux {m['kernel']}; Python {m['python']}, Node {m['node']}"
+        + (f", {doc['go']}" if doc.get("go") else "")
+        + ". "
         f"Load average before/after: {doc['loadavg_before']} / {doc['loadavg_after']}.",
         "",
         "Packages: "
@@ -231,7 +235,10 @@ def _main(doc: dict[str, Any]) -> list[str]:
         "Aether runs with a config written for the run: a fresh HS256 secret, subscribe and "
         "publish allowed for clients on channels without namespace, no history or presence, "
         "`[limits]` rates and counts off, the HTTP API with a publisher key when it exists, "
-        "everything else at its defaults. Each peer runs its library's defaults (no compression).",
+        "everything else at its defaults (plus the reconnect storm's `recover:` namespace with "
+        "history). Each peer runs its library's defaults (no compression); go-centrifuge is "
+        "the Go library centrifugal/centrifuge v0.15 (Debian's package) speaking the client "
+        "protocol v1 and verifying the same HS256 JWT.",
         "",
     ]
     s = sizes
@@ -280,7 +287,8 @@ def _main(doc: dict[str, Any]) -> list[str]:
             f"{s['storm']['concurrency']} in progress at a time",
             "",
             "A connect = TCP + WebSocket upgrade + the protocol's own connect round trip "
-            "(Centrifugo `connect` with a JWT / Socket.IO `40` / the plain peer's `idle`→`ok`).",
+            "(Centrifugo `connect` with a JWT, v2 for Aether and v1 for go-centrifuge / "
+            "Socket.IO `40` / the plain peer's `idle`→`ok`).",
             "",
             *_table(
                 [
@@ -342,6 +350,10 @@ def _main(doc: dict[str, Any]) -> list[str]:
                 idle,
             ),
         ]
+    storm_section = reconnect_storm(doc)
+    if storm_section:
+        lines += [line.replace("### ", "## ", 1) if i == 0 else line
+                  for i, line in enumerate(storm_section)]  # fmt: skip
     if doc["ratios"]:
         peers = doc["peers"]
         lines += [
@@ -378,6 +390,67 @@ def _main(doc: dict[str, Any]) -> list[str]:
             )
         lines.append("")
     return lines
+
+
+# --- the reconnect storm (both sections) ---
+
+RECONNECT_HEAD = [
+    "server", "clients", "all back s", "readmissions/s", "Aether CPU µs/readmission",
+    "Redis CPU µs/readmission", "Aether CPU s", "outage p50 ms", "outage p99 ms", "recovered",
+    "complete (all publications, in order)", "ended short of the top (publications: clients)",
+    "attempts", "missed per client (mean, max)", "closes/failures", "load 1 min",
+]  # fmt: skip
+
+
+def reconnect_storm(doc: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
+    """The reconnect storm's table (Aether only: no peer here recovers a stream), with what it
+    did in words; empty without such rows."""
+    rows = []
+    for res in (r for r in doc["results"] if r["scenario"] == "reconnect_storm"):
+        name = (names or {}).get(res["server"], res["server"])
+        if res.get("error") and not res.get("rows"):
+            rows.append([name, f"error: {res['error']}"] + [""] * (len(RECONNECT_HEAD) - 2))
+        for row in res.get("rows", []):
+            outage = row.get("outage_ms") or {}
+            rows.append([
+                name, _fmt(row["clients"]), _fmt(row.get("all_back_s"), 2),
+                _fmt(row.get("readmissions_per_s"), 0),
+                _fmt(row.get("server_cpu_us_per_readmission"), 0),
+                _fmt(row.get("redis_cpu_us_per_readmission"), 0),
+                _fmt(row.get("server_cpu_s"), 2),
+                _fmt(outage.get("p50"), 0), _fmt(outage.get("p99"), 0),
+                f"{_fmt(row['recovered'])}/{_fmt(row['clients'])}",
+                f"{_fmt(row['complete'])}/{_fmt(row['clients'])}",
+                ", ".join(f"{k}: {_fmt(v)}" for k, v in (row.get("behind_top") or {}).items())
+                or "none",
+                _fmt(row.get("attempts")),
+                f"{_fmt(row.get('missed_per_client_mean'), 1)}, "
+                f"{_fmt(row.get('missed_per_client_max'))}",
+                _closes(row), _load(res),
+            ])  # fmt: skip
+    if not rows:
+        return []
+    size = doc["sizes"]["reconnect_storm"]
+    return [
+        f"### Reconnect storm: {size['clients']:,} clients dropped at once, recovering by "
+        "offset (Aether only)",
+        "",
+        f"Every client connects (its own HS256 JWT, one user for all) and subscribes to "
+        f"`recover:bench` (history, `allow_recovery`) with `recoverable`; {size['before']} "
+        "publications reach everyone; then one `POST /api/disconnect` for that user, code 3011 "
+        f"(reconnect), and publications go on at {size['rate']:g}/s until all are back. Each "
+        "client reconnects like centrifuge-js 5.8: after `backoff(step)` = min(max, min + "
+        f"uniform(0, min(max, min·2^step))) with min {size['min_delay_s']:g} s, max "
+        f"{size['max_delay_s']:g} s, an attempt timing out after {size['timeout_s']:g} s "
+        "(step + 1), and resubscribes with `recover`, its epoch and last offset. A client is "
+        "complete when its reply said `recovered` and it then holds every publication once, in "
+        'order. "all back": from the disconnect call to the last recovered subscribe reply; '
+        "the CPU is over the same window (closing every connection, the readmissions, and the "
+        "fan-out of the publications meanwhile) per readmission. The peers have no history or "
+        "recovery, so no peer row.",
+        "",
+        *_table(RECONNECT_HEAD, rows),
+    ]
 
 
 # --- the Redis section ---
@@ -569,6 +642,7 @@ def _redis(doc: dict[str, Any]) -> list[str]:
             *_table(["server", "connects/s", "Aether CPU µs/connect", "Redis CPU µs/connect",
                      "p50 ms", "p99 ms", "connected", "closes/failures", "load 1 min"], storm),
         ]  # fmt: skip
+    lines += reconnect_storm(doc, REDIS_NAMES)
     targets = redis_targets(results)
     if any(t["ratio"] is not None for t in targets):
         lines += [

@@ -33,26 +33,28 @@ from servers import (
     RedisServer,
     Server,
     api_support,
+    build_go_peer,
+    go_version,
     raise_nofile,
 )
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 # What a run does unless told otherwise; `capacity` (and the Redis servers) on request.
-SCENARIOS = ["burst", "paced", "many_channels", "storm", "idle"]
+SCENARIOS = ["burst", "paced", "many_channels", "storm", "idle", "reconnect_storm"]
 ALL_SCENARIOS = [*SCENARIOS, "capacity"]
-DEFAULT_SERVERS = ["aether", "websockets", "socketio-py", "socketio-node"]
-# The peers only have one room and no tokens: many_channels is Aether's alone; capacity is
-# measured for Aether's engines and worker counts.
-AETHER_ONLY = {"many_channels", "capacity"}
+DEFAULT_SERVERS = ["aether", "websockets", "socketio-py", "socketio-node", "go-centrifuge"]
+# The peers only have one room and no recovery: many_channels and reconnect_storm are Aether's
+# alone; capacity is measured for Aether's engines and worker counts.
+AETHER_ONLY = {"many_channels", "capacity", "reconnect_storm"}
 # The Redis rows: `just bench-redis` (a run with a Redis server writes the report's Redis section).
 REDIS_RUN = {
     "servers": ["aether", "aether-redis", "aether-redis-2w"],
-    "scenarios": ["burst", "paced", "capacity", "storm"],
+    "scenarios": ["burst", "paced", "capacity", "storm", "reconnect_storm"],
 }
 # Hard time limit of one load generator run, in seconds (phases have tighter deadlines).
 TIMEOUTS = {"burst": 600, "paced": 300, "many_channels": 600, "storm": 300, "idle": 300,
-            "capacity": 300}  # fmt: skip
+            "capacity": 300, "reconnect_storm": 600}  # fmt: skip
 PY_DEPS = {"websockets": ["websockets"], "socketio-py": ["socketio", "engineio", "uvicorn"]}
 
 FULL = {
@@ -64,6 +66,9 @@ FULL = {
     },
     "storm": {"connections": 5000, "concurrency": 100},
     "idle": {"connections": 10000, "settle_s": 10.0},
+    # centrifuge-js 5.8's reconnect: backoff 0.5..20 s with full jitter, 5 s attempt timeout.
+    "reconnect_storm": {"clients": 10000, "before": 3, "rate": 2.0, "concurrency": 1000,
+                        "min_delay_s": 0.5, "max_delay_s": 20.0, "timeout_s": 5.0},
     # A stage that falls behind queues: its p99 grows to seconds; 250 ms leaves room for the
     # scheduling jitter of a shared machine (quiet, paced p99 is ~12 ms).
     "capacity": {"subscribers": 1000, "rate": 10000, "seconds": 3.0, "step": 1.5,
@@ -79,6 +84,8 @@ SMOKE = {
     },
     "storm": {"connections": 50, "concurrency": 20},
     "idle": {"connections": 100, "settle_s": 2.0},
+    "reconnect_storm": {"clients": 50, "before": 3, "rate": 10.0, "concurrency": 1000,
+                        "min_delay_s": 0.5, "max_delay_s": 20.0, "timeout_s": 5.0},
     "capacity": {"subscribers": 20, "rate": 2000, "seconds": 0.5, "step": 2.0, "p99_ms": 250.0,
                  "max_rate": 8000, "latency_sample": 10, "warmup_s": 0.2},
 }  # fmt: skip
@@ -113,6 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shared", type=int, help="many_channels shared channels")
     p.add_argument("--connects", type=int, help="storm connections")
     p.add_argument("--idle", type=int, help="idle connections")
+    p.add_argument("--reconnects", type=int, help="reconnect_storm clients")
     p.add_argument("--no-api", action="store_true", help="skip the HTTP API publisher")
     p.add_argument("--note", action="append", default=[], help="a note for the report")
     return p.parse_args(argv)
@@ -131,6 +139,7 @@ def sizes_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("many_channels", "shared"): args.shared,
         ("storm", "connections"): args.connects,
         ("idle", "connections"): args.idle,
+        ("reconnect_storm", "clients"): args.reconnects,
     }
     for (scenario, key), value in overrides.items():
         if value is not None:
@@ -165,6 +174,14 @@ def check_prerequisites(servers: list[str]) -> dict[str, str]:
             )
             if done.returncode:
                 skip["socketio-node"] = f"npm ci failed ({done.returncode})"
+    if "go-centrifuge" in servers:
+        print("go-centrifuge: building ops/bench/peers/go_centrifuge if needed ...", flush=True)
+        built, how = build_go_peer()
+        print(f"go-centrifuge: {how}", flush=True)
+        if not built:
+            skip["go-centrifuge"] = how
+            # Loud: the row is missing from the report; CI installs Go so it never is there.
+            print(f"WARNING: the go-centrifuge row is left out: {how}", file=sys.stderr, flush=True)
     return skip
 
 
@@ -187,7 +204,9 @@ def run_one(
     except (RuntimeError, OSError) as exc:
         result.update(error=str(exc), rows=[], server_status=server.stop() if server.proc else {})
         return result
+    admin_api = server.api if scenario == "reconnect_storm" else None
     spec = {
+        "admin_api": admin_api,
         "scenario": scenario,
         "server": server.name,
         "protocol": server.protocol,
@@ -266,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         sys.path.insert(0, str(src))
         code = code_fingerprint(src / "aether_trio")
-        api_settings, api_reason = (None, "disabled by --no-api") if args.no_api else api_support()
+        # The API is configured either way (the reconnect storm's `disconnect` needs it);
+        # --no-api only leaves out the burst's round through `POST /api/publish`.
+        api_settings, api_reason = api_support()
         notes = [f"HTTP API: {api_reason}"]
+        if args.no_api:
+            notes.append("HTTP API publisher: disabled by --no-api")
         redis = RedisServer(Path(tmp)) if redis_run else None
         try:
             for scenario in scenarios:
@@ -276,9 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     print(f"[{time.monotonic() - t0:6.1f}s] {scenario} / {name}", flush=True)
                     server = Server(name, Path(tmp), secret, api_settings, src, redis)
-                    res = run_one(
-                        scenario, server, sizes[scenario], src_addrs, logs, api_settings is not None
-                    )
+                    with_api = api_settings is not None and not args.no_api
+                    res = run_one(scenario, server, sizes[scenario], src_addrs, logs, with_api)
                     results.append(res)
                     if res.get("error"):
                         print(f"    error: {res['error']}", flush=True)
@@ -286,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             if redis is not None:
                 redis.stop()
     notes += [f"{name} skipped: {why}" for name, why in skip.items()]
+    # Go on PATH and still no binary: the harness is broken, not the machine (a failed run).
+    go_broken = "go-centrifuge" in skip and shutil.which("go") is not None
     if results:
         loads = [r["loadavg"][0] for r in results]
         notes.append(
@@ -325,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios(results, peers),
         "notes": notes,
     }
+    if "go-centrifuge" in servers:
+        doc["go"] = go_version() or None
     if redis_run:
         doc["redis_server"] = _output(["redis-server", "--version"])
         doc["targets"] = redis_targets(results)
@@ -336,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report, flush=True)  # the table, Aether next to its peers
     took = round(time.monotonic() - t0, 1)
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'} in {took} s")
-    return 1 if any(r.get("error") for r in results) else 0
+    if "go-centrifuge" in skip:
+        print(f"WARNING: no go-centrifuge row: {skip['go-centrifuge']}", file=sys.stderr)
+    return 1 if go_broken or any(r.get("error") for r in results) else 0
 
 
 def merged(path: Path, run: dict[str, Any], redis_run: bool) -> dict[str, Any]:

@@ -5,7 +5,12 @@ Every server runs in its own process with the open-files soft limit raised to th
 file that the report scans for errors. Aether gets a config written for the run: a fresh HS256
 secret, permissive channels without namespace (subscribe and publish for clients), no history or
 presence (a plain fan-out like the peers), rate and count limits off, and the HTTP API when the
-code base has one; everything else at its defaults.
+code base has one; everything else at its defaults. One namespace, `recover:`, has history and
+allows recovery: the reconnect storm's channel (no other scenario uses it).
+
+The Go peer (`go-centrifuge`, peers/go_centrifuge/) is built from source with Debian's Go and
+centrifuge packages when `go` is on PATH (`build_go_peer`: only when the source is newer than
+the binary) and verifies the run's HS256 secret, given on its command line.
 
 The Redis servers (`aether-redis`, `aether-redis-2w`) are that config on the Redis engine, with
 one process or `[server] workers = 2`, against one private redis-server the harness starts for
@@ -21,22 +26,37 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "REDIS_SERVERS", "SERVERS", "RedisServer", "Server", "api_support", "free_port",
-    "raise_nofile",
+    "RECOVER_NAMESPACE", "REDIS_SERVERS", "SERVERS", "RedisServer", "Server", "api_support",
+    "build_go_peer", "free_port", "raise_nofile",
 ]  # fmt: skip
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 NODE_DIR = PEERS / "node"
+GO_DIR = PEERS / "go_centrifuge"
+GO_BINARY = GO_DIR / "go_centrifuge"
+# Where Debian's golang-github-* packages put their source (GOPATH mode).
+GO_SYSTEM_PATH = "/usr/share/gocode"
+# The reconnect storm's namespace: history (so offsets and an epoch exist) and recovery allowed.
+RECOVER_NAMESPACE = {
+    "name": "recover",
+    "history_size": 1000,
+    "history_ttl": 600.0,
+    "allow_recovery": True,
+    "allow_subscribe_for_client": True,
+    "allow_publish_for_client": True,
+}
 
 # name -> (load generator protocol, what it is)
 SERVERS: dict[str, tuple[str, str]] = {
@@ -44,6 +64,9 @@ SERVERS: dict[str, tuple[str, str]] = {
     "websockets": ("plain", "minimal broadcast server on `websockets` (asyncio)"),
     "socketio-py": ("socketio", "python-socketio (ASGI) on uvicorn"),
     "socketio-node": ("socketio", "Socket.IO's Node.js server (npm socket.io)"),
+    "go-centrifuge": (
+        "centrifuge-v1", "Go centrifugal/centrifuge v0.15 (Debian), client protocol v1 JSON",
+    ),
     "aether-redis": ("centrifuge", "Aether on the Redis engine (private redis-server), 1 process"),
     "aether-redis-2w": (
         "centrifuge", "Aether on the Redis engine, [server] workers = 2 (SO_REUSEPORT)",
@@ -137,6 +160,54 @@ class RedisServer:
         self.log.close()
 
 
+def build_go_peer() -> tuple[bool, str]:
+    """Build peers/go_centrifuge/go_centrifuge unless it is newer than its source: (built or
+    up to date, what happened). GOPATH mode in a scratch GOPATH holding a link to the package,
+    as its README says: only there does Go map `github.com/golang-jwt/jwt/v4` to Debian's
+    directory. Needs `go` and the golang-github-* packages (README; .ci/run installs them)."""
+    go = shutil.which("go")
+    if go is None:
+        return False, "go not installed (apt-get install golang-go and the packages in " \
+            "ops/bench/peers/go_centrifuge/README.md)"  # fmt: skip
+    sources = [p for p in GO_DIR.iterdir() if p.suffix == ".go" or p.name == "go.mod"]
+    newest = max(p.stat().st_mtime for p in sources)
+    if GO_BINARY.exists() and GO_BINARY.stat().st_mtime >= newest:
+        return True, "binary up to date"
+    with tempfile.TemporaryDirectory(prefix="aether-bench-gopath-") as tmp:
+        (Path(tmp) / "src").mkdir()
+        package = Path(tmp) / "src" / "go_centrifuge"
+        package.symlink_to(GO_DIR)
+        env = {
+            **os.environ, "GO111MODULE": "off", "GOPATH": f"{tmp}:{GO_SYSTEM_PATH}",
+            "GOCACHE": f"{tmp}/cache", "GOFLAGS": "",
+            # Go takes $PWD as its working directory when it names the same one: the path
+            # through the link, inside the GOPATH (a chdir alone resolves the link).
+            "PWD": str(package),
+        }  # fmt: skip
+        try:
+            done = subprocess.run(
+                [go, "build", "-o", str(GO_BINARY), "."],
+                cwd=package, env=env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return False, "go build timed out after 600 s"
+    if done.returncode:
+        return False, f"go build failed ({done.returncode}): {done.stderr.strip()[-1500:]}"
+    return True, "built"
+
+
+def go_version() -> str:
+    go = shutil.which("go")
+    if go is None:
+        return ""
+    try:
+        return subprocess.run(
+            [go, "version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid` (a workers' parent forks from several threads, so
     /proc/<pid>/task/<pid>/children does not list them all)."""
@@ -168,18 +239,25 @@ def api_support() -> tuple[dict[str, Any] | None, str]:
 
     fields = {f.name for f in attrs.fields(config.ApiConfig)}
     key = "bench-" + os.urandom(12).hex()
+    # The reconnect storm's `disconnect` needs the admin role; the publisher key keeps to its own.
+    admin_key = "bench-admin-" + os.urandom(12).hex()
     if "keys" in fields and hasattr(config, "ApiKey"):
         key_fields = {f.name for f in attrs.fields(config.ApiKey)}
-        entry = {"name": "bench", "key": key, "roles": ["publisher"]}
-        body = "".join(f"{k} = {_toml(v)}\n" for k, v in entry.items() if k in key_fields)
-        text = f"[[api.keys]]\n{body}\n"
+        text = ""
+        for entry in (
+            {"name": "bench", "key": key, "roles": ["publisher"]},
+            {"name": "bench-admin", "key": admin_key, "roles": ["admin"]},
+        ):
+            body = "".join(f"{k} = {_toml(v)}\n" for k, v in entry.items() if k in key_fields)
+            text += f"[[api.keys]]\n{body}\n"
     elif fields & {"key", "api_key"}:
         text = f"[api]\n{sorted(fields & {'key', 'api_key'})[0]} = {_toml(key)}\n\n"
+        admin_key = key
     elif "insecure" in fields:
-        text, key = "[api]\ninsecure = true\n\n", ""
+        text, key, admin_key = "[api]\ninsecure = true\n\n", "", ""
     else:
-        text, key = "", ""
-    return {"toml": text, "key": key}, f"ApiConfig fields: {sorted(fields)}"
+        text, key, admin_key = "", "", ""
+    return {"toml": text, "key": key, "admin_key": admin_key}, f"ApiConfig fields: {sorted(fields)}"
 
 
 # [limits] settings where 0 turns a limit off: a benchmark measures capacity, not the limits.
@@ -233,15 +311,23 @@ def aether_config(
         "log": {"level": "info"},
         "limits": limits_off(),
     }
+    namespace = "[[channel.namespaces]]\n" + "".join(
+        f"{k} = {_toml(v)}\n" for k, v in RECOVER_NAMESPACE.items()
+    )
     if redis:
         address, prefix = redis.split("#")
         sections["engine"] = {"type": "redis"}
         sections["engine.redis"] = {"address": address, "prefix": prefix}
-    return "".join(
-        f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in body.items()) + "\n"
-        for name, body in sections.items()
-        if body
-    ) + (api["toml"] if api else "")
+    return (
+        "".join(
+            f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in body.items()) + "\n"
+            for name, body in sections.items()
+            if body
+        )
+        + namespace
+        + "\n"
+        + (api["toml"] if api else "")
+    )
 
 
 class Server:
@@ -287,6 +373,8 @@ class Server:
             return [sys.executable, str(PEERS / "ws_broadcast.py"), str(self.port)]
         if self.name == "socketio-py":
             return [sys.executable, str(PEERS / "sio_server.py"), str(self.port)]
+        if self.name == "go-centrifuge":
+            return [str(GO_BINARY), str(self.port), self.secret]
         return ["node", str(NODE_DIR / "server.js"), str(self.port)]
 
     def start(self, log_path: Path) -> None:
@@ -353,7 +441,12 @@ class Server:
             self.api_note = f"probe failed: {exc}"
             return
         if response.status == 200 and b'"result"' in text:
-            self.api = {"port": self.api_port, "path": "/api/publish", "key": str(key)}
+            self.api = {
+                "port": self.api_port,
+                "path": "/api/publish",
+                "key": str(key),
+                "admin_key": str(self.api_settings.get("admin_key", key)),
+            }
             self.api_note = "POST /api/publish answered a publish"
         else:
             self.api_note = f"POST /api/publish answered {response.status} {text!r}"

@@ -1,5 +1,7 @@
 """Bytes on the wire for the load generator: client frames, the upgrade request, the payload, and
-one small adapter per server protocol (Centrifugo JSON, Socket.IO v4, the plain broadcast peer).
+one small adapter per server protocol (Centrifugo JSON, the Go library's protocol v1 JSON,
+Socket.IO v4, the plain broadcast peer), plus the recovering Centrifugo client of the reconnect
+storm (`Recovering`, with its per-connection `Stream`).
 
 Everything here is pure: functions build bytes, adapters turn a complete server message into
 actions on a connection object they are handed. The engine owns sockets and timing.
@@ -25,8 +27,12 @@ __all__ = [
     "PAYLOAD_SIZE",
     "PROTOCOLS",
     "Centrifuge",
+    "CentrifugeV1",
     "Plain",
+    "Recovering",
     "SocketIO",
+    "Stream",
+    "backoff",
     "client_frame",
     "payload",
     "upgrade_request",
@@ -89,6 +95,7 @@ class Link(Protocol):
     token: str
     acked: int
     errors: int
+    stream: Any
 
     def send(self, data: bytes) -> None: ...
 
@@ -105,6 +112,7 @@ class Centrifuge:
     # Aether coalesces several messages per frame: a ping may be any line of a frame.
     ping_lines = True
     acks = True
+    jwt = True
 
     def __init__(self, path: str = "/connection/websocket") -> None:
         self.path = path
@@ -160,6 +168,7 @@ class SocketIO:
     name = "socketio"
     ping_lines = False
     acks = False
+    jwt = False
 
     def __init__(self) -> None:
         self.path = "/socket.io/?EIO=4&transport=websocket"
@@ -210,6 +219,7 @@ class Plain:
     name = "plain"
     ping_lines = False
     acks = False
+    jwt = False
 
     def __init__(self) -> None:
         self.path = "/"
@@ -236,4 +246,182 @@ class Plain:
         pass
 
 
-PROTOCOLS = {"centrifuge": Centrifuge, "socketio": SocketIO, "plain": Plain}
+class CentrifugeV1:
+    """The Centrifuge client protocol v1, JSON (the Go peer on centrifugal/centrifuge v0.15):
+    numeric methods (connect 0, omitted; subscribe 1; publish 3), `{"id":N,"method":M,
+    "params":{...}}`, replies `{"id":N,"result":{...}}` or `{"id":N,"error":{...}}`, pushes without
+    an id (a publication: `{"result":{"channel":..,"data":{"data":..}}}`); several per frame,
+    newline-separated. Keepalive is WebSocket ping/pong (handled by the engine): no `{}` pings."""
+
+    name = "centrifuge-v1"
+    ping_lines = False
+    acks = True
+    jwt = True
+
+    def __init__(self, path: str = "/connection/websocket") -> None:
+        self.path = path
+
+    def on_open(self, conn: Link) -> None:
+        cmds: list[dict[str, Any]] = [{"id": 1, "params": {"token": conn.token}}]
+        cmds += [
+            {"id": i, "method": 1, "params": {"channel": ch}}
+            for i, ch in enumerate(conn.channels, 2)
+        ]
+        conn.send(client_frame("\n".join(json.dumps(c) for c in cmds).encode()))
+
+    def on_setup(self, conn: Link, data: bytes) -> None:
+        last = 1 + len(conn.channels)
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            msg: dict[str, Any] = json.loads(line)
+            if "error" in msg:
+                conn.fail(f"reply {msg.get('id')}: {msg['error']}")
+                return
+            if msg.get("id") == last:
+                conn.set_ready()
+
+    def on_small(self, conn: Link, data: bytes) -> None:
+        pass
+
+    def ping_in_lines(self, conn: Link) -> None:
+        raise AssertionError("no application pings in protocol v1")
+
+    def publish(self, seq: int, channel: str, data: bytes) -> bytes:
+        body = b'{"id":%d,"method":3,"params":{"channel":"%s","data":"%s"}}' % (
+            seq + 1000,
+            channel.encode(),
+            data,
+        )
+        return client_frame(body)
+
+    def on_publisher_data(self, conn: Link, data: bytes) -> None:
+        for line in data.split(b"\n"):
+            if not line.startswith(b'{"id":'):
+                continue  # a push
+            if b'"error"' in line:
+                conn.errors += 1
+            else:
+                conn.acked += 1
+
+
+def backoff(step: int, low: float, high: float, rand: Any = random.random) -> float:
+    """centrifuge-js's reconnect delay (utils.ts `backoff`, 5.8.0): full jitter,
+    `min(high, low + uniform(0, min(high, low * 2**step)))`; step 0 is the first retry."""
+    return min(high, low + rand() * min(high, low * 2 ** min(step, 31)))
+
+
+_OFFSETS = re.compile(rb'"offset":(\d+)')
+
+
+class Stream:
+    """What a recovering client remembers of its subscription (centrifuge-js keeps the same):
+    the stream's epoch and the last offset seen, and what the last resubscribe said."""
+
+    __slots__ = ("dups", "epoch", "gaps", "missed", "offset", "recovered", "was_recovering")
+
+    def __init__(self) -> None:
+        self.epoch = ""
+        self.offset = 0
+        self.recovered: bool | None = None  # None: not resubscribed yet
+        self.was_recovering = False
+        self.missed = 0  # publications in the last recovering subscribe reply
+        self.gaps = self.dups = 0
+
+    def advance(self, offset: int) -> None:
+        """A publication with `offset` arrived: in order, a repeat, or after a hole."""
+        if offset == self.offset + 1:
+            self.offset = offset
+        elif offset <= self.offset:
+            self.dups += 1
+        else:
+            self.gaps += 1
+            self.offset = offset
+
+
+class Recovering(Centrifuge):
+    """A Centrifugo v2 client that keeps its stream position like centrifuge-js: it subscribes
+    with `recoverable: true`; after a reconnect it sends `recover: true` with the epoch and the
+    last offset it saw, and takes the missed publications from the reply. Every publication's
+    offset is tracked (`Stream.advance`): the connections stay off the engine's counting hot path
+    (role `stream`), each frame is decoded here. `on_back(conn)` runs when a subscribe reply
+    came; `on_publication(conn)` after the publications of each frame."""
+
+    def __init__(self, on_back: Any = None, on_publication: Any = None) -> None:
+        super().__init__()
+        self.on_back = on_back
+        self.on_publication = on_publication
+
+    def on_open(self, conn: Link) -> None:
+        stream: Stream = conn.stream
+        cmds: list[dict[str, Any]] = [{"id": 1, "connect": {"token": conn.token, "name": "bench"}}]
+        for i, ch in enumerate(conn.channels, 2):
+            sub: dict[str, Any] = {"channel": ch, "recoverable": True}
+            if stream.epoch:
+                sub.update(recover=True, epoch=stream.epoch)
+                if stream.offset:
+                    sub["offset"] = stream.offset
+            cmds.append({"id": i, "subscribe": sub})
+        conn.send(client_frame("\n".join(json.dumps(c) for c in cmds).encode()))
+
+    def on_setup(self, conn: Link, data: bytes) -> None:
+        last = 1 + len(conn.channels)
+        stream: Stream = conn.stream
+        for line in data.split(b"\n"):
+            if line == b"{}":
+                conn.send(client_frame(self._pong))
+            elif line.startswith(b'{"push"'):
+                self._publications(conn, line)
+            else:
+                msg: dict[str, Any] = json.loads(line)
+                if "error" in msg:
+                    # The engine counts failures by the text before the first colon.
+                    what = "connect" if msg.get("id") == 1 else "subscribe"
+                    error = msg["error"]
+                    conn.fail(f"{what} error {error.get('code')}: {error.get('message')}")
+                    return
+                if msg.get("id") != last:
+                    continue
+                reply = msg.get("subscribe", {})
+                stream.was_recovering = bool(reply.get("was_recovering"))
+                if stream.was_recovering:
+                    stream.recovered = bool(reply.get("recovered"))
+                    pubs = reply.get("publications") or []
+                    stream.missed = len(pubs)
+                    if stream.recovered:
+                        for pub in pubs:
+                            stream.advance(int(pub.get("offset", 0)))
+                    else:
+                        stream.epoch, stream.offset = reply.get("epoch", ""), reply.get("offset", 0)
+                else:
+                    stream.epoch, stream.offset = reply.get("epoch", ""), reply.get("offset", 0)
+                conn.set_ready()
+                if self.on_back is not None:
+                    self.on_back(conn)
+
+    def on_publisher_data(self, conn: Link, data: bytes) -> None:
+        if conn.role != "stream":
+            super().on_publisher_data(conn, data)
+            return
+        for line in data.split(b"\n"):
+            if line == b"{}":
+                conn.send(client_frame(self._pong))
+            elif line.startswith(b'{"push"'):
+                self._publications(conn, line)
+
+    def _publications(self, conn: Link, line: bytes) -> None:
+        if b'"pub"' not in line:
+            return
+        stream: Stream = conn.stream
+        for offset in _OFFSETS.findall(line):
+            stream.advance(int(offset))
+        if self.on_publication is not None:
+            self.on_publication(conn)
+
+
+PROTOCOLS: dict[str, Any] = {
+    "centrifuge": Centrifuge,
+    "centrifuge-v1": CentrifugeV1,
+    "socketio": SocketIO,
+    "plain": Plain,
+}
