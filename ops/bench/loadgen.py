@@ -477,7 +477,9 @@ class Run:
     def scenario_storm(self) -> list[dict[str, Any]]:
         p = self.params
         n = p["connections"]
-        conns = self.conns("idle", n, lambda i: [])
+        # A connect is the protocol's connect plus one subscribe (join for Socket.IO and the
+        # plain peer), as an SDK's client does it: the setup a reconnect storm repeats.
+        conns = self.conns("sub", n, lambda i: ["storm"])
         self.engine.max_opening = p.get("concurrency", 100)
         fds0 = self.proc.fds()
         window = Window(self.proc, self.redis)

@@ -286,9 +286,10 @@ def _main(doc: dict[str, Any]) -> list[str]:
             f"## Connect storm: {s['storm']['connections']:,} connects, "
             f"{s['storm']['concurrency']} in progress at a time",
             "",
-            "A connect = TCP + WebSocket upgrade + the protocol's own connect round trip "
-            "(Centrifugo `connect` with a JWT, v2 for Aether and v1 for go-centrifuge / "
-            "Socket.IO `40` / the plain peer's `idle`→`ok`).",
+            "A connect = TCP + WebSocket upgrade + the protocol's own connect and one "
+            "subscribe (Centrifugo `connect` with a JWT plus `subscribe` in the same frame, v2 "
+            "for Aether and v1 for go-centrifuge / Socket.IO `40` then an acknowledged `join` / "
+            "the plain peer's `sub`→`ok`), ready once the subscribe is answered.",
             "",
             *_table(
                 [
@@ -546,12 +547,11 @@ def _redis(doc: dict[str, Any]) -> list[str]:
         "",
     ]
     lines += [
-        "A connection's commands are handled in order, so one WebSocket publisher's publishes "
-        "reach the hub one Redis round trip apart: through Redis the burst arrives one "
-        "publication per scheduling round and every subscriber gets a frame per publication "
-        '("deliveries/read" about 1), while the memory engine fans a whole read of publishes out '
-        "at once (tens per frame). The burst's CPU per delivery therefore compares batching; "
-        "the paced rows (one publication at a time for every engine) compare the engines.",
+        "A connection's consecutive publishes are issued to the broker in a row and waited for "
+        "together (connection/serve.py): through Redis a WebSocket publisher's burst goes out in "
+        "one pipeline per read and its publications reach the subscribers in batches, as with "
+        "the memory engine (\"deliveries/read\"). The paced rows (one publication at a time for "
+        "every engine) compare the engines themselves.",
         "",
     ]
     head = ["server", "deliveries/s", "Aether CPU µs/delivery", "Redis CPU µs/delivery",
