@@ -331,3 +331,53 @@ def test_the_load_generators_counting_path_self_test() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "ok centrifuge-v1" in done.stdout
+
+
+def test_a_recovering_client_follows_an_unsubscribe_2500_like_the_sdk() -> None:
+    """The reconnect storm's client (wire.Recovering): an unsubscribe push 2500 (the node's
+    PUB/SUB session was rebuilt: publications may be missing) makes it subscribe again with
+    `recover`, its epoch and offset, and the reply's publications fill its stream; another code
+    does not."""
+    spec = importlib.util.spec_from_file_location("bench_wire", ROOT / "ops/bench/wire.py")
+    assert spec is not None
+    assert spec.loader is not None
+    wire: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wire)
+
+    class Link:
+        role = "stream"
+
+        def __init__(self) -> None:
+            self.stream = wire.Stream()
+            self.sent: list[bytes] = []
+
+        def send(self, data: bytes) -> None:
+            self.sent.append(data)
+
+    proto, conn = wire.Recovering(), Link()
+    conn.stream.epoch, conn.stream.offset = "e1", 4
+    push = b'{"push":{"channel":"recover:bench","unsubscribe":{"code":%d,"reason":"x"}}}'
+    proto.on_publisher_data(conn, push % 2000)
+    assert conn.sent == []
+    proto.on_publisher_data(conn, push % 2500)
+    (frame,) = conn.sent
+    command = json.loads(_unmask(frame))
+    assert command["subscribe"] == {
+        "channel": "recover:bench", "recoverable": True, "recover": True, "epoch": "e1",
+        "offset": 4,
+    }  # fmt: skip
+    reply = {"id": command["id"], "subscribe": {"recovered": True, "publications": [
+        {"offset": 5, "data": "a"}, {"offset": 6, "data": "b"}]}}  # fmt: skip
+    proto.on_publisher_data(conn, json.dumps(reply).encode())
+    stream = conn.stream
+    assert (stream.offset, stream.recovered, stream.gaps, stream.resubscribes) == (6, True, 0, 1)
+
+
+def _unmask(frame: bytes) -> bytes:
+    """The payload of one masked client text frame (payload under 126 bytes or 16-bit length)."""
+    length = frame[1] & 0x7F
+    start = 2
+    if length == 126:
+        length, start = int.from_bytes(frame[2:4], "big"), 4
+    mask, body = frame[start : start + 4], frame[start + 4 : start + 4 + length]
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(body))

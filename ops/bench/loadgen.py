@@ -656,6 +656,8 @@ class Run:
             "behind_top": behind_top,
             "gaps": sum(s.gaps for s in streams),
             "duplicates": sum(s.dups for s in streams),
+            # Unsubscribe pushes 2500 followed (a Redis PUB/SUB session lost and rebuilt).
+            "resubscribes": sum(s.resubscribes for s in streams),
             "all_back": all_back,
             "all_back_s": round((last_back - drop_ns) / 1e9, 3) if all_back else None,
             "all_dropped_s": round((max(storm.dropped_at) - drop_ns) / 1e9, 3)

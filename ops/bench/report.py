@@ -399,7 +399,8 @@ RECONNECT_HEAD = [
     "server", "clients", "all back s", "readmissions/s", "Aether CPU µs/readmission",
     "Redis CPU µs/readmission", "Aether CPU s", "outage p50 ms", "outage p99 ms", "recovered",
     "complete (all publications, in order)", "ended short of the top (publications: clients)",
-    "attempts", "missed per client (mean, max)", "closes/failures", "load 1 min",
+    "attempts", "missed per client (mean, max)", "resubscribes (2500)", "closes/failures",
+    "load 1 min",
 ]  # fmt: skip
 
 
@@ -427,7 +428,7 @@ def reconnect_storm(doc: dict[str, Any], names: dict[str, str] | None = None) ->
                 _fmt(row.get("attempts")),
                 f"{_fmt(row.get('missed_per_client_mean'), 1)}, "
                 f"{_fmt(row.get('missed_per_client_max'))}",
-                _closes(row), _load(res),
+                _fmt(row.get("resubscribes", 0)), _closes(row), _load(res),
             ])  # fmt: skip
     if not rows:
         return []
@@ -443,7 +444,8 @@ def reconnect_storm(doc: dict[str, Any], names: dict[str, str] | None = None) ->
         "client reconnects like centrifuge-js 5.8: after `backoff(step)` = min(max, min + "
         f"uniform(0, min(max, min·2^step))) with min {size['min_delay_s']:g} s, max "
         f"{size['max_delay_s']:g} s, an attempt timing out after {size['timeout_s']:g} s "
-        "(step + 1), and resubscribes with `recover`, its epoch and last offset. A client is "
+        "(step + 1), and resubscribes with `recover`, its epoch and last offset (also while "
+        "connected, after an unsubscribe push 2500-2999, as the SDK does). A client is "
         "complete when its reply said `recovered` and it then holds every publication once, in "
         'order. "all back": from the disconnect call to the last recovered subscribe reply; '
         "the CPU is over the same window (closing every connection, the readmissions, and the "
@@ -550,7 +552,7 @@ def _redis(doc: dict[str, Any]) -> list[str]:
         "A connection's consecutive publishes are issued to the broker in a row and waited for "
         "together (connection/serve.py): through Redis a WebSocket publisher's burst goes out in "
         "one pipeline per read and its publications reach the subscribers in batches, as with "
-        "the memory engine (\"deliveries/read\"). The paced rows (one publication at a time for "
+        'the memory engine ("deliveries/read"). The paced rows (one publication at a time for '
         "every engine) compare the engines themselves.",
         "",
     ]

@@ -318,7 +318,10 @@ class Stream:
     """What a recovering client remembers of its subscription (centrifuge-js keeps the same):
     the stream's epoch and the last offset seen, and what the last resubscribe said."""
 
-    __slots__ = ("dups", "epoch", "gaps", "missed", "offset", "recovered", "was_recovering")
+    __slots__ = (
+        "dups", "epoch", "gaps", "missed", "offset", "recovered", "resubscribes",
+        "was_recovering",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.epoch = ""
@@ -327,6 +330,9 @@ class Stream:
         self.was_recovering = False
         self.missed = 0  # publications in the last recovering subscribe reply
         self.gaps = self.dups = 0
+        # Unsubscribe pushes 2500-2999 (the server may have missed publications: centrifuge-js
+        # subscribes again, recovering) this client followed while connected.
+        self.resubscribes = 0
 
     def advance(self, offset: int) -> None:
         """A publication with `offset` arrived: in order, a repeat, or after a hole."""
@@ -407,7 +413,37 @@ class Recovering(Centrifuge):
             if line == b"{}":
                 conn.send(client_frame(self._pong))
             elif line.startswith(b'{"push"'):
-                self._publications(conn, line)
+                if b'"unsubscribe"' in line:
+                    self._unsubscribed(conn, line)
+                else:
+                    self._publications(conn, line)
+            elif line.startswith(b'{"id":') and b'"subscribe"' in line:
+                self._resubscribed(conn, json.loads(line))
+
+    def _unsubscribed(self, conn: Link, line: bytes) -> None:
+        """An unsubscribe push: with a code of 2500-2999 the SDK subscribes again at once,
+        recovering from its position (the server may have missed publications, a Redis PUB/SUB
+        reconnect); any other code ends the subscription, which the check then reports."""
+        push = json.loads(line)["push"]
+        code = int(push["unsubscribe"].get("code", 0))
+        if not 2500 <= code < 3000:
+            return
+        stream: Stream = conn.stream
+        stream.resubscribes += 1
+        sub: dict[str, Any] = {"channel": push["channel"], "recoverable": True, "recover": True}
+        sub.update(epoch=stream.epoch, offset=stream.offset)
+        command = {"id": 1000 + stream.resubscribes, "subscribe": sub}
+        conn.send(client_frame(json.dumps(command).encode()))
+
+    def _resubscribed(self, conn: Link, msg: dict[str, Any]) -> None:
+        stream: Stream = conn.stream
+        reply = msg.get("subscribe", {})
+        stream.recovered = bool(reply.get("recovered"))
+        if stream.recovered:
+            for pub in reply.get("publications") or []:
+                stream.advance(int(pub.get("offset", 0)))
+        else:
+            stream.epoch, stream.offset = reply.get("epoch", ""), reply.get("offset", 0)
 
     def _publications(self, conn: Link, line: bytes) -> None:
         if b'"pub"' not in line:
