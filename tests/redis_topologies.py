@@ -132,7 +132,9 @@ def running_sentinels(count: int = 1) -> Iterator[SentinelSetup]:
         def ready() -> bool:
             for sentinel in sentinels:
                 replicas = sentinel.command("SENTINEL", "REPLICAS", MASTER_NAME)
-                if not replicas:
+                # Listed is not enough: a replica the Sentinel has not reached yet ("slave,
+                # disconnected", link status "err") cannot be promoted (NOGOODSLAVE).
+                if not replicas or not all(_promotable(r) for r in replicas):
                     return False
                 others = sentinel.command("SENTINEL", "SENTINELS", MASTER_NAME)
                 if len(others) != count - 1:
@@ -141,6 +143,11 @@ def running_sentinels(count: int = 1) -> Iterator[SentinelSetup]:
 
         wait_for(ready, what="the sentinels to see the replica and each other")
         yield SentinelSetup(master, replica, sentinels)
+
+
+def _promotable(replica: dict[bytes, bytes]) -> bool:
+    flags = replica.get(b"flags", b"").split(b",")
+    return b"disconnected" not in flags and replica.get(b"master-link-status") == b"ok"
 
 
 class RedisCluster:
