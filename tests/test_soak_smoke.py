@@ -1,6 +1,7 @@
 """`just soak --smoke` as CI runs it: the whole harness (ops/soak/) against a real deployment (two
 Aether processes over a private Redis, supervisord, nginx with TLS), with its faults (bad input, a
-SIGKILLed worker, a Redis restart, slow consumers, an impaired network), in under a minute or two.
+SIGKILLed worker, a Redis restart, slow consumers, an impaired network, a backup of every process
+to a private S3 endpoint and its restore drill), in under a minute or two.
 
 It fails on any publication lost, duplicated or published twice inside the history window, and
 checks that the report carries the eight metrics with the counts behind them. Latency and error
@@ -35,10 +36,15 @@ def test_the_smoke_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert len(metrics) == 8
     assert metrics["delivery"]["verdict"] == "PASS"
     assert metrics["recovery"]["verdict"] == "PASS", metrics["recovery"]
+    # The backup + verify cycle: every process backed up to S3 and every backup's drill passed.
+    assert metrics["backup success"]["verdict"] == "PASS", report["backups"]
+    assert metrics["backup verification success"]["verdict"] == "PASS", report["backups"]
+    assert [b["instance"] for b in report["backups"]] == [1, 2]
+    assert all(b["drill"]["ok"] and b["drill"]["rto_seconds"] > 0 for b in report["backups"])
     # Every fault ran and healed.
     faults = {f["fault"]: f for f in report["faults"]}
-    assert set(faults) == {"bad_input", "kill_worker", "restart_redis", "slow_consumers",
-                           "impair_network"}  # fmt: skip
+    assert set(faults) == {"backup_cycle", "bad_input", "kill_worker", "restart_redis",
+                           "slow_consumers", "impair_network"}  # fmt: skip
     assert faults["kill_worker"]["healed_after_s"] is not None, faults["kill_worker"]
     assert faults["restart_redis"]["healed_after_s"] is not None, faults["restart_redis"]
     # Slow consumers are cut off by the server (3008), the run undisturbed (zero loss above).

@@ -25,6 +25,7 @@ import trustme
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from backup_helpers import ACCESS, running_moto  # noqa: E402
 from ops_helpers import (  # noqa: E402  (the tests' helpers: one copy of the renderers)
     OPS,
     free_base_port,
@@ -37,9 +38,11 @@ from ops_helpers import (  # noqa: E402  (the tests' helpers: one copy of the re
 from redis_server import RedisServer  # noqa: E402
 
 from aether_trio.auth.tokens import mint_token  # noqa: E402
+from aether_trio.backup.crypto import generate_key_file  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PROCESSES = 2
+BUCKET = "aether-soak"
 CHANNELS = """
 [[channel.namespaces]]
 name = "soak"
@@ -157,6 +160,22 @@ def _wait_ready(deployment: Deployment, seconds: float = 60) -> None:
 
 
 @contextmanager
+def _s3_backup_target(etc: Path) -> Iterator[str]:
+    """A private S3 endpoint with a bucket, the credentials and a backup key under `etc`; yields
+    the `[backup]` section that points the deployment's config at them."""
+    with running_moto() as moto:
+        moto.client().create_bucket(Bucket=BUCKET)
+        (etc / "aws").write_text(
+            f"[default]\naws_access_key_id = {ACCESS[0]}\naws_secret_access_key = {ACCESS[1]}\n"
+        )
+        generate_key_file(etc / "backup.key")
+        yield (
+            f'\n[backup]\nbucket = "{BUCKET}"\nprefix = "soak/"\nendpoint_url = "{moto.url}"\n'
+            'region = "us-east-1"\ncredentials_file = "aws"\nkey_file = "backup.key"\n'
+        )
+
+
+@contextmanager
 def deployed(directory: Path) -> Iterator[Deployment]:
     directory.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -169,8 +188,10 @@ def deployed(directory: Path) -> Iterator[Deployment]:
             '[engine]\ntype = "memory"',
             f'[engine]\ntype = "redis"\nredis = {{ address = "{redis.address}", prefix = "soak" }}',
         )
+        backup = stack.enter_context(_s3_backup_target(config.parent))
         config.write_text(
             text.replace("connection_limit_per_user = 50", "connection_limit_per_user = 500")
+            + backup
         )
         check = subprocess.run([str(BIN / "aether"), "check-config", "-c", str(config)],
                                capture_output=True, text=True, check=False)  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import trio
+from backups import backup_cycle
 from deployment import PROCESSES, Deployment
 from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 
@@ -262,4 +263,5 @@ FAULTS: dict[str, Callable[[Deployment, Any], Awaitable[dict[str, Any]]]] = {
     "bad_input": bad_input,
     "slow_consumers": slow_consumers,
     "impair_network": impair_network,
+    "backup_cycle": backup_cycle,
 }

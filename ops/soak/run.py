@@ -28,6 +28,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backups import server_backup_metrics
 from clients import Backoff, Ledger, LoadClient, Stats
 from deployment import PROCESSES, Deployment, deployed
 from faults import FAULTS, DelayProxy
@@ -61,7 +62,7 @@ SMOKE = Plan(
     seconds=40, clients=120, rooms=12, hot_rate=10, room_rate=20, personal_rate=10,
     client_publishers=0.1, client_publish_every=5, query_every=10, backoff=(0.2, 4),
     healthcheck_every=5,
-    faults=((6, "bad_input"), (10, "kill_worker"), (20, "restart_redis"),
+    faults=((2, "backup_cycle"), (6, "bad_input"), (10, "kill_worker"), (20, "restart_redis"),
             (28, "slow_consumers"), (30, "impair_network")),
     settle=30,
 )  # fmt: skip
@@ -69,8 +70,8 @@ SMOKE = Plan(
 
 def full_plan(minutes: float, clients: int) -> Plan:
     seconds = minutes * 60
-    cycle = ("kill_worker", "bad_input", "restart_redis", "slow_consumers", "drain_worker",
-             "impair_network")  # fmt: skip
+    cycle = ("kill_worker", "bad_input", "backup_cycle", "restart_redis", "slow_consumers",
+             "drain_worker", "impair_network")  # fmt: skip
     every = 150.0  # a fault every 2.5 minutes, the first after a quiet minute
     faults = tuple(
         (60 + k * every, cycle[k % len(cycle)]) for k in range(int((seconds - 90) // every))
@@ -100,6 +101,8 @@ class Run:
     stop_publishing: trio.Event = attrs.field(factory=trio.Event)
     faults_done: trio.Event = attrs.field(factory=trio.Event)
     lag: dict[int, float] = attrs.field(factory=dict)  # second -> the harness's worst loop lag (ms)
+    backups: list[dict[str, Any]] = attrs.field(factory=list)  # each backup_cycle's attempts
+    server_backup_metrics: dict[int, dict[str, float]] = attrs.field(factory=dict)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.stats.started, 2)
@@ -349,6 +352,7 @@ async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
             channels = sorted({ch for c in run.clients for ch in c.channels})
             tops = await channel_tops(run, channels)
             settled = await settle(run, tops)
+            run.server_backup_metrics = await server_backup_metrics(dep)
             stop_witness.set()
             for client in run.clients:
                 client.stopping = True
