@@ -32,6 +32,12 @@ def test_the_smoke_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert accounting["lost"] == accounting["duplicates"] == accounting["double_published"] == 0
     assert accounting["witness"]["received"] > 0
     assert accounting["witness"]["lost"] == 0
+    # The real npm centrifuge SDK clients, through nginx the whole run, lost nothing either.
+    js = accounting["js_witnesses"]
+    assert len(js["clients"]) == 3, js
+    for client in js["clients"]:
+        assert client["received"] > 0, js
+        assert client["lost"] == client["duplicates"] == client["double_published"] == 0, js
     metrics = {m["metric"]: m for m in report["metrics"]}
     assert len(metrics) == 8
     assert metrics["delivery"]["verdict"] == "PASS"

@@ -91,7 +91,10 @@ def compute(run: Any, tops: dict[str, int], settled: float) -> dict[str, Any]:
                 f"inside a fault's window: {health_in_fault})"),
         *_backup_metrics(run.backups),
     ]  # fmt: skip
-    zero_loss = lost == 0 and duplicates == 0 and double_published == 0 and witness_lost == 0
+    js = run.js.summary(tops.get(run.js.channel, 0))
+    js_bad = sum(c["lost"] + c["duplicates"] + c["double_published"] for c in js["clients"])
+    zero_loss = (lost == 0 and duplicates == 0 and double_published == 0 and witness_lost == 0
+                 and js_bad == 0)  # fmt: skip
     return {
         "plan": _plan_dict(run.plan),
         "metrics": metrics,
@@ -115,6 +118,7 @@ def compute(run: Any, tops: dict[str, int], settled: float) -> dict[str, Any]:
                 "duplicates": witness.duplicates,
                 "events": run.witness_events[:20],
             },
+            "js_witnesses": js,
         },
         "latency": latency,
         "harness_loop_lag_ms_max": max(run.lag.values(), default=0.0),
@@ -155,7 +159,8 @@ def _plan_dict(plan: Any) -> dict[str, Any]:
 def _markdown(report: dict[str, Any]) -> str:
     acc = report["accounting"]
     lines = ["# Soak report", "",
-             f"Plan: {report['plan']['clients']} load clients + 1 centrifuge-python witness, "
+             f"Plan: {report['plan']['clients']} load clients + 1 centrifuge-python witness + "
+             f"{len(acc['js_witnesses']['clients'])} centrifuge-js witnesses, "
              f"{report['plan']['seconds']:.0f} s, faults: "
              + ", ".join(f"{f['fault']} at {f['t']:.0f} s" for f in report["faults"]), "",
              "| metric | value | threshold | verdict | counts |",
@@ -174,6 +179,17 @@ def _markdown(report: dict[str, Any]) -> str:
         " late (a late harness inflates the measured latencies).",
         "",
     ]
+    js = acc["js_witnesses"]
+    lines += [
+        f"Witnesses on `soak:hot`: centrifuge-python lost {acc['witness']['lost']} of "
+        f"{acc['witness']['received']} received; {js['sdk']}: "
+        + "; ".join(f"client {k} received {c['received']}, lost {c['lost']}, duplicated "
+                    f"{c['duplicates']}" for k, c in enumerate(js["clients"]))
+        + f". Their latency on Node's own clock (no harness lag in it): mean "
+        f"{js['latency_ms']['mean']} ms, p50 {js['latency_ms']['p50']}, p99 "
+        f"{js['latency_ms']['p99']} ({js['latency_ms']['samples']} samples).",
+        "",
+    ]  # fmt: skip
     lines += ["", "## Faults", "", "| at (s) | fault | what it did |", "|---|---|---|"]
     for fault in report["faults"]:
         rest = {k: v for k, v in fault.items() if k not in ("t", "fault")}

@@ -32,6 +32,7 @@ from backups import server_backup_metrics
 from clients import Backoff, Ledger, LoadClient, Stats
 from deployment import PROCESSES, Deployment, deployed
 from faults import FAULTS, DelayProxy
+from js_witnesses import JsWitnesses, ensure_sdk
 from report import write_report
 
 HERE = Path(__file__).resolve().parent
@@ -71,7 +72,7 @@ SMOKE = Plan(
 def full_plan(minutes: float, clients: int) -> Plan:
     seconds = minutes * 60
     cycle = ("kill_worker", "bad_input", "backup_cycle", "restart_redis", "slow_consumers",
-             "drain_worker", "impair_network")  # fmt: skip
+             "rolling_deploy", "drain_worker", "impair_network")  # fmt: skip
     every = 150.0  # a fault every 2.5 minutes, the first after a quiet minute
     faults = tuple(
         (60 + k * every, cycle[k % len(cycle)]) for k in range(int((seconds - 90) // every))
@@ -98,6 +99,7 @@ class Run:
     publish_failures: int = 0
     witness: Ledger = attrs.field(factory=lambda: Ledger(HOT, ids=set()))
     witness_events: list[str] = attrs.field(factory=list)
+    js: JsWitnesses = attrs.field(factory=lambda: JsWitnesses(HOT))
     stop_publishing: trio.Event = attrs.field(factory=trio.Event)
     faults_done: trio.Event = attrs.field(factory=trio.Event)
     lag: dict[int, float] = attrs.field(factory=dict)  # second -> the harness's worst loop lag (ms)
@@ -266,7 +268,11 @@ async def settle(run: Run, tops: dict[str, int]) -> float:
         )
 
     with trio.move_on_after(run.plan.settle):
-        while any(behind(c) for c in run.clients) or run.witness.last < tops[HOT]:  # noqa: ASYNC110
+        while (  # noqa: ASYNC110
+            any(behind(c) for c in run.clients)
+            or run.witness.last < tops[HOT]
+            or run.js.behind(tops[HOT])
+        ):
             await trio.sleep(0.5)
     return trio.current_time() - started
 
@@ -299,6 +305,7 @@ async def channel_tops(run: Run, channels: list[str]) -> dict[str, int]:
 
 
 async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
+    node = ensure_sdk()
     with deployed(directory / "deployment") as dep:
         context = ssl.create_default_context()
         dep.ca.configure_trust(context)
@@ -334,7 +341,9 @@ async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
                 trio.to_thread.run_sync, witness_thread, run, dep.url, dep.token("witness"),
                 str(cafile), stop_witness,
             )  # fmt: skip
-            say("witness started")
+            tokens = [dep.token(f"js-witness-{k}") for k in range(run.js.count)]
+            await nursery.start(run.js.run, node, dep.url, tokens, str(cafile))
+            say("witnesses started (centrifuge-python, centrifuge-js)")
             await trio.sleep(2)
             say(f"{sum(c.connected for c in run.clients)} of {plan.clients} clients connected")
             run.stats.started = time.monotonic()
@@ -354,6 +363,7 @@ async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
             settled = await settle(run, tops)
             run.server_backup_metrics = await server_backup_metrics(dep)
             stop_witness.set()
+            await run.js.stop()
             for client in run.clients:
                 client.stopping = True
             nursery.cancel_scope.deadline = trio.current_time() + 5
@@ -367,9 +377,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--fault", action="append", default=[], metavar="NAME@SECONDS",
+                        help=f"one more fault on the schedule ({', '.join(FAULTS)}), e.g. "
+                        "--smoke --fault rolling_deploy@34")  # fmt: skip
     args = parser.parse_args()
     random.seed(args.seed)
     plan = SMOKE if args.smoke else full_plan(args.minutes, args.clients)
+    extra = tuple((float(at), name) for name, at in (f.split("@") for f in args.fault))
+    if unknown := {name for _, name in extra} - set(FAULTS):
+        parser.error(f"unknown fault {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    plan = attrs.evolve(plan, faults=tuple(sorted(plan.faults + extra)))
     out = args.out or (Path(tempfile.mkdtemp(prefix="aether-soak-")) if args.smoke else HERE)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="aether-soak-dep-") as scratch:
