@@ -32,9 +32,10 @@ def test_the_smoke_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert accounting["lost"] == accounting["duplicates"] == accounting["double_published"] == 0
     assert accounting["witness"]["received"] > 0
     assert accounting["witness"]["lost"] == 0
-    # The real npm centrifuge SDK clients, through nginx the whole run, lost nothing either.
+    # The real npm centrifuge SDK clients (three through nginx, one straight to a process) were
+    # connected the whole run and lost nothing either.
     js = accounting["js_witnesses"]
-    assert len(js["clients"]) == 3, js
+    assert [c["path"] for c in js["clients"]] == ["nginx", "nginx", "nginx", "direct"], js
     for client in js["clients"]:
         assert client["received"] > 0, js
         assert client["lost"] == client["duplicates"] == client["double_published"] == 0, js
@@ -60,8 +61,13 @@ def test_the_smoke_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert "error" not in faults["slow_consumers"], faults["slow_consumers"]
     # Bad input is refused with the protocol's codes, never a crash.
     outcomes = faults["bad_input"]["outcomes"]
+    # The oversized message: the server closes with 1009 while the client is still sending the
+    # rest of its 200 KB; under load the unread bytes can make the close a TCP reset that
+    # overtakes the close frame (1006 on the client). Either way the connection was refused,
+    # never served; 1009 itself is asserted without the race in the protocol tests.
+    assert outcomes.pop("oversized") in ("closed 1009", "closed 1006"), outcomes
     assert outcomes == {"not json": "closed 3501", "bad token": "closed 3500",
-                        "oversized": "closed 1009", "binary garbage": "closed 3506",
-                        "no connect first": "closed 3501"}, outcomes  # fmt: skip
+                        "binary garbage": "closed 3506", "no connect first": "closed 3501"}, \
+        outcomes  # fmt: skip
     for name in ("REPORT.md", "timeline.png"):
         assert (tmp_path / name).stat().st_size > 0

@@ -48,11 +48,12 @@ def ensure_sdk() -> str:
 @attrs.define
 class JsWitnesses:
     channel: str
-    count: int = 3
+    count: int = 4  # the last one straight to process 1, the others through nginx
     ledgers: list[Ledger] = attrs.field(init=False)
     connected: list[bool] = attrs.field(init=False)
     events: list[str] = attrs.field(factory=list)
-    latencies_ms: list[float] = attrs.field(factory=list)
+    latencies_ms: list[float] = attrs.field(factory=list)  # through nginx
+    direct_latencies_ms: list[float] = attrs.field(factory=list)  # straight to a process
     version: str = ""
     _process: trio.Process | None = None
 
@@ -61,13 +62,14 @@ class JsWitnesses:
         self.connected = [False] * self.count
 
     async def run(
-        self, node: str, url: str, tokens: list[str], cafile: str, *,
+        self, node: str, url: str, direct_url: str, tokens: list[str], cafile: str, *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:  # fmt: skip
         package = JS_DIR / "node_modules" / "centrifuge" / "package.json"
         self.version = json.loads(package.read_text())["version"]
         env = {**os.environ, "SOAK_URL": url, "SOAK_CHANNEL": self.channel,
                "SOAK_TOKENS": " ".join(tokens[: self.count]), "SOAK_JS_DIR": str(JS_DIR),
+               "SOAK_DIRECT_URL": direct_url,
                "NODE_EXTRA_CA_CERTS": cafile}  # fmt: skip
         process = await trio.lowlevel.open_process(
             [node, str(SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
@@ -96,7 +98,8 @@ class JsWitnesses:
         if kind == "pub":
             ledger.apply(int(event["offset"]), {"i": event["id"]})
             if event.get("lat") is not None:
-                self.latencies_ms.append(float(event["lat"]))
+                direct = c == self.count - 1
+                (self.direct_latencies_ms if direct else self.latencies_ms).append(event["lat"])
         elif kind == "subscribed":
             ledger.stand(event["epoch"], int(event["offset"]))
             if event["wasRecovering"]:
@@ -115,20 +118,28 @@ class JsWitnesses:
             await self._process.stdin.aclose()
 
     def summary(self, top: int) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
         return {
             "sdk": f"centrifuge-js {self.version} (npm, Node)",
             "clients": [
-                {"received": len(ledger.received), "lost": ledger.missing(top),
+                {"path": "direct" if k == self.count - 1 else "nginx",
+                 "received": len(ledger.received), "lost": ledger.missing(top),
                  "duplicates": ledger.duplicates, "out_of_order": ledger.out_of_order,
                  "double_published": ledger.double_published}
-                for ledger in self.ledgers
+                for k, ledger in enumerate(self.ledgers)
             ],
-            "latency_ms": {
-                "samples": len(lat),
-                "mean": round(sum(lat) / len(lat), 1) if lat else None,
-                "p50": lat[len(lat) // 2] if lat else None,
-                "p99": lat[int(len(lat) * 0.99)] if lat else None,
-            },
+            "latency_ms": _distribution(self.latencies_ms),
+            "direct_latency_ms": _distribution(self.direct_latencies_ms),
             "events": self.events[:30],
         }  # fmt: skip
+
+
+def _distribution(samples: list[float]) -> dict[str, Any]:
+    ordered = sorted(samples)
+    if not ordered:
+        return {"samples": 0, "mean": None, "p50": None, "p99": None}
+    return {
+        "samples": len(ordered),
+        "mean": round(sum(ordered) / len(ordered), 1),
+        "p50": round(ordered[len(ordered) // 2], 1),
+        "p99": round(ordered[int(len(ordered) * 0.99)], 1),
+    }

@@ -342,7 +342,8 @@ async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
                 str(cafile), stop_witness,
             )  # fmt: skip
             tokens = [dep.token(f"js-witness-{k}") for k in range(run.js.count)]
-            await nursery.start(run.js.run, node, dep.url, tokens, str(cafile))
+            direct = f"ws://127.0.0.1:{dep.ws_base + 1}/connection/websocket"
+            await nursery.start(run.js.run, node, dep.url, direct, tokens, str(cafile))
             say("witnesses started (centrifuge-python, centrifuge-js)")
             await trio.sleep(2)
             say(f"{sum(c.connected for c in run.clients)} of {plan.clients} clients connected")

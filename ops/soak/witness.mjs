@@ -4,7 +4,8 @@
 // the ledger (by offset and by the publications' own ids) exactly as for the Python witness.
 //
 //   node witness.mjs   (SOAK_URL, SOAK_CHANNEL, SOAK_TOKENS="jwt1 jwt2 ...", SOAK_JS_DIR: where
-//                       tests/js keeps node_modules; NODE_EXTRA_CA_CERTS: the soak's CA)
+//                       tests/js keeps node_modules; NODE_EXTRA_CA_CERTS: the soak's CA;
+//                       SOAK_DIRECT_URL: the last client's, straight to a process)
 //
 // Lines: {"c": k, "ev": "subscribed", "recovered": bool, "epoch": "...", "offset": n}
 //        {"c": k, "ev": "pub", "offset": n, "id": "...", "lat": ms}
@@ -23,8 +24,12 @@ function emit(fields) {
   process.stdout.write(JSON.stringify(fields) + '\n');
 }
 
-const clients = process.env.SOAK_TOKENS.split(' ').map((token, c) => {
-  const client = new Centrifuge(process.env.SOAK_URL, {
+// The last token's client goes straight to one Aether process (SOAK_DIRECT_URL, plain ws://),
+// the others through nginx: the difference in their latencies is nginx's (TLS and a hop).
+const tokens = process.env.SOAK_TOKENS.split(' ');
+const clients = tokens.map((token, c) => {
+  const direct = c === tokens.length - 1 && process.env.SOAK_DIRECT_URL;
+  const client = new Centrifuge(direct || process.env.SOAK_URL, {
     token,
     websocket: WebSocket,
     name: 'soak-js-witness',
