@@ -80,9 +80,12 @@ class Ledger:
         self.last = max(self.last, offset)
 
     def missing(self, top: int) -> int:
+        return len(self.missing_offsets(top))
+
+    def missing_offsets(self, top: int) -> list[int]:
         if self.first is None:
-            return 0
-        return sum(1 for offset in range(self.first + 1, top + 1) if offset not in self.received)
+            return []
+        return [offset for offset in range(self.first + 1, top + 1) if offset not in self.received]
 
 
 @attrs.define

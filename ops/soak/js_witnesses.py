@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ class JsWitnesses:
     events: list[str] = attrs.field(factory=list)
     latencies_ms: list[float] = attrs.field(factory=list)  # through nginx
     direct_latencies_ms: list[float] = attrs.field(factory=list)  # straight to a process
+    # Second of the run a publication's line arrived -> [count, latency sum] (for the report's
+    # split into fault windows and quiet time; the latency itself is Node's).
+    timeline: dict[int, list[float]] = attrs.field(factory=dict)
+    started: float = 0.0  # the run's clock origin (time.monotonic()), set by the run
     version: str = ""
     _process: trio.Process | None = None
 
@@ -100,6 +105,10 @@ class JsWitnesses:
             if event.get("lat") is not None:
                 direct = c == self.count - 1
                 (self.direct_latencies_ms if direct else self.latencies_ms).append(event["lat"])
+                if self.started:
+                    row = self.timeline.setdefault(int(time.monotonic() - self.started), [0, 0.0])
+                    row[0] += 1
+                    row[1] += event["lat"]
         elif kind == "subscribed":
             ledger.stand(event["epoch"], int(event["offset"]))
             if event["wasRecovering"]:

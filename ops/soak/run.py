@@ -95,6 +95,8 @@ class Run:
     fault_log: list[dict[str, Any]] = attrs.field(factory=list)
     health: list[dict[str, Any]] = attrs.field(factory=list)
     published: dict[str, int] = attrs.field(factory=dict)  # API publications acknowledged
+    # channel -> offset -> (second of the run it was acknowledged, failed attempts before)
+    acked: dict[str, dict[int, tuple[float, int]]] = attrs.field(factory=dict)
     publish_retries: int = 0
     publish_failures: int = 0
     witness: Ledger = attrs.field(factory=lambda: Ledger(HOT, ids=set()))
@@ -153,6 +155,9 @@ async def publish_one(run: Run, http: httpx.AsyncClient, channel: str, seq: int)
                 result = answer.json()
                 if answer.status_code == 200 and "error" not in result:
                     run.published[channel] = run.published.get(channel, 0) + 1
+                    offset = (result.get("result") or {}).get("offset")
+                    if offset is not None:  # when, and after how many tries (lost ones' story)
+                        run.acked.setdefault(channel, {})[int(offset)] = (run.elapsed(), attempt)
                     return
                 run.stats.error(f"api publish {answer.status_code} {result.get('error')}")
             except (httpx.HTTPError, ValueError) as exc:
@@ -347,7 +352,7 @@ async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
             say("witnesses started (centrifuge-python, centrifuge-js)")
             await trio.sleep(2)
             say(f"{sum(c.connected for c in run.clients)} of {plan.clients} clients connected")
-            run.stats.started = time.monotonic()
+            run.stats.started = run.js.started = time.monotonic()
             nursery.start_soon(api_publisher, run)
             nursery.start_soon(health_checks, run)
             nursery.start_soon(fault_schedule, run)
