@@ -155,8 +155,11 @@ def _lost_offsets(run: Any, ledgers: list[Any], tops: dict[str, int]) -> list[di
     for (channel, offset), count in missed.most_common(20):
         acked = run.acked.get(channel, {}).get(offset)
         at = acked[0] if acked else None
+        in_history = run.lost_in_history.get(channel, {})
         rows.append({
             "channel": channel, "offset": offset, "subscriptions_missing_it": count,
+            "in_history_now": (in_history[offset] or "NOT IN THE STREAM")
+            if offset in in_history else "not read",
             "acknowledged_at_s": at, "failed_tries_before": acked[1] if acked else None,
             "in_windows_of": [f["fault"] for f in run.fault_log if at is not None
                               and f["t"] <= at <= f.get("ended", f["t"]) + 10],

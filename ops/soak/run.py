@@ -105,6 +105,8 @@ class Run:
     stop_publishing: trio.Event = attrs.field(factory=trio.Event)
     faults_done: trio.Event = attrs.field(factory=trio.Event)
     lag: dict[int, float] = attrs.field(factory=dict)  # second -> the harness's worst loop lag (ms)
+    # A lost offset as the stream holds it now: its publication's id, or None (not in it).
+    lost_in_history: dict[str, dict[int, str | None]] = attrs.field(factory=dict)
     backups: list[dict[str, Any]] = attrs.field(factory=list)  # each backup_cycle's attempts
     server_backup_metrics: dict[int, dict[str, float]] = attrs.field(factory=dict)
 
@@ -309,6 +311,34 @@ async def channel_tops(run: Run, channels: list[str]) -> dict[str, int]:
     return tops
 
 
+async def lost_in_history(run: Run, tops: dict[str, int]) -> dict[str, dict[int, str | None]]:
+    """Every offset some subscription lost (at most 20 a channel), read back from history: in
+    the stream but never delivered, or never in the stream at all (an offset skipped)."""
+    wanted: dict[str, set[int]] = {}
+    for client in run.clients:
+        for channel, ledger in client.ledgers.items():
+            missing = ledger.missing_offsets(tops.get(channel, 0))
+            if missing:
+                wanted.setdefault(channel, set()).update(missing[:20])
+    found: dict[str, dict[int, str | None]] = {}
+    key = run.dep.key("backend")
+    async with httpx.AsyncClient(timeout=10, headers={"X-API-Key": key}) as http:
+        for channel, offsets in sorted(wanted.items())[:20]:
+            try:
+                answer = await http.post(f"{run.dep.internal(1)}/api/history",
+                                         json={"channel": channel, "limit": 20000})  # fmt: skip
+                pubs = (answer.json().get("result") or {}).get("publications", [])
+            except (httpx.HTTPError, ValueError):
+                continue
+            held = {int(p.get("offset", 0)): _ident(p.get("data")) for p in pubs}
+            found[channel] = {offset: held.get(offset) for offset in sorted(offsets)[:20]}
+    return found
+
+
+def _ident(data: Any) -> str:
+    return str(data.get("i")) if isinstance(data, dict) else repr(data)[:40]
+
+
 async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
     node = ensure_sdk()
     with deployed(directory / "deployment") as dep:
@@ -367,6 +397,7 @@ async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
             channels = sorted({ch for c in run.clients for ch in c.channels})
             tops = await channel_tops(run, channels)
             settled = await settle(run, tops)
+            run.lost_in_history = await lost_in_history(run, tops)
             run.server_backup_metrics = await server_backup_metrics(dep)
             stop_witness.set()
             await run.js.stop()

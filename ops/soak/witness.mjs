@@ -41,6 +41,14 @@ const clients = tokens.map((token, c) => {
   client.on('connecting', (ctx) => emit({ c, ev: 'state', to: 'connecting', code: ctx.code }));
   client.on('disconnected', (ctx) => emit({ c, ev: 'state', to: 'disconnected', code: ctx.code }));
   const sub = client.newSubscription(process.env.SOAK_CHANNEL);
+  // Publications recovered on (re)subscribing are emitted in the same turn as `subscribed`:
+  // they count in the ledger but carry no latency (their wait is the outage's, as the load
+  // clients count only live deliveries).
+  let recovering = false;
+  sub.on('subscribed', (ctx) => {
+    recovering = true;
+    setImmediate(() => { recovering = false; });
+  });
   sub.on('subscribed', (ctx) => emit({
     c, ev: 'subscribed', recovered: ctx.recovered, wasRecovering: ctx.wasRecovering,
     epoch: ctx.streamPosition?.epoch ?? '', offset: ctx.streamPosition?.offset ?? 0,
@@ -48,7 +56,8 @@ const clients = tokens.map((token, c) => {
   // Latency on Node's clock (ms since the epoch; `t` is the publisher's time.time_ns()).
   sub.on('publication', (ctx) => emit({
     c, ev: 'pub', offset: ctx.offset, id: ctx.data?.i ?? null,
-    lat: ctx.data?.t ? performance.timeOrigin + performance.now() - ctx.data.t / 1e6 : null,
+    lat: ctx.data?.t && !recovering
+      ? performance.timeOrigin + performance.now() - ctx.data.t / 1e6 : null,
   }));
   sub.subscribe();
   client.connect();
