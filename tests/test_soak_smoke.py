@@ -1,7 +1,8 @@
 """`just soak --smoke` as CI runs it: the whole harness (ops/soak/) against a real deployment (two
 Aether processes over a private Redis, supervisord, nginx with TLS), with its faults (bad input, a
 SIGKILLed worker, a Redis restart, slow consumers, an impaired network, a backup of every process
-to a private S3 endpoint and its restore drill), in under a minute or two.
+to a private S3 endpoint and its restore drill; centrifuge-python and centrifuge-js witnesses),
+in under a minute or two.
 
 It fails on any publication lost, duplicated or published twice inside the history window, and
 checks that the report carries the eight metrics with the counts behind them. Latency and error
@@ -32,8 +33,8 @@ def test_the_smoke_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert accounting["lost"] == accounting["duplicates"] == accounting["double_published"] == 0
     assert accounting["witness"]["received"] > 0
     assert accounting["witness"]["lost"] == 0
-    # The real npm centrifuge SDK clients (three through nginx, one straight to a process) were
-    # connected the whole run and lost nothing either.
+    # The real npm centrifuge SDK clients (three through nginx, one straight to a process),
+    # subscribed the whole run, lost nothing either.
     js = accounting["js_witnesses"]
     assert [c["path"] for c in js["clients"]] == ["nginx", "nginx", "nginx", "direct"], js
     for client in js["clients"]:

@@ -1,8 +1,10 @@
-"""`just soak` / `python ops/soak/run.py [--smoke] [--minutes M] [--clients N] [--out DIR]`.
+"""`just soak` / `python ops/soak/run.py [--smoke] [--minutes M] [--clients N] [--out DIR]
+[--fault NAME@SECONDS ...]`.
 
-Deploys Aether as ops/README.md does (two processes over Redis, supervisord, nginx with TLS),
-runs a realistic mix of clients and publishers for a bounded time while injecting faults on a
-schedule, and writes REPORT.md, report.json and timeline.png into the output directory
+Deploys Aether as ops/README.md does (ops/deploy.sh into a prefix, two processes over Redis,
+supervisord, nginx with TLS, backups to a private S3), runs a realistic mix of clients,
+witnesses (centrifuge-python, centrifuge-js) and publishers for a bounded time while injecting
+faults on a schedule, and writes REPORT.md, report.json and timeline.png into the output directory
 (ops/soak/ by default; `--smoke` writes into a temporary directory unless `--out` is given).
 Everything listens on 127.0.0.1; the run stops by itself. Exit status: 0 when no publication
 was lost or duplicated inside the history window, 1 otherwise (the smoke run in CI fails on it).
