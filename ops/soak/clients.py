@@ -28,7 +28,13 @@ from typing import Any
 import attrs
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
 
 __all__ = ["Ledger", "LoadClient", "Stats"]
 
@@ -74,9 +80,12 @@ class Ledger:
         self.last = max(self.last, offset)
 
     def missing(self, top: int) -> int:
+        return len(self.missing_offsets(top))
+
+    def missing_offsets(self, top: int) -> list[int]:
         if self.first is None:
-            return 0
-        return sum(1 for offset in range(self.first + 1, top + 1) if offset not in self.received)
+            return []
+        return [offset for offset in range(self.first + 1, top + 1) if offset not in self.received]
 
 
 @attrs.define
@@ -185,6 +194,8 @@ class LoadClient:
         if isinstance(exc, ConnectionClosed):
             reason = exc.reason
             self.stats.closes[str(reason.code if reason else "none")] += 1
+        elif isinstance(exc, ConnectionRejected):  # the HTTP status says who refused, and why
+            self.stats.error(f"handshake: rejected {exc.status_code}")
         elif isinstance(exc, HandshakeError):
             self.stats.error(f"handshake: {type(exc).__name__}")
         elif isinstance(exc, ProtocolTrouble):

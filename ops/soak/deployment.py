@@ -1,8 +1,10 @@
-"""The deployment under soak, as ops/README.md deploys it: two `aether serve --instance N`
-processes over a private Redis (AOF on, every write fsynced), run by a real supervisord from
-ops/supervisor/, behind a real nginx from ops/nginx/aether.conf with TLS (a trustme CA).
+"""The deployment under soak, as ops/README.md deploys it: `ops/deploy.sh --init supervisor`
+into a prefix (release.py), whose supervisord runs two `aether serve --instance N` processes
+over a private Redis (AOF on, every write fsynced), behind a real nginx from
+ops/nginx/aether.conf with TLS (a trustme CA); `[backup]` points at a private S3 endpoint (moto's
+server on loopback) for the backup + verify cycle (backups.py).
 
-The shipped files are rendered the way the ops tests render them (tests/ops_helpers.py, imported
+The nginx site is rendered the way the ops tests render it (tests/ops_helpers.py, imported
 from the source tree so there is one copy): paths, ports and the upstream's balancing, which is
 `least_conn` with failover because the processes share everything through Redis (the file's own
 comment says to do so). Everything listens on 127.0.0.1 and every process is stopped on exit.
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trustme
@@ -25,8 +28,8 @@ import trustme
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from backup_helpers import ACCESS, running_moto  # noqa: E402
 from ops_helpers import (  # noqa: E402  (the tests' helpers: one copy of the renderers)
-    OPS,
     free_base_port,
     init_config,
     nginx_main_config,
@@ -35,11 +38,14 @@ from ops_helpers import (  # noqa: E402  (the tests' helpers: one copy of the re
     secret,
 )
 from redis_server import RedisServer  # noqa: E402
+from release import deploy, prefix_venv  # noqa: E402
 
 from aether_trio.auth.tokens import mint_token  # noqa: E402
+from aether_trio.backup.crypto import generate_key_file  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PROCESSES = 2
+BUCKET = "aether-soak"
 CHANNELS = """
 [[channel.namespaces]]
 name = "soak"
@@ -64,6 +70,7 @@ class Deployment:
     https_port: int
     ws_base: int
     http_base: int
+    releases: list[dict[str, Any]]  # what ops/deploy.sh did, release by release
 
     @property
     def url(self) -> str:
@@ -80,7 +87,8 @@ class Deployment:
 
     def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "supervisorctl"), "-c", str(self.directory / "supervisord.conf"), *args],
+            [str(BIN / "supervisorctl"), "-c", str(self.directory / "etc" / "supervisord.conf"),
+             *args],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
 
@@ -95,25 +103,6 @@ class Deployment:
         )  # fmt: skip
 
 
-def _render(text: str, directory: Path, ws_base: int, http_base: int) -> str:
-    # As ops/deploy.sh renders them for a prefix, but the source tree's venv runs Aether.
-    text = text.replace("/opt/aether/venv/bin/aether", str(BIN / "aether"))
-    return text.replace("/opt/aether", str(directory))
-
-
-def _supervisord(directory: Path, ws_base: int, http_base: int) -> Path:
-    for sub in ("run", "log", "data", "etc/supervisor.d"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-    program = _render(
-        (OPS / "supervisor" / "aether.conf").read_text(), directory, ws_base, http_base
-    )
-    (directory / "etc" / "supervisor.d" / "aether.conf").write_text(program)
-    main = directory / "supervisord.conf"
-    main.write_text(_render((OPS / "supervisor" / "supervisord.conf").read_text(), directory,
-                            ws_base, http_base))  # fmt: skip
-    return main
-
-
 def _site(directory: Path, ca: trustme.CA, https_port: int, http_port: int, ws_base: int) -> str:
     leaf = ca.issue_cert("127.0.0.1", "localhost")
     cert, key = directory / "fullchain.pem", directory / "privkey.pem"
@@ -126,10 +115,17 @@ def _site(directory: Path, ca: trustme.CA, https_port: int, http_port: int, ws_b
                 f"    listen 127.0.0.1:{https_port} ssl;\n",
             "/etc/aether/tls/fullchain.pem": str(cert),
             "/etc/aether/tls/privkey.pem": str(key),
-            # Redis shares everything: balance, and fail over to the other process.
+            # Redis shares everything: balance, and fail over to the other process. max_fails=0
+            # stays (the file's comment says to drop it for Redis; that is wrong for WebSockets):
+            # with nginx's default max_fails=1, one refused connect while a process restarts
+            # marks it failed, and only a request that *completes* through it clears the mark,
+            # which an upgraded connection does not do while it lives; so the restarted process
+            # is offered one new connection per fail_timeout (10 s), and once both processes
+            # have restarted nginx answers 502 "no live upstreams" to nearly every handshake.
+            # proxy_next_upstream still sends a refused connect on to the other process.
             "    hash $remote_addr consistent;\n": "    least_conn;\n",
-            "server 127.0.0.1:8001 max_fails=0;": f"server 127.0.0.1:{ws_base + 1};",
-            "server 127.0.0.1:8002 max_fails=0;": f"server 127.0.0.1:{ws_base + 2};",
+            "server 127.0.0.1:8001 max_fails=0;": f"server 127.0.0.1:{ws_base + 1} max_fails=0;",
+            "server 127.0.0.1:8002 max_fails=0;": f"server 127.0.0.1:{ws_base + 2} max_fails=0;",
             "proxy_next_upstream off;": "proxy_next_upstream error timeout;",
         }
     )  # fmt: skip
@@ -157,26 +153,58 @@ def _wait_ready(deployment: Deployment, seconds: float = 60) -> None:
 
 
 @contextmanager
+def _s3_backup_target(etc: Path) -> Iterator[str]:
+    """A private S3 endpoint with a bucket, the credentials and a backup key under `etc`; yields
+    the `[backup]` section that points the deployment's config at them."""
+    with running_moto() as moto:
+        moto.client().create_bucket(Bucket=BUCKET)
+        (etc / "aws").write_text(
+            f"[default]\naws_access_key_id = {ACCESS[0]}\naws_secret_access_key = {ACCESS[1]}\n"
+        )
+        generate_key_file(etc / "backup.key")
+        yield (
+            f'\n[backup]\nbucket = "{BUCKET}"\nprefix = "soak/"\nendpoint_url = "{moto.url}"\n'
+            'region = "us-east-1"\ncredentials_file = "aws"\nkey_file = "backup.key"\n'
+        )
+
+
+@contextmanager
 def deployed(directory: Path) -> Iterator[Deployment]:
     directory.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         redis = RedisServer("--appendonly", "yes", "--appendfsync", "always")
         stack.callback(redis.close)
-        ws_base, http_base = free_base_port(PROCESSES), free_base_port(PROCESSES)
-        https_port, http_port = free_base_port(1) + 1, free_base_port(1) + 1
-        config = init_config(directory, ws_base, http_base, CHANNELS)
+        drafted = free_base_port(PROCESSES), free_base_port(PROCESSES)
+        config = init_config(directory, *drafted, CHANNELS)
         text = config.read_text().replace(
             '[engine]\ntype = "memory"',
             f'[engine]\ntype = "redis"\nredis = {{ address = "{redis.address}", prefix = "soak" }}',
         )
+        backup = stack.enter_context(_s3_backup_target(config.parent))
         config.write_text(
             text.replace("connection_limit_per_user = 50", "connection_limit_per_user = 500")
+            + backup
         )
         check = subprocess.run([str(BIN / "aether"), "check-config", "-c", str(config)],
                                capture_output=True, text=True, check=False)  # fmt: skip
         if check.returncode != 0:
             raise RuntimeError(f"the soak config does not load: {check.stdout}{check.stderr}")
-        main = _supervisord(directory, ws_base, http_base)
+        # Installed by ops/deploy.sh into the prefix (release.py), started on the files it rendered.
+        prefix_venv(directory)
+        first = deploy(directory, 1, PROCESSES)
+        if first["exit"] != 0:
+            raise RuntimeError(f"ops/deploy.sh failed: {first}")
+        # The ports are taken now, not before the deploy's seconds: a port free when asked is
+        # less likely to have been taken by someone else when the process binds it.
+        ws_base, http_base = free_base_port(PROCESSES), free_base_port(PROCESSES)
+        https_port, http_port = free_base_port(1) + 1, free_base_port(1) + 1
+        config.write_text(
+            config.read_text()
+            .replace(f"\nport = {drafted[0]}\n", f"\nport = {ws_base}\n", 1)
+            .replace(f"\nport = {drafted[1]}\n", f"\nport = {http_base}\n", 1)
+        )
+        main = directory / "etc" / "supervisord.conf"
+        # The harness venv's supervisord: the prefix venv shares its packages, not its scripts.
         started = subprocess.run([str(BIN / "supervisord"), "-c", str(main)], check=False)
         if started.returncode != 0:
             raise RuntimeError("supervisord did not start")
@@ -184,7 +212,8 @@ def deployed(directory: Path) -> Iterator[Deployment]:
         ca = trustme.CA()
         nginx = nginx_main_config(directory, _site(directory, ca, https_port, http_port, ws_base))
         stack.enter_context(running_nginx(nginx, https_port))
-        deployment = Deployment(directory, config, redis, ca, https_port, ws_base, http_base)
+        deployment = Deployment(directory, config, redis, ca, https_port, ws_base, http_base,
+                                [first])  # fmt: skip
         _wait_ready(deployment)
         yield deployment
 

@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 import orjson
 import trio
+from backups import backup_cycle
 from deployment import PROCESSES, Deployment
+from rolling import rolling_deploy
 from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 
 __all__ = ["FAULTS", "DelayProxy"]
@@ -262,4 +264,6 @@ FAULTS: dict[str, Callable[[Deployment, Any], Awaitable[dict[str, Any]]]] = {
     "bad_input": bad_input,
     "slow_consumers": slow_consumers,
     "impair_network": impair_network,
+    "backup_cycle": backup_cycle,
+    "rolling_deploy": rolling_deploy,
 }

@@ -1,8 +1,10 @@
-"""`just soak` / `python ops/soak/run.py [--smoke] [--minutes M] [--clients N] [--out DIR]`.
+"""`just soak` / `python ops/soak/run.py [--smoke] [--minutes M] [--clients N] [--out DIR]
+[--fault NAME@SECONDS ...]`.
 
-Deploys Aether as ops/README.md does (two processes over Redis, supervisord, nginx with TLS),
-runs a realistic mix of clients and publishers for a bounded time while injecting faults on a
-schedule, and writes REPORT.md, report.json and timeline.png into the output directory
+Deploys Aether as ops/README.md does (ops/deploy.sh into a prefix, two processes over Redis,
+supervisord, nginx with TLS, backups to a private S3), runs a realistic mix of clients,
+witnesses (centrifuge-python, centrifuge-js) and publishers for a bounded time while injecting
+faults on a schedule, and writes REPORT.md, report.json and timeline.png into the output directory
 (ops/soak/ by default; `--smoke` writes into a temporary directory unless `--out` is given).
 Everything listens on 127.0.0.1; the run stops by itself. Exit status: 0 when no publication
 was lost or duplicated inside the history window, 1 otherwise (the smoke run in CI fails on it).
@@ -28,9 +30,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backups import server_backup_metrics
 from clients import Backoff, Ledger, LoadClient, Stats
 from deployment import PROCESSES, Deployment, deployed
 from faults import FAULTS, DelayProxy
+from js_witnesses import JsWitnesses, ensure_sdk
 from report import write_report
 
 HERE = Path(__file__).resolve().parent
@@ -61,7 +65,7 @@ SMOKE = Plan(
     seconds=40, clients=120, rooms=12, hot_rate=10, room_rate=20, personal_rate=10,
     client_publishers=0.1, client_publish_every=5, query_every=10, backoff=(0.2, 4),
     healthcheck_every=5,
-    faults=((6, "bad_input"), (10, "kill_worker"), (20, "restart_redis"),
+    faults=((2, "backup_cycle"), (6, "bad_input"), (10, "kill_worker"), (20, "restart_redis"),
             (28, "slow_consumers"), (30, "impair_network")),
     settle=30,
 )  # fmt: skip
@@ -69,8 +73,8 @@ SMOKE = Plan(
 
 def full_plan(minutes: float, clients: int) -> Plan:
     seconds = minutes * 60
-    cycle = ("kill_worker", "bad_input", "restart_redis", "slow_consumers", "drain_worker",
-             "impair_network")  # fmt: skip
+    cycle = ("kill_worker", "bad_input", "backup_cycle", "restart_redis", "slow_consumers",
+             "rolling_deploy", "drain_worker", "impair_network")  # fmt: skip
     every = 150.0  # a fault every 2.5 minutes, the first after a quiet minute
     faults = tuple(
         (60 + k * every, cycle[k % len(cycle)]) for k in range(int((seconds - 90) // every))
@@ -93,13 +97,20 @@ class Run:
     fault_log: list[dict[str, Any]] = attrs.field(factory=list)
     health: list[dict[str, Any]] = attrs.field(factory=list)
     published: dict[str, int] = attrs.field(factory=dict)  # API publications acknowledged
+    # channel -> offset -> (second of the run it was acknowledged, failed attempts before)
+    acked: dict[str, dict[int, tuple[float, int]]] = attrs.field(factory=dict)
     publish_retries: int = 0
     publish_failures: int = 0
     witness: Ledger = attrs.field(factory=lambda: Ledger(HOT, ids=set()))
     witness_events: list[str] = attrs.field(factory=list)
+    js: JsWitnesses = attrs.field(factory=lambda: JsWitnesses(HOT))
     stop_publishing: trio.Event = attrs.field(factory=trio.Event)
     faults_done: trio.Event = attrs.field(factory=trio.Event)
     lag: dict[int, float] = attrs.field(factory=dict)  # second -> the harness's worst loop lag (ms)
+    # A lost offset as the stream holds it now: its publication's id, or None (not in it).
+    lost_in_history: dict[str, dict[int, str | None]] = attrs.field(factory=dict)
+    backups: list[dict[str, Any]] = attrs.field(factory=list)  # each backup_cycle's attempts
+    server_backup_metrics: dict[int, dict[str, float]] = attrs.field(factory=dict)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.stats.started, 2)
@@ -148,6 +159,9 @@ async def publish_one(run: Run, http: httpx.AsyncClient, channel: str, seq: int)
                 result = answer.json()
                 if answer.status_code == 200 and "error" not in result:
                     run.published[channel] = run.published.get(channel, 0) + 1
+                    offset = (result.get("result") or {}).get("offset")
+                    if offset is not None:  # when, and after how many tries (lost ones' story)
+                        run.acked.setdefault(channel, {})[int(offset)] = (run.elapsed(), attempt)
                     return
                 run.stats.error(f"api publish {answer.status_code} {result.get('error')}")
             except (httpx.HTTPError, ValueError) as exc:
@@ -263,7 +277,11 @@ async def settle(run: Run, tops: dict[str, int]) -> float:
         )
 
     with trio.move_on_after(run.plan.settle):
-        while any(behind(c) for c in run.clients) or run.witness.last < tops[HOT]:  # noqa: ASYNC110
+        while (  # noqa: ASYNC110
+            any(behind(c) for c in run.clients)
+            or run.witness.last < tops[HOT]
+            or run.js.behind(tops[HOT])
+        ):
             await trio.sleep(0.5)
     return trio.current_time() - started
 
@@ -295,7 +313,36 @@ async def channel_tops(run: Run, channels: list[str]) -> dict[str, int]:
     return tops
 
 
+async def lost_in_history(run: Run, tops: dict[str, int]) -> dict[str, dict[int, str | None]]:
+    """Every offset some subscription lost (at most 20 a channel), read back from history: in
+    the stream but never delivered, or never in the stream at all (an offset skipped)."""
+    wanted: dict[str, set[int]] = {}
+    for client in run.clients:
+        for channel, ledger in client.ledgers.items():
+            missing = ledger.missing_offsets(tops.get(channel, 0))
+            if missing:
+                wanted.setdefault(channel, set()).update(missing[:20])
+    found: dict[str, dict[int, str | None]] = {}
+    key = run.dep.key("backend")
+    async with httpx.AsyncClient(timeout=10, headers={"X-API-Key": key}) as http:
+        for channel, offsets in sorted(wanted.items())[:20]:
+            try:
+                answer = await http.post(f"{run.dep.internal(1)}/api/history",
+                                         json={"channel": channel, "limit": 20000})  # fmt: skip
+                pubs = (answer.json().get("result") or {}).get("publications", [])
+            except (httpx.HTTPError, ValueError):
+                continue
+            held = {int(p.get("offset", 0)): _ident(p.get("data")) for p in pubs}
+            found[channel] = {offset: held.get(offset) for offset in sorted(offsets)[:20]}
+    return found
+
+
+def _ident(data: Any) -> str:
+    return str(data.get("i")) if isinstance(data, dict) else repr(data)[:40]
+
+
 async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
+    node = ensure_sdk()
     with deployed(directory / "deployment") as dep:
         context = ssl.create_default_context()
         dep.ca.configure_trust(context)
@@ -331,10 +378,13 @@ async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
                 trio.to_thread.run_sync, witness_thread, run, dep.url, dep.token("witness"),
                 str(cafile), stop_witness,
             )  # fmt: skip
-            say("witness started")
+            tokens = [dep.token(f"js-witness-{k}") for k in range(run.js.count)]
+            direct = f"ws://127.0.0.1:{dep.ws_base + 1}/connection/websocket"
+            await nursery.start(run.js.run, node, dep.url, direct, tokens, str(cafile))
+            say("witnesses started (centrifuge-python, centrifuge-js)")
             await trio.sleep(2)
             say(f"{sum(c.connected for c in run.clients)} of {plan.clients} clients connected")
-            run.stats.started = time.monotonic()
+            run.stats.started = run.js.started = time.monotonic()
             nursery.start_soon(api_publisher, run)
             nursery.start_soon(health_checks, run)
             nursery.start_soon(fault_schedule, run)
@@ -349,7 +399,10 @@ async def soak(plan: Plan, directory: Path, out: Path) -> dict[str, Any]:
             channels = sorted({ch for c in run.clients for ch in c.channels})
             tops = await channel_tops(run, channels)
             settled = await settle(run, tops)
+            run.lost_in_history = await lost_in_history(run, tops)
+            run.server_backup_metrics = await server_backup_metrics(dep)
             stop_witness.set()
+            await run.js.stop()
             for client in run.clients:
                 client.stopping = True
             nursery.cancel_scope.deadline = trio.current_time() + 5
@@ -363,9 +416,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--fault", action="append", default=[], metavar="NAME@SECONDS",
+                        help=f"one more fault on the schedule ({', '.join(FAULTS)}), e.g. "
+                        "--smoke --fault rolling_deploy@34")  # fmt: skip
     args = parser.parse_args()
     random.seed(args.seed)
     plan = SMOKE if args.smoke else full_plan(args.minutes, args.clients)
+    extra = tuple((float(at), name) for name, at in (f.split("@") for f in args.fault))
+    if unknown := {name for _, name in extra} - set(FAULTS):
+        parser.error(f"unknown fault {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    plan = attrs.evolve(plan, faults=tuple(sorted(plan.faults + extra)))
     out = args.out or (Path(tempfile.mkdtemp(prefix="aether-soak-")) if args.smoke else HERE)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="aether-soak-dep-") as scratch:
