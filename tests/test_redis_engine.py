@@ -270,6 +270,28 @@ async def test_a_killed_pubsub_connection_is_rebuilt_and_the_gap_reported() -> N
             assert len(handler.publications("news")) == 1
 
 
+async def test_a_publication_after_missed_ones_is_a_gap_not_a_delivery(
+    redis_server: RedisServer,
+) -> None:
+    """Offsets 2 and 3 of "news" never reach this node's PUB/SUB (taken here without a
+    PUBLISH, as when they were published while its session was being rebuilt): offset 4 is
+    reported as a gap of "news" (its subscribers recover from history) instead of delivered,
+    and delivery goes on from there; other channels are not concerned."""
+    async with engine(redis_server) as (broker, _presence, handler):
+        await broker.subscribe("news")
+        await broker.subscribe("sport")
+        await broker.publish("news", pub(1), HISTORY)
+        await broker.publish("sport", pub(1), HISTORY)
+        redis_server.command("HINCRBY", broker.keys.meta("news"), "s", 2)  # 2 and 3: missed
+        await broker.publish("news", pub(4), HISTORY)
+        await broker.publish("news", pub(5), HISTORY)
+        await broker.publish("sport", pub(2), HISTORY)
+        await broker.pubsub.probe()
+        assert handler.gaps == [["news"]]
+        assert [p.offset for p in handler.publications("news")] == [1, 5]
+        assert [p.offset for p in handler.publications("sport")] == [1, 2]
+
+
 async def test_a_pubsub_connection_that_delivers_nothing_is_caught_by_the_probe(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,10 @@ session may go to any of them (the next configured one after a failure).
 
 A new session after an earlier one means publications may have been missed in between: once it
 is resubscribed, the channels that were subscribed are reported to `handler.handle_gap`, so their
-subscribers can recover from history. Before that, each channel's stream top is checked against
+subscribers can recover from history. A publication whose offset is not the next one after the
+last this node delivered in its channel is a gap too (reported instead of delivered): one that
+arrives on the new session before the session's own report, after others it never received,
+would otherwise move its subscribers past those for good. Before that, each channel's stream top is checked against
 the highest offset this node delivered (`delivered`): a server that lost delivered publications
 (failover to a replica that lacked them) gets a new epoch for that stream (`_check_tops`).
 
@@ -319,9 +322,20 @@ class PubSub:
         if kind == b"p":
             head, _, payload = body.partition(b":")
             offset = int(head)
-            handler.handle_publication(channel, decode_publication(payload, offset))
             if offset:
+                last = self.delivered.get(channel)
                 self.delivered[channel] = offset
+                if last is not None and offset > last + 1:
+                    # Publications between them never reached this node (published while
+                    # its PUB/SUB session was being rebuilt, and this one came before the
+                    # session reported its gap): delivered, it would move subscribers past
+                    # them for good. Instead they recover from history, which holds this one
+                    # too (the publish script appends before it publishes).
+                    log.info("redis PUB/SUB: offsets %d-%d of %s missed; subscribers recover",
+                             last + 1, offset - 1, channel)  # fmt: skip
+                    handler.handle_gap([channel])
+                    return
+            handler.handle_publication(channel, decode_publication(payload, offset))
         elif kind == b"j":
             handler.handle_join(channel, decode_info(body))
         elif kind == b"l":
