@@ -20,9 +20,10 @@ is resubscribed, the channels that were subscribed are reported to `handler.hand
 subscribers can recover from history. A publication whose offset is not the next one after the
 last this node delivered in its channel is a gap too (reported instead of delivered): one that
 arrives on the new session before the session's own report, after others it never received,
-would otherwise move its subscribers past those for good. Before that, each channel's stream top is checked against
-the highest offset this node delivered (`delivered`): a server that lost delivered publications
-(failover to a replica that lacked them) gets a new epoch for that stream (`_check_tops`).
+would otherwise move its subscribers past those for good. Before the session's report, each
+channel's stream top is checked against the highest offset this node delivered (`delivered`): a
+server that lost delivered publications (failover to a replica that lacked them) gets a new epoch
+for that stream (`_check_tops`).
 
 `subscribe` returns once Redis confirmed it (so anything published afterwards reaches this node)
 and fails with `EngineError` while no session is up; `unsubscribe` never waits for a dead
