@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, Request
 from wsproto.handshake import H11Handshake
@@ -207,3 +209,47 @@ async def test_a_header_wsproto_cannot_decode_is_refused_with_400(header: bytes)
         await read_request(server, max_message_size=1 << 16)
     assert failed.value.reason == "bad_request"
     assert (await client.receive_some()).startswith(b"HTTP/1.1 400 ")
+
+
+async def _answered(head: bytes) -> tuple[Any, trio.abc.Stream]:
+    client, server = trio.testing.memory_stream_pair()
+    await client.send_all(head)
+    request = await read_request(server, max_message_size=1 << 16)
+    return request, client
+
+
+def _reference_reject(head: bytes, status: int, body: bytes) -> bytes:
+    from wsproto.events import RejectConnection, RejectData
+
+    handshake = H11Handshake(ConnectionType.SERVER)
+    handshake.receive_data(head)
+    list(handshake.events())
+    headers = [(b"Content-Length", str(len(body)).encode())]
+    data = handshake.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+    return data + handshake.send(RejectData(data=body))
+
+
+# A request h11 takes and the fast path leaves to it: bare LF line ends.
+BARE_LF = PYTHON_WEBSOCKETS.replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize("head", [PYTHON_WEBSOCKETS, BARE_LF], ids=["fast", "h11"])
+async def test_both_paths_accept_and_reject_as_wsproto_does(head: bytes) -> None:
+    assert (parse_upgrade(head) is None) is (head is BARE_LF)
+    request, client = await _answered(head)
+    await request.accept()
+    assert await client.receive_some() == h11_accept(head, None)
+    request, client = await _answered(head)
+    await request.reject(404, body=b"not found\n")
+    assert await client.receive_some() == _reference_reject(head, 404, b"not found\n")
+
+
+async def test_a_subprotocol_that_was_not_offered_cannot_be_accepted() -> None:
+    from wsproto.utilities import LocalProtocolError
+
+    request, _client = await _answered(CENTRIFUGE_JS)
+    assert request.subprotocols == ["centrifuge-protobuf"]
+    with pytest.raises(LocalProtocolError, match="unexpected subprotocol"):
+        await request.accept("centrifuge-json")
+    with pytest.raises(RuntimeError, match="answered already"):
+        await request.accept()
