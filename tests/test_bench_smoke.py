@@ -366,8 +366,9 @@ def test_a_recovering_client_follows_an_unsubscribe_2500_like_the_sdk() -> None:
         "channel": "recover:bench", "recoverable": True, "recover": True, "epoch": "e1",
         "offset": 4,
     }  # fmt: skip
-    reply = {"id": command["id"], "subscribe": {"recovered": True, "publications": [
-        {"offset": 5, "data": "a"}, {"offset": 6, "data": "b"}]}}  # fmt: skip
+    publications = [{"offset": 5, "data": "a"}, {"offset": 6, "data": "b"}]
+    answer = {"was_recovering": True, "recovered": True, "publications": publications}
+    reply = {"id": command["id"], "subscribe": answer}
     proto.on_publisher_data(conn, json.dumps(reply).encode())
     stream = conn.stream
     assert (stream.offset, stream.recovered, stream.gaps, stream.resubscribes) == (6, True, 0, 1)

@@ -388,19 +388,7 @@ class Recovering(Centrifuge):
                     return
                 if msg.get("id") != last:
                     continue
-                reply = msg.get("subscribe", {})
-                stream.was_recovering = bool(reply.get("was_recovering"))
-                if stream.was_recovering:
-                    stream.recovered = bool(reply.get("recovered"))
-                    pubs = reply.get("publications") or []
-                    stream.missed = len(pubs)
-                    if stream.recovered:
-                        for pub in pubs:
-                            stream.advance(int(pub.get("offset", 0)))
-                    else:
-                        stream.epoch, stream.offset = reply.get("epoch", ""), reply.get("offset", 0)
-                else:
-                    stream.epoch, stream.offset = reply.get("epoch", ""), reply.get("offset", 0)
+                _take_subscribe_reply(stream, msg.get("subscribe", {}))
                 conn.set_ready()
                 if self.on_back is not None:
                     self.on_back(conn)
@@ -436,14 +424,7 @@ class Recovering(Centrifuge):
         conn.send(client_frame(json.dumps(command).encode()))
 
     def _resubscribed(self, conn: Link, msg: dict[str, Any]) -> None:
-        stream: Stream = conn.stream
-        reply = msg.get("subscribe", {})
-        stream.recovered = bool(reply.get("recovered"))
-        if stream.recovered:
-            for pub in reply.get("publications") or []:
-                stream.advance(int(pub.get("offset", 0)))
-        else:
-            stream.epoch, stream.offset = reply.get("epoch", ""), reply.get("offset", 0)
+        _take_subscribe_reply(conn.stream, msg.get("subscribe", {}))
 
     def _publications(self, conn: Link, line: bytes) -> None:
         if b'"pub"' not in line:
@@ -453,6 +434,21 @@ class Recovering(Centrifuge):
             stream.advance(int(offset))
         if self.on_publication is not None:
             self.on_publication(conn)
+
+
+def _take_subscribe_reply(stream: Stream, reply: dict[str, Any]) -> None:
+    """What a subscribe reply says of the stream: the recovered publications in order, or (not
+    recovering, or not recovered) the position to go on from."""
+    stream.was_recovering = bool(reply.get("was_recovering"))
+    if stream.was_recovering:
+        stream.recovered = bool(reply.get("recovered"))
+        pubs = reply.get("publications") or []
+        stream.missed = len(pubs)
+        if stream.recovered:
+            for pub in pubs:
+                stream.advance(int(pub.get("offset", 0)))
+            return
+    stream.epoch, stream.offset = reply.get("epoch", ""), reply.get("offset", 0)
 
 
 PROTOCOLS: dict[str, Any] = {
